@@ -1,0 +1,155 @@
+// Argument checks and layout normalisation shared by the threshold kernels, and
+// the CPU work list (entries split into chunks).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+namespace lthfast {
+namespace threshold {
+
+// Checks the arguments of both threshold ops (names the offending tensor and
+// value) and returns the scores and masks in a layout the kernels can walk in
+// memory order: non-dense scores are made contiguous; masks get the strides of
+// their score. Empty `masks` means every entry is eligible.
+struct Normalized {
+  std::vector<at::Tensor> scores;   // non-overlapping and dense
+  std::vector<at::Tensor> masks;    // empty, or bool with the strides of scores[i]
+  std::vector<at::Tensor> originals;
+  bool wide = false;                // any float64 score: 64-bit keys
+};
+
+inline bool is_float_dtype(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+inline Normalized normalize_inputs(at::TensorList scores, at::TensorList masks, int64_t k,
+                                   const char* op) {
+  TORCH_CHECK(!scores.empty(), op, ": scores is empty; pass at least one tensor");
+  TORCH_CHECK(masks.empty() || masks.size() == scores.size(), op, ": masks has ", masks.size(),
+              " tensors but scores has ", scores.size(), " (pass none or one per score)");
+  TORCH_CHECK(k >= 0, op, ": k=", k, " must be >= 0");
+  Normalized n;
+  const at::Device dev = scores[0].device();
+  for (size_t i = 0; i < scores.size(); ++i) {
+    const at::Tensor& s = scores[i];
+    TORCH_CHECK(s.layout() == at::kStrided, op, ": scores[", i, "] has layout ", s.layout(),
+                "; only dense tensors are supported");
+    TORCH_CHECK(is_float_dtype(s.scalar_type()), op, ": scores[", i, "] has dtype ",
+                s.scalar_type(), "; expected float16, bfloat16, float32 or float64");
+    TORCH_CHECK(s.device() == dev, op, ": scores[", i, "] is on ", s.device(),
+                " but scores[0] is on ", dev);
+    n.wide = n.wide || s.scalar_type() == at::kDouble;
+    at::Tensor d = s.is_non_overlapping_and_dense() ? s : s.contiguous();
+    if (!masks.empty()) {
+      const at::Tensor& m = masks[i];
+      TORCH_CHECK(m.scalar_type() == at::kBool, op, ": masks[", i, "] has dtype ",
+                  m.scalar_type(), "; expected bool (True = kept)");
+      TORCH_CHECK(m.sizes() == s.sizes(), op, ": masks[", i, "] has shape ", m.sizes(),
+                  " but scores[", i, "] has shape ", s.sizes());
+      TORCH_CHECK(m.device() == dev, op, ": masks[", i, "] is on ", m.device(),
+                  " but scores[", i, "] is on ", dev);
+      at::Tensor mm = m;
+      if (m.strides() != d.strides()) {
+        mm = at::empty_like(d, d.options().dtype(at::kBool));
+        mm.copy_(m);
+      }
+      n.masks.push_back(mm);
+    }
+    n.scores.push_back(d);
+    n.originals.push_back(s);
+  }
+  return n;
+}
+
+// Output keep-mask for a score: same strides as a dense score.
+inline at::Tensor empty_mask_like(const at::Tensor& dense_score) {
+  return at::empty_like(dense_score, dense_score.options().dtype(at::kBool));
+}
+
+// Moves masks computed on the normalised (dense) scores back to each original's
+// layout where that differs (non-dense inputs).
+inline std::vector<at::Tensor> restore_layout(const Normalized& n, std::vector<at::Tensor> outs) {
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const at::Tensor& orig = n.originals[i];
+    if (!orig.is_non_overlapping_and_dense()) {
+      at::Tensor o = at::empty_like(orig, orig.options().dtype(at::kBool));
+      o.copy_(outs[i]);
+      outs[i] = o;
+    }
+  }
+  return outs;
+}
+
+// ---- CPU work list -------------------------------------------------------
+
+struct Entry {
+  const void* data;
+  const bool* mask;  // nullptr: all eligible
+  bool* out;         // nullptr when no masks are written
+  at::ScalarType dtype;
+  int64_t numel;
+  bool row_major;    // memory order == logical order
+  std::vector<int64_t> sizes, strides;
+};
+
+struct Chunk {
+  int64_t entry, begin, end;  // [begin, end) of entry: memory offsets, or logical
+};                            // indices in the ordered-tie pass (same count)
+
+constexpr int64_t kChunk = int64_t(1) << 16;
+
+struct Prepared {
+  Normalized n;
+  std::vector<Entry> entries;
+  std::vector<Chunk> chunks;
+  std::vector<at::Tensor> outs;
+  bool wide = false;
+
+  // k == 0: the result is the eligibility itself.
+  void copy_eligible_to_out() const {
+    for (size_t i = 0; i < outs.size(); ++i) {
+      if (n.masks.empty()) {
+        outs[i].fill_(true);
+      } else {
+        outs[i].copy_(n.masks[i]);
+      }
+    }
+  }
+
+  std::vector<at::Tensor> finish() { return restore_layout(n, outs); }
+};
+
+inline Prepared prepare(at::TensorList scores, at::TensorList masks, int64_t k, bool make_out,
+                        const char* op) {
+  Prepared p;
+  p.n = normalize_inputs(scores, masks, k, op);
+  p.wide = p.n.wide;
+  for (size_t i = 0; i < p.n.scores.size(); ++i) {
+    const at::Tensor& s = p.n.scores[i];
+    TORCH_CHECK(s.device().is_cpu(), op, ": scores[", i, "] is on ", s.device(),
+                ", expected cpu");
+    Entry e;
+    e.data = s.data_ptr();
+    e.mask = p.n.masks.empty() ? nullptr : p.n.masks[i].data_ptr<bool>();
+    e.out = nullptr;
+    if (make_out) {
+      p.outs.push_back(empty_mask_like(s));
+      e.out = p.outs.back().data_ptr<bool>();
+    }
+    e.dtype = s.scalar_type();
+    e.numel = s.numel();
+    e.row_major = s.is_contiguous();
+    e.sizes = s.sizes().vec();
+    e.strides = s.strides().vec();
+    p.entries.push_back(std::move(e));
+    for (int64_t b = 0; b < s.numel(); b += kChunk) {
+      p.chunks.push_back(Chunk{static_cast<int64_t>(i), b, std::min(b + kChunk, s.numel())});
+    }
+  }
+  return p;
+}
+
+}  // namespace threshold
+}  // namespace lthfast

@@ -1,0 +1,11 @@
+"""lthfast: find lottery tickets fast.
+
+C++/CUDA kernels for global magnitude pruning behind a thin Python API.
+`import lthfast.prune as prune` is a drop-in for `torch.nn.utils.prune`.
+"""
+from lthfast._version import __version__
+from lthfast import _ops
+from lthfast._ops import build_info
+from lthfast.magnitude import global_magnitude_masks, global_magnitude_threshold
+
+__all__ = ["__version__", "build_info", "global_magnitude_masks", "global_magnitude_threshold"]

@@ -1,0 +1,59 @@
+"""Loading of the compiled kernels (lthfast._C) and the fake kernels of every op.
+
+`import lthfast` never fails because the extension is missing: calling a kernel
+then raises one error that says how to build it, unless LTHFAST_REFERENCE=1 asks
+for the pure-PyTorch reference instead.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    from lthfast import _C  # noqa: F401  (registers torch.ops.lthfast.*)
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as e:  # pragma: no cover - depends on the build
+    _C = None
+    _IMPORT_ERROR = e
+
+BUILD_HINT = (
+    "lthfast's compiled kernels (lthfast._C) are not available: {err}. Build them with "
+    "`pip install --no-build-isolation -e .` in the lthfast checkout (or `make setup`), "
+    "or set LTHFAST_REFERENCE=1 to run the slow pure-PyTorch reference instead."
+)
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def use_reference() -> bool:
+    return _C is None and os.environ.get("LTHFAST_REFERENCE", "") not in ("", "0")
+
+
+def require() -> None:
+    if _C is None:
+        raise RuntimeError(BUILD_HINT.format(err=_IMPORT_ERROR))
+
+
+def build_info() -> dict:
+    """What was compiled: CPU/CUDA kernels, CUDA version and archs, torch it was built on."""
+    if _C is None:
+        return {"compiled": False, "error": str(_IMPORT_ERROR)}
+    info = dict(_C.build_info())
+    info["compiled"] = True
+    return info
+
+
+if _C is not None:
+
+    @torch.library.register_fake("lthfast::global_threshold")
+    def _global_threshold_fake(scores, masks, k):
+        dev = scores[0].device
+        return (torch.empty((), dtype=torch.float64, device=dev),
+                torch.empty((), dtype=torch.int64, device=dev))
+
+    @torch.library.register_fake("lthfast::global_magnitude_masks")
+    def _global_magnitude_masks_fake(scores, masks, k):
+        return [torch.empty_like(s, dtype=torch.bool) for s in scores]

@@ -1,0 +1,137 @@
+"""Global magnitude pruning: one threshold across many tensors, no concatenated copy.
+
+`global_magnitude_masks` is the IMP pruning step; `global_magnitude_threshold`
+exposes the threshold itself. Both validate their input fully before any kernel
+runs, and name the offending tensor and value when something is wrong.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import torch
+
+from lthfast import _ops, _reference
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_tensors(tensors, what: str = "tensors") -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(f"{what} is empty: pass at least one tensor")
+    device = tensors[0].device
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{what}[{i}] is a {type(t).__name__}, not a torch.Tensor")
+        if t.layout != torch.strided:
+            raise ValueError(f"{what}[{i}] has layout {t.layout}; only dense (strided) tensors are supported")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                f"{what}[{i}] has dtype {t.dtype}; magnitude pruning needs float16, bfloat16, "
+                "float32 or float64 tensors")
+        if t.device != device:
+            raise ValueError(
+                f"{what}[{i}] is on {t.device} but {what}[0] is on {device}: all tensors must be "
+                "on one device")
+    return tensors
+
+
+def _check_masks(masks, tensors, what: str = "masks") -> list[torch.Tensor]:
+    if masks is None:
+        return []
+    if isinstance(masks, torch.Tensor):
+        masks = [masks]
+    masks = list(masks)
+    if len(masks) != len(tensors):
+        raise ValueError(f"{what} has {len(masks)} entries but there are {len(tensors)} tensors")
+    for i, (m, t) in enumerate(zip(masks, tensors)):
+        if not isinstance(m, torch.Tensor):
+            raise TypeError(f"{what}[{i}] is a {type(m).__name__}, not a torch.Tensor")
+        if m.dtype != torch.bool:
+            raise TypeError(f"{what}[{i}] has dtype {m.dtype}; masks must be torch.bool (True = kept)")
+        if m.shape != t.shape:
+            raise ValueError(f"{what}[{i}] has shape {tuple(m.shape)} but tensors[{i}] has shape {tuple(t.shape)}")
+        if m.device != t.device:
+            raise ValueError(f"{what}[{i}] is on {m.device} but tensors[{i}] is on {t.device}")
+    return masks
+
+
+def count_remaining(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> int:
+    if not masks:
+        return sum(t.numel() for t in tensors)
+    return int(sum(int(m.sum()) for m in masks))
+
+
+def amount_to_count(amount, n_remaining: int, *, name: str = "amount") -> int:
+    """An int amount is a count; a float in [0, 1] is round(amount * n_remaining)
+    (Python's half-to-even rounding, as torch.nn.utils.prune)."""
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"{name}={amount!r} must be an int (a count) or a float in [0, 1] (a fraction)")
+    if isinstance(amount, numbers.Integral):
+        amount = int(amount)
+        if not 0 <= amount <= n_remaining:
+            raise ValueError(
+                f"{name}={amount} must be between 0 and the number of unpruned entries ({n_remaining})")
+        return amount
+    amount = float(amount)
+    if math.isnan(amount) or not 0.0 <= amount <= 1.0:
+        raise ValueError(f"{name}={amount} must be a float in [0, 1] or a non-negative int")
+    return round(amount * n_remaining)
+
+
+def global_magnitude_threshold(tensors, k: int, *, masks=None) -> tuple[float, int]:
+    """The global magnitude threshold that prunes exactly ``k`` unpruned entries.
+
+    Returns ``(threshold, n_ties_to_prune)``: every unpruned entry with
+    ``|x| < threshold`` is pruned, plus the first ``n_ties_to_prune`` entries with
+    ``|x| == threshold`` in (tensor order, row-major index). NaN ranks above +Inf.
+    ``(0.0, 0)`` when ``k == 0``.
+    """
+    tensors = _check_tensors(tensors)
+    masks = _check_masks(masks, tensors)
+    n = count_remaining(tensors, masks)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k <= n:
+        raise ValueError(f"k={k!r} must be an int between 0 and the number of unpruned entries ({n})")
+    if _ops.use_reference():
+        return _reference.global_threshold(tensors, masks, int(k))
+    _ops.require()
+    with torch.no_grad():
+        t, ties = torch.ops.lthfast.global_threshold(tensors, masks, int(k))
+    return float(t), int(ties)
+
+
+def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> list[torch.Tensor]:
+    """Keep-masks (``True`` = kept) that prune ``amount`` of the unpruned entries
+    of ``tensors`` globally, smallest ``|w|`` (or ``|importance|``) first.
+
+    ``amount``: an int is a count, a float in [0, 1] a fraction of the entries still
+    unpruned (``masks`` True; all when ``masks`` is None). One threshold spans all
+    tensors; ties are pruned in (tensor order, row-major index) order, so the result
+    is deterministic and identical on CPU and CUDA. Tensors may mix float dtypes,
+    shapes and memory layouts; returned masks have each tensor's shape (and strides,
+    when it is dense, e.g. channels_last).
+    """
+    tensors = _check_tensors(tensors)
+    masks = _check_masks(masks, tensors)
+    if importance is not None:
+        scores = _check_tensors(importance, "importance")
+        if len(scores) != len(tensors):
+            raise ValueError(f"importance has {len(scores)} entries but there are {len(tensors)} tensors")
+        for i, (s, t) in enumerate(zip(scores, tensors)):
+            if s.shape != t.shape:
+                raise ValueError(
+                    f"importance[{i}] has shape {tuple(s.shape)} but tensors[{i}] has shape {tuple(t.shape)}")
+            if s.device != t.device:
+                raise ValueError(f"importance[{i}] is on {s.device} but tensors[{i}] is on {t.device}")
+    else:
+        scores = tensors
+    k = amount_to_count(amount, count_remaining(tensors, masks))
+    if _ops.use_reference():
+        return _reference.global_magnitude_masks(scores, masks, k)
+    _ops.require()
+    with torch.no_grad():
+        return list(torch.ops.lthfast.global_magnitude_masks(scores, masks, k))

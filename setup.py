@@ -1,0 +1,105 @@
+"""Builds lthfast._C: CPU kernels always, CUDA kernels when nvcc and a CUDA build
+of torch are present (also on a machine without a GPU).
+
+Environment variables:
+  LTHFAST_CUDA=0          build the CPU kernels only (quick local iteration)
+  FORCE_CUDA=1            build the CUDA kernels even if detection says no
+  TORCH_CUDA_ARCH_LIST    CUDA archs to build for, e.g. "9.0" or "8.0;9.0"
+                          (default: the visible GPU's, else "9.0")
+  MAX_JOBS                parallel compile jobs (each .cu with torch headers needs
+                          ~1.5 min and a few GB of RAM)
+  LTHFAST_DEBUG=1         -O0 -g, no NDEBUG
+
+Sources come from csrc/SOURCES, the one list CMakeLists.txt reads too.
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _sources():
+    with open(os.path.join(ROOT, "csrc", "SOURCES")) as f:
+        lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    cpp = [s for s in lines if not s.endswith(".cu")]
+    cu = [s for s in lines if s.endswith(".cu")]
+    return cpp, cu
+
+
+def _want_cuda():
+    if os.environ.get("LTHFAST_CUDA", "").strip() == "0":
+        return False
+    if _flag("FORCE_CUDA"):
+        return True
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def _nvidia_wheel_includes():
+    # The CUDA toolkit on some build machines lacks headers torch's CUDA headers
+    # include (cusparse.h, cublas_v2.h); the nvidia-* wheels that come with the
+    # CUDA build of torch ship them.
+    dirs = []
+    for site in sys.path:
+        dirs += glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
+        dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    seen, out = set(), []
+    for d in dirs:
+        if os.path.isdir(d) and d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def _version():
+    ns = {}
+    with open(os.path.join(ROOT, "lthfast", "_version.py")) as f:
+        exec(f.read(), ns)
+    return ns["__version__"]
+
+
+def extensions():
+    cpp, cu = _sources()
+    with_cuda = _want_cuda()
+    debug = _flag("LTHFAST_DEBUG")
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    defines = [
+        ("LTHFAST_VERSION", '"%s"' % _version()),
+        ("LTHFAST_TORCH_VERSION", '"%s"' % torch.__version__),
+    ]
+    # No -std flag: torch's BuildExtension picks the standard its headers need
+    # (C++17 up to torch 2.12, C++20 from 2.13).
+    cxx = ["-fvisibility=hidden"] + opt
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    sources = cpp + ["csrc/python_module.cpp"]
+    if not with_cuda:
+        return [cpp_extension.CppExtension(
+            "lthfast._C", sources, include_dirs=include_dirs, define_macros=defines,
+            extra_compile_args={"cxx": cxx})]
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    if not archs:
+        cap = torch.cuda.get_device_capability()
+        archs = "%d.%d" % cap
+    defines += [("LTHFAST_WITH_CUDA", None), ("LTHFAST_CUDA_ARCHS", '"%s"' % archs)]
+    include_dirs += _nvidia_wheel_includes()
+    nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+    return [cpp_extension.CUDAExtension(
+        "lthfast._C", sources + cu, include_dirs=include_dirs, define_macros=defines,
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
