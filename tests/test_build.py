@@ -1,0 +1,67 @@
+"""The build: what was compiled, and the CMake build for C++ users."""
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import lthfast
+
+OPS = ["global_threshold", "global_magnitude_masks"]
+
+
+def test_build_info_and_ops_registered():
+    info = lthfast.build_info()
+    assert info["compiled"], info
+    assert info["version"] == lthfast.__version__
+    for op in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lthfast::{op}", "CPU"), op
+
+
+@pytest.mark.skipif(not os.environ.get("LTHFAST_EXPECT_CUDA_BUILD"),
+                    reason="set LTHFAST_EXPECT_CUDA_BUILD=1 where the CUDA kernels must be built (CI)")
+def test_cuda_kernels_were_compiled():
+    info = lthfast.build_info()
+    assert info["cuda"], "CUDA kernels were expected in this build (LTHFAST_EXPECT_CUDA_BUILD=1)"
+    assert info["cuda_archs"]
+    for op in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lthfast::{op}", "CUDA"), op
+
+
+def _cuda_root_shim(tmp_path):
+    """libtorch's CMake config of a CUDA build of torch insists on finding a CUDA
+    toolkit (nvcc, headers, cudart) even for a CPU-only consumer. Where the toolkit
+    is only nvcc, assemble one from nvcc and the nvidia-* wheels' headers and libs."""
+    nvcc = shutil.which("nvcc")
+    wheel = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu[0-9]*"))
+    if torch.version.cuda is None or not nvcc or not wheel:
+        return []
+    root = tmp_path / "cuda"
+    (root / "lib64").mkdir(parents=True)
+    os.symlink(os.path.dirname(nvcc), root / "bin")
+    os.symlink(os.path.join(wheel[0], "include"), root / "include")
+    for lib in glob.glob(os.path.join(wheel[0], "lib", "*.so.*")):
+        name = os.path.basename(lib)
+        os.symlink(lib, root / "lib64" / name)
+        unversioned = root / "lib64" / (name.split(".so.")[0] + ".so")
+        if not unversioned.exists():
+            os.symlink(lib, unversioned)
+    return [f"-DCUDA_TOOLKIT_ROOT_DIR={root}"]
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_cmake_build_for_cpp_users(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    build = tmp_path / "build"
+    env = dict(os.environ, MAKEFLAGS="", TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"))
+    r = subprocess.run(["cmake", "-S", root, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+                       + _cuda_root_shim(tmp_path), capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run(["cmake", "--build", str(build), "-j", os.environ.get("MAX_JOBS", "2")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([str(build / "lthfast_cpp_smoke")], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr

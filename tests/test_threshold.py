@@ -1,0 +1,190 @@
+"""The global magnitude threshold kernel (CPU) against the reference and torch."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+import lthfast
+from lthfast import _reference as ref
+
+from _threshold_cases import make_tensor, threshold_problem
+
+pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
+
+
+def _assert_masks_equal(got, want, tensors):
+    assert len(got) == len(want)
+    for i, (g, w, t) in enumerate(zip(got, want, tensors)):
+        assert g.dtype == torch.bool, i
+        assert g.shape == t.shape, i
+        assert torch.equal(g.cpu(), w.cpu()), f"mask {i} differs"
+
+
+@settings(max_examples=300, deadline=None)
+@given(threshold_problem())
+def test_masks_match_reference(problem):
+    tensors, masks, k = problem
+    got = lthfast.global_magnitude_masks(tensors, k, masks=masks)
+    want = ref.global_magnitude_masks(tensors, masks or [], k)
+    _assert_masks_equal(got, want, tensors)
+    # exactly k of the eligible entries are pruned, and nothing outside them
+    eligible = masks or [torch.ones_like(t, dtype=torch.bool) for t in tensors]
+    assert sum(int((e & ~g).sum()) for e, g in zip(eligible, got)) == k
+    assert all(not bool((g & ~e).any()) for e, g in zip(eligible, got))
+
+
+@settings(max_examples=200, deadline=None)
+@given(threshold_problem())
+def test_threshold_matches_reference(problem):
+    tensors, masks, k = problem
+    t, ties = lthfast.global_magnitude_threshold(tensors, k, masks=masks)
+    rt, rties = ref.global_threshold(tensors, masks or [], k)
+    assert ties == rties
+    assert (math.isnan(t) and math.isnan(rt)) or t == rt
+
+
+@settings(max_examples=100, deadline=None)
+@given(threshold_problem())
+def test_threshold_describes_the_masks(problem):
+    """Entries below the threshold are pruned, plus n_ties entries equal to it."""
+    tensors, masks, k = problem
+    t, ties = lthfast.global_magnitude_threshold(tensors, k, masks=masks)
+    got = lthfast.global_magnitude_masks(tensors, k, masks=masks)
+    eligible = masks or [torch.ones_like(x, dtype=torch.bool) for x in tensors]
+    below = equal_pruned = 0
+    for x, e, g in zip(tensors, eligible, got):
+        a = x.detach().abs().double()
+        pruned = e & ~g
+        if not math.isnan(t):
+            assert not bool((a[pruned] > t).any())
+            below += int((a[e] < t).sum())
+            equal_pruned += int((pruned & (a == t)).sum())
+    if not math.isnan(t) and k:
+        assert below + ties == k
+        assert equal_pruned == ties
+
+
+def test_masks_keep_layout():
+    w = torch.randn(16, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    t = torch.randn(30, 20).t()
+    sliced = torch.randn(40, 20)[::2]
+    masks = lthfast.global_magnitude_masks([w, t, sliced], 0.5)
+    assert masks[0].stride() == w.stride()
+    assert masks[1].stride() == t.stride()
+    assert masks[2].is_contiguous()
+
+
+def test_no_ties_equals_torch_topk():
+    """Without ties the pruned set is exactly torch's (topk of |w| over the concatenation)."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [(64, 32, 3, 3), (1000, 10), (777,)]
+    total = sum(math.prod(s) for s in sizes)
+    distinct = (torch.randperm(total, generator=g) + 1).float() * 1e-3  # no ties
+    distinct *= torch.randint(0, 2, (total,), generator=g) * 2 - 1
+    tensors = list(distinct.split([math.prod(s) for s in sizes]))
+    tensors = [t.reshape(s) for t, s in zip(tensors, sizes)]
+    flat = torch.cat([t.reshape(-1) for t in tensors]).abs()
+    assert flat.unique().numel() == flat.numel()
+    for amount in [1, 0.2, 0.5, 0.9, 0.999]:
+        k = amount if isinstance(amount, int) else round(amount * flat.numel())
+        keep = torch.ones_like(flat, dtype=torch.bool)
+        keep[torch.topk(flat, k, largest=False).indices] = False
+        got = torch.cat([m.reshape(-1) for m in lthfast.global_magnitude_masks(tensors, amount)])
+        assert torch.equal(got, keep)
+
+
+def test_ties_pruned_in_tensor_then_row_major_order():
+    a = torch.ones(2, 3).t()  # transposed: memory order differs from row-major
+    b = torch.ones(4)
+    masks = lthfast.global_magnitude_masks([a, b], 5)
+    assert masks[0].tolist() == [[False, False], [False, False], [False, True]]
+    assert masks[1].tolist() == [True, True, True, True]
+    masks = lthfast.global_magnitude_masks([a, b], 8)
+    assert masks[0].tolist() == [[False, False], [False, False], [False, False]]
+    assert masks[1].tolist() == [False, False, True, True]
+    masks = lthfast.global_magnitude_masks([a, b], 2)
+    assert masks[0].tolist() == [[False, False], [True, True], [True, True]]
+
+
+def test_nan_ranks_above_inf():
+    x = torch.tensor([float("nan"), float("inf"), 1.0, -float("inf"), 0.5])
+    # |inf| == |-inf|: a tie, broken by index
+    assert lthfast.global_magnitude_masks([x], 3)[0].tolist() == [True, False, False, True, False]
+    assert lthfast.global_magnitude_masks([x], 4)[0].tolist() == [True, False, False, False, False]
+    assert lthfast.global_magnitude_masks([x], 5)[0].tolist() == [False] * 5
+    t, ties = lthfast.global_magnitude_threshold([x], 5)
+    assert math.isnan(t) and ties == 1
+
+
+def test_amount_float_rounds_half_to_even_on_remaining():
+    x = torch.arange(1.0, 11.0)
+    masks = [x > 4]  # 6 remaining
+    m = lthfast.global_magnitude_masks([x], 0.25, masks=masks)[0]  # round(1.5) = 2
+    assert (~m & masks[0]).sum() == 2
+    m = lthfast.global_magnitude_masks([x], 0.75, masks=masks)[0]  # round(4.5) = 4
+    assert (~m & masks[0]).sum() == 4
+    assert not bool((m & ~masks[0]).any())
+
+
+def test_importance_replaces_magnitude():
+    w = torch.tensor([10.0, 1.0, 5.0, 2.0])
+    imp = torch.tensor([0.1, 9.0, 0.3, 8.0])
+    m = lthfast.global_magnitude_masks([w], 2, importance=[imp])[0]
+    assert m.tolist() == [False, True, False, True]
+
+
+def test_mixed_dtypes_share_one_threshold():
+    a = torch.tensor([0.1, 0.3], dtype=torch.float16)
+    b = torch.tensor([0.2, 0.4], dtype=torch.float64)
+    c = torch.tensor([0.25], dtype=torch.bfloat16)
+    m = lthfast.global_magnitude_masks([a, b, c], 3)
+    want = ref.global_magnitude_masks([a, b, c], [], 3)
+    _assert_masks_equal(m, want, [a, b, c])
+
+
+def test_empty_tensors_and_k_zero():
+    e = torch.empty(0, 5)
+    x = torch.randn(7)
+    m = lthfast.global_magnitude_masks([e, x], 0)
+    assert m[0].shape == (0, 5) and m[1].all()
+    assert lthfast.global_magnitude_threshold([e, x], 0) == (0.0, 0)
+    m = lthfast.global_magnitude_masks([e], 0.5)
+    assert m[0].shape == (0, 5)
+
+
+def test_inputs_are_not_modified():
+    x = torch.randn(50)
+    mask = torch.rand(50) > 0.5
+    x0, mask0 = x.clone(), mask.clone()
+    lthfast.global_magnitude_masks([x], 0.5, masks=[mask])
+    assert torch.equal(x, x0) and torch.equal(mask, mask0)
+
+
+def test_many_threads_and_chunks_agree():
+    """Several chunks per tensor and per thread (chunk = 65536 entries)."""
+    g = torch.Generator().manual_seed(3)
+    tensors = [make_tensor((300_000,), torch.float32, "contiguous", "ties", g),
+               make_tensor((64, 64, 9, 9), torch.bfloat16, "channels_last", "ties", g)]
+    for k in [1, 123_457, 400_000]:
+        _assert_masks_equal(lthfast.global_magnitude_masks(tensors, k),
+                            ref.global_magnitude_masks(tensors, [], k), tensors)
+
+
+@pytest.mark.slow
+def test_more_than_2_pow_31_entries():
+    avail = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable"):
+                avail = int(line.split()[1]) * 1024
+    n = 2**31 + 5
+    if avail < 3 * n * 2:
+        pytest.skip("not enough memory for a 2^31-entry tensor")
+    x = torch.ones(n, dtype=torch.bfloat16)
+    x[-3:] = 0.5
+    x[:2] = 0.25
+    m = lthfast.global_magnitude_masks([x], 6)[0]
+    assert not m[:2].any() and not m[-3:].any() and not bool(m[2]) and bool(m[3])
+    assert int(m.sum()) == n - 6
+    del m, x
