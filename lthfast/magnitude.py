@@ -63,7 +63,8 @@ def _check_masks(masks, tensors, what: str = "masks") -> list[torch.Tensor]:
 def count_remaining(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> int:
     if not masks:
         return sum(t.numel() for t in tensors)
-    return int(sum(int(m.sum()) for m in masks))
+    # count_nonzero: a bool .sum() is ~10x slower
+    return int(sum(int(torch.count_nonzero(m)) for m in masks))
 
 
 def amount_to_count(amount, n_remaining: int, *, name: str = "amount") -> int:

@@ -1,0 +1,137 @@
+"""global_unstructured: one pruning decision across many parameters.
+
+With the stock ``L1Unstructured`` the masks come straight from lthfast's global
+magnitude kernel: no concatenated copy of the weights or masks is made. Any other
+unstructured method (``RandomUnstructured``, a user's method, a patched
+``compute_mask``) runs on the concatenation of the unpruned entries exactly as in
+torch. Each parameter then gets its own mask; the hooks keep no reference to the
+masks (torch keeps a view of the whole concatenated mask in every hook, one per
+round, so memory grows with every round).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from lthfast.prune import validate
+from lthfast.prune._state import Snapshot, TorchContainer, find_hook
+from lthfast.prune.base import combine_masks, uses_stock_compute_mask
+from lthfast.prune.methods import CustomFromMask, L1Unstructured
+
+
+def _targets(parameters, importance_scores):
+    """Check every (module, name) pair; return [(module, name, scores, old_mask)]."""
+    if not isinstance(parameters, Iterable):
+        raise TypeError(
+            f"parameters must be an iterable of (module, name) pairs, got {type(parameters).__name__}")
+    entries = list(parameters)  # a generator is read once
+    if importance_scores is None:
+        importance_scores = {}
+    if not isinstance(importance_scores, dict):
+        raise TypeError(
+            "importance_scores must be a dict mapping (module, name) to a tensor, got "
+            f"{type(importance_scores).__name__}")
+    if not entries:
+        raise ValueError("parameters is empty: pass at least one (module, name) pair")
+    targets, seen, device = [], set(), None
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2
+                and isinstance(entry[0], torch.nn.Module)):
+            raise TypeError(f"parameters[{i}]={entry!r} is not a (module, name) pair")
+        module, name = entry
+        if (id(module), name) in seen:
+            raise ValueError(
+                f"parameters[{i}] repeats ({type(module).__name__}, {name!r}): list each "
+                "parameter once")
+        seen.add((id(module), name))
+        current = validate.lookup_tensor(module, name)
+        _, old = find_hook(module, name)
+        scores = importance_scores.get((module, name), current)
+        if scores is not current:
+            validate.check_same_shape(scores, current, f"importance_scores[({type(module).__name__}, "
+                                      f"{name!r})]", f"{type(module).__name__}.{name}")
+        if old is None:
+            validate.require_parameter(module, name, current)
+        if device is not None and scores.device != device:
+            raise TypeError(
+                f"parameters[{i}] ({type(module).__name__}.{name}) is on {scores.device} but "
+                f"parameters[0] is on {device}: global pruning needs one device")
+        device = scores.device
+        old_mask = getattr(module, name + "_mask") if old is not None else None
+        targets.append((module, name, scores, old_mask))
+    return targets
+
+
+def _masks_from_kernel(method, targets):
+    """Per-parameter masks from the magnitude kernel, or None if it cannot take them."""
+    scores = [s for _, _, s, _ in targets]
+    old = [m for _, _, _, m in targets]
+    eligible = None
+    if any(m is not None for m in old):
+        eligible = [torch.ones_like(s, dtype=torch.bool) if m is None else (m == 1).to(s.device)
+                    for s, m in zip(scores, old)]
+    keeps = method._fast_keep(scores, eligible)
+    if keeps is None:
+        return None
+    masks = []
+    for keep, m, e in zip(keeps, old, eligible or old):
+        if m is None:
+            masks.append(keep)
+        else:
+            drop = (e & ~keep).to(m.device)
+            masks.append(m.detach().clone().masked_fill_(drop, 0))
+    return masks
+
+
+def _masks_by_concatenation(method, targets):
+    """torch's algorithm: run the method on the flattened unpruned entries of all tensors."""
+    flat_scores = torch.cat([s.reshape(-1) for _, _, s, _ in targets])
+    flat_masks = torch.cat([(torch.ones_like(s) if m is None else m).reshape(-1)
+                            for _, _, s, m in targets])
+    flat = combine_masks(method, flat_scores, flat_masks)
+    masks, start = [], 0
+    for _, _, s, _ in targets:
+        masks.append(flat[start:start + s.numel()].reshape(s.shape).clone())  # own storage
+        start += s.numel()
+    return masks
+
+
+def global_unstructured(parameters, pruning_method, importance_scores=None, *, generator=None,
+                        **kwargs):
+    """Prune the given parameters together: ``pruning_method(**kwargs)`` (unstructured)
+    decides over all their unpruned entries at once, e.g. the smallest ``amount`` of
+    all weights with ``L1Unstructured``.
+
+    ``parameters``: iterable of ``(module, name)``; ``importance_scores``: optional
+    dict ``(module, name) -> tensor``; ``generator`` is passed to the method (e.g.
+    ``RandomUnstructured``). Either all parameters are pruned or, on error, none.
+    """
+    targets = _targets(parameters, importance_scores)
+    if generator is not None:
+        kwargs["generator"] = generator
+    method = pruning_method(**kwargs)
+    method._tensor_name = "temp"
+    kind = getattr(method, "PRUNING_TYPE", None)
+    if kind != "unstructured":
+        raise TypeError(
+            f"global_unstructured needs a method with PRUNING_TYPE 'unstructured'; "
+            f"{getattr(pruning_method, '__name__', pruning_method)} has {kind!r}")
+
+    masks = None
+    if isinstance(method, L1Unstructured) and uses_stock_compute_mask(method):
+        masks = _masks_from_kernel(method, targets)
+    if masks is None:
+        masks = _masks_by_concatenation(method, targets)
+
+    modules = {id(m): m for m, _, _, _ in targets}
+    snapshots = [Snapshot(m, [n for mm, n, _, _ in targets if mm is m]) for m in modules.values()]
+    try:
+        for (module, name, _, _), mask in zip(targets, masks):
+            hook = CustomFromMask.apply(module, name, mask)
+            recorded = hook[-1] if isinstance(hook, TorchContainer) else hook
+            recorded.mask = None  # the mask lives in <name>_mask; keep no second copy
+    except BaseException:
+        for snapshot in reversed(snapshots):
+            snapshot.restore()
+        raise
