@@ -5,8 +5,8 @@
 TORCH_LIBRARY(lthfast, m) {
   // Global magnitude threshold over many tensors (the IMP pruning step).
   // scores: float tensors (fp16/bf16/fp32/fp64), ranked by |score|; NaN above +Inf.
-  // masks: empty (all entries eligible) or one bool tensor per score, same shape:
-  //        only entries where the mask is True are eligible and counted.
+  // masks: empty (all entries eligible) or one tensor per score, same shape, bool
+  //        or the score's dtype: only entries where it is nonzero are eligible.
   // k: how many eligible entries to prune, 0 <= k <= number eligible.
   // Returns (threshold, n_ties): 0-dim float64 |score| of the k-th smallest
   // eligible entry (0.0 when k == 0) and 0-dim int64 number of entries equal to
@@ -15,4 +15,11 @@ TORCH_LIBRARY(lthfast, m) {
   // Same selection, returned as keep-masks (True = kept): one bool tensor per
   // score, same shape and strides as the score when it is dense.
   m.def("global_magnitude_masks(Tensor[] scores, Tensor[] masks, int k) -> Tensor[]");
+  // One tensor's keep-mask from a global threshold, for callers that build masks
+  // one tensor at a time (lthfast.prune: no list of masks alive at once).
+  // Kept: eligible entries with |score| > threshold, and those equal to it once
+  // ties_left ties are pruned (row-major order); ties_left is decremented by the
+  // ties pruned here, so calls in tensor order reproduce global_magnitude_masks.
+  // The mask's dtype is mask's (bool or the score's dtype), bool without mask.
+  m.def("threshold_mask(Tensor score, Tensor? mask, Tensor threshold, Tensor(a!) ties_left) -> Tensor");
 }

@@ -57,3 +57,7 @@ if _C is not None:
     @torch.library.register_fake("lthfast::global_magnitude_masks")
     def _global_magnitude_masks_fake(scores, masks, k):
         return [torch.empty_like(s, dtype=torch.bool) for s in scores]
+
+    @torch.library.register_fake("lthfast::threshold_mask")
+    def _threshold_mask_fake(score, mask, threshold, ties_left):
+        return torch.empty_like(score, dtype=torch.bool if mask is None else mask.dtype)

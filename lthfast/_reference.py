@@ -75,3 +75,18 @@ def global_magnitude_masks(scores, masks, k):
         out.append(keep[start:start + n].view(s.shape).to(s.device))
         start += n
     return out
+
+
+def threshold_mask(score, mask, threshold, ties_left):
+    """One tensor's keep-mask from a global threshold; decrements ties_left (a 0-dim
+    int64 tensor) by the ties pruned here (the first ones in row-major order)."""
+    keys, _ = _keys([score.to(torch.float64)])
+    t, _ = _keys([torch.tensor([float(threshold)], dtype=torch.float64)])
+    keys, t = keys[0], int(t[0][0])
+    eligible = torch.ones_like(keys, dtype=torch.bool) if mask is None else mask.reshape(-1) != 0
+    keep = eligible & (keys > t)
+    ties = (eligible & (keys == t)).nonzero().squeeze(1)
+    n = min(ties.numel(), int(ties_left))
+    keep[ties[n:]] = True
+    ties_left -= n
+    return keep.view(score.shape).to(torch.bool if mask is None else mask.dtype)

@@ -51,8 +51,10 @@ def _check_masks(masks, tensors, what: str = "masks") -> list[torch.Tensor]:
     for i, (m, t) in enumerate(zip(masks, tensors)):
         if not isinstance(m, torch.Tensor):
             raise TypeError(f"{what}[{i}] is a {type(m).__name__}, not a torch.Tensor")
-        if m.dtype != torch.bool:
-            raise TypeError(f"{what}[{i}] has dtype {m.dtype}; masks must be torch.bool (True = kept)")
+        if m.dtype != torch.bool and m.dtype != t.dtype:
+            raise TypeError(
+                f"{what}[{i}] has dtype {m.dtype}; masks must be torch.bool (True = kept) or "
+                f"{t.dtype} like tensors[{i}] (nonzero = kept)")
         if m.shape != t.shape:
             raise ValueError(f"{what}[{i}] has shape {tuple(m.shape)} but tensors[{i}] has shape {tuple(t.shape)}")
         if m.device != t.device:
@@ -105,6 +107,53 @@ def global_magnitude_threshold(tensors, k: int, *, masks=None) -> tuple[float, i
     return float(t), int(ties)
 
 
+def _scores_of(tensors, importance):
+    if importance is None:
+        return tensors
+    scores = _check_tensors(importance, "importance")
+    if len(scores) != len(tensors):
+        raise ValueError(f"importance has {len(scores)} entries but there are {len(tensors)} tensors")
+    for i, (s, t) in enumerate(zip(scores, tensors)):
+        if s.shape != t.shape:
+            raise ValueError(
+                f"importance[{i}] has shape {tuple(s.shape)} but tensors[{i}] has shape {tuple(t.shape)}")
+        if s.device != t.device:
+            raise ValueError(f"importance[{i}] is on {s.device} but tensors[{i}] is on {t.device}")
+    return scores
+
+
+def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None):
+    """Yields the same keep-masks as :func:`global_magnitude_masks`, one tensor at a
+    time, so that a caller that installs each mask before asking for the next never
+    holds a list of them. A yielded mask has the dtype of ``masks[i]`` (bool, or the
+    tensor's float dtype with 1.0 = kept), bool without ``masks``. Arguments are
+    checked and the threshold found before the first mask is yielded.
+    """
+    tensors = _check_tensors(tensors)
+    masks = _check_masks(masks, tensors)
+    scores = _scores_of(tensors, importance)
+    k = amount_to_count(amount, count_remaining(tensors, masks))
+    if _ops.use_reference():
+        t, ties = _reference.global_threshold(scores, masks, k)
+        op = _reference.threshold_mask
+    else:
+        _ops.require()
+        with torch.no_grad():
+            t, ties = torch.ops.lthfast.global_threshold(scores, masks, k)
+        op = torch.ops.lthfast.threshold_mask
+    return _yield_masks(op, scores, masks, t, ties)
+
+
+def _yield_masks(op, scores, masks, t, ties):
+    # k == 0 gives (0.0, 0): nothing is below 0.0 and no tie is pruned.
+    device = scores[0].device
+    threshold = torch.as_tensor(t, dtype=torch.float64, device=device)
+    ties_left = torch.as_tensor(ties, dtype=torch.int64, device=device).clone()
+    for i, s in enumerate(scores):
+        with torch.no_grad():
+            yield op(s, masks[i] if masks else None, threshold, ties_left)
+
+
 def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> list[torch.Tensor]:
     """Keep-masks (``True`` = kept) that prune ``amount`` of the unpruned entries
     of ``tensors`` globally, smallest ``|w|`` (or ``|importance|``) first.
@@ -118,18 +167,7 @@ def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> l
     """
     tensors = _check_tensors(tensors)
     masks = _check_masks(masks, tensors)
-    if importance is not None:
-        scores = _check_tensors(importance, "importance")
-        if len(scores) != len(tensors):
-            raise ValueError(f"importance has {len(scores)} entries but there are {len(tensors)} tensors")
-        for i, (s, t) in enumerate(zip(scores, tensors)):
-            if s.shape != t.shape:
-                raise ValueError(
-                    f"importance[{i}] has shape {tuple(s.shape)} but tensors[{i}] has shape {tuple(t.shape)}")
-            if s.device != t.device:
-                raise ValueError(f"importance[{i}] is on {s.device} but tensors[{i}] is on {t.device}")
-    else:
-        scores = tensors
+    scores = _scores_of(tensors, importance)
     k = amount_to_count(amount, count_remaining(tensors, masks))
     if _ops.use_reference():
         return _reference.global_magnitude_masks(scores, masks, k)

@@ -188,3 +188,34 @@ def test_more_than_2_pow_31_entries():
     assert not m[:2].any() and not m[-3:].any() and not bool(m[2]) and bool(m[3])
     assert int(m.sum()) == n - 6
     del m, x
+
+
+@settings(max_examples=150, deadline=None)
+@given(threshold_problem())
+def test_one_tensor_at_a_time_equals_all_at_once(problem):
+    tensors, masks, k = problem
+    want = ref.global_magnitude_masks(tensors, masks or [], k)
+    got = list(lthfast.magnitude.iter_global_magnitude_masks(tensors, k, masks=masks))
+    _assert_masks_equal(got, want, tensors)
+    if masks is not None:  # float masks of the tensor's dtype: 1.0 = kept, same selection
+        fmasks = [m.to(t.dtype) for m, t in zip(masks, tensors)]
+        got = list(lthfast.magnitude.iter_global_magnitude_masks(tensors, k, masks=fmasks))
+        for g, w, t in zip(got, want, tensors):
+            assert g.dtype == t.dtype
+            assert torch.equal(g != 0, w)
+        got = lthfast.global_magnitude_masks(tensors, k, masks=fmasks)
+        _assert_masks_equal(got, want, tensors)
+
+
+def test_threshold_mask_reference_agrees():
+    g = torch.Generator().manual_seed(1)
+    x = make_tensor((6, 5, 3, 3), torch.float32, "channels_last", "ties", g)
+    m = torch.rand(x.shape, generator=g) > 0.3
+    t, ties = lthfast.global_magnitude_threshold([x], 100, masks=[m])
+    for left in [0, 1, ties, ties + 5]:
+        a = torch.tensor(left)
+        b = torch.tensor(left)
+        got = torch.ops.lthfast.threshold_mask(x, m, torch.tensor(t, dtype=torch.float64), a)
+        want = ref.threshold_mask(x, m, t, b)
+        assert torch.equal(got, want) and int(a) == int(b)
+        assert got.stride() == x.stride()

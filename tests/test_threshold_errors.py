@@ -45,8 +45,9 @@ def test_bad_masks():
     with pytest.raises(ValueError, match=r"masks\[1\] has shape"):
         lthfast.global_magnitude_masks(W, 0.5, masks=[torch.ones(4, 3, dtype=torch.bool),
                                                       torch.ones(6, dtype=torch.bool)])
-    with pytest.raises(TypeError, match=r"masks\[0\] has dtype torch.float32"):
-        lthfast.global_magnitude_masks(W, 0.5, masks=[torch.ones(4, 3), torch.ones(5, dtype=torch.bool)])
+    with pytest.raises(TypeError, match=r"masks\[0\] has dtype torch.float64"):
+        lthfast.global_magnitude_masks(W, 0.5, masks=[torch.ones(4, 3, dtype=torch.float64),
+                                                      torch.ones(5, dtype=torch.bool)])
     with pytest.raises(ValueError, match="masks has 1 entries"):
         lthfast.global_magnitude_masks(W, 0.5, masks=[torch.ones(4, 3, dtype=torch.bool)])
     with pytest.raises(ValueError, match=r"masks\[0\] is on meta"):

@@ -21,3 +21,13 @@ def _cases(device):
 def test_opcheck_cpu(op):
     for args in _cases("cpu"):
         torch.library.opcheck(getattr(torch.ops.lthfast, op), args)
+
+
+def test_opcheck_threshold_mask_cpu():
+    for scores, masks, k in _cases("cpu"):
+        t, ties = torch.ops.lthfast.global_threshold(scores, masks, k)
+        for i, s in enumerate(scores):
+            m = masks[i] if masks else None
+            torch.library.opcheck(torch.ops.lthfast.threshold_mask, (s, m, t, ties.clone()))
+            if m is not None:
+                torch.library.opcheck(torch.ops.lthfast.threshold_mask, (s, m.to(s.dtype), t, ties.clone()))

@@ -56,6 +56,40 @@ inline double key_to_double(uint64_t key, bool wide) {
   return static_cast<double>(f);
 }
 
+// Bit-level forms of the keys, for kernels that load raw bits (no float
+// arithmetic, so immune to flush-to-zero / fast-math flags):
+//   key32_from_bits(bits of a float)  == key32(that float)
+//   key64_from_bits(bits of a double) == key64(that double)
+//   widen_key32(key32(x))             == key64(double(x))   for every float x
+LTHFAST_HD uint32_t key32_from_bits(uint32_t b) {
+  b &= 0x7FFFFFFFu;
+  return b > 0x7F800000u ? kNanKey32 : b;
+}
+
+LTHFAST_HD uint64_t key64_from_bits(uint64_t b) {
+  b &= 0x7FFFFFFFFFFFFFFFull;
+  return b > 0x7FF0000000000000ull ? kNanKey64 : b;
+}
+
+LTHFAST_HD uint64_t widen_key32(uint32_t k) {
+  if (k == kNanKey32) return kNanKey64;
+  if (k >= 0x7F800000u) return 0x7FF0000000000000ull;  // +Inf
+  uint32_t e = k >> 23;
+  uint32_t m = k & 0x7FFFFFu;
+  if (e == 0) {
+    if (m == 0) return 0;
+    // Subnormal float m * 2^-149: normalise so the leading 1 sits at bit 23.
+#if defined(__CUDA_ARCH__)
+    const int s = __clz(static_cast<int>(m)) - 8;
+#else
+    const int s = __builtin_clz(m) - 8;
+#endif
+    m = (m << s) & 0x7FFFFFu;
+    return (static_cast<uint64_t>(897 - s) << 52) | (static_cast<uint64_t>(m) << 29);
+  }
+  return (static_cast<uint64_t>(e + 896u) << 52) | (static_cast<uint64_t>(m) << 29);
+}
+
 // Radix digits: 16 bits per pass, most significant first.
 constexpr int kDigitBits = 16;
 constexpr int kBins = 1 << kDigitBits;

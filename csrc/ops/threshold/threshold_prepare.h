@@ -15,7 +15,8 @@ namespace threshold {
 // their score. Empty `masks` means every entry is eligible.
 struct Normalized {
   std::vector<at::Tensor> scores;   // non-overlapping and dense
-  std::vector<at::Tensor> masks;    // empty, or bool with the strides of scores[i]
+  std::vector<at::Tensor> masks;    // empty, or bool / the score's dtype (nonzero =
+                                    // eligible), with the strides of scores[i]
   std::vector<at::Tensor> originals;
   bool wide = false;                // any float64 score: 64-bit keys
 };
@@ -44,15 +45,16 @@ inline Normalized normalize_inputs(at::TensorList scores, at::TensorList masks, 
     at::Tensor d = s.is_non_overlapping_and_dense() ? s : s.contiguous();
     if (!masks.empty()) {
       const at::Tensor& m = masks[i];
-      TORCH_CHECK(m.scalar_type() == at::kBool, op, ": masks[", i, "] has dtype ",
-                  m.scalar_type(), "; expected bool (True = kept)");
+      TORCH_CHECK(m.scalar_type() == at::kBool || m.scalar_type() == s.scalar_type(), op,
+                  ": masks[", i, "] has dtype ", m.scalar_type(), "; expected bool (True = kept) or ",
+                  s.scalar_type(), " like scores[", i, "] (nonzero = kept)");
       TORCH_CHECK(m.sizes() == s.sizes(), op, ": masks[", i, "] has shape ", m.sizes(),
                   " but scores[", i, "] has shape ", s.sizes());
       TORCH_CHECK(m.device() == dev, op, ": masks[", i, "] is on ", m.device(),
                   " but scores[", i, "] is on ", dev);
       at::Tensor mm = m;
       if (m.strides() != d.strides()) {
-        mm = at::empty_like(d, d.options().dtype(at::kBool));
+        mm = at::empty_like(d, d.options().dtype(m.scalar_type()));
         mm.copy_(m);
       }
       n.masks.push_back(mm);
@@ -68,13 +70,13 @@ inline at::Tensor empty_mask_like(const at::Tensor& dense_score) {
   return at::empty_like(dense_score, dense_score.options().dtype(at::kBool));
 }
 
-// Moves masks computed on the normalised (dense) scores back to each original's
+// Moves masks computed on the normalised (dense) scores into each original's
 // layout where that differs (non-dense inputs).
 inline std::vector<at::Tensor> restore_layout(const Normalized& n, std::vector<at::Tensor> outs) {
   for (size_t i = 0; i < outs.size(); ++i) {
     const at::Tensor& orig = n.originals[i];
     if (!orig.is_non_overlapping_and_dense()) {
-      at::Tensor o = at::empty_like(orig, orig.options().dtype(at::kBool));
+      at::Tensor o = at::empty_like(orig, orig.options().dtype(outs[i].scalar_type()));
       o.copy_(outs[i]);
       outs[i] = o;
     }
@@ -86,7 +88,8 @@ inline std::vector<at::Tensor> restore_layout(const Normalized& n, std::vector<a
 
 struct Entry {
   const void* data;
-  const bool* mask;  // nullptr: all eligible
+  const void* mask;  // nullptr: all eligible
+  bool mask_is_bool; // else the mask has the score's dtype, nonzero = eligible
   bool* out;         // nullptr when no masks are written
   at::ScalarType dtype;
   int64_t numel;
@@ -132,7 +135,8 @@ inline Prepared prepare(at::TensorList scores, at::TensorList masks, int64_t k, 
                 ", expected cpu");
     Entry e;
     e.data = s.data_ptr();
-    e.mask = p.n.masks.empty() ? nullptr : p.n.masks[i].data_ptr<bool>();
+    e.mask = p.n.masks.empty() ? nullptr : p.n.masks[i].data_ptr();
+    e.mask_is_bool = p.n.masks.empty() || p.n.masks[i].scalar_type() == at::kBool;
     e.out = nullptr;
     if (make_out) {
       p.outs.push_back(empty_mask_like(s));

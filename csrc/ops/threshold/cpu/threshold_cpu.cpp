@@ -29,67 +29,15 @@
 
 #include "ops/threshold/threshold_common.h"
 #include "ops/threshold/threshold_prepare.h"
+#include "ops/threshold/cpu/keys_cpu.h"
 
 namespace lthfast {
 namespace threshold {
 namespace {
 
+using namespace cpu;
+
 constexpr uint8_t kPending = 2;  // mask byte still undecided after the fused pass
-
-template <typename key_t>
-struct Digits {
-  static constexpr int kKeyBits = sizeof(key_t) * 8 - 1;  // the sign bit is always 0
-  static constexpr int kCount = (kKeyBits + kDigitBits - 1) / kDigitBits;
-  static constexpr int shift(int i) { return std::max(0, kKeyBits - kDigitBits * (i + 1)); }
-  static constexpr int width(int i) { return std::min(kDigitBits, kKeyBits - kDigitBits * i); }
-  static key_t digit(key_t key, int i) {
-    return (key >> shift(i)) & ((key_t(1) << width(i)) - 1);
-  }
-};
-
-template <typename key_t, typename scalar_t>
-inline key_t key_of(scalar_t x) {
-  if constexpr (std::is_same_v<key_t, uint64_t>) {
-    return key64(static_cast<double>(x));
-  } else {
-    return key32(static_cast<float>(x));
-  }
-}
-
-// Calls f(j, key, eligible) for memory offsets [begin, end) of e (eligible is
-// 0 or 1, so callers can stay branch-free).
-template <typename key_t, typename F>
-void for_each_key(const Entry& e, int64_t begin, int64_t end, const F& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_threshold_cpu", [&] {
-    const scalar_t* x = static_cast<const scalar_t*>(e.data);
-    if (e.mask) {
-      const uint8_t* m = reinterpret_cast<const uint8_t*>(e.mask);
-      for (int64_t j = begin; j < end; ++j) f(j, key_of<key_t>(x[j]), uint32_t(m[j] != 0));
-    } else {
-      for (int64_t j = begin; j < end; ++j) f(j, key_of<key_t>(x[j]), uint32_t(1));
-    }
-  });
-}
-
-template <typename key_t>
-key_t key_at(const Entry& e, int64_t j) {
-  key_t key = 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_key_at", [&] {
-    key = key_of<key_t>(static_cast<const scalar_t*>(e.data)[j]);
-  });
-  return key;
-}
-
-// Memory offset of logical (row-major) index l.
-int64_t offset_of(const Entry& e, int64_t l) {
-  if (e.row_major) return l;
-  int64_t off = 0;
-  for (int64_t d = static_cast<int64_t>(e.sizes.size()) - 1; d >= 0; --d) {
-    off += (l % e.sizes[d]) * e.strides[d];
-    l /= e.sizes[d];
-  }
-  return off;
-}
 
 // Per-thread histograms, summed into one. Counts are int64: a thread may see
 // more than 2^32 entries.

@@ -1,0 +1,138 @@
+// CPU kernel of threshold_mask: one tensor's keep-mask from a global threshold.
+// One parallel pass writes key >= t and counts ties per chunk; only when ties are
+// present and some are still to be pruned does a second walk visit them in
+// row-major order and prune the first ties_left.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "ops/threshold/cpu/keys_cpu.h"
+#include "ops/threshold/threshold_common.h"
+#include "ops/threshold/threshold_prepare.h"
+
+namespace lthfast {
+namespace threshold {
+namespace {
+
+using namespace cpu;
+
+template <typename out_t>
+inline out_t as_mask(bool keep) {
+  return static_cast<out_t>(keep ? 1.0f : 0.0f);
+}
+
+// Writes out (dtype out_t) for every entry, ties kept for now; returns the
+// eligible ties per chunk.
+template <typename scalar_t, typename out_t>
+std::vector<int64_t> write_above(const Entry& e, out_t* out, uint64_t t) {
+  const int64_t nchunks = (e.numel + kChunk - 1) / kChunk;
+  std::vector<int64_t> ties(nchunks, 0);
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      int64_t n = 0;
+      const int64_t end = std::min(e.numel, (c + 1) * kChunk);
+      for_each_key<uint64_t>(e, c * kChunk, end, [&](int64_t j, uint64_t key, uint32_t ok) {
+        out[j] = as_mask<out_t>(ok && key >= t);
+        n += ok && key == t;
+      });
+      ties[c] = n;
+    }
+  });
+  return ties;
+}
+
+// Prunes the first `left` eligible ties in row-major order; returns how many.
+template <typename out_t>
+int64_t resolve_ties(const Entry& e, out_t* out, uint64_t t, int64_t left,
+                     const std::vector<int64_t>& ties) {
+  int64_t total = 0;
+  for (int64_t n : ties) total += n;
+  if (total == 0) return 0;
+  auto decide = [&](int64_t j, int64_t rank) {
+    if (rank < left) out[j] = as_mask<out_t>(false);
+  };
+  if (e.row_major) {  // chunks are row-major ranges: offsets by scan, then parallel
+    std::vector<int64_t> before(ties.size(), 0);
+    for (size_t c = 1; c < ties.size(); ++c) before[c] = before[c - 1] + ties[c - 1];
+    at::parallel_for(0, static_cast<int64_t>(ties.size()), 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        if (ties[c] == 0 || before[c] >= left) continue;  // nothing to prune here
+        int64_t rank = before[c];
+        const int64_t end = std::min(e.numel, (c + 1) * kChunk);
+        for_each_key<uint64_t>(e, c * kChunk, end, [&](int64_t j, uint64_t key, uint32_t ok) {
+          if (ok && key == t) decide(j, rank++);
+        });
+      }
+    });
+  } else {  // permuted layout: one walk in logical order
+    int64_t rank = 0;
+    for (int64_t l = 0; l < e.numel && rank < left; ++l) {
+      const int64_t j = offset_of(e, l);
+      for_each_key<uint64_t>(e, j, j + 1, [&](int64_t, uint64_t key, uint32_t ok) {
+        if (ok && key == t) decide(j, rank++);
+      });
+    }
+  }
+  return std::min(total, left);
+}
+
+at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::Tensor>& mask,
+                              const at::Tensor& threshold, at::Tensor& ties_left) {
+  const char* op = "threshold_mask";
+  std::vector<at::Tensor> masks;
+  if (mask.has_value()) masks.push_back(*mask);
+  Normalized n = normalize_inputs({score}, masks, 0, op);
+  TORCH_CHECK(threshold.dim() == 0 && threshold.scalar_type() == at::kDouble &&
+                  threshold.device() == score.device(),
+              op, ": threshold must be a 0-dim float64 tensor on ", score.device(),
+              " (from global_threshold), got ", threshold.scalar_type(), " of shape ",
+              threshold.sizes(), " on ", threshold.device());
+  TORCH_CHECK(ties_left.dim() == 0 && ties_left.scalar_type() == at::kLong &&
+                  ties_left.device() == score.device(),
+              op, ": ties_left must be a 0-dim int64 tensor on ", score.device(), ", got ",
+              ties_left.scalar_type(), " of shape ", ties_left.sizes(), " on ", ties_left.device());
+  const int64_t left = ties_left.item<int64_t>();
+  TORCH_CHECK(left >= 0, op, ": ties_left=", left, " must be >= 0");
+  // 64-bit keys compare every dtype exactly: each converts to double exactly.
+  const uint64_t t = key64(threshold.item<double>());
+
+  const at::Tensor& d = n.scores[0];
+  const at::ScalarType out_type = masks.empty() ? at::kBool : n.masks[0].scalar_type();
+  at::Tensor out = at::empty_like(d, d.options().dtype(out_type));
+  Entry e;
+  e.data = d.data_ptr();
+  e.mask = masks.empty() ? nullptr : n.masks[0].data_ptr();
+  e.mask_is_bool = masks.empty() || n.masks[0].scalar_type() == at::kBool;
+  e.out = nullptr;
+  e.dtype = d.scalar_type();
+  e.numel = d.numel();
+  e.row_major = d.is_contiguous();
+  e.sizes = d.sizes().vec();
+  e.strides = d.strides().vec();
+  if (e.numel > 0) {
+    int64_t pruned_ties = 0;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_threshold_mask", [&] {
+      if (out_type == at::kBool) {
+        bool* o = out.data_ptr<bool>();
+        pruned_ties = resolve_ties(e, o, t, left, write_above<scalar_t>(e, o, t));
+      } else {
+        scalar_t* o = out.data_ptr<scalar_t>();
+        pruned_ties = resolve_ties(e, o, t, left, write_above<scalar_t>(e, o, t));
+      }
+    });
+    ties_left.sub_(pruned_ties);
+  }
+  return restore_layout(n, {out})[0];
+}
+
+}  // namespace
+}  // namespace threshold
+}  // namespace lthfast
+
+TORCH_LIBRARY_IMPL(lthfast, CPU, m) {
+  m.impl("threshold_mask", &lthfast::threshold::threshold_mask_cpu);
+}
