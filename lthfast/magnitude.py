@@ -122,17 +122,20 @@ def _scores_of(tensors, importance):
     return scores
 
 
-def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None):
+def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None, n_remaining=None):
     """Yields the same keep-masks as :func:`global_magnitude_masks`, one tensor at a
     time, so that a caller that installs each mask before asking for the next never
     holds a list of them. A yielded mask has the dtype of ``masks[i]`` (bool, or the
     tensor's float dtype with 1.0 = kept), bool without ``masks``. Arguments are
-    checked and the threshold found before the first mask is yielded.
+    checked and the threshold found before the first mask is yielded (the caller
+    may pass ``n_remaining`` when it has just counted the unpruned entries).
     """
     tensors = _check_tensors(tensors)
     masks = _check_masks(masks, tensors)
     scores = _scores_of(tensors, importance)
-    k = amount_to_count(amount, count_remaining(tensors, masks))
+    if n_remaining is None:
+        n_remaining = count_remaining(tensors, masks)
+    k = amount_to_count(amount, n_remaining)
     if _ops.use_reference():
         t, ties = _reference.global_threshold(scores, masks, k)
         op = _reference.threshold_mask

@@ -468,7 +468,15 @@ def test_stock_l1_uses_the_kernel(monkeypatch):
         calls.append((len(tensors), amount, kw.get("masks") is not None))
         return real(tensors, amount, **kw)
 
+    real_iter = lthfast.magnitude.iter_global_magnitude_masks
+
+    def spy_iter(tensors, amount, **kw):  # global_unstructured: one mask at a time
+        calls.append((len(tensors), amount, kw.get("masks") is not None))
+        return real_iter(tensors, amount, **kw)
+
+    import lthfast.prune.global_ as global_mod
     monkeypatch.setattr(lthfast, "global_magnitude_masks", spy)
+    monkeypatch.setattr(global_mod, "iter_global_magnitude_masks", spy_iter)
     net = make_net()
     lprune.l1_unstructured(net[3], "weight", 0.5)
     lprune.l1_unstructured(net[3], "weight", 0.5)

@@ -137,25 +137,22 @@ class BasePruningMethod(TorchBase):
             except BaseException:
                 hook._pruning_methods = saved
                 raise
+        return _commit(module, name, old_key, hook, saved, mask)
 
-        snapshot = Snapshot(module, (name,))
-        try:
-            if old is None:
-                module.register_parameter(name + "_orig", orig)
-                del module._parameters[name]
-            module.register_buffer(name + "_mask", mask)
-            setattr(module, name, hook.apply_mask(module))
-            if old_key is not None:
-                del module._forward_pre_hooks[old_key]
-            module.register_forward_pre_hook(hook)
-        except BaseException:
-            snapshot.restore()
-            if saved is not None:
-                hook._pruning_methods = saved
-            raise
-        if isinstance(hook, BasePruningMethod):
-            hook._module_ref = weakref.ref(module)
-        return hook
+    @classmethod
+    def _apply_computed(cls, module, name, mask, *args, **kwargs):
+        """Like ``apply``, with the final mask (earlier pruning included) already
+        computed and checked by the caller: no default mask, no compute_mask."""
+        old_key, old = find_hook(module, name)
+        method = cls(*args, **kwargs)
+        method._tensor_name = name
+        if old is None:
+            hook, saved = method, None
+        else:
+            hook = _container_for(old, name)
+            saved = hook._pruning_methods
+            hook.add_pruning_method(method)
+        return _commit(module, name, old_key, hook, saved, mask)
 
     def prune(self, t, default_mask=None, importance_scores=None):
         """``t`` times the mask ``compute_mask`` gives (scores: ``importance_scores`` or ``t``)."""
@@ -265,3 +262,25 @@ class PruningContainer(BasePruningMethod, TorchContainer):
         """Apply the most recently added method to the part of ``t`` that
         ``default_mask`` has not pruned yet (see ``combine_masks``)."""
         return combine_masks(self._pruning_methods[-1], t, default_mask)
+
+
+def _commit(module, name, old_key, hook, saved, mask):
+    """Install ``mask`` and ``hook`` on ``module.<name>``; on failure put everything back."""
+    snapshot = Snapshot(module, (name,))
+    try:
+        if old_key is None:
+            module.register_parameter(name + "_orig", module._parameters[name])
+            del module._parameters[name]
+        module.register_buffer(name + "_mask", mask)
+        setattr(module, name, hook.apply_mask(module))
+        if old_key is not None:
+            del module._forward_pre_hooks[old_key]
+        module.register_forward_pre_hook(hook)
+    except BaseException:
+        snapshot.restore()
+        if saved is not None:
+            hook._pruning_methods = saved
+        raise
+    if isinstance(hook, BasePruningMethod):
+        hook._module_ref = weakref.ref(module)
+    return hook

@@ -17,7 +17,8 @@ import torch
 from lthfast.prune import validate
 from lthfast.prune._state import Snapshot, TorchContainer, find_hook
 from lthfast.prune.base import combine_masks, uses_stock_compute_mask
-from lthfast.prune.methods import CustomFromMask, L1Unstructured
+from lthfast.magnitude import count_remaining, iter_global_magnitude_masks
+from lthfast.prune.methods import CustomFromMask, L1Unstructured, _kernel_can_take
 
 
 def _targets(parameters, importance_scores):
@@ -63,25 +64,49 @@ def _targets(parameters, importance_scores):
     return targets
 
 
-def _masks_from_kernel(method, targets):
-    """Per-parameter masks from the magnitude kernel, or None if it cannot take them."""
+def _kernel_eligibility(targets):
+    """Per-tensor eligibility for the kernel (None: all), or False when an earlier
+    mask holds values other than 0 and 1 (torch's rules then need the slow path).
+    Float masks are passed as they are: no bool copies of every mask at once."""
     scores = [s for _, _, s, _ in targets]
     old = [m for _, _, _, m in targets]
-    eligible = None
-    if any(m is not None for m in old):
-        eligible = [torch.ones_like(s, dtype=torch.bool) if m is None else (m == 1).to(s.device)
-                    for s, m in zip(scores, old)]
-    keeps = method._fast_keep(scores, eligible)
-    if keeps is None:
+    if all(m is None for m in old):
         return None
-    masks = []
-    for keep, m, e in zip(keeps, old, eligible or old):
+    eligible = []
+    for s, m in zip(scores, old):
         if m is None:
-            masks.append(keep)
-        else:
-            drop = (e & ~keep).to(m.device)
-            masks.append(m.detach().clone().masked_fill_(drop, 0))
-    return masks
+            eligible.append(torch.ones_like(s))
+            continue
+        m = m.detach()
+        if int(torch.count_nonzero(m)) != int(torch.count_nonzero(m == 1)):
+            return False
+        eligible.append(m if (m.dtype == s.dtype and m.device == s.device) else (m == 1).to(s.device))
+    return eligible
+
+
+def _install_from_kernel(method, targets):
+    """Prune with the magnitude kernel, installing each parameter's mask before the
+    next is computed; returns False (nothing changed) when the kernel cannot take
+    these tensors. Only one tensor's temporary mask is alive at a time."""
+    scores = [s.detach() for _, _, s, _ in targets]
+    if not _kernel_can_take(scores):
+        return False
+    eligible = _kernel_eligibility(targets)
+    if eligible is False:
+        return False
+    n = count_remaining(scores, eligible or [])
+    k = validate.count_to_prune(method.amount, n)
+    masks = iter_global_magnitude_masks(scores, k, masks=eligible, n_remaining=n)
+    del eligible
+    for (module, name, _, _), keep in zip(targets, masks):
+        orig = module._parameters.get(name + "_orig", module._parameters.get(name))
+        mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
+        del keep
+        hook = CustomFromMask._apply_computed(module, name, mask, mask)
+        recorded = hook[-1] if isinstance(hook, TorchContainer) else hook
+        recorded.mask = None  # the mask lives in <name>_mask; keep no second copy
+        del mask
+    return True
 
 
 def _masks_by_concatenation(method, targets):
@@ -118,15 +143,13 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, g
             f"global_unstructured needs a method with PRUNING_TYPE 'unstructured'; "
             f"{getattr(pruning_method, '__name__', pruning_method)} has {kind!r}")
 
-    masks = None
-    if isinstance(method, L1Unstructured) and uses_stock_compute_mask(method):
-        masks = _masks_from_kernel(method, targets)
-    if masks is None:
-        masks = _masks_by_concatenation(method, targets)
-
     modules = {id(m): m for m, _, _, _ in targets}
     snapshots = [Snapshot(m, [n for mm, n, _, _ in targets if mm is m]) for m in modules.values()]
     try:
+        if isinstance(method, L1Unstructured) and uses_stock_compute_mask(method):
+            if _install_from_kernel(method, targets):
+                return None
+        masks = _masks_by_concatenation(method, targets)
         for (module, name, _, _), mask in zip(targets, masks):
             hook = CustomFromMask.apply(module, name, mask)
             recorded = hook[-1] if isinstance(hook, TorchContainer) else hook
