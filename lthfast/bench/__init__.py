@@ -1,0 +1,19 @@
+"""Benchmarks behind `lthfast bench`: a registry of suites, each comparing lthfast
+with its baselines in the same run (`lthfast.bench.registry.register` adds one).
+
+    from lthfast.bench import BenchConfig, run
+    result = run(["threshold"], BenchConfig(device=torch.device("cpu"), quick=True))
+"""
+from lthfast.bench.registry import BenchConfig, Suite, get, names, register
+from lthfast.bench import threshold as _threshold
+from lthfast.bench.report import format_threshold
+
+register(Suite("threshold",
+               "global magnitude pruning step: torch.nn.utils.prune vs lthfast.prune / "
+               "global_magnitude_masks, on resnet50 and R-CNN detection models",
+               run=_threshold.run_suite, format=format_threshold))
+
+from lthfast.bench import planned as _planned  # noqa: E402,F401  (registers optim, conv)
+from lthfast.bench.runner import run  # noqa: E402
+
+__all__ = ["BenchConfig", "Suite", "get", "names", "register", "run"]

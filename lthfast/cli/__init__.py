@@ -1,0 +1,62 @@
+"""The `lthfast` command: one subcommand per module in this package.
+
+Each command module defines `add_parser(subparsers)` (which sets `func` to its
+runner) and keeps heavy imports (torchvision) inside its runner, so `lthfast
+--help` stays fast. To add a command, add its module name to COMMANDS.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lthfast._version import __version__
+from lthfast.cli._common import CLIError
+
+COMMANDS = ("info", "prune", "bench")
+
+_EPILOG = """\
+examples:
+  lthfast info                                   what was built (CPU/CUDA kernels, archs, ops)
+  lthfast prune resnet50 --amount 0.8            prune a random-init resnet50 to 80% sparsity
+  lthfast prune ckpt.pth --arch resnet50 --amount 0.2 --save pruned.pth
+  lthfast bench threshold --json bench.json      baseline vs lthfast, table + JSON
+
+run `lthfast COMMAND --help` for the options of one command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lthfast",
+        description="lthfast: find lottery tickets fast (global magnitude pruning, IMP).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"lthfast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name in COMMANDS:
+        importlib.import_module(f"lthfast.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line `argv` (default: sys.argv[1:]) and returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors (argparse prints them)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"lthfast {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return e.code
+    except KeyboardInterrupt:
+        print(f"lthfast {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except BrokenPipeError:  # e.g. `lthfast prune ... | head`
+        return 0

@@ -1,0 +1,170 @@
+"""Models for the commands and benchmarks: torchvision models by name (random
+init), checkpoints (state_dict or pickled module), and the layers that get pruned."""
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import pickle
+
+import torch
+from torch import nn
+
+from lthfast.cli._common import CLIError
+
+#: Layer types whose `weight` is pruned by `lthfast prune` and the threshold benchmarks.
+PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+def _torchvision():
+    try:
+        import torchvision
+    except ImportError as e:
+        raise CLIError(f"torchvision is needed for model names ({e}); install it with "
+                       "`pip install torchvision` (or `pip install lthfast[vision]`)") from None
+    return torchvision
+
+
+def model_names() -> list[str]:
+    """Every torchvision model name `get_model` knows (classification, detection,
+    segmentation, video, optical flow, ...), sorted."""
+    return sorted(_torchvision().models.list_models())
+
+
+def detection_model_names() -> list[str]:
+    tv = _torchvision()
+    return sorted(tv.models.list_models(module=tv.models.detection))
+
+
+def unknown_model_error(name: str) -> CLIError:
+    close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return CLIError(
+        f"unknown model {name!r}: it is neither a torchvision model name nor an existing "
+        f"checkpoint file.{hint} Run `lthfast prune --list-models` to see the valid names.")
+
+
+def build_model(name: str) -> nn.Module:
+    """torchvision model `name` with random init (weights=None, and
+    weights_backbone=None where the builder has a backbone)."""
+    torchvision = _torchvision()
+    if name not in set(torchvision.models.list_models()):
+        raise unknown_model_error(name)
+    builder = torchvision.models.get_model_builder(name)
+    kwargs = {"weights": None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        kwargs["weights_backbone"] = None
+    return builder(**kwargs)
+
+
+def looks_like_path(model: str) -> bool:
+    return model.endswith(_CHECKPOINT_SUFFIXES) or os.sep in model or "/" in model
+
+
+def _unwrap_state_dict(obj):
+    """A state_dict from the usual checkpoint containers ({'state_dict': ...},
+    {'model': ...}), with a DistributedDataParallel 'module.' prefix removed."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, (dict, nn.Module)):
+                obj = inner
+                break
+    if isinstance(obj, nn.Module):
+        return obj
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CLIError(
+            f"the checkpoint holds a {type(obj).__name__} that is neither an nn.Module nor a "
+            "state_dict (a dict of tensors)")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(path: str, *, trust_pickle: bool = False):
+    """The nn.Module or state_dict in `path` (loaded on the CPU).
+
+    Loads with `weights_only=True` first; a pickled full module needs
+    `trust_pickle=True`, since unpickling runs code from the file."""
+    if not os.path.isfile(path):
+        raise CLIError(f"checkpoint {path!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        if not trust_pickle:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CLIError(
+                f"cannot load {path!r} as plain weights ({first}). If it is a pickled full "
+                "module (torch.save(model)) and you trust the file, pass --trust-pickle "
+                "(unpickling runs code from the file); otherwise save a state_dict and pass "
+                "--arch NAME.") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001 - reported to the user
+            raise CLIError(f"cannot load checkpoint {path!r}: {type(e2).__name__}: {e2}") from None
+    except Exception as e:  # noqa: BLE001
+        raise CLIError(f"cannot load checkpoint {path!r}: {type(e).__name__}: {e}") from None
+    return _unwrap_state_dict(obj)
+
+
+def load_state_dict_into(model: nn.Module, state_dict: dict, source: str) -> None:
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        missing, unexpected = _key_diff(model, state_dict)
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        msg = "; ".join(detail) if detail else str(e).strip().splitlines()[-1]
+        raise CLIError(f"the weights in {source!r} do not fit this architecture: {msg}") from None
+
+
+def _key_diff(model, state_dict):
+    want = set(model.state_dict())
+    have = set(state_dict)
+    return sorted(want - have), sorted(have - want)
+
+
+def resolve_model(model: str, *, arch: str | None = None, weights: str | None = None,
+                  trust_pickle: bool = False) -> tuple[nn.Module, str]:
+    """The model the user named, and a short description of where it came from."""
+    is_name = "/" not in model and os.sep not in model and model in set(model_names())
+    if not is_name and not os.path.isfile(model):
+        if looks_like_path(model) or os.path.exists(model):
+            raise CLIError(f"checkpoint {model!r} does not exist or is not a file")
+        raise unknown_model_error(model)
+    if not is_name:
+        if weights is not None:
+            raise CLIError("--weights goes with a model name; MODEL is already a checkpoint path")
+        obj = load_checkpoint(model, trust_pickle=trust_pickle)
+        if isinstance(obj, nn.Module):
+            if arch is not None:
+                raise CLIError(f"{model!r} holds a full module; drop --arch {arch}")
+            return obj, f"module from {model}"
+        if arch is None:
+            raise CLIError(
+                f"{model!r} holds a state_dict: pass --arch NAME to say which torchvision "
+                "architecture it belongs to (e.g. --arch resnet50)")
+        net = build_model(arch)
+        load_state_dict_into(net, obj, model)
+        return net, f"{arch} with weights from {model}"
+    if arch is not None:
+        raise CLIError("--arch goes with a checkpoint path as MODEL; here MODEL is a model name")
+    net = build_model(model)
+    if weights is None:
+        return net, f"{model} (random init)"
+    obj = load_checkpoint(weights, trust_pickle=trust_pickle)
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    load_state_dict_into(net, obj, weights)
+    return net, f"{model} with weights from {weights}"
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every Conv2d / ConvTranspose2d / Linear, in module order."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, PRUNABLE_TYPES) and isinstance(getattr(m, "weight", None), torch.Tensor)]

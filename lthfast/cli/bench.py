@@ -1,0 +1,130 @@
+"""`lthfast bench`: baselines and lthfast in the same run, a table of ratios, JSON."""
+from __future__ import annotations
+
+import argparse
+
+from lthfast.cli._common import CLIError, check_writable_target, eprint, resolve_device
+
+_DESCRIPTION = """\
+Runs benchmark suites: each times the baseline (torch) and lthfast in the same run, on the
+same inputs, and prints a table of ratios; --json also writes every timing with the machine
+(CPU model, cores, GPU), torch version, lthfast build info and sizes.
+
+suites:
+  threshold  one IMP pruning step on the Conv/Linear weights of resnet50,
+             fasterrcnn_resnet50_fpn and keypointrcnn_resnet50_fpn (random init): amount 0.2,
+             then 0.2 of the remaining. torch.nn.utils.prune.global_unstructured vs
+             lthfast.prune.global_unstructured vs lthfast.global_magnitude_masks vs
+             torch.cat+kthvalue (+ torch.cat+topk and cupy on CUDA). Wall time (median),
+             peak extra memory (CPU: resident set growth; CUDA: allocator peak), and time as a
+             multiple of the bandwidth floor (2 x weight bytes / measured copy bandwidth).
+  optim      fused masked optimizer (not built yet)
+  conv       masked sparse convolution (not built yet)
+
+The full threshold suite takes about 10 minutes on 2 CPU cores (torch's pruning is the
+slow part); --repeat 1 --warmup 0 cuts that to about a third."""
+
+_EPILOG = """\
+examples:
+  lthfast bench threshold                         full models, CPU
+  lthfast bench threshold --json bench-cpu.json
+  lthfast bench threshold --device cuda --json bench-gpu.json
+  lthfast bench threshold --quick                 resnet18 only, 1 repeat (a smoke test)
+  lthfast bench all --repeat 5
+  lthfast bench --list"""
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return v
+
+
+def add_parser(sub) -> None:
+    from lthfast.bench import names
+    p = sub.add_parser("bench", help="benchmark lthfast against torch (table of ratios, JSON)",
+                       description=_DESCRIPTION, epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", nargs="?", default="all", choices=[*names(), "all"],
+                   help="which suite to run (default: all)")
+    p.add_argument("--json", metavar="PATH", help="write all results as JSON (atomically)")
+    p.add_argument("--quick", action="store_true",
+                   help="small and fast: resnet18 only, 1 repeat, smaller bandwidth probe "
+                        "(for tests; not for quoting numbers)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    p.add_argument("--repeat", type=_positive, metavar="N",
+                   help="timed runs per case, median reported (default 3; 1 with --quick)")
+    p.add_argument("--warmup", type=_positive, metavar="N",
+                   help="untimed runs before timing (default 1)")
+    p.add_argument("--models", metavar="A,B",
+                   help="comma-separated torchvision model names instead of the suite's defaults")
+    p.add_argument("--list", action="store_true", help="list the suites and whether they run, then exit")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def _list() -> int:
+    from lthfast import bench
+    for n in bench.names():
+        s = bench.get(n)
+        state = "available" if s.available else f"not built yet: {s.planned}"
+        print(f"{n:<10} {s.description}\n{'':<10} ({state})")
+    return 0
+
+
+def run(args) -> int:
+    if args.list:
+        return _list()
+    from lthfast import _ops, bench
+    from lthfast.bench.report import format_not_built, header, write_json
+    from lthfast.bench.runner import failures
+
+    if args.json:
+        check_writable_target(args.json, "--json")
+    device = resolve_device(args.device)
+    if not _ops.available() and not _ops.use_reference():
+        raise CLIError(_ops.BUILD_HINT.format(err=_ops._IMPORT_ERROR))
+    names = bench.names() if args.suite == "all" else [args.suite]
+    if args.suite != "all" and not bench.get(args.suite).available:
+        raise CLIError(f"suite {args.suite!r} is not built yet: {bench.get(args.suite).planned}")
+    models = None
+    if args.models:
+        from lthfast.cli._models import model_names, unknown_model_error
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        known = set(model_names())
+        for m in models:
+            if m not in known:
+                raise unknown_model_error(m)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        raise CLIError("--repeat must be at least 1", code=2)
+    warmup = args.warmup if args.warmup is not None else 1
+    config = bench.BenchConfig(device=device, quick=args.quick,
+                               repeat=repeat, warmup=warmup, models=models)
+    if _ops.use_reference():
+        eprint("note: the compiled extension is not built; lthfast runs the pure-PyTorch "
+               "reference (LTHFAST_REFERENCE=1), so its timings are not the kernels'")
+
+    result = bench.run(names, config, quiet=args.quiet)
+
+    print(header(result))
+    for name, res in result["suites"].items():
+        print()
+        if res["status"] == "not built yet":
+            print(format_not_built(name, res))
+        elif res["status"] == "error":
+            print(f"{name}: ERROR {res['error']}")
+        else:
+            print(bench.get(name).format(res))
+    if args.json:
+        write_json(args.json, result)
+        eprint(f"wrote {args.json}")
+    failed = failures(result)
+    if failed:
+        eprint(f"lthfast bench: {len(failed)} failed:\n  " + "\n  ".join(failed))
+        return 1
+    return 0

@@ -1,0 +1,174 @@
+"""`lthfast prune`: global magnitude pruning of a torchvision model or a checkpoint."""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+from lthfast.cli._common import (CLIError, atomic_write, check_writable_target, eprint,
+                                 format_table, human_bytes, human_count, resolve_device, step)
+
+_DESCRIPTION = """\
+Prunes the weights of every Conv2d, ConvTranspose2d and Linear layer of MODEL with one
+global magnitude threshold (lthfast.prune.global_unstructured with L1Unstructured, the
+drop-in for torch.nn.utils.prune), makes the pruning permanent (prune.remove), and prints
+the sparsity of every layer, the overall sparsity and the time of the pruning step.
+
+MODEL is a torchvision model name (classification, detection, segmentation, video, ...;
+built with random init: weights=None, weights_backbone=None) or a checkpoint written by
+torch.save: a state_dict (pass --arch NAME) or a pickled full module (pass --trust-pickle).
+Biases and normalization layers are not pruned. --amount is a fraction of all the pruned
+layers' weights; entries that are already zero count as weights and go first."""
+
+_EPILOG = """\
+examples:
+  lthfast prune resnet50 --amount 0.8
+  lthfast prune fasterrcnn_resnet50_fpn --amount 0.2 --device cuda --save frcnn_p20.pth
+  lthfast prune resnet50 --weights resnet50.pth --amount 0.5 --save resnet50_p50.pth
+  lthfast prune ckpt.pth --arch keypointrcnn_resnet50_fpn --amount 0.2 --no-table
+  lthfast prune model.pt --trust-pickle --amount 0.9 --layerwise
+  lthfast prune --list-models
+
+reload a saved result:
+  model = torchvision.models.get_model("resnet50", weights=None)
+  model.load_state_dict(torch.load("resnet50_p50.pth"))"""
+
+
+def amount_arg(text: str) -> float:
+    """argparse type for --amount: a fraction in [0, 1]."""
+    hint = "give the fraction of weights to prune, between 0 and 1 (e.g. 0.8 prunes 80%)"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid amount {text!r}: {hint}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        extra = f"; did you mean {value / 100:g}?" if 1.0 < value <= 100.0 else ""
+        raise argparse.ArgumentTypeError(f"amount {text} is out of range: {hint}{extra}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prune", help="globally magnitude-prune a model and show per-layer sparsity",
+                       description=_DESCRIPTION, epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="torchvision model name (see --list-models) or checkpoint path")
+    p.add_argument("--amount", type=amount_arg, metavar="FRACTION",
+                   help="fraction of the Conv/Linear weights to prune, in [0, 1] (required)")
+    p.add_argument("--arch", metavar="NAME",
+                   help="torchvision architecture of a state_dict checkpoint given as MODEL")
+    p.add_argument("--weights", metavar="PATH",
+                   help="state_dict to load into the named MODEL before pruning")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a pickled full module (unpickling runs code from the "
+                        "file: only for files you trust)")
+    p.add_argument("--save", metavar="PATH",
+                   help="write the pruned state_dict here (atomically: never a partial file)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to prune (default: cpu)")
+    p.add_argument("--layerwise", action="store_true",
+                   help="prune --amount of each layer separately (l1_unstructured) instead of "
+                        "one global threshold")
+    p.add_argument("--no-table", action="store_true", help="print only the summary, not every layer")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the torchvision model names MODEL accepts and exit")
+    p.set_defaults(func=run)
+
+
+def _list_models() -> int:
+    from lthfast.cli._models import detection_model_names, model_names
+    detection = set(detection_model_names())
+    for name in model_names():
+        print(f"{name}  (detection)" if name in detection else name)
+    return 0
+
+
+def _check_args(args) -> None:
+    if args.model is None:
+        raise CLIError("MODEL is required (a torchvision model name or a checkpoint path); "
+                       "see `lthfast prune --help`", code=2)
+    if args.amount is None:
+        raise CLIError("--amount is required, e.g. --amount 0.8 to prune 80% of the weights", code=2)
+    if args.save:
+        check_writable_target(args.save, "--save")
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(args) -> int:
+    if args.list_models:
+        return _list_models()
+    _check_args(args)
+    import torch
+    from lthfast.cli._models import prunable_layers, resolve_model
+    try:
+        import lthfast.prune as prune
+    except ImportError as e:
+        raise CLIError(f"lthfast.prune is not available ({e})") from None
+    needed = ("l1_unstructured",) if args.layerwise else ("global_unstructured", "L1Unstructured")
+    lacking = [n for n in (*needed, "remove") if not hasattr(prune, n)]
+    if lacking:
+        raise CLIError(f"lthfast.prune lacks {', '.join(lacking)} (is it fully installed?)")
+
+    device = resolve_device(args.device)
+
+    with step(f"loading {args.model}"):
+        model, source = resolve_model(args.model, arch=args.arch, weights=args.weights,
+                                      trust_pickle=args.trust_pickle)
+        model.to(device)
+    layers = prunable_layers(model)
+    if not layers:
+        raise CLIError(f"{source} has no Conv2d, ConvTranspose2d or Linear layers to prune")
+    n_weights = sum(m.weight.numel() for _, m in layers)
+    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in layers)
+
+    how = "layer by layer" if args.layerwise else "globally"
+    eprint(f"pruning {args.amount:g} of {human_count(n_weights)} weights in {len(layers)} layers "
+           f"({human_bytes(weight_bytes)}) of {source} {how} on {device} ...", end="")
+    _sync(device)
+    t0 = time.perf_counter()
+    if args.layerwise:
+        for _, m in layers:
+            prune.l1_unstructured(m, "weight", amount=args.amount)
+    else:
+        prune.global_unstructured([(m, "weight") for _, m in layers],
+                                  pruning_method=prune.L1Unstructured, amount=args.amount)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    eprint(f" done ({seconds * 1e3:.1f} ms)")
+
+    rows, kept_total = [], 0
+    for name, m in layers:
+        mask = getattr(m, "weight_mask", None)
+        kept = int(mask.count_nonzero()) if mask is not None else None
+        prune.remove(m, "weight")
+        if kept is None:
+            kept = int(m.weight.count_nonzero())
+        kept_total += kept
+        n = m.weight.numel()
+        rows.append([name, "x".join(map(str, m.weight.shape)), n, kept, f"{100 * (1 - kept / n):.2f}%"])
+
+    sparsity = 1 - kept_total / n_weights
+    if not args.no_table:
+        rows.append(["total", "", n_weights, kept_total, f"{100 * sparsity:.2f}%"])
+        print(format_table(["layer", "shape", "params", "kept", "sparsity"], rows, align="llrrr"))
+        print()
+    n_all = sum(p.numel() for p in model.parameters())
+    print(f"model:            {source}")
+    print(f"pruned layers:    {len(layers)} Conv2d/ConvTranspose2d/Linear, "
+          f"{n_weights:,} weights ({human_bytes(weight_bytes)})")
+    print(f"overall sparsity: {100 * sparsity:.2f}% of the pruned layers' weights "
+          f"({n_weights - kept_total:,} pruned, {kept_total:,} kept); "
+          f"{100 * (n_weights - kept_total) / n_all:.2f}% of all {n_all:,} parameters")
+    print(f"pruning time:     {seconds * 1e3:.1f} ms ({how}, {device}, "
+          f"lthfast.prune.{'l1_unstructured' if args.layerwise else 'global_unstructured'})")
+
+    if args.save:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        with step(f"saving pruned state_dict to {args.save}"):
+            atomic_write(args.save, lambda tmp: torch.save(state, tmp))
+    return 0
