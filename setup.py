@@ -14,14 +14,36 @@ Sources come from csrc/SOURCES, the one list CMakeLists.txt reads too.
 """
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import setup
 
-import torch
-from torch.utils import cpp_extension
-
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _point_cuda_home_at_the_toolkit():
+    """torch takes CUDA_HOME from `which nvcc`. Where nvcc is installed apart from
+    its toolkit (e.g. /usr/local/bin/nvcc beside /usr/local/cuda), that gives a
+    directory without the CUDA headers; use the toolkit directory instead."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime_api.h")):
+            return
+    for cand in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
+        if (os.path.exists(os.path.join(cand, "bin", "nvcc"))
+                and os.path.exists(os.path.join(cand, "include", "cuda_runtime_api.h"))):
+            os.environ["CUDA_HOME"] = cand
+            return
+
+
+_point_cuda_home_at_the_toolkit()
+
+import torch  # noqa: E402  (after CUDA_HOME is settled: cpp_extension reads it on import)
+from torch.utils import cpp_extension  # noqa: E402
 
 
 def _flag(name):

@@ -59,8 +59,14 @@ def _check_against_reference(tensors, masks, k):
     rt, rties = ref.global_threshold(tensors, masks, k)
     assert ties == rties
     assert (math.isnan(t) and math.isnan(rt)) or t == rt
-    eligible = masks or [torch.ones_like(x, dtype=torch.bool) for x in tensors]
+    eligible = [m != 0 for m in masks] or [torch.ones_like(x, dtype=torch.bool) for x in tensors]
     assert sum(int((e & ~g.cpu()).sum()) for e, g in zip(eligible, got)) == k
+    if masks and all(m.dtype == torch.bool for m in masks):
+        # masks of the scores' dtypes (nonzero = eligible) select the same entries
+        fmasks = [m.to(t.dtype) for m, t in zip(masks, tensors)]
+        fgot, ft, fties = _ops(tensors, fmasks, k)
+        assert all(torch.equal(a, b) for a, b in zip(fgot, got))
+        assert fties == ties and ((math.isnan(t) and math.isnan(ft)) or ft == t)
     return got
 
 
@@ -148,6 +154,19 @@ def test_nan_inf_and_subnormals():
             _check_against_reference(ts, [], k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_float_masks_nonzero_is_eligible(dtype):
+    """A mask of the score's dtype: nonzero (NaN included, -0.0 not) = eligible."""
+    x = torch.tensor([0.5, 0.25, 1.0, 0.75, 0.125, 2.0, 0.3], dtype=dtype)
+    m = torch.tensor([float("nan"), -0.0, 0.0, 1e-40, -2.0, 1.0, 0.0]).to(dtype)
+    if dtype == torch.float16:
+        m[3] = 6e-8  # a float16 subnormal
+    assert (m != 0).tolist() == [True, False, False, True, True, True, False]
+    for k in range(5):
+        got = _check_against_reference([x], [m], k)
+        assert got[0].dtype == torch.bool
+
+
 def test_layouts_of_outputs():
     w = to_cuda(torch.randn(16, 8, 3, 3).contiguous(memory_format=torch.channels_last))
     t = to_cuda(torch.randn(30, 20).t())
@@ -228,8 +247,8 @@ def test_op_level_checks_name_the_tensor():
     with pytest.raises(RuntimeError, match=r"masks\[1\] has shape"):
         torch.ops.lthfast.global_threshold(w, [torch.ones(4, 3, dtype=torch.bool, device=DEV),
                                                torch.ones(6, dtype=torch.bool, device=DEV)], 1)
-    with pytest.raises(RuntimeError, match=r"masks\[0\] has dtype Float"):
-        torch.ops.lthfast.global_threshold(w, [torch.ones(4, 3, device=DEV),
+    with pytest.raises(RuntimeError, match=r"masks\[0\] has dtype Double"):
+        torch.ops.lthfast.global_threshold(w, [torch.ones(4, 3, dtype=torch.float64, device=DEV),
                                                torch.ones(5, dtype=torch.bool, device=DEV)], 1)
     with pytest.raises(RuntimeError, match=r"k=-1"):
         torch.ops.lthfast.global_magnitude_masks(w, [], -1)

@@ -30,8 +30,9 @@
 //   kPruneAll (k larger than the eligible count, which only the device sees
 //             when masks are given): nothing is kept, the threshold is NaN and
 //             n_ties is -1. The Python wrapper validates k before calling.
-// Launches per call: 2 x passes, plus 3 for the masks; one H2D copy of the
-// chunk table and state. Scratch: 16 KB histogram + 16 B per chunk.
+// Input masks are bool or of the score's dtype (nonzero = eligible, tested on
+// the bits). Launches per call: 2 x passes, plus 3 for the masks; one H2D copy
+// of the chunk table and state. Scratch: 16 KB histogram + 16 B per chunk.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -54,6 +55,7 @@ namespace threshold {
 namespace {
 
 using Group = cuda::TensorGroup<3>;  // ptr: score, mask (or null), out (or null)
+                                     // dtype: score's, mask's (bool or the score's)
 
 constexpr int kThreads = 512;  // chunk kernels
 constexpr int kUnroll = 4;     // elements per thread per tile
@@ -148,8 +150,28 @@ __device__ __forceinline__ double key_value(unsigned long long key) {
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-__device__ __forceinline__ bool eligible(const uint8_t* mask, int64_t i) {
-  return mask == nullptr || mask[i] != 0;
+// An input mask: none (all eligible), bool, or the score's dtype (nonzero =
+// eligible, tested on the bits so NaN counts as nonzero and -0.0 as zero).
+struct MaskRef {
+  const void* ptr;
+  bool is_bool;
+};
+
+__device__ __forceinline__ MaskRef mask_of(const Group& g) {
+  return MaskRef{g.ptr[1], g.dtype[1] == static_cast<int8_t>(at::ScalarType::Bool)};
+}
+
+template <int DT>
+__device__ __forceinline__ bool eligible(const MaskRef& m, int64_t i) {
+  if (m.ptr == nullptr) return true;
+  if (m.is_bool) return static_cast<const uint8_t*>(m.ptr)[i] != 0;
+  if constexpr (DT == kF64) {
+    return (static_cast<const unsigned long long*>(m.ptr)[i] << 1) != 0ull;
+  } else if constexpr (DT == kF32) {
+    return (static_cast<const uint32_t*>(m.ptr)[i] << 1) != 0u;
+  } else {
+    return (static_cast<const unsigned short*>(m.ptr)[i] & 0x7FFFu) != 0u;
+  }
 }
 
 // ------------------------------------------------------------- kernels
@@ -171,7 +193,7 @@ __global__ void __launch_bounds__(kThreads)
     const cuda::ChunkRef ch = plan.chunks[c];
     const Group& g = plan.groups[ch.group];
     const void* x = g.ptr[0];
-    const uint8_t* mask = static_cast<const uint8_t*>(g.ptr[1]);
+    const MaskRef mask = mask_of(g);
     const int64_t end = min64(ch.start + plan.chunk_size, g.numel);
     dispatch_dtype<KeyT>(g.dtype[0], [&](auto tag) {
       constexpr int DT = decltype(tag)::value;
@@ -182,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int64_t i = base + u * kThreads + threadIdx.x;
-          ok[u] = i < end && eligible(mask, i);
+          ok[u] = i < end && eligible<DT>(mask, i);
           key[u] = ok[u] ? load_key<KeyT, DT>(x, i) : KeyT(0);
         }
 #pragma unroll
@@ -293,7 +315,7 @@ __global__ void __launch_bounds__(kThreads)
     const cuda::ChunkRef ch = plan.chunks[c];
     const Group& g = plan.groups[ch.group];
     const void* x = g.ptr[0];
-    const uint8_t* mask = static_cast<const uint8_t*>(g.ptr[1]);
+    const MaskRef mask = mask_of(g);
     const int64_t end = min64(ch.start + plan.chunk_size, g.numel);
     const cuda::DenseLayout layout = g.layout;
     int n = 0;
@@ -301,7 +323,7 @@ __global__ void __launch_bounds__(kThreads)
       constexpr int DT = decltype(tag)::value;
       for (int64_t l = ch.start + threadIdx.x; l < end; l += kThreads) {
         const int64_t o = cuda::logical_to_offset(layout, l);
-        if (eligible(mask, o) && load_key<KeyT, DT>(x, o) == t) ++n;
+        if (eligible<DT>(mask, o) && load_key<KeyT, DT>(x, o) == t) ++n;
       }
     });
     const int total = Reduce(reduce_tmp).Sum(n);  // valid in thread 0
@@ -342,7 +364,7 @@ __global__ void __launch_bounds__(kThreads)
     const cuda::ChunkRef ch = plan.chunks[c];
     const Group& g = plan.groups[ch.group];
     const void* x = g.ptr[0];
-    const uint8_t* mask = static_cast<const uint8_t*>(g.ptr[1]);
+    const MaskRef mask = mask_of(g);
     bool* out = static_cast<bool*>(g.ptr[2]);
     const int64_t end = min64(ch.start + plan.chunk_size, g.numel);
     dispatch_dtype<KeyT>(g.dtype[0], [&](auto tag) {
@@ -356,7 +378,7 @@ __global__ void __launch_bounds__(kThreads)
             const int64_t i = base + u * kThreads + threadIdx.x;
             if (i < end) {
               bool keep = false;
-              if (keep_any && eligible(mask, i)) keep = load_key<KeyT, DT>(x, i) > t;
+              if (keep_any && eligible<DT>(mask, i)) keep = load_key<KeyT, DT>(x, i) > t;
               out[i] = keep;
             }
           }
@@ -372,7 +394,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int64_t l = ch.start + threadIdx.x; l < end; l += kThreads) {
           const int64_t o = cuda::logical_to_offset(layout, l);
           bool keep = false;
-          if (eligible(mask, o)) {
+          if (eligible<DT>(mask, o)) {
             const KeyT key = load_key<KeyT, DT>(x, o);
             keep = key > t || (keep_ties && key == t);
           }
@@ -397,7 +419,7 @@ __global__ void __launch_bounds__(kThreads)
           key[u] = 0;
           if (l < end) {
             off[u] = cuda::logical_to_offset(layout, l);
-            ok[u] = eligible(mask, off[u]);
+            ok[u] = eligible<DT>(mask, off[u]);
             if (ok[u]) key[u] = load_key<KeyT, DT>(x, off[u]);
             n += (ok[u] && key[u] == t) ? 1 : 0;
           }
@@ -433,7 +455,7 @@ __global__ void __launch_bounds__(kThreads)
 struct CudaPrepared {
   Normalized n;
   std::vector<at::Tensor> work;   // the dense scores the kernels read
-  std::vector<at::Tensor> masks;  // empty, or bool with the strides of work[i]
+  std::vector<at::Tensor> masks;  // empty, or bool / work[i]'s dtype, strides of work[i]
   std::vector<at::Tensor> outs;   // keep-masks with the strides of work[i]
   int64_t total = 0;
   at::Device device = at::kCPU;
@@ -527,6 +549,8 @@ void run(const CudaPrepared& p, int64_t k, double* out_value, int64_t* out_ties)
     g.ptr[2] = write_masks ? p.outs[i].data_ptr() : nullptr;
     g.numel = s.numel();
     g.dtype[0] = static_cast<int8_t>(s.scalar_type());
+    // normalize_inputs allows bool masks or masks of the score's dtype.
+    g.dtype[1] = static_cast<int8_t>(p.masks.empty() ? at::kBool : p.masks[i].scalar_type());
     if (write_masks) {
       const bool ok = cuda::make_dense_layout(s, &g.layout);
       TORCH_INTERNAL_ASSERT(ok, "dense layout of scores[", i, "]");
