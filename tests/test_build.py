@@ -9,7 +9,7 @@ import torch
 
 import lthfast
 
-OPS = ["global_threshold", "global_magnitude_masks"]
+OPS = ["global_threshold", "global_magnitude_masks", "threshold_mask"]
 
 
 def test_build_info_and_ops_registered():

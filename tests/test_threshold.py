@@ -219,3 +219,38 @@ def test_threshold_mask_reference_agrees():
         want = ref.threshold_mask(x, m, t, b)
         assert torch.equal(got, want) and int(a) == int(b)
         assert got.stride() == x.stride()
+
+
+LARGE = 2_600_000  # above the size where the CPU kernel samples a key range first
+
+
+@pytest.mark.parametrize("values", ["normal", "ties", "special"])
+@pytest.mark.parametrize("case", ["fp32", "mixed16", "fp64", "channels_last", "masked", "float_mask"])
+def test_large_inputs_sampled_range_path(values, case):
+    """Large inputs take the sampled-range path (or fall back to radix when the
+    sample misses / a sub-range is too full, e.g. heavy ties): same masks."""
+    g = torch.Generator().manual_seed(hash((values, case)) % 2**31)
+    n = LARGE
+    if case == "fp32":
+        tensors = [make_tensor((n // 2,), torch.float32, "contiguous", values, g),
+                   make_tensor((n // 2,), torch.float32, "contiguous", values, g)]
+    elif case == "mixed16":
+        tensors = [make_tensor((n // 2,), torch.float16, "contiguous", values, g),
+                   make_tensor((n // 4, 2), torch.bfloat16, "transposed", values, g),
+                   make_tensor((1000,), torch.float32, "contiguous", values, g)]
+    elif case == "fp64":
+        tensors = [make_tensor((n // 2,), torch.float64, "contiguous", values, g),
+                   make_tensor((n // 2,), torch.float32, "contiguous", values, g)]
+    else:
+        tensors = [make_tensor((n // 144, 16, 3, 3), torch.float32, "channels_last", values, g),
+                   make_tensor((n // 2,), torch.float32, "contiguous", values, g)]
+    masks = None
+    if case in ("masked", "float_mask"):
+        masks = [torch.rand(t.shape, generator=g) > 0.3 for t in tensors]
+        if case == "float_mask":
+            masks = [m.to(t.dtype) for m, t in zip(masks, tensors)]
+    total = sum(int(torch.count_nonzero(m)) for m in masks) if masks else sum(t.numel() for t in tensors)
+    for k in [1, total // 5, total // 2 + 1, total - 3]:
+        got = lthfast.global_magnitude_masks(tensors, k, masks=masks)
+        want = ref.global_magnitude_masks(tensors, [(m != 0) for m in masks] if masks else [], k)
+        _assert_masks_equal(got, want, tensors)

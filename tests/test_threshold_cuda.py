@@ -326,3 +326,286 @@ def test_more_than_2_pow_31_entries():
     assert int(m.sum()) == n - k
     del m, x
     torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- threshold_mask
+
+
+def _mask_op(score, mask, t, left):
+    """threshold_mask on CUDA (inputs copied with their strides) against the CPU op
+    and the reference, bit for bit: the mask, its dtype and strides, and ties_left.
+    Returns (CUDA mask, ties_left after)."""
+    cs = to_cuda(score)
+    cm = None if mask is None else to_cuda(mask)
+    ct = torch.tensor(t, dtype=torch.float64, device=DEV)
+    cl = torch.tensor(left, dtype=torch.int64, device=DEV)
+    got = torch.ops.lthfast.threshold_mask(cs, cm, ct, cl)
+    cpu_left = torch.tensor(left)
+    want = torch.ops.lthfast.threshold_mask(score, mask, torch.tensor(t, dtype=torch.float64), cpu_left)
+    ref_left = torch.tensor(left)
+    ref_mask = ref.threshold_mask(score, mask, t, ref_left)
+    assert got.device.type == DEV and got.dtype == want.dtype and got.shape == score.shape
+    assert got.stride() == want.stride()
+    assert torch.equal(got.cpu(), want), "differs from the CPU kernel"
+    assert torch.equal(got.cpu(), ref_mask), "differs from the reference"
+    assert int(cl) == int(cpu_left) == int(ref_left)
+    assert ct.item() == t or (math.isnan(t) and math.isnan(ct.item()))  # threshold not modified
+    return got, int(cl)
+
+
+def _sequence(tensors, masks, k):
+    """threshold_mask over the tensors in order from global_threshold's (t, ties),
+    ties_left carried over; equals global_magnitude_masks and ends at 0."""
+    t, ties = ref.global_threshold(tensors, masks or [], k)
+    want = ref.global_magnitude_masks(tensors, masks or [], k)
+    left = ties
+    for i, s in enumerate(tensors):
+        got, left = _mask_op(s, masks[i] if masks else None, t, left)
+        assert torch.equal(got.cpu() != 0, want[i]), f"mask {i} differs from global_magnitude_masks"
+    assert left == 0
+    return t, ties
+
+
+def test_threshold_mask_registered_for_cuda():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("lthfast::threshold_mask", "CUDA")
+
+
+@settings(max_examples=150, deadline=None)
+@given(threshold_problem())
+def test_threshold_mask_sequence_matches_reference_and_cpu(problem):
+    tensors, masks, k = problem
+    _sequence(tensors, masks, k)
+    if masks is not None:  # float masks of the tensors' dtypes: same selection, output of that dtype
+        _sequence(tensors, [m.to(t.dtype) for m, t in zip(masks, tensors)], k)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+def test_threshold_mask_any_budget(layout, dtype, mask_kind):
+    """Every tie budget, on ties straddling in every layout and dtype."""
+    g = torch.Generator().manual_seed(7)
+    x = make_tensor((5, 4, 3, 3), dtype, layout, "ties", g)
+    m = None
+    if mask_kind is not None:
+        m = torch.rand(x.shape, generator=g) > 0.3
+        if mask_kind == "float":
+            m = m.to(dtype)
+    for t in [0.0, 0.5, 1.0, 1.5, 0.25]:
+        n_ties = int((((x.abs().double() == t) & (True if m is None else (m != 0)))).sum())
+        for left in sorted({0, 1, n_ties // 2, max(0, n_ties - 1), n_ties, n_ties + 3}):
+            got, after = _mask_op(x, m, t, left)
+            assert after == left - min(left, n_ties)
+
+
+def test_threshold_mask_ties_in_row_major_order():
+    a = torch.ones(2, 3).t()  # memory order differs from row-major: [[1,1],[1,1],[1,1]]
+    got, left = _mask_op(a, None, 1.0, 3)
+    assert got.tolist() == [[False, False], [False, True], [True, True]] and left == 0
+    got, left = _mask_op(a, None, 1.0, 8)
+    assert not bool(got.any()) and left == 2
+    c = torch.tensor([0.5, 2.0, -0.5, 0.25, 0.5]).to(torch.float16)
+    got, left = _mask_op(c, None, 0.5, 2)
+    assert got.tolist() == [False, True, False, False, True] and left == 0
+
+
+def test_threshold_mask_k_zero_keeps_every_eligible_entry():
+    """global_threshold's k == 0 result (0.0, 0): zeros are ties, none is pruned."""
+    g = torch.Generator().manual_seed(8)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        x = make_tensor((7, 9), dtype, "transposed", "ties", g)  # a quarter are +-0
+        assert bool((x == 0).any())
+        m = torch.rand(x.shape, generator=g) > 0.5
+        got, left = _mask_op(x, None, 0.0, 0)
+        assert bool(got.all()) and left == 0
+        got, left = _mask_op(x, m, 0.0, 0)
+        assert torch.equal(got.cpu(), m) and left == 0
+        got, left = _mask_op(x, m.to(dtype), 0.0, 0)
+        assert torch.equal(got.cpu(), m.to(dtype)) and left == 0
+
+
+def test_threshold_mask_nan_inf_subnormals():
+    x = torch.tensor([float("nan"), float("inf"), 1.0, -float("inf"), 0.5, float("nan")])
+    for t, left in [(float("nan"), 1), (float("inf"), 1), (1.0, 0), (float("nan"), 0)]:
+        _mask_op(x, None, t, left)
+    # 64-bit keys: fp32 subnormals compare exactly with any double threshold
+    tiny = torch.tensor([1e-45, 3e-40, -1e-42, 0.0, 1e-38])
+    for t in [1e-45, 3e-40, 1.0e-42, 0.0, 1e-38, 2e-45, 5e-324]:
+        for left in [0, 1, 2]:
+            _mask_op(tiny, None, t, left)  # t as a double (most lie between two floats)
+            _mask_op(tiny, None, float(torch.tensor(t).item()), left)  # t rounded to float32
+            _mask_op(tiny.to(torch.float64), None, t, left)
+    h = torch.tensor([6e-8, -3e-5, 0.0, 6e-8], dtype=torch.float16)
+    _mask_op(h, None, float(h[0]), 1)
+    b = torch.tensor([1e-39, -2e-40, 1e-39], dtype=torch.bfloat16)
+    _mask_op(b, None, float(b[0]), 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_threshold_mask_float_masks_nonzero_is_eligible(dtype):
+    x = torch.tensor([0.5, 0.25, 1.0, 0.75, 0.5, 2.0, 0.5], dtype=dtype)
+    m = torch.tensor([float("nan"), -0.0, 0.0, 1e-40, -2.0, 1.0, 0.0]).to(dtype)
+    if dtype == torch.float16:
+        m[3] = 6e-8  # a float16 subnormal
+    for t in [0.25, 0.5, 0.75, 1.0]:
+        for left in [0, 1, 2, 3]:
+            got, _ = _mask_op(x, m, t, left)
+            assert got.dtype == dtype and set(got.cpu().tolist()) <= {0.0, 1.0}
+
+
+def test_threshold_mask_layouts_of_outputs():
+    w = torch.randn(16, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    sliced = torch.randn(40, 20)[::2]
+    p = torch.randn(4, 5, 6).permute(2, 0, 1)
+    for x in (w, torch.randn(30, 20).t(), sliced, p):
+        got, _ = _mask_op(x, None, 0.5, 0)
+        want = torch.empty_like(x, dtype=torch.bool)  # the fake kernel's layout
+        assert got.stride() == want.stride()
+        got, _ = _mask_op(x, torch.rand(x.shape) > 0.5, 0.5, 0)
+        assert got.stride() == want.stride()
+
+
+def test_threshold_mask_more_than_8_dims_and_many_chunks():
+    """A permuted 10-dim tensor (walked as a row-major copy), and tensors of many
+    8192-entry chunks with the tie boundary inside a later chunk."""
+    g = torch.Generator().manual_seed(9)
+    x = make_tensor((2,) * 10, torch.float32, "contiguous", "ties", g).permute(*reversed(range(10)))
+    n_ties = int((x.abs() == 0.5).sum())
+    for left in [0, 1, n_ties // 2, n_ties, n_ties + 1]:
+        got, _ = _mask_op(x, None, 0.5, left)
+        assert got.stride() == x.stride()
+    big = [make_tensor((300_000,), torch.float32, "contiguous", "ties", g),
+           make_tensor((64, 64, 9, 9), torch.bfloat16, "channels_last", "ties", g),
+           make_tensor((700, 300), torch.float16, "transposed", "ties", g)]
+    for s in big:
+        n_ties = int((s.abs() == 1.0).sum())
+        m = torch.rand(s.shape, generator=g) > 0.5
+        for left in [1, 9000, 40_000, n_ties // 2 + 12_345, n_ties - 1, n_ties + 7]:
+            _mask_op(s, None, 1.0, left)
+        _mask_op(s, m, 1.0, int((m & (s.abs() == 1.0)).sum()) // 3)
+    n = sum(t.numel() for t in big)
+    for k in [1, 123_457, 400_000, 600_001, n - 1]:
+        _sequence(big, None, k)
+
+
+def test_threshold_mask_sequence_equals_global_magnitude_masks_on_cuda():
+    """iter_global_magnitude_masks on CUDA tensors (threshold_mask per tensor, the
+    threshold and ties_left on the device) == global_magnitude_masks, CUDA and CPU."""
+    a = torch.full((6, 4, 2, 2), 0.5).contiguous(memory_format=torch.channels_last)
+    b = torch.full((9, 5), -0.5).t()
+    c = torch.full((17,), 0.5, dtype=torch.float16)
+    d = torch.tensor([0.25, 0.5, 1.0, 0.5, 0.125], dtype=torch.float64)
+    ts = [a, b, c, d]
+    cts = [to_cuda(t) for t in ts]
+    n = sum(t.numel() for t in ts)
+    for k in range(n + 1):
+        got = list(lthfast.magnitude.iter_global_magnitude_masks(cts, k))
+        want = torch.ops.lthfast.global_magnitude_masks(cts, [], k)
+        cpu = torch.ops.lthfast.global_magnitude_masks(ts, [], k)
+        for gm, w, cm, x in zip(got, want, cpu, cts):
+            assert gm.device.type == DEV and gm.stride() == w.stride() == x.stride()
+            assert torch.equal(gm, w) and torch.equal(gm.cpu(), cm), k
+    g = torch.Generator().manual_seed(10)
+    ts = [make_tensor((8, 6, 3, 3), torch.float32, "channels_last", "ties", g),
+          make_tensor((40, 7), torch.float16, "transposed", "special", g),
+          make_tensor((30, 5), torch.bfloat16, "sliced", "ties", g),
+          make_tensor((0, 3), torch.float32, "contiguous", "ties", g),
+          make_tensor((257,), torch.float64, "contiguous", "ties", g)]
+    cts = [to_cuda(t) for t in ts]
+    masks = [torch.rand(t.shape, generator=g) > 0.3 for t in ts]
+    for ms in (None, masks, [m.to(t.dtype) for m, t in zip(masks, ts)]):
+        cms = None if ms is None else [to_cuda(m) for m in ms]
+        nel = sum(int((m != 0).sum()) for m in ms) if ms else sum(t.numel() for t in ts)
+        for amount in [0, 1, nel // 3, nel // 2, nel - 1, nel, 0.2, 0.5]:
+            got = list(lthfast.magnitude.iter_global_magnitude_masks(cts, amount, masks=cms))
+            want = lthfast.global_magnitude_masks(ts, amount, masks=ms)
+            for i, (gm, w) in enumerate(zip(got, want)):
+                assert gm.dtype == (torch.bool if ms is None else ms[i].dtype)
+                assert torch.equal(gm.cpu() != 0, w)
+
+
+def test_threshold_mask_no_host_sync_and_inputs_not_modified():
+    g = torch.Generator().manual_seed(11)
+    xs = [to_cuda(make_tensor((300, 50), torch.float32, "transposed", "ties", g)),
+          to_cuda(make_tensor((20_000,), torch.float16, "contiguous", "ties", g)),
+          to_cuda(make_tensor((4, 3, 5, 5), torch.float64, "channels_last", "ties", g))]
+    ms = [torch.rand(x.shape, device=DEV) > 0.4 for x in xs]
+    ms[2] = ms[2].to(torch.float64)
+    before = [t.clone() for t in xs + ms]
+    t, ties = torch.ops.lthfast.global_threshold(xs, ms, 9_000)
+    left = ties.clone()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        outs = [torch.ops.lthfast.threshold_mask(x, m, t, left) for x, m in zip(xs, ms)]
+        empty = torch.ops.lthfast.threshold_mask(torch.empty(0, 3, device=DEV), None, t, left)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(a, b) for a, b in zip(xs + ms, before))
+    assert left.item() == 0 and empty.shape == (0, 3) and empty.dtype == torch.bool
+    want = torch.ops.lthfast.global_magnitude_masks(xs, ms, 9_000)
+    assert all(torch.equal(o != 0, w) for o, w in zip(outs, want))
+
+
+def test_threshold_mask_empty_and_negative_budget():
+    t = torch.tensor(0.5, dtype=torch.float64, device=DEV)
+    left = torch.tensor(3, device=DEV)
+    out = torch.ops.lthfast.threshold_mask(torch.empty(0, 4, dtype=torch.float16, device=DEV),
+                                           torch.empty(0, 4, dtype=torch.float16, device=DEV), t, left)
+    assert out.shape == (0, 4) and out.dtype == torch.float16 and left.item() == 3
+    # A negative budget (global_threshold's -1 for k > eligible) cannot be reported
+    # without a sync: no tie is pruned and ties_left stays as it is.
+    x = torch.tensor([0.5, 0.25, 0.5, 1.0], device=DEV)
+    left = torch.tensor(-1, device=DEV)
+    out = torch.ops.lthfast.threshold_mask(x, None, t, left)
+    assert out.tolist() == [True, False, True, True] and left.item() == -1
+
+
+def test_threshold_mask_checks_name_the_argument():
+    x = torch.randn(4, 3, device=DEV)
+    t = torch.tensor(0.5, dtype=torch.float64, device=DEV)
+    left = torch.tensor(0, device=DEV)
+    op = torch.ops.lthfast.threshold_mask
+    with pytest.raises(RuntimeError, match=r"threshold must be a 0-dim float64 tensor.*got Float"):
+        op(x, None, t.float(), left)
+    with pytest.raises(RuntimeError, match=r"threshold must be a 0-dim float64 tensor.*on cpu"):
+        op(x, None, t.cpu(), left)
+    with pytest.raises(RuntimeError, match=r"threshold must be a 0-dim float64 tensor.*of shape \[1\]"):
+        op(x, None, t.reshape(1), left)
+    with pytest.raises(RuntimeError, match=r"ties_left must be a 0-dim int64 tensor.*got Int"):
+        op(x, None, t, left.int())
+    with pytest.raises(RuntimeError, match=r"ties_left must be a 0-dim int64 tensor.*on cpu"):
+        op(x, None, t, left.cpu())
+    with pytest.raises(RuntimeError, match=r"masks\[0\] has dtype Half"):
+        op(x, torch.ones(4, 3, dtype=torch.float16, device=DEV), t, left)
+    with pytest.raises(RuntimeError, match=r"masks\[0\] has shape"):
+        op(x, torch.ones(3, 4, dtype=torch.bool, device=DEV), t, left)
+    with pytest.raises(RuntimeError, match=r"scores\[0\] has dtype Long"):
+        op(torch.zeros(3, dtype=torch.long, device=DEV), None, t, left)
+    assert left.item() == 0
+
+
+def test_threshold_mask_runs_on_the_current_stream():
+    g = torch.Generator().manual_seed(12)
+    x = make_tensor((500, 300), torch.float32, "transposed", "ties", g)
+    n_ties = int((x.abs() == 1.0).sum())
+    want_left = torch.tensor(n_ties // 2)
+    want = torch.ops.lthfast.threshold_mask(x, None, torch.tensor(1.0, dtype=torch.float64), want_left)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        xc = to_cuda(x)
+        t = torch.tensor(1.0, dtype=torch.float64, device=DEV)
+        left = torch.tensor(n_ties // 2, device=DEV)
+        got = torch.ops.lthfast.threshold_mask(xc, None, t, left)
+    s.synchronize()
+    assert torch.equal(got.cpu(), want) and left.item() == want_left.item() == 0
+
+
+def test_opcheck_threshold_mask_cuda():
+    for scores, masks, k in _opcheck_cases():
+        t, ties = torch.ops.lthfast.global_threshold(scores, masks, k)
+        for i, s in enumerate(scores):
+            m = masks[i] if masks else None
+            torch.library.opcheck(torch.ops.lthfast.threshold_mask, (s, m, t, ties.clone()))
+            if m is not None:
+                torch.library.opcheck(torch.ops.lthfast.threshold_mask, (s, m.to(s.dtype), t, ties.clone()))

@@ -103,6 +103,7 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
   const at::Tensor& d = n.scores[0];
   const at::ScalarType out_type = masks.empty() ? at::kBool : n.masks[0].scalar_type();
   at::Tensor out = at::empty_like(d, d.options().dtype(out_type));
+  advise_huge_pages(out);
   Entry e;
   e.data = d.data_ptr();
   e.mask = masks.empty() ? nullptr : n.masks[0].data_ptr();

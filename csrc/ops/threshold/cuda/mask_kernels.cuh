@@ -1,0 +1,137 @@
+// The keep-mask kernels of global_magnitude_masks (private to threshold_cuda.cu),
+// run after the radix select. They read the mode the select left in device
+// memory and return early when it is not theirs (threshold_cuda.cu explains
+// the modes): tie_count_kernel and tie_scan_kernel only run for kOrdered;
+// mask_kernel writes every element of every output exactly once.
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include <cstdint>
+#include <limits>
+
+#include "ops/common/multi_tensor.cuh"
+#include "ops/threshold/cuda/radix_kernels.cuh"
+#include "ops/threshold/cuda/threshold_device.cuh"
+
+namespace lthfast {
+namespace threshold {
+namespace {
+
+// kOrdered only: number of eligible entries equal to t in each chunk of logical
+// indices.
+template <typename KeyT>
+__global__ void __launch_bounds__(kThreads)
+    tie_count_kernel(Plan plan, const SelectState* state, int64_t* tie_counts) {
+  using Reduce = cub::BlockReduce<int, kThreads>;
+  __shared__ typename Reduce::TempStorage reduce_tmp;
+  if (state->mode != kOrdered) return;  // uniform
+  const KeyT t = static_cast<KeyT>(state->prefix);
+  for (int64_t c = blockIdx.x; c < plan.n_chunks; c += gridDim.x) {
+    const cuda::ChunkRef ch = plan.chunks[c];
+    const Group& g = plan.groups[ch.group];
+    const void* x = g.ptr[0];
+    const MaskRef mask = mask_of(g);
+    const int64_t end = min64(ch.start + plan.chunk_size, g.numel);
+    const cuda::DenseLayout layout = g.layout;
+    int n = 0;
+    dispatch_dtype<KeyT>(g.dtype[0], [&](auto tag) {
+      constexpr int DT = decltype(tag)::value;
+      for (int64_t l = ch.start + threadIdx.x; l < end; l += kThreads) {
+        const int64_t o = cuda::logical_to_offset(layout, l);
+        if (eligible<DT>(mask, o) && load_key<KeyT, DT>(x, o) == t) ++n;
+      }
+    });
+    const int total = Reduce(reduce_tmp).Sum(n);  // valid in thread 0
+    if (threadIdx.x == 0) tie_counts[c] = total;
+    __syncthreads();  // reduce_tmp is reused by the next chunk
+  }
+}
+
+// kOrdered only, one block: exclusive scan of the per-chunk tie counts.
+__global__ void __launch_bounds__(kScanThreads)
+    tie_scan_kernel(const SelectState* state, const int64_t* tie_counts, int64_t* tie_offsets, int64_t n) {
+  __shared__ CountScan::TempStorage scan_tmp;
+  if (state->mode != kOrdered) return;  // uniform
+  block_exclusive_scan(tie_counts, tie_offsets, n, scan_tmp);
+}
+
+// Writes the keep-masks. Every element of every output is written exactly once.
+template <typename KeyT>
+__global__ void __launch_bounds__(kThreads)
+    mask_kernel(Plan plan, const SelectState* state, const int64_t* tie_counts, const int64_t* tie_offsets) {
+  __shared__ TileScan::TempStorage scan_tmp;
+  const int mode = state->mode;  // kPruneLE, kOrdered or kPruneAll here
+  const KeyT t = static_cast<KeyT>(state->prefix);
+  const long long n_ties = state->n_ties;
+  for (int64_t c = blockIdx.x; c < plan.n_chunks; c += gridDim.x) {
+    const cuda::ChunkRef ch = plan.chunks[c];
+    const Group& g = plan.groups[ch.group];
+    const void* x = g.ptr[0];
+    const MaskRef mask = mask_of(g);
+    bool* out = static_cast<bool*>(g.ptr[2]);
+    const int64_t end = min64(ch.start + plan.chunk_size, g.numel);
+    dispatch_dtype<KeyT>(g.dtype[0], [&](auto tag) {
+      constexpr int DT = decltype(tag)::value;
+      if (mode != kOrdered) {
+        // Order does not matter: the chunk is a range of memory offsets.
+        const bool keep_any = mode == kPruneLE;
+        for (int64_t base = ch.start; base < end; base += kTile) {
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int64_t i = base + u * kThreads + threadIdx.x;
+            if (i < end) {
+              bool keep = false;
+              if (keep_any && eligible<DT>(mask, i)) keep = load_key<KeyT, DT>(x, i) > t;
+              out[i] = keep;
+            }
+          }
+        }
+        return;
+      }
+      // Ordered ties: the chunk is a range of logical indices.
+      const cuda::DenseLayout layout = g.layout;
+      const long long first_tie = tie_offsets[c];  // global rank of the chunk's first tie
+      const long long n_chunk_ties = tie_counts[c];
+      if (first_tie >= n_ties || first_tie + n_chunk_ties <= n_ties) {
+        const bool keep_ties = first_tie >= n_ties;  // all of this chunk's ties are kept / pruned
+        for (int64_t l = ch.start + threadIdx.x; l < end; l += kThreads) {
+          const int64_t o = cuda::logical_to_offset(layout, l);
+          bool keep = false;
+          if (eligible<DT>(mask, o)) {
+            const KeyT key = load_key<KeyT, DT>(x, o);
+            keep = key > t || (keep_ties && key == t);
+          }
+          out[o] = keep;
+        }
+        return;
+      }
+      // The one chunk where the boundary falls (a block-uniform branch): rank its
+      // ties in logical order and keep those of rank >= n_ties.
+      walk_ranked_ties<KeyT, DT>(layout, x, mask, t, ch.start, end, first_tie,
+                                 std::numeric_limits<int64_t>::max(), scan_tmp,
+                                 [&](int64_t o, bool ok, KeyT key, int64_t rank) {
+                                   out[o] = ok && (key > t || (rank >= 0 && rank >= n_ties));
+                                 });
+    });
+  }
+}
+
+template <typename KeyT>
+void launch_masks(const Plan& plan, SelectState* state, int64_t* tie_counts, int64_t* tie_offsets, int grid,
+                  cudaStream_t stream) {
+  tie_count_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, tie_counts);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  tie_scan_kernel<<<1, kScanThreads, 0, stream>>>(state, tie_counts, tie_offsets, plan.n_chunks);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  mask_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, tie_counts, tie_offsets);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+}  // namespace threshold
+}  // namespace lthfast
