@@ -252,5 +252,14 @@ def test_large_inputs_sampled_range_path(values, case):
     total = sum(int(torch.count_nonzero(m)) for m in masks) if masks else sum(t.numel() for t in tensors)
     for k in [1, total // 5, total // 2 + 1, total - 3]:
         got = lthfast.global_magnitude_masks(tensors, k, masks=masks)
-        want = ref.global_magnitude_masks(tensors, [(m != 0) for m in masks] if masks else [], k)
+        bool_masks = [(m != 0) for m in masks] if masks else []
+        want = ref.global_magnitude_masks(tensors, bool_masks, k)
         _assert_masks_equal(got, want, tensors)
+        t, ties = lthfast.global_magnitude_threshold(tensors, k, masks=masks)
+        rt, rties = ref.global_threshold(tensors, bool_masks, k)
+        assert ties == rties and ((math.isnan(t) and math.isnan(rt)) or t == rt)
+    got = list(lthfast.magnitude.iter_global_magnitude_masks(tensors, 0.3, masks=masks))
+    want = ref.global_magnitude_masks(tensors, [(m != 0) for m in masks] if masks else [],
+                                      round(0.3 * total))
+    for g, w in zip(got, want):
+        assert torch.equal(g != 0, w)

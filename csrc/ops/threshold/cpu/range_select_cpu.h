@@ -100,7 +100,7 @@ struct CountBody {
 };
 
 template <typename key_t>
-void count_range(const Prepared& p, Range& r) {
+std::vector<int64_t> count_range(const Prepared& p, Range& r) {
   using skey = std::make_signed_t<key_t>;
   std::vector<int64_t> below(p.chunks.size()), inside(p.chunks.size());
   for_chunks(p, [&](int64_t c, const Chunk& ch, const Entry& e) {
@@ -114,6 +114,7 @@ void count_range(const Prepared& p, Range& r) {
     r.below += below[c];
     r.inside += inside[c];
   }
+  return inside;  // per chunk
 }
 
 // Step 3: writes the mask bytes and counts the bytes of each code.
@@ -194,6 +195,80 @@ bool range_select(const Prepared& p, int64_t k, Selection& s, uint8_t& code) {
   std::vector<key_t> keys;
   keys.reserve(counts[c]);
   for (auto& part : parts) keys.insert(keys.end(), part.begin(), part.end());
+  std::nth_element(keys.begin(), keys.begin() + (rank - 1), keys.end());
+  const key_t t = keys[rank - 1];
+  int64_t less = 0, equal = 0;
+  for (key_t key : keys) {
+    less += key < t;
+    equal += key == t;
+  }
+  s.key = static_cast<uint64_t>(t);
+  s.n_ties = rank - less;
+  s.n_equal = equal;
+  return true;
+}
+
+// The threshold op alone (no masks to write): after the counting pass, one
+// pass collects the keys inside [lo, hi] (bounded, else the radix path) and
+// the exact key is selected among them.
+// Branch-free compaction: every key is stored at out[n], n advances only for
+// the ones inside; out has room for the chunk's inside count plus one slot.
+// Locals and __restrict: the store cannot alias the counter.
+template <typename key_t, typename scalar_t, typename M>
+__attribute__((noinline)) int64_t collect_typed(const scalar_t* __restrict x, const M* __restrict m,
+                                                int64_t begin, int64_t end, key_t lo, key_t hi,
+                                                key_t* __restrict out) {
+  using skey = std::make_signed_t<key_t>;
+  const skey slo = static_cast<skey>(lo), shi = static_cast<skey>(hi);
+  int64_t n = 0;
+  for (int64_t j = begin; j < end; ++j) {
+    const key_t key = fast_key<key_t>(x[j]);
+    const skey sk = static_cast<skey>(key);
+    const int64_t ok = m == nullptr ? 1 : int64_t(m[j] != static_cast<M>(0));
+    out[n] = key;
+    n += ok & int64_t(sk >= slo) & int64_t(sk <= shi);
+  }
+  return n;
+}
+
+template <typename key_t>
+int64_t collect_keys(const Entry& e, int64_t begin, int64_t end, key_t lo, key_t hi, key_t* out) {
+  int64_t n = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_collect_keys", [&] {
+    const scalar_t* x = static_cast<const scalar_t*>(e.data);
+    if (e.mask && e.mask_is_bool) {
+      n = collect_typed(x, static_cast<const uint8_t*>(e.mask), begin, end, lo, hi, out);
+    } else if (e.mask) {
+      n = collect_typed(x, static_cast<const scalar_t*>(e.mask), begin, end, lo, hi, out);
+    } else {
+      n = collect_typed(x, static_cast<const uint8_t*>(nullptr), begin, end, lo, hi, out);
+    }
+  });
+  return n;
+}
+
+template <typename key_t>
+bool range_threshold(const Prepared& p, int64_t k, Selection& s) {
+  Range r;
+  if (!sample_range<key_t>(p, k, r)) return false;
+  const std::vector<int64_t> inside = count_range<key_t>(p, r);
+  if (!(r.below < k && k <= r.below + r.inside)) return false;
+  int64_t n = 0;
+  for (const Entry& e : p.entries) n += e.numel;
+  if (r.inside > std::max<int64_t>(int64_t(1) << 20, n / 32)) return false;
+  std::vector<int64_t> offset(p.chunks.size() + 1, 0);  // chunk c writes from offset[c] + c
+  for (size_t c = 0; c < p.chunks.size(); ++c) offset[c + 1] = offset[c] + inside[c];
+  std::vector<key_t> slots(r.inside + p.chunks.size());
+  for_chunks(p, [&](int64_t c, const Chunk& ch, const Entry& e) {
+    collect_keys<key_t>(e, ch.begin, ch.end, static_cast<key_t>(r.lo), static_cast<key_t>(r.hi),
+                        slots.data() + offset[c] + c);
+  });
+  std::vector<key_t> keys;
+  keys.reserve(r.inside);
+  for (size_t c = 0; c < p.chunks.size(); ++c) {
+    keys.insert(keys.end(), slots.begin() + offset[c] + c, slots.begin() + offset[c + 1] + c);
+  }
+  const int64_t rank = k - r.below;
   std::nth_element(keys.begin(), keys.begin() + (rank - 1), keys.end());
   const key_t t = keys[rank - 1];
   int64_t less = 0, equal = 0;

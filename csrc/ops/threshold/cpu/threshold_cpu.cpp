@@ -6,7 +6,7 @@
 //     two reads of the weights, both branch-free;
 //   - radix (radix_select_cpu.h): histogram passes over 16-bit digits (31-bit
 //     keys: 16 + 15; 63-bit keys for fp64: 16 x 3 + 15), the last fused with
-//     writing the masks. Small inputs, sample misses, and the threshold op.
+//     writing the masks. Small inputs and sample misses.
 // Either way the entries left undecided after the fused pass are resolved by
 // reading only them again; ties straddling the k-th entry are pruned in (tensor,
 // row-major index) order. Extra memory: per-thread histograms, per-chunk counts,
@@ -45,11 +45,18 @@ void write_masks(const Prepared& p, int64_t k) {
   }
 }
 
+template <typename key_t>
+Selection threshold_of(const Prepared& p, int64_t k) {
+  Selection s;
+  if (!range_threshold<key_t>(p, k, s)) s = select_threshold<key_t>(p, k);
+  return s;
+}
+
 std::tuple<at::Tensor, at::Tensor> global_threshold_cpu(at::TensorList scores, at::TensorList masks,
                                                         int64_t k) {
   Prepared p = prepare(scores, masks, k, /*make_out=*/false, "global_threshold");
   Selection s;
-  if (k > 0) s = p.wide ? select_threshold<uint64_t>(p, k) : select_threshold<uint32_t>(p, k);
+  if (k > 0) s = p.wide ? threshold_of<uint64_t>(p, k) : threshold_of<uint32_t>(p, k);
   const double value = k == 0 ? 0.0 : key_to_double(s.key, p.wide);
   return {at::scalar_tensor(value, at::dtype(at::kDouble)),
           at::scalar_tensor(s.n_ties, at::dtype(at::kLong))};

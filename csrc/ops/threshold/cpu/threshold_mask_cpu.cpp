@@ -7,7 +7,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "ops/threshold/cpu/keys_cpu.h"
@@ -25,29 +27,40 @@ inline out_t as_mask(bool keep) {
   return static_cast<out_t>(keep ? 1.0f : 0.0f);
 }
 
+// Branch-free body for scan_keys: keep = eligible and key >= t (ties kept for
+// now), counting the eligible ties. Signed compares: keys fit, and vectorise.
+template <typename key_t, typename out_t>
+struct AboveBody {
+  using skey = std::make_signed_t<key_t>;
+  skey t;
+  out_t* out;
+  uint32_t ties = 0;  // a chunk has 2^16 entries
+  void operator()(int64_t j, key_t key, uint32_t ok) {
+    const skey sk = static_cast<skey>(key);
+    out[j] = as_mask<out_t>(ok & uint32_t(sk >= t));
+    ties += ok & uint32_t(sk == t);
+  }
+};
+
 // Writes out (dtype out_t) for every entry, ties kept for now; returns the
 // eligible ties per chunk.
-template <typename scalar_t, typename out_t>
-std::vector<int64_t> write_above(const Entry& e, out_t* out, uint64_t t) {
+template <typename key_t, typename out_t>
+std::vector<int64_t> write_above(const Entry& e, out_t* out, key_t t) {
   const int64_t nchunks = (e.numel + kChunk - 1) / kChunk;
   std::vector<int64_t> ties(nchunks, 0);
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      int64_t n = 0;
       const int64_t end = std::min(e.numel, (c + 1) * kChunk);
-      for_each_key<uint64_t>(e, c * kChunk, end, [&](int64_t j, uint64_t key, uint32_t ok) {
-        out[j] = as_mask<out_t>(ok && key >= t);
-        n += ok && key == t;
-      });
-      ties[c] = n;
+      AboveBody<key_t, out_t> body{static_cast<std::make_signed_t<key_t>>(t), out};
+      ties[c] = scan_keys<key_t>(e, c * kChunk, end, body).ties;
     }
   });
   return ties;
 }
 
 // Prunes the first `left` eligible ties in row-major order; returns how many.
-template <typename out_t>
-int64_t resolve_ties(const Entry& e, out_t* out, uint64_t t, int64_t left,
+template <typename key_t, typename out_t>
+int64_t resolve_ties(const Entry& e, out_t* out, key_t t, int64_t left,
                      const std::vector<int64_t>& ties) {
   int64_t total = 0;
   for (int64_t n : ties) total += n;
@@ -63,7 +76,7 @@ int64_t resolve_ties(const Entry& e, out_t* out, uint64_t t, int64_t left,
         if (ties[c] == 0 || before[c] >= left) continue;  // nothing to prune here
         int64_t rank = before[c];
         const int64_t end = std::min(e.numel, (c + 1) * kChunk);
-        for_each_key<uint64_t>(e, c * kChunk, end, [&](int64_t j, uint64_t key, uint32_t ok) {
+        for_each_key<key_t>(e, c * kChunk, end, [&](int64_t j, key_t key, uint32_t ok) {
           if (ok && key == t) decide(j, rank++);
         });
       }
@@ -72,7 +85,7 @@ int64_t resolve_ties(const Entry& e, out_t* out, uint64_t t, int64_t left,
     int64_t rank = 0;
     for (int64_t l = 0; l < e.numel && rank < left; ++l) {
       const int64_t j = offset_of(e, l);
-      for_each_key<uint64_t>(e, j, j + 1, [&](int64_t, uint64_t key, uint32_t ok) {
+      for_each_key<key_t>(e, j, j + 1, [&](int64_t, key_t key, uint32_t ok) {
         if (ok && key == t) decide(j, rank++);
       });
     }
@@ -97,8 +110,12 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
               ties_left.scalar_type(), " of shape ", ties_left.sizes(), " on ", ties_left.device());
   const int64_t left = ties_left.item<int64_t>();
   TORCH_CHECK(left >= 0, op, ": ties_left=", left, " must be >= 0");
-  // 64-bit keys compare every dtype exactly: each converts to double exactly.
-  const uint64_t t = key64(threshold.item<double>());
+  // 64-bit keys compare every dtype exactly (each converts to double exactly);
+  // 32-bit keys do too when the score is not fp64 and the threshold is a float
+  // (always, unless fp64 tensors took part in the global threshold).
+  const double tv = threshold.item<double>();
+  const bool narrow = score.scalar_type() != at::kDouble &&
+                      (std::isnan(tv) || static_cast<double>(static_cast<float>(tv)) == tv);
 
   const at::Tensor& d = n.scores[0];
   const at::ScalarType out_type = masks.empty() ? at::kBool : n.masks[0].scalar_type();
@@ -116,15 +133,22 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
   e.strides = d.strides().vec();
   if (e.numel > 0) {
     int64_t pruned_ties = 0;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_threshold_mask", [&] {
-      if (out_type == at::kBool) {
-        bool* o = out.data_ptr<bool>();
-        pruned_ties = resolve_ties(e, o, t, left, write_above<scalar_t>(e, o, t));
-      } else {
-        scalar_t* o = out.data_ptr<scalar_t>();
-        pruned_ties = resolve_ties(e, o, t, left, write_above<scalar_t>(e, o, t));
-      }
-    });
+    auto run = [&](auto t) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_threshold_mask", [&] {
+        if (out_type == at::kBool) {
+          bool* o = out.data_ptr<bool>();
+          pruned_ties = resolve_ties(e, o, t, left, write_above(e, o, t));
+        } else {
+          scalar_t* o = out.data_ptr<scalar_t>();
+          pruned_ties = resolve_ties(e, o, t, left, write_above(e, o, t));
+        }
+      });
+    };
+    if (narrow) {
+      run(key32(static_cast<float>(tv)));
+    } else {
+      run(key64(tv));
+    }
     ties_left.sub_(pruned_ties);
   }
   return restore_layout(n, {out})[0];
