@@ -165,6 +165,24 @@ std::vector<int64_t> classify_range(const Prepared& p, const Range& r, int shift
   return total;
 }
 
+// The rank-th smallest (1-based) of `keys` as a Selection: the key, how many
+// entries equal to it are pruned, and how many there are.
+template <typename key_t>
+Selection select_among(std::vector<key_t>& keys, int64_t rank) {
+  std::nth_element(keys.begin(), keys.begin() + (rank - 1), keys.end());
+  const key_t t = keys[rank - 1];
+  int64_t less = 0, equal = 0;
+  for (key_t key : keys) {
+    less += key < t;
+    equal += key == t;
+  }
+  Selection s;
+  s.key = static_cast<uint64_t>(t);
+  s.n_ties = rank - less;
+  s.n_equal = equal;
+  return s;
+}
+
 // Steps 1-4: the threshold key and ties, and the code byte whose entries must be
 // resolved against it; false when the sample missed (nothing usable written).
 template <typename key_t>
@@ -195,16 +213,7 @@ bool range_select(const Prepared& p, int64_t k, Selection& s, uint8_t& code) {
   std::vector<key_t> keys;
   keys.reserve(counts[c]);
   for (auto& part : parts) keys.insert(keys.end(), part.begin(), part.end());
-  std::nth_element(keys.begin(), keys.begin() + (rank - 1), keys.end());
-  const key_t t = keys[rank - 1];
-  int64_t less = 0, equal = 0;
-  for (key_t key : keys) {
-    less += key < t;
-    equal += key == t;
-  }
-  s.key = static_cast<uint64_t>(t);
-  s.n_ties = rank - less;
-  s.n_equal = equal;
+  s = select_among(keys, rank);
   return true;
 }
 
@@ -269,16 +278,7 @@ bool range_threshold(const Prepared& p, int64_t k, Selection& s) {
     keys.insert(keys.end(), slots.begin() + offset[c] + c, slots.begin() + offset[c + 1] + c);
   }
   const int64_t rank = k - r.below;
-  std::nth_element(keys.begin(), keys.begin() + (rank - 1), keys.end());
-  const key_t t = keys[rank - 1];
-  int64_t less = 0, equal = 0;
-  for (key_t key : keys) {
-    less += key < t;
-    equal += key == t;
-  }
-  s.key = static_cast<uint64_t>(t);
-  s.n_ties = rank - less;
-  s.n_equal = equal;
+  s = select_among(keys, rank);
   return true;
 }
 
