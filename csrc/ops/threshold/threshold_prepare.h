@@ -86,6 +86,25 @@ inline void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
+// threshold_mask's arguments (CPU and CUDA): the score and optional mask as
+// normalize_inputs checks them, and the 0-dim threshold / ties_left tensors.
+inline Normalized normalize_threshold_mask_args(const at::Tensor& score, at::TensorList masks,
+                                                const at::Tensor& threshold,
+                                                const at::Tensor& ties_left) {
+  const char* op = "threshold_mask";
+  Normalized n = normalize_inputs({score}, masks, 0, op);
+  TORCH_CHECK(threshold.dim() == 0 && threshold.scalar_type() == at::kDouble &&
+                  threshold.device() == score.device(),
+              op, ": threshold must be a 0-dim float64 tensor on ", score.device(),
+              " (from global_threshold), got ", threshold.scalar_type(), " of shape ",
+              threshold.sizes(), " on ", threshold.device());
+  TORCH_CHECK(ties_left.dim() == 0 && ties_left.scalar_type() == at::kLong &&
+                  ties_left.device() == score.device(),
+              op, ": ties_left must be a 0-dim int64 tensor on ", score.device(), ", got ",
+              ties_left.scalar_type(), " of shape ", ties_left.sizes(), " on ", ties_left.device());
+  return n;
+}
+
 // Output keep-mask for a score: same strides as a dense score.
 inline at::Tensor empty_mask_like(const at::Tensor& dense_score) {
   at::Tensor out = at::empty_like(dense_score, dense_score.options().dtype(at::kBool));

@@ -98,16 +98,7 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
   const char* op = "threshold_mask";
   std::vector<at::Tensor> masks;
   if (mask.has_value()) masks.push_back(*mask);
-  Normalized n = normalize_inputs({score}, masks, 0, op);
-  TORCH_CHECK(threshold.dim() == 0 && threshold.scalar_type() == at::kDouble &&
-                  threshold.device() == score.device(),
-              op, ": threshold must be a 0-dim float64 tensor on ", score.device(),
-              " (from global_threshold), got ", threshold.scalar_type(), " of shape ",
-              threshold.sizes(), " on ", threshold.device());
-  TORCH_CHECK(ties_left.dim() == 0 && ties_left.scalar_type() == at::kLong &&
-                  ties_left.device() == score.device(),
-              op, ": ties_left must be a 0-dim int64 tensor on ", score.device(), ", got ",
-              ties_left.scalar_type(), " of shape ", ties_left.sizes(), " on ", ties_left.device());
+  Normalized n = normalize_threshold_mask_args(score, masks, threshold, ties_left);
   const int64_t left = ties_left.item<int64_t>();
   TORCH_CHECK(left >= 0, op, ": ties_left=", left, " must be >= 0");
   // 64-bit keys compare every dtype exactly (each converts to double exactly);

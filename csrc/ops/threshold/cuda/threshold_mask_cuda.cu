@@ -175,17 +175,8 @@ at::Tensor threshold_mask_cuda(const at::Tensor& score, const std::optional<at::
   const char* op = "threshold_mask";
   std::vector<at::Tensor> masks;
   if (mask.has_value()) masks.push_back(*mask);
-  Normalized n = normalize_inputs({score}, masks, 0, op);
+  Normalized n = normalize_threshold_mask_args(score, masks, threshold, ties_left);
   TORCH_CHECK(score.device().is_cuda(), op, ": score is on ", score.device(), ", expected a CUDA device");
-  TORCH_CHECK(threshold.dim() == 0 && threshold.scalar_type() == at::kDouble &&
-                  threshold.device() == score.device(),
-              op, ": threshold must be a 0-dim float64 tensor on ", score.device(),
-              " (from global_threshold), got ", threshold.scalar_type(), " of shape ",
-              threshold.sizes(), " on ", threshold.device());
-  TORCH_CHECK(ties_left.dim() == 0 && ties_left.scalar_type() == at::kLong &&
-                  ties_left.device() == score.device(),
-              op, ": ties_left must be a 0-dim int64 tensor on ", score.device(), ", got ",
-              ties_left.scalar_type(), " of shape ", ties_left.sizes(), " on ", ties_left.device());
   c10::cuda::CUDAGuard guard(score.device());
 
   const at::Tensor& d = n.scores[0];
