@@ -122,7 +122,7 @@ def train_classifier(model: nn.Module, dataset, optimizer, *, iters: int, batch_
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=iters - start_iter, desc="train", leave=False, unit="it")
+        bar = tqdm(total=iters - start_iter, desc="train", leave=False, unit="it", disable=None)
     t0, loss_sum, n = time.perf_counter(), 0.0, 0
     for it in range(start_iter, iters):
         g = torch.Generator().manual_seed(seed * 7919 + it)
@@ -136,12 +136,12 @@ def train_classifier(model: nn.Module, dataset, optimizer, *, iters: int, batch_
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum, n = loss_sum + float(loss), n + 1
+        loss_sum, n = loss_sum + float(loss.detach()), n + 1
         if on_iter is not None:
             on_iter(it + 1, model)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     if bar is not None:
         bar.close()
     return {"loss": loss_sum / max(1, n), "iters": n, "seconds": time.perf_counter() - t0}

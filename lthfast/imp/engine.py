@@ -12,6 +12,7 @@ CPU; cuDNN may be nondeterministic unless the caller asks for determinism).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -224,6 +225,7 @@ class IMP:
             rows.append(row)
             if self.run is not None and self.main:
                 ticket.meta.update({"round": r})
+                os.makedirs(os.path.dirname(self.run.ticket_path(r)), exist_ok=True)
                 ticket.save(self.run.ticket_path(r))
                 ckpt.save(self.run, round_index=r, model=self.model, ticket=ticket,
                           rewind=state["rewind"], rows=rows, objects=ctx.objects)

@@ -52,7 +52,7 @@ class Settings:
 RESUME_MAY_CHANGE = ("rounds", "device", "quiet", "threads", "resume", "out")
 
 CLASSIFICATION_DEFAULTS = dict(model="resnet18", image_size=32, n_train=2000, n_val=500,
-                               iters=300, batch_size=32, lr=0.05, warmup=20, rounds=3,
+                               iters=200, batch_size=32, lr=0.02, warmup=20, rounds=3,
                                rewind="init")
 
 
