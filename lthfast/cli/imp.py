@@ -77,6 +77,16 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _steps(text: str) -> list:
+    try:
+        steps = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --lr-steps {text!r}: give iterations like 200,260") from None
+    if any(x <= 0 for x in steps) or steps != sorted(steps):
+        raise argparse.ArgumentTypeError(f"--lr-steps {text}: iterations must be positive and increasing")
+    return steps
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("imp", help="iterative magnitude pruning (find lottery tickets)",
                        description=_DESCRIPTION, epilog=_EPILOG,
@@ -116,6 +126,8 @@ def add_parser(sub) -> None:
     t.add_argument("--batch-size", type=_positive_int, default=None, help="images per iteration")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (SGD, momentum 0.9)")
     t.add_argument("--warmup", type=_nonneg_int, default=None, help="linear warm-up iterations")
+    t.add_argument("--lr-steps", type=_steps, default=None, metavar="I,J",
+                   help="iterations at which the learning rate drops 10x, e.g. 200,260")
     t.add_argument("--image-size", type=_positive_int, default=None,
                    help="image side for shapes data (and the detector's resize)")
     t.add_argument("--n-train", type=_positive_int, default=None, help="shapes: training images")

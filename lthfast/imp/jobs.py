@@ -36,6 +36,7 @@ class Settings:
     batch_size: int | None = None
     lr: float | None = None
     warmup: int | None = None
+    lr_steps: list | None = None
     image_size: int | None = None
     n_train: int | None = None
     n_val: int | None = None
@@ -59,8 +60,17 @@ CLASSIFICATION_DEFAULTS = dict(model="resnet18", image_size=32, n_train=2000, n_
 def task_defaults(task: str) -> dict:
     if task == "classification":
         return dict(CLASSIFICATION_DEFAULTS)
-    from lthfast.detection.defaults import demo_defaults
-    return demo_defaults(task)
+    from lthfast.detection import defaults as det_defaults
+    from lthfast.detection.models import DEFAULT_MODELS
+    demo = dict(det_defaults.DEMO)
+    out = {k: demo[k] for k in ("n_train", "n_val", "image_size", "batch_size", "lr", "iters")
+           if k in demo}
+    out["warmup"] = demo.get("warmup_iters", 0)
+    out["lr_steps"] = list(demo.get("lr_steps", ()))
+    out["rounds"] = demo.get("rounds", 3)
+    out["rewind"] = demo.get("rewind", "init")
+    out["model"] = DEFAULT_MODELS[task]
+    return out
 
 
 def settings_from_args(args) -> Settings:

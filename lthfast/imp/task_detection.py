@@ -14,13 +14,16 @@ def build(s, device):
     from lthfast.optim import MaskedSGD
 
     s.scope = s.scope or "paper"
-    shapes_kw = dict(n_train=s.n_train, n_val=s.n_val, image_size=s.image_size, seed=s.seed)
+    shapes_kw = (dict(n_train=s.n_train, n_val=s.n_val, image_size=s.image_size, seed=s.seed)
+                 if s.data == "shapes" else {})
     train_set = ddp.on_main_first(det_data.load_dataset, s.data, "train", task=s.task,
-                                  shapes=shapes_kw)
-    val_set = det_data.load_dataset(s.data, "val", task=s.task, shapes=shapes_kw)
+                                  **shapes_kw)
+    val_set = det_data.load_dataset(s.data, "val", task=s.task, **shapes_kw)
+    extra = {"num_keypoints": train_set.num_keypoints} if s.task == "keypoints" else {}
     model = det_models.build_model(s.model, task=s.task, num_classes=train_set.num_classes,
                                    weights=s.weights, backbone_weights=s.backbone_weights,
-                                   image_size=s.image_size).to(device)
+                                   image_size=s.image_size, verbose=ddp.is_main(),
+                                   **extra).to(device)
     names = det_scopes.prunable_names(model, s.scope)
 
     def train_fn(ctx):
@@ -31,9 +34,10 @@ def build(s, device):
         stats = det_train.train(
             net, train_set, iters=s.iters, batch_size=s.batch_size, lr=s.lr,
             warmup_iters=s.warmup, device=device, amp=s.amp, seed=ctx.seed + 7 * ddp.rank(),
-            optimizer=opt, start_iter=ctx.start_iter,
+            lr_steps=tuple(s.lr_steps or ()), optimizer=opt, start_iter=ctx.start_iter,
             on_iter=lambda i, _m: ctx.on_iter(i, ctx.model),
             progress=not s.quiet and ddp.is_main())
+        ctx.objects["scheduler"] = stats.get("scheduler")
         return {k: v for k, v in stats.items() if isinstance(v, (int, float))}
 
     def eval_fn(model, ctx):
