@@ -140,6 +140,16 @@ def test_mask_for_channels_last_and_ticket_does_not_keep_model_alive():
     assert len(t._bindings) == 0
 
 
+def test_copies_do_not_share_bindings():
+    import pickle
+    model = net(9)
+    t = Ticket.from_model(model, 0.5, meta={"k": [1]})
+    t.apply(model)
+    for c in (copy.deepcopy(t), pickle.loads(pickle.dumps(t))):
+        assert c == t and c.meta == t.meta and c.mask_for(model.conv.weight) is None
+    assert t.mask_for(model.conv.weight) is not None
+
+
 def test_check_lists_every_problem_and_apply_changes_nothing():
     model = net(6)
     t = Ticket.from_model(model, 0.5)

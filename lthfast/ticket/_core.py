@@ -68,7 +68,7 @@ class Ticket:
         fraction or an int count) of the selected weights, globally (one threshold)
         or, with ``layerwise=True``, of each tensor. Round 1."""
         named = select_parameters(model, scope, exclude)
-        masks = _magnitude_masks([p for _, p in named], amount, None, layerwise)
+        masks = _magnitude_masks(named, amount, None, layerwise)
         return cls._of(named, masks, 1, meta, layerwise)
 
     @classmethod
@@ -92,9 +92,19 @@ class Ticket:
         self.check(model)
         layerwise = self.layerwise if layerwise is None else bool(layerwise)
         named = [(n, model.get_parameter(n)) for n in self._names]
-        masks = _magnitude_masks([p for _, p in named], amount,
-                                 [self._mask_on(n, p.device) for n, p in named], layerwise)
+        masks = _magnitude_masks(named, amount, [self._mask_on(n, p.device) for n, p in named],
+                                 layerwise)
         return type(self)._of(named, masks, self.round + 1, copy.deepcopy(self.meta), layerwise)
+
+    def __getstate__(self):
+        # bindings hold weak references to live parameters: not part of a copy
+        state = dict(self.__dict__)
+        state.pop("_bindings", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._bindings = Bindings()
 
     # ---------------------------------------------------------------- queries
     def names(self) -> list[str]:
@@ -318,24 +328,19 @@ class Ticket:
         return _report.format_rows(self.report(model), self)
 
 
-def _magnitude_masks(tensors, amount, masks, layerwise):
-    """Keep-masks of magnitude pruning (on each tensor's device)."""
-    devices = {t.device for t in tensors}
+def _magnitude_masks(named, amount, masks, layerwise):
+    """Keep-masks of magnitude pruning of the ``(name, param)`` list (on each param's device)."""
+    tensors = [p.detach() for _, p in named]
     if layerwise:
-        _check_amount(amount, tensors, masks)
-        return [global_magnitude_masks([t], amount, masks=None if masks is None else [m])[0]
-                for t, m in zip(tensors, masks or [None] * len(tensors))]
-    if len(devices) == 1:
+        for i, (name, t) in enumerate(named):  # every amount checked before any mask is made
+            n = t.numel() if masks is None else int(torch.count_nonzero(masks[i]))
+            amount_to_count(amount, n, name=f"amount (for {name!r}, layer-wise)")
+        return [global_magnitude_masks([t], amount, masks=None if masks is None else [masks[i]])[0]
+                for i, t in enumerate(tensors)]
+    if len({t.device for t in tensors}) == 1:
         return global_magnitude_masks(tensors, amount, masks=masks)
     # weights on several devices: one global threshold over copies on the first device
     dev = tensors[0].device
-    out = global_magnitude_masks([t.detach().to(dev) for t in tensors], amount,
+    out = global_magnitude_masks([t.to(dev) for t in tensors], amount,
                                  masks=None if masks is None else [m.to(dev) for m in masks])
     return [m.to(t.device) for m, t in zip(out, tensors)]
-
-
-def _check_amount(amount, tensors, masks):
-    """Layer-wise: the amount must fit every tensor (checked before any mask is made)."""
-    for i, t in enumerate(tensors):
-        n = t.numel() if masks is None else int(torch.count_nonzero(masks[i]))
-        amount_to_count(amount, n)
