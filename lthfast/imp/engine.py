@@ -98,10 +98,9 @@ def group_sparsity(ticket, group_of: Callable[[str], str] | None) -> dict:
     total: dict[str, int] = {}
     kept: dict[str, int] = {}
     for name in ticket.names():
-        m = ticket[name]
         g = group_of(name)
-        total[g] = total.get(g, 0) + m.numel()
-        kept[g] = kept.get(g, 0) + int(m.sum())
+        total[g] = total.get(g, 0) + ticket.numel(name)
+        kept[g] = kept.get(g, 0) + ticket.kept(name)
     return {f"sparsity_{g}": 1.0 - kept[g] / total[g] for g in total if total[g]}
 
 

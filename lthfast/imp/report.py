@@ -56,9 +56,8 @@ def plot_curve(runs: dict[str, list[dict]]) -> str | None:
 def layer_rows(ticket) -> list[dict]:
     out = []
     for name in ticket.names():
-        m = ticket[name]
-        n, kept = m.numel(), int(m.sum())
-        out.append({"name": name, "shape": "×".join(map(str, m.shape)), "params": n,
+        n, kept = ticket.numel(name), ticket.kept(name)
+        out.append({"name": name, "shape": "×".join(map(str, ticket.shapes[name])), "params": n,
                     "kept": kept, "sparsity": 1.0 - kept / n if n else 0.0})
     return out
 
