@@ -103,7 +103,8 @@ def random_grads(params, seed, *, poison_masks=None):
 def oracle_step(opt, params, masks_list, grads):
     """torch.optim step on masked grads, then weights masked (the policy's oracle)."""
     for p, m, gr in zip(params, masks_list, grads):
-        p.grad = gr.clone() if m is None else torch.where(m, gr, torch.zeros_like(gr))
+        # in the param's layout: torch's fused CPU optimizers assume it
+        p.grad = torch.empty_like(p).copy_(gr if m is None else torch.where(m, gr, 0.0))
     opt.step()
     for p, m in zip(params, masks_list):
         if m is not None:

@@ -48,10 +48,10 @@ def test_state_dict_round_trip_with_torch(pair):
     # ours -> torch: torch continues exactly where ours would
     twin = clone_params(params)
     theirs = make_torch(twin)
-    theirs.load_state_dict(sd)
+    theirs.load_state_dict(copy.deepcopy(sd))
     cont = make_ours(clone_params(params), masks=None)
     cont.set_masks({q: m for q, m in zip(cont.param_groups[0]["params"], masks_list) if m is not None})
-    cont.load_state_dict(sd)
+    cont.load_state_dict(copy.deepcopy(sd))
     for s in range(3, 6):
         grads = random_grads(params, s)
         oracle_step(theirs, twin, masks_list, grads)
@@ -62,7 +62,7 @@ def test_state_dict_round_trip_with_torch(pair):
         torch.testing.assert_close(p.detach(), t.detach(), rtol=1e-12, atol=1e-13)
     # torch -> ours
     back = make_ours(clone_params(twin), masks=None)
-    back.load_state_dict(theirs.state_dict())
+    back.load_state_dict(copy.deepcopy(theirs.state_dict()))
     for q, t in zip(back.param_groups[0]["params"], twin):
         for k, v in theirs.state[t].items():
             assert torch.equal(back.state[q][k], v), k
