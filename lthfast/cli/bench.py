@@ -18,7 +18,11 @@ suites:
              torch.cat+kthvalue (+ torch.cat+topk and cupy on CUDA). Wall time (median),
              peak extra memory (CPU: resident set growth; CUDA: allocator peak), and time as a
              multiple of the bandwidth floor (2 x weight bytes / measured copy bandwidth).
-  optim      fused masked optimizer (not built yet)
+  optim      one optimizer step on all parameters of resnet50 and maskrcnn_resnet50_fpn with
+             the Conv/Linear weights 80% pruned: lthfast.optim.MaskedAdamW / MaskedSGD(momentum
+             0.9) vs torch.optim AdamW / SGD (foreach, fused) with grad/weight *= mask around the
+             step, and the dense foreach step; time as a multiple of the bandwidth floor (bytes
+             the fused step moves / measured copy bandwidth). --quick: resnet18.
   conv       masked sparse convolution (not built yet)
 
 The full threshold suite takes about 10 minutes on 2 CPU cores (torch's pruning is the
