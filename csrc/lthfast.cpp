@@ -39,4 +39,26 @@ TORCH_LIBRARY(lthfast, m) {
   m.def("count_bits(Tensor packed) -> Tensor");
   // Overlap of two packed masks of the same length: int64 [2] = (|a & b|, |a | b|).
   m.def("overlap_bits(Tensor a, Tensor b) -> Tensor");
+  // ---- Fused masked optimizers (lthfast.optim): one multi-tensor pass per step.
+  // params, grads, states and masks are lists with one entry per parameter; each
+  // state and mask has the parameter's shape, dtype (masks: bool, True = kept)
+  // and strides; a grad with other strides is copied into the param's layout.
+  // Pruned entries (mask False) read their grad as 0 and write 0.0 to the weight
+  // and every state; params whose mask is None update exactly like torch.optim.
+  // lr_tensor (1 element), when given, replaces lr. grad_scale: grads are divided
+  // by it; found_inf != 0: the whole call is skipped (Adam step counters too).
+  // SGD: momentum_buffers is empty when momentum == 0; is_first_step: the
+  // buffers are new (torch's buf = d_p.clone()).
+  m.def("masked_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+        "Tensor?[] masks, float lr, Tensor? lr_tensor, float momentum, float dampening, "
+        "float weight_decay, bool nesterov, bool maximize, bool is_first_step, "
+        "Tensor? grad_scale, Tensor? found_inf) -> ()");
+  // Adam / AdamW (decoupled_weight_decay). max_exp_avg_sqs is empty unless
+  // amsgrad. state_steps: 1-element float tensors, incremented by the call (CPU
+  // params: CPU steps; CUDA params: steps on the same device).
+  m.def("masked_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+        "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
+        "Tensor?[] masks, float lr, Tensor? lr_tensor, float beta1, float beta2, "
+        "float weight_decay, float eps, bool amsgrad, bool maximize, "
+        "bool decoupled_weight_decay, Tensor? grad_scale, Tensor? found_inf) -> ()");
 }

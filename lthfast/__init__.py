@@ -9,5 +9,7 @@ from lthfast._ops import build_info
 from lthfast.magnitude import global_magnitude_masks, global_magnitude_threshold
 from lthfast.ticket import Ticket
 
+from lthfast import optim  # MaskedSGD, MaskedAdam, MaskedAdamW
+
 __all__ = ["__version__", "build_info", "global_magnitude_masks", "global_magnitude_threshold",
-           "Ticket"]
+           "Ticket", "optim"]

@@ -20,7 +20,14 @@ register(Suite("ticket",
                "pack/unpack throughput vs numpy and the bandwidth floor",
                run=_ticket.run_suite, format=_ticket.format_ticket))
 
-from lthfast.bench import planned as _planned  # noqa: E402,F401  (registers optim, conv)
+from lthfast.bench import optim as _optim  # noqa: E402
+
+register(Suite("optim",
+               "fused masked optimizer step (MaskedSGD/MaskedAdamW vs torch.optim + masking) "
+               "on resnet50 / maskrcnn_resnet50_fpn at 80% sparsity",
+               run=_optim.run_suite, format=_optim.format_optim))
+
+from lthfast.bench import planned as _planned  # noqa: E402,F401  (registers conv)
 from lthfast.bench.runner import run  # noqa: E402
 
 __all__ = ["BenchConfig", "Suite", "get", "names", "register", "run"]

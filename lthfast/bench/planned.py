@@ -3,11 +3,6 @@ and says why they do not run, instead of measuring something else."""
 from lthfast.bench.registry import Suite, register
 
 register(Suite(
-    "optim", "fused masked optimizer step (MaskedSGD/MaskedAdam/MaskedAdamW vs torch.optim + masking)",
-    planned="the fused masked optimizer kernels (lthfast.optim) are not built yet; this suite "
-            "lands with them"))
-
-register(Suite(
     "conv", "masked sparse convolution (lthfast.nn.MaskedConv2d vs dense conv on zeroed weights)",
     planned="the masked sparse convolution kernels (lthfast.nn) are not built yet; this suite "
             "lands with them"))

@@ -21,7 +21,11 @@ suites:
   ticket     lthfast.Ticket save/load time and file size (vs torch.save/torch.load of float and
              bool masks) and bit pack/unpack throughput (vs numpy, x bandwidth floor), on
              resnet50 and maskrcnn_resnet50_fpn masks at 80% sparsity
-  optim      fused masked optimizer (not built yet)
+  optim      one optimizer step on all parameters of resnet50 and maskrcnn_resnet50_fpn with
+             the Conv/Linear weights 80% pruned: lthfast.optim.MaskedAdamW / MaskedSGD(momentum
+             0.9) vs torch.optim AdamW / SGD (foreach, fused) with grad/weight *= mask around the
+             step, and the dense foreach step; time as a multiple of the bandwidth floor (bytes
+             the fused step moves / measured copy bandwidth). --quick: resnet18.
   conv       masked sparse convolution (not built yet)
 
 The full threshold suite takes about 10 minutes on 2 CPU cores (torch's pruning is the

@@ -1,0 +1,290 @@
+// CPU kernels of the fused masked optimizers: masked_sgd_ and masked_adam_.
+//
+// Every tensor is cut into chunks (memory-order ranges: params, grads, states
+// and masks share one layout), and one parallel_for walks all chunks of all
+// tensors: one pass that reads weight, grad, state and mask once and writes
+// weight and state once. fp32/fp64 chunks are updated in place by a loop the
+// compiler vectorises; fp16/bf16 chunks go through small fp32 buffers.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#include "ops/masked_optim/masked_optim_args.h"
+#include "ops/masked_optim/update_math.h"
+
+namespace lthfast {
+namespace masked_optim {
+namespace {
+
+constexpr int64_t kChunk = 1 << 15;  // elements per parallel work item
+constexpr int64_t kBlock = 256;      // fp16/bf16 conversion block
+
+struct Chunk {
+  int64_t slot, begin, end;
+};
+
+std::vector<Chunk> make_chunks(const std::vector<Slot>& slots) {
+  std::vector<Chunk> chunks;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int64_t n = slots[i].param.numel();
+    for (int64_t b = 0; b < n; b += kChunk) {
+      chunks.push_back({static_cast<int64_t>(i), b, std::min(n, b + kChunk)});
+    }
+  }
+  return chunks;
+}
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+// ------------------------------------------------------------------ SGD
+
+template <typename T, int kMode, bool kNesterov, bool kMask>
+void sgd_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
+              const bool* __restrict keep, T scale, const SgdScalars<T>& s) {
+  for (int64_t j = 0; j < n; ++j) {
+    T pj = p[j];
+    T b = (kMode == kMomentum) ? buf[j] : T(0);
+    sgd_element<T, kMode, kNesterov>(kMask ? keep[j] : true, pj, g[j], b, scale, s);
+    p[j] = pj;
+    if (kMode != kNoMomentum) buf[j] = b;
+  }
+}
+
+template <typename T, int kMode, bool kNesterov>
+void sgd_range(int64_t n, T* p, const T* g, T* buf, const bool* keep, T scale,
+               const SgdScalars<T>& s) {
+  if (keep) {
+    sgd_loop<T, kMode, kNesterov, true>(n, p, g, buf, keep, scale, s);
+  } else {
+    sgd_loop<T, kMode, kNesterov, false>(n, p, g, buf, keep, scale, s);
+  }
+}
+
+// A chunk of a reduced-precision tensor: convert to fp32 blocks, update, store.
+template <typename scalar_t, int kMode, bool kNesterov>
+void sgd_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* buf, const bool* keep,
+                 float scale, const SgdScalars<float>& s) {
+  float pb[kBlock], gb[kBlock], bb[kBlock];
+  for (int64_t o = 0; o < n; o += kBlock) {
+    const int64_t m = std::min(kBlock, n - o);
+    for (int64_t j = 0; j < m; ++j) {
+      pb[j] = static_cast<float>(p[o + j]);
+      gb[j] = static_cast<float>(g[o + j]);
+      bb[j] = kMode == kMomentum ? static_cast<float>(buf[o + j]) : 0.f;
+    }
+    sgd_range<float, kMode, kNesterov>(m, pb, gb, bb, keep ? keep + o : nullptr, scale, s);
+    for (int64_t j = 0; j < m; ++j) {
+      p[o + j] = static_cast<scalar_t>(pb[j]);
+      if (kMode != kNoMomentum) buf[o + j] = static_cast<scalar_t>(bb[j]);
+    }
+  }
+}
+
+template <int kMode, bool kNesterov>
+void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, double dampening,
+                double weight_decay, bool maximize, double scale) {
+  const std::vector<Chunk> chunks = make_chunks(slots);
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      const Chunk& ch = chunks[c];
+      const Slot& sl = slots[ch.slot];
+      const int64_t n = ch.end - ch.begin;
+      const bool* keep = sl.mask.defined() ? sl.mask.data_ptr<bool>() + ch.begin : nullptr;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
+                                      "masked_sgd_cpu", [&] {
+        using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        const SgdScalars<opmath_t> s{static_cast<opmath_t>(-lr), static_cast<opmath_t>(momentum),
+                                     static_cast<opmath_t>(1.0 - dampening),
+                                     static_cast<opmath_t>(weight_decay),
+                                     static_cast<opmath_t>(maximize ? -1.0 : 1.0)};
+        scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
+        const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
+        scalar_t* buf = kMode == kNoMomentum ? nullptr : ptr<scalar_t>(sl.state[0]) + ch.begin;
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          sgd_range<opmath_t, kMode, kNesterov>(n, p, g, buf, keep, static_cast<opmath_t>(scale), s);
+        } else {
+          sgd_reduced<scalar_t, kMode, kNesterov>(n, p, g, buf, keep, static_cast<float>(scale), s);
+        }
+      });
+    }
+  });
+}
+
+// Scale the grads are divided by (1 when none); nullopt when found_inf says skip.
+std::optional<double> scale_or_skip(const std::optional<at::Tensor>& grad_scale,
+                                    const std::optional<at::Tensor>& found_inf) {
+  if (found_inf.has_value() && found_inf->item<double>() != 0.0) return std::nullopt;
+  return grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
+}
+
+void masked_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                    const std::vector<std::optional<at::Tensor>>& masks, double lr,
+                    const std::optional<at::Tensor>& lr_tensor, double momentum, double dampening,
+                    double weight_decay, bool nesterov, bool maximize, bool is_first_step,
+                    const std::optional<at::Tensor>& grad_scale,
+                    const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "lthfast.masked_sgd_";
+  std::vector<Slot> slots = make_slots(params, grads, masks, at::kCPU, op);
+  const bool with_momentum = momentum != 0.0;
+  check_list_size(momentum_buffers.size(), with_momentum ? params.size() : 0,
+                  with_momentum ? "momentum_buffers" : "momentum_buffers (momentum is 0)", op);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (!with_momentum) break;
+    check_like(momentum_buffers[i], slots[i].param, "momentum_buffers", static_cast<int64_t>(i), op);
+    slots[i].state[0] = momentum_buffers[i];
+  }
+  if (slots.empty()) return;
+  check_optional_scalars(lr_tensor, grad_scale, found_inf, slots[0].param.device(), op);
+  const std::optional<double> scale = scale_or_skip(grad_scale, found_inf);
+  if (!scale.has_value()) return;
+  const double lr_value = lr_tensor.has_value() ? lr_tensor->item<double>() : lr;
+  if (!with_momentum) {
+    sgd_chunks<kNoMomentum, false>(slots, lr_value, momentum, dampening, weight_decay, maximize, *scale);
+  } else if (is_first_step) {
+    if (nesterov) sgd_chunks<kFirstStep, true>(slots, lr_value, momentum, dampening, weight_decay, maximize, *scale);
+    else sgd_chunks<kFirstStep, false>(slots, lr_value, momentum, dampening, weight_decay, maximize, *scale);
+  } else {
+    if (nesterov) sgd_chunks<kMomentum, true>(slots, lr_value, momentum, dampening, weight_decay, maximize, *scale);
+    else sgd_chunks<kMomentum, false>(slots, lr_value, momentum, dampening, weight_decay, maximize, *scale);
+  }
+}
+
+// ------------------------------------------------------------------ Adam
+
+template <typename T, bool kAmsgrad, bool kMask>
+void adam_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict m,
+               T* __restrict v, T* __restrict vmax, const bool* __restrict keep, T scale,
+               const AdamScalars<T>& s) {
+  for (int64_t j = 0; j < n; ++j) {
+    T pj = p[j], mj = m[j], vj = v[j];
+    T xj = kAmsgrad ? vmax[j] : T(0);
+    adam_element<T, kAmsgrad>(kMask ? keep[j] : true, pj, g[j], mj, vj, xj, scale, s);
+    p[j] = pj;
+    m[j] = mj;
+    v[j] = vj;
+    if (kAmsgrad) vmax[j] = xj;
+  }
+}
+
+template <typename T, bool kAmsgrad>
+void adam_range(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const bool* keep, T scale,
+                const AdamScalars<T>& s) {
+  if (keep) {
+    adam_loop<T, kAmsgrad, true>(n, p, g, m, v, vmax, keep, scale, s);
+  } else {
+    adam_loop<T, kAmsgrad, false>(n, p, g, m, v, vmax, keep, scale, s);
+  }
+}
+
+template <typename scalar_t, bool kAmsgrad>
+void adam_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v,
+                  scalar_t* vmax, const bool* keep, float scale, const AdamScalars<float>& s) {
+  float pb[kBlock], gb[kBlock], mb[kBlock], vb[kBlock], xb[kBlock];
+  for (int64_t o = 0; o < n; o += kBlock) {
+    const int64_t k = std::min(kBlock, n - o);
+    for (int64_t j = 0; j < k; ++j) {
+      pb[j] = static_cast<float>(p[o + j]);
+      gb[j] = static_cast<float>(g[o + j]);
+      mb[j] = static_cast<float>(m[o + j]);
+      vb[j] = static_cast<float>(v[o + j]);
+      xb[j] = kAmsgrad ? static_cast<float>(vmax[o + j]) : 0.f;
+    }
+    adam_range<float, kAmsgrad>(k, pb, gb, mb, vb, xb, keep ? keep + o : nullptr, scale, s);
+    for (int64_t j = 0; j < k; ++j) {
+      p[o + j] = static_cast<scalar_t>(pb[j]);
+      m[o + j] = static_cast<scalar_t>(mb[j]);
+      v[o + j] = static_cast<scalar_t>(vb[j]);
+      if (kAmsgrad) vmax[o + j] = static_cast<scalar_t>(xb[j]);
+    }
+  }
+}
+
+template <bool kAmsgrad>
+void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& steps,
+                 const AdamHost& host, double scale) {
+  const std::vector<Chunk> chunks = make_chunks(slots);
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      const Chunk& ch = chunks[c];
+      const Slot& sl = slots[ch.slot];
+      const int64_t n = ch.end - ch.begin;
+      const bool* keep = sl.mask.defined() ? sl.mask.data_ptr<bool>() + ch.begin : nullptr;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
+                                      "masked_adam_cpu", [&] {
+        using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        const AdamScalars<opmath_t> s = host.at_step<opmath_t>(steps[ch.slot]);
+        scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
+        const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
+        scalar_t* m = ptr<scalar_t>(sl.state[0]) + ch.begin;
+        scalar_t* v = ptr<scalar_t>(sl.state[1]) + ch.begin;
+        scalar_t* x = kAmsgrad ? ptr<scalar_t>(sl.state[2]) + ch.begin : nullptr;
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          adam_range<opmath_t, kAmsgrad>(n, p, g, m, v, x, keep, static_cast<opmath_t>(scale), s);
+        } else {
+          adam_reduced<scalar_t, kAmsgrad>(n, p, g, m, v, x, keep, static_cast<float>(scale), s);
+        }
+      });
+    }
+  });
+}
+
+void masked_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                     at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                     at::TensorList state_steps,
+                     const std::vector<std::optional<at::Tensor>>& masks, double lr,
+                     const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2,
+                     double weight_decay, double eps, bool amsgrad, bool maximize,
+                     bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
+                     const std::optional<at::Tensor>& found_inf) {
+  constexpr const char* op = "lthfast.masked_adam_";
+  std::vector<Slot> slots = make_slots(params, grads, masks, at::kCPU, op);
+  const size_t n = slots.size();
+  check_list_size(exp_avgs.size(), n, "exp_avgs", op);
+  check_list_size(exp_avg_sqs.size(), n, "exp_avg_sqs", op);
+  check_list_size(max_exp_avg_sqs.size(), amsgrad ? n : 0,
+                  amsgrad ? "max_exp_avg_sqs" : "max_exp_avg_sqs (amsgrad is False)", op);
+  check_list_size(state_steps.size(), n, "state_steps", op);
+  for (size_t i = 0; i < n; ++i) {
+    const auto ii = static_cast<int64_t>(i);
+    check_like(exp_avgs[i], slots[i].param, "exp_avgs", ii, op);
+    check_like(exp_avg_sqs[i], slots[i].param, "exp_avg_sqs", ii, op);
+    if (amsgrad) check_like(max_exp_avg_sqs[i], slots[i].param, "max_exp_avg_sqs", ii, op);
+    check_scalar(state_steps[i], "state_steps[i]", at::Device(at::kCPU), true, op);
+    slots[i].state[0] = exp_avgs[i];
+    slots[i].state[1] = exp_avg_sqs[i];
+    if (amsgrad) slots[i].state[2] = max_exp_avg_sqs[i];
+    slots[i].step = state_steps[i];
+  }
+  if (slots.empty()) return;
+  check_optional_scalars(lr_tensor, grad_scale, found_inf, slots[0].param.device(), op);
+  const std::optional<double> scale = scale_or_skip(grad_scale, found_inf);
+  if (!scale.has_value()) return;  // found_inf: the step counters do not move either
+  std::vector<double> steps(n);
+  for (size_t i = 0; i < n; ++i) {
+    state_steps[i].add_(1);  // in the step's own dtype, as torch.optim does
+    steps[i] = state_steps[i].item<double>();
+  }
+  const AdamHost host{lr_tensor.has_value() ? lr_tensor->item<double>() : lr, beta1, beta2,
+                      weight_decay, eps, decoupled_weight_decay, maximize};
+  if (amsgrad) adam_chunks<true>(slots, steps, host, *scale);
+  else adam_chunks<false>(slots, steps, host, *scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lthfast, CPU, m) {
+  m.impl("masked_sgd_", &masked_sgd_cpu);
+  m.impl("masked_adam_", &masked_adam_cpu);
+}
+
+}  // namespace masked_optim
+}  // namespace lthfast

@@ -1,0 +1,203 @@
+"""Mask bookkeeping shared by MaskedSGD / MaskedAdam / MaskedAdamW.
+
+A mask is a bool keep-mask (True = kept) with the shape AND the strides of its
+parameter, on the parameter's device, so the fused kernels walk weight, grad,
+state and mask in one memory order. Masks come from a Ticket
+(`ticket.mask_for(param)` after `ticket.apply(model)`) or from a dict
+{param: mask}. Everything is validated before anything changes.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_params(name: str, groups: Iterable[dict]) -> None:
+    """Dense real floating-point parameters only (the kernels' contract)."""
+    index = 0
+    for group in groups:
+        for p in group["params"]:
+            if p.layout != torch.strided:
+                raise TypeError(f"{name}: parameter {index} (shape {tuple(p.shape)}) is sparse "
+                                f"(layout {p.layout}); masked optimizers need dense parameters")
+            if p.dtype not in _FLOAT_DTYPES:
+                kind = "complex" if p.is_complex() else "integer/bool" if not p.is_floating_point() else "unsupported"
+                raise TypeError(f"{name}: parameter {index} (shape {tuple(p.shape)}) has {kind} dtype "
+                                f"{p.dtype}; supported: float16, bfloat16, float32, float64")
+            if not _is_dense(p):
+                raise ValueError(f"{name}: parameter {index} (shape {tuple(p.shape)}, strides "
+                                 f"{p.stride()}) is not dense in memory; make it contiguous")
+            index += 1
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    # non-overlapping and dense: empty_like keeps its strides exactly
+    if t.numel() <= 1:
+        return True
+    return torch.empty_like(t).stride() == t.stride()
+
+
+def _param_index(groups: list[dict]) -> dict[int, int]:
+    out, i = {}, 0
+    for g in groups:
+        for p in g["params"]:
+            out[id(p)] = i
+            i += 1
+    return out
+
+
+def prepare_mask(name: str, index: int, param: torch.Tensor, mask: Any) -> torch.Tensor | None:
+    """`mask` as the kernels need it (bool, param's device, shape and strides)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name}: the mask of parameter {index} must be a bool tensor "
+                        f"(True = kept), got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name}: the mask of parameter {index} has dtype {mask.dtype}; masks "
+                        "must be bool tensors (True = kept)")
+    if mask.is_sparse or mask.layout != torch.strided:
+        raise TypeError(f"{name}: the mask of parameter {index} is sparse; pass a dense bool tensor")
+    if mask.shape != param.shape:
+        raise ValueError(f"{name}: the mask of parameter {index} has shape {tuple(mask.shape)} "
+                         f"but the parameter has shape {tuple(param.shape)}")
+    if mask.device == param.device and mask.stride() == param.stride():
+        return mask
+    # other device and/or strides: one copy in the parameter's layout
+    return torch.empty_like(param, dtype=torch.bool).copy_(mask)
+
+
+def resolve_masks(name: str, groups: list[dict], *, ticket=None, masks=None) -> dict:
+    """{param: prepared mask} for every parameter that has one (all validated first)."""
+    if ticket is not None and masks is not None:
+        raise ValueError(f"{name}: pass ticket= or masks=, not both")
+    index = _param_index(groups)
+    params = [p for g in groups for p in g["params"]]
+    out: dict = {}
+    if ticket is not None:
+        if not callable(getattr(ticket, "mask_for", None)):
+            raise TypeError(f"{name}: ticket must be an lthfast.Ticket (with mask_for(param)), "
+                            f"got {type(ticket).__name__}")
+        for p in params:
+            m = prepare_mask(name, index[id(p)], p, ticket.mask_for(p))
+            if m is not None:
+                out[p] = m
+        if params and not out:
+            raise ValueError(f"{name}: the ticket has no mask for any of these parameters; call "
+                             "ticket.apply(model) first (it binds the masks to the model's "
+                             "parameters), or pass the parameters of the model it was applied to")
+    elif masks is not None:
+        if not isinstance(masks, dict):
+            raise TypeError(f"{name}: masks must be a dict {{param: bool mask}}, got "
+                            f"{type(masks).__name__}")
+        for p, m in masks.items():
+            if not isinstance(p, torch.Tensor) or id(p) not in index:
+                raise ValueError(f"{name}: masks has a key that is not a parameter of this "
+                                 "optimizer (keys must be the parameter tensors themselves)")
+            pm = prepare_mask(name, index[id(p)], p, m)
+            if pm is not None:
+                out[p] = pm
+    return out
+
+
+@torch.no_grad()
+def zero_pruned(param: torch.Tensor, mask: torch.Tensor, state: dict) -> None:
+    """Pruned entries of the weight and of its per-entry optimizer state to 0.0."""
+    pruned = ~mask
+    param.masked_fill_(pruned, 0.0)
+    for v in state.values():
+        if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point():
+            v.masked_fill_(pruned, 0.0)
+
+
+class MaskedOptimizerMixin:
+    """set_ticket / set_masks / mask_of for a torch.optim.Optimizer subclass."""
+
+    _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf
+
+    def _init_masks(self, ticket, masks) -> None:
+        name = type(self).__name__
+        check_params(name, self.param_groups)
+        self._ticket = None
+        self._masks: dict = {}
+        self._install(resolve_masks(name, self.param_groups, ticket=ticket, masks=masks), ticket)
+
+    def _install(self, new_masks: dict, ticket) -> None:
+        for p, m in new_masks.items():
+            zero_pruned(p, m, self.state.get(p, {}))
+        self._masks = new_masks
+        self._ticket = ticket
+
+    def set_ticket(self, ticket) -> None:
+        """Switches to `ticket`'s masks (e.g. the next IMP round) without rebuilding the
+        optimizer: the newly pruned entries of the weights and of their optimizer state
+        become 0.0 now. `None` turns masking off."""
+        self._install(resolve_masks(type(self).__name__, self.param_groups, ticket=ticket), ticket)
+
+    def set_masks(self, masks: dict | None) -> None:
+        """Like set_ticket, from a dict {param: bool mask (True = kept)}; None = no masks."""
+        self._install(resolve_masks(type(self).__name__, self.param_groups, masks=masks), None)
+
+    def mask_of(self, param: torch.Tensor) -> torch.Tensor | None:
+        """The keep-mask this optimizer applies to `param` (None: unmasked)."""
+        return self._masks.get(param)
+
+    @property
+    def ticket(self):
+        return self._ticket
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        if not hasattr(self, "_masks"):
+            return  # during __init__: _init_masks handles every group
+        name = type(self).__name__
+        check_params(name, [self.param_groups[-1]])
+        if self._ticket is not None:
+            new = resolve_masks(name, self.param_groups, ticket=None, masks={
+                p: self._ticket.mask_for(p) for p in self.param_groups[-1]["params"]})
+            for p, m in new.items():
+                zero_pruned(p, m, {})
+            self._masks.update(new)
+
+    def _align_state(self, keys: tuple[str, ...]) -> None:
+        """After load_state_dict: per-entry state in the parameter's layout, Adam's
+        step where the kernels read it (see _step_tensor)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if not st:
+                    continue
+                for k in keys:
+                    v = st.get(k)
+                    if isinstance(v, torch.Tensor) and v.stride() != p.stride() and v.numel() > 1:
+                        st[k] = torch.empty_like(p).copy_(v)
+                if "step" in st:
+                    st["step"] = _step_tensor(p, st["step"])
+                m = self._masks.get(p)
+                if m is not None:
+                    zero_pruned(p, m, st)
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _step_tensor(p: torch.Tensor, value) -> torch.Tensor:
+    """Adam's step counter: a CPU tensor for CPU params (like torch.optim), a float32
+    tensor on the parameter's device for GPU params (like torch's fused Adam)."""
+    if p.device.type == "cpu":
+        t = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else _scalar_dtype()
+        return t.to(device="cpu", dtype=dtype)
+    if isinstance(value, torch.Tensor):
+        return value.to(device=p.device, dtype=torch.float32)
+    return torch.tensor(float(value), dtype=torch.float32, device=p.device)
+
+
+def new_step_tensor(p: torch.Tensor) -> torch.Tensor:
+    if p.device.type == "cpu":
+        return torch.tensor(0.0, dtype=_scalar_dtype())
+    return torch.zeros((), dtype=torch.float32, device=p.device)
