@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lthfast.detection.data import check_task
-from lthfast.detection.weights import load_backbone_weights, load_detection_weights
+from lthfast.detection.weights import load_backbone_weights, load_detection_weights, read_state_dict
 
 FAMILIES = ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "fcos")
 #: Which model families can be trained on which task (targets they need).
@@ -123,6 +123,12 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
     if image_size is not None and (not isinstance(image_size, int) or image_size < 32):
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
     pretrained = weights is not None or backbone_weights is not None
+    # read (or download) the weights before building: a bad file fails fast
+    files = {}
+    if weights is not None:
+        files["weights"] = read_state_dict(weights, name=name, backbone=False)
+    if backbone_weights is not None:
+        files["backbone_weights"] = read_state_dict(backbone_weights, name=name, backbone=True)
     torch_kw = dict(kw)
     if name in SMALL_MODELS:
         model = _small_model(name, num_classes, image_size or 128, pretrained, **torch_kw)
@@ -140,10 +146,12 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
             _freeze_batchnorm(model.backbone)
             _freeze_resnet_stages(model.backbone.body, 3 if trainable is None else trainable)
     report = {}
-    if weights is not None:
-        report["weights"] = load_detection_weights(model, weights, name=name)
-    if backbone_weights is not None:
-        report["backbone_weights"] = load_backbone_weights(model, backbone_weights, name=name)
+    if "weights" in files:
+        sd, src = files["weights"]
+        report["weights"] = load_detection_weights(model, sd, name=name, source=src)
+    if "backbone_weights" in files:
+        sd, src = files["backbone_weights"]
+        report["backbone_weights"] = load_backbone_weights(model, sd, name=name, source=src)
     model.lthfast_weights_report = report
     if verbose:
         for rep in report.values():

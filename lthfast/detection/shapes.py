@@ -1,7 +1,9 @@
 """The built-in synthetic COCO-format dataset `shapes`, generated deterministically to disk.
 
-Each image has 1-4 non-overlapping filled shapes on a smooth two-colour gradient. Object
-colours are random (independent of the class), so the model must learn the shapes. Classes
+Each image has 1-4 non-overlapping filled shapes on a smooth greyish two-colour gradient.
+Each class has its own hue family (jittered hue, random saturation and brightness), so a small
+detector learns the task in a few hundred iterations from scratch; shapes still matter for the
+masks and keypoints. Classes
 have unbalanced frequencies (frequent -> rare) and object sizes are log-uniform, so the
 objects spread over COCO's small (< 32^2 px), medium and large (> 96^2 px) area ranges; the
 COCO area thresholds are absolute, so at 128 px only the biggest objects are "large", and at
@@ -24,12 +26,14 @@ import numpy as np
 
 #: (name, frequency); the category id is the 1-based position. Unbalanced on purpose.
 CLASSES = (("triangle", 0.40), ("rectangle", 0.30), ("ellipse", 0.20), ("cross", 0.10))
+#: Base hue (0-1) of each class's colours.
+_HUES = (0.0, 0.33, 0.62, 0.15)
 KEYPOINT_CLASS = "triangle"
 KEYPOINT_NAMES = ("apex", "base_left", "base_right", "centroid")
 KEYPOINT_SKELETON = ((1, 2), (2, 3), (3, 1))
 #: OKS sigmas for COCOeval (COCO's range is 0.025-0.107; shape corners are sharp).
 KEYPOINT_OKS_SIGMAS = (0.05, 0.05, 0.05, 0.07)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _OBJECTS_PER_IMAGE = ((1, 0.30), (2, 0.30), (3, 0.25), (4, 0.15))
 _MIN_SIDE = 10
 
@@ -67,7 +71,7 @@ def _polygon(kind: str, x0: float, y0: float, w: float, h: float, rng) -> tuple[
 
 
 def _background(rng, size: int) -> np.ndarray:
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    c0, c1 = (rng.uniform(30, 220) + rng.uniform(-25, 25, 3) for _ in range(2))
     angle = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
     t = (np.cos(angle) * xx + np.sin(angle) * yy)
@@ -75,16 +79,10 @@ def _background(rng, size: int) -> np.ndarray:
     return c0 * (1 - t[..., None]) + c1 * t[..., None]
 
 
-def _object_colour(rng, background_mean: np.ndarray) -> np.ndarray:
-    best = None
-    for _ in range(16):  # enough contrast to the background, so every object is visible
-        c = rng.uniform(0, 255, 3)
-        d = float(np.abs(c - background_mean).sum())
-        if best is None or d > best[0]:
-            best = (d, c)
-        if d >= 150:
-            break
-    return best[1]
+def _object_colour(rng, cls: int) -> np.ndarray:
+    import colorsys
+    hue = (_HUES[cls] + rng.uniform(-0.05, 0.05)) % 1.0
+    return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))) * 255
 
 
 def _generate_image(rng, size: int, ann_id: int, image_id: int, mask_api):
@@ -112,7 +110,7 @@ def _generate_image(rng, size: int, ann_id: int, image_id: int, mask_api):
         m = mask_api.decode(rle).astype(bool)
         if m.sum() == 0:
             continue
-        img[m] = _object_colour(rng, img[m].mean(axis=0))
+        img[m] = _object_colour(rng, cls)
         ys, xs = np.nonzero(m)
         bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
         ann = {"id": ann_id, "image_id": image_id, "category_id": cls + 1, "segmentation": [poly],

@@ -123,7 +123,7 @@ def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, 
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"training loss is {value} at iteration {it} "
-                    f"({ {k: float(v) for k, v in loss_dict.items()} }); lower the learning rate")
+                    f"({ {k: float(v.detach()) for k, v in loss_dict.items()} }); lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -108,21 +108,24 @@ def _apply(model: nn.Module, mapped: dict, report: LoadReport, prefix: str = "")
     return report
 
 
-def load_detection_weights(model: nn.Module, spec, *, name: str) -> LoadReport:
-    """Load a torchvision detection checkpoint; tensors whose shape differs (heads for another
-    number of classes) keep their fresh init and are reported."""
+def load_detection_weights(model: nn.Module, spec, *, name: str, source: str | None = None) -> LoadReport:
+    """Load a torchvision detection checkpoint (path, weights name or state_dict); tensors
+    whose shape differs (heads for another number of classes) keep their fresh init and are
+    reported."""
     sd, src = read_state_dict(spec, name=name, backbone=False)
+    src = source or src
     own = model.state_dict()
     report = LoadReport(src, "model")
     report.unmapped = [k for k in sd if k not in own and not k.endswith("num_batches_tracked")]
     return _apply(model, sd, report)
 
 
-def load_backbone_weights(model: nn.Module, spec, *, name: str) -> LoadReport:
+def load_backbone_weights(model: nn.Module, spec, *, name: str, source: str | None = None) -> LoadReport:
     """Map an ImageNet classifier state_dict onto `backbone.body.*`: `conv1.weight` ->
     `backbone.body.conv1.weight`; `features.0.0.weight` (MobileNet) -> `backbone.body.0.0.weight`.
     Keys with no place in the body (the classifier `fc.*`) are reported as unmapped."""
     sd, src = read_state_dict(spec, name=name, backbone=True)
+    src = source or src
     own = model.state_dict()
     report = LoadReport(src, "backbone.body")
     mapped = {}
