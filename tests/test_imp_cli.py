@@ -26,11 +26,11 @@ def test_help_explains_rounds_and_rewinding(capsys):
     (["--rate", "1.5"], "not a fraction"),
     (["--rate", "20"], "not a fraction"),
     (["--iters", "0"], "positive"),
-    (["--rewind", "iter:x"] + TINY, "iter:K"),
-    (["--rewind", "pretrained"] + TINY, "--weights"),
-    (["--rewind", "iter:99"] + TINY, "beyond --iters"),
-    (["--device", "tpu"] + TINY, "--device"),
-    (["--amp"] + TINY, "--amp needs"),
+    (TINY + ["--rewind", "iter:x"], "iter:K"),
+    (TINY + ["--rewind", "pretrained"], "--weights"),
+    (TINY + ["--rewind", "iter:99"], "beyond --iters"),
+    (TINY + ["--device", "tpu"], "--device"),
+    (TINY + ["--amp"], "--amp needs"),
     (["--lr-steps", "5,2"], "increasing"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):

@@ -149,7 +149,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _print_table(rows: list[dict], task: str) -> None:
+def _print_table(rows: list[dict], task: str, file=None) -> None:
     if task == "classification":
         keys = ["top1"]
     else:
@@ -166,7 +166,7 @@ def _print_table(rows: list[dict], task: str) -> None:
             cells.append("-" if v is None or v != v or v < 0 else f"{v:.1f}")
         cells += [f"{r.get('train_time_s', 0):.0f}", f"{r.get('eval_time_s', 0):.0f}"]
         out.append(cells)
-    print(format_table(headers, out))
+    print(format_table(headers, out), file=file or sys.stdout, flush=True)
 
 
 def run(args) -> int:

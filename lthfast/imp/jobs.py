@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -145,9 +146,9 @@ class Job:
 
         def on_round(row):
             printed.append(row)
-            if ddp.is_main() and not s.quiet:
+            if ddp.is_main() and not s.quiet and len(printed) < self.config.rounds + 1:
                 eprint("")
-                print_table(printed, s.task)
+                print_table(printed, s.task, file=sys.stderr)
 
         imp = IMP(self.model, self.names, train_fn=self.train_fn, eval_fn=self.eval_fn,
                   config=self.config, out=s.out, meta=self.meta, group_of=self.group_of,

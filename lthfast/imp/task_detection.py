@@ -7,10 +7,10 @@ from lthfast.imp import ddp
 
 def build(s, device):
     from lthfast.detection import data as det_data
-    from lthfast.detection import evaluate as det_eval
+    from lthfast.detection.evaluate import evaluate as det_evaluate
     from lthfast.detection import models as det_models
     from lthfast.detection import scopes as det_scopes
-    from lthfast.detection import train as det_train
+    from lthfast.detection.train import train as det_train
     from lthfast.optim import MaskedSGD
 
     s.scope = s.scope or "paper"
@@ -31,7 +31,7 @@ def build(s, device):
         params = [p for p in ctx.model.parameters() if p.requires_grad]
         opt = MaskedSGD(params, lr=s.lr, momentum=0.9, weight_decay=1e-4, ticket=ctx.ticket)
         ctx.objects["optimizer"] = opt
-        stats = det_train.train(
+        stats = det_train(
             net, train_set, iters=s.iters, batch_size=s.batch_size, lr=s.lr,
             warmup_iters=s.warmup, device=device, amp=s.amp, seed=ctx.seed + 7 * ddp.rank(),
             lr_steps=tuple(s.lr_steps or ()), optimizer=opt, start_iter=ctx.start_iter,
@@ -41,7 +41,7 @@ def build(s, device):
         return {k: v for k, v in stats.items() if isinstance(v, (int, float))}
 
     def eval_fn(model, ctx):
-        res = ddp.on_main(det_eval.evaluate, model, val_set, task=s.task, device=device)
+        res = ddp.on_main(det_evaluate, model, val_set, task=s.task, device=device)
         return res
 
     describe = (f"lthfast imp: {s.task}, {s.model} on {s.data} ({len(train_set)} train / "
