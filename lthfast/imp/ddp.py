@@ -47,7 +47,7 @@ def local_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def wrap(model: torch.nn.Module) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
     """The model to train: DDP-wrapped when several processes run."""
     if not active() or world_size() == 1:
         return model
@@ -55,8 +55,8 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     dev = next(model.parameters()).device
     ids = [dev.index] if dev.type == "cuda" else None
     # Detection heads may leave parameters without gradient in an iteration
-    # (e.g. no positive anchors), so unused parameters must be allowed.
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    # (e.g. no positive anchors): those callers pass find_unused=True.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def on_main(fn, *args, **kwargs):

@@ -27,7 +27,7 @@ def build(s, device):
     names = det_scopes.prunable_names(model, s.scope)
 
     def train_fn(ctx):
-        net = ddp.wrap(ctx.model)
+        net = ddp.wrap(ctx.model, find_unused=True)
         params = [p for p in ctx.model.parameters() if p.requires_grad]
         opt = MaskedSGD(params, lr=s.lr, momentum=0.9, weight_decay=1e-4, ticket=ctx.ticket)
         ctx.objects["optimizer"] = opt
