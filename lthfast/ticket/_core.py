@@ -232,7 +232,7 @@ class Ticket:
         if strict:
             try:
                 extra = [n for n, _ in select_parameters(model) if n not in self._shapes]
-            except ValueError:
+            except (ValueError, TypeError):  # no / unsupported default-scope weights
                 extra = []
         problems = []
         if missing:
