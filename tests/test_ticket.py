@@ -282,6 +282,13 @@ def test_unsupported_parameters():
         Ticket.from_model(model, 0.5, scope=["nope.weight"])
     with pytest.raises(ValueError, match="no parameter is selected"):
         Ticket.from_model(model, 0.5, exclude="*")
+    model = net()
+    model.register_parameter("ints", nn.Parameter(torch.ones(3, dtype=torch.int64), requires_grad=False))
+    t = Ticket({"ints": torch.ones(3, dtype=torch.bool), "conv.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool)})
+    state = _state(model)
+    with pytest.raises(ValueError, match="unsupported parameters:.*'ints' has dtype torch.int64"):
+        t.apply(model)
+    assert _same_state(model, state)
     with pytest.raises(TypeError, match="torch.bool"):
         Ticket({"a": torch.ones(3)})
     with pytest.raises(ValueError, match="round"):

@@ -174,3 +174,11 @@ def test_failed_save_leaves_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         Ticket({"a": torch.ones(3, dtype=torch.bool)}).save(path)
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["t.safetensors"]
+
+
+def test_meta_must_be_json(tmp_path):
+    t = ticket()
+    t.meta["bad"] = object()
+    with pytest.raises(TypeError, match="JSON"):
+        t.save(tmp_path / "t.safetensors")
+    assert os.listdir(tmp_path) == []

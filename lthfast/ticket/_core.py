@@ -219,7 +219,7 @@ class Ticket:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model is a {type(model).__name__}, not a torch.nn.Module")
         params = dict(model.named_parameters())
-        missing, mismatched, hooked = [], [], []
+        missing, mismatched, hooked, unsupported = [], [], [], []
         for n in self._names:
             p = params.get(n)
             if p is None:
@@ -227,12 +227,15 @@ class Ticket:
             elif tuple(p.shape) != self._shapes[n]:
                 mismatched.append(f"{n}: ticket {self._shapes[n]}, model {tuple(p.shape)}")
             else:
-                check_parameter(n, p)
+                try:
+                    check_parameter(n, p)
+                except (TypeError, ValueError) as e:
+                    unsupported.append(str(e))
         extra = []
         if strict:
             try:
                 extra = [n for n, _ in select_parameters(model) if n not in self._shapes]
-            except ValueError:
+            except (ValueError, TypeError):  # no / unsupported default-scope weights
                 extra = []
         problems = []
         if missing:
@@ -242,6 +245,8 @@ class Ticket:
                             f"reparametrization first, or use to_pruned): {hooked}")
         if mismatched:
             problems.append(f"shape mismatch: {mismatched}")
+        if unsupported:
+            problems.append(f"unsupported parameters: {unsupported}")
         if extra:
             problems.append(f"model weights the ticket does not cover: {extra}")
         if problems:

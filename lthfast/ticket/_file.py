@@ -26,6 +26,11 @@ _MAX_HEADER = 256 << 20  # a header larger than this is not a ticket's
 def write(path, names, shapes, packed, kept, round_, meta, lthfast_version, layerwise=False) -> None:
     """Atomically writes a ticket file (temp file in the same folder + os.replace)."""
     path = os.fspath(path)
+    try:
+        meta_json = json.dumps(meta)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"cannot save the ticket to {path!r}: ticket.meta must hold JSON values "
+                        f"only (str, numbers, bools, None, lists, dicts): {e}") from None
     blobs = [packed[n].detach().to("cpu").contiguous().numpy().tobytes() for n in names]
     data = b"".join(blobs)
     numel = sum(math.prod(shapes[n]) for n in names)
@@ -37,7 +42,7 @@ def write(path, names, shapes, packed, kept, round_, meta, lthfast_version, laye
         "shapes": json.dumps({n: list(shapes[n]) for n in names}),
         "kept": json.dumps({n: int(kept[n]) for n in names}),
         "sparsity": repr(1.0 - total_kept / numel if numel else 0.0),
-        "meta": json.dumps(meta),
+        "meta": meta_json,
         "crc32": str(zlib.crc32(data)),
     }
     header = {"__metadata__": metadata}
