@@ -7,8 +7,10 @@ from torch import nn
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-from tests._detection_fixtures import tiny_root  # noqa: E402,F401
-from lthfast.detection import (DEFAULT_MODELS, batch_indices, build_model, evaluate,  # noqa: E402
+from tests._detection_fixtures import one_thread, tiny_root  # noqa: E402,F401
+
+pytestmark = [pytestmark, pytest.mark.usefixtures("one_thread")]
+from lthfast.detection import (DEFAULT_MODELS, batch_indices, build_model_for, evaluate,  # noqa: E402
                                load_dataset, lr_factor, make_scheduler, make_sgd, metric_names, train)
 
 
@@ -18,8 +20,7 @@ def _data(root, task, split="train", drop_empty=None):
 
 def _model(task, ds, seed=0):
     torch.manual_seed(seed)
-    return build_model(DEFAULT_MODELS[task], task=task, num_classes=ds.num_classes, image_size=64,
-                       verbose=False)
+    return build_model_for(DEFAULT_MODELS[task], ds, image_size=64, verbose=False)
 
 
 def test_train_is_deterministic_and_calls_back(tiny_root):
