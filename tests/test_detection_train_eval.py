@@ -137,3 +137,23 @@ def test_evaluate_perfect_and_empty_predictions(tiny_root, task):
     empty = evaluate(GroundTruth(ds, empty=True), ds, task=task, batch_size=3)
     assert empty["num_detections"] == 0
     assert all(empty[k] == 0.0 for k in metric_names(task))
+
+
+def test_ranks_split_the_global_batch(tiny_root):
+    ds = _data(tiny_root, "detection")
+    seen = {}
+
+    class Record(nn.Module):
+        def __init__(self, rank):
+            super().__init__()
+            self.w, self.rank = nn.Parameter(torch.ones(())), rank
+
+        def forward(self, images, targets):
+            seen.setdefault(self.rank, []).append([t["image_id"] for t in targets])
+            return {"loss": self.w * 0}
+    for rank in (0, 1):
+        train(Record(rank), ds, iters=2, batch_size=2, lr=0.1, rank=rank, world_size=2, progress=False)
+    ids = [ds.ids[i] for it in range(2) for i in batch_indices(len(ds), 4, it, seed=0)]
+    assert seen[0][0] + seen[1][0] + seen[0][1] + seen[1][1] == ids
+    with pytest.raises(ValueError, match="rank"):
+        train(Record(0), ds, iters=1, batch_size=1, lr=0.1, rank=2, world_size=2)
