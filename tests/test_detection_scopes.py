@@ -93,3 +93,11 @@ def test_scope_of():
     assert scope_of("head.classification_head.conv.0.0.weight") == "head"
     assert scope_of("fc.weight") == "other"
     assert set(PRESETS) == {"paper", "backbone", "all"} and "all" in SCOPES
+
+
+def test_describe():
+    from lthfast.detection import describe
+    assert "first conv" in describe("paper")
+    assert describe("fpn+rpn") == "layers under backbone.fpn., rpn."
+    with pytest.raises(ValueError, match="unknown prune scope"):
+        describe("neck")
