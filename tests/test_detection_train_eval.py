@@ -157,3 +157,25 @@ def test_ranks_split_the_global_batch(tiny_root):
     assert seen[0][0] + seen[1][0] + seen[0][1] + seen[1][1] == ids
     with pytest.raises(ValueError, match="rank"):
         train(Record(0), ds, iters=1, batch_size=1, lr=0.1, rank=2, world_size=2)
+
+
+def test_iter_batches_matches_batch_indices():
+    from lthfast.detection.train import iter_batches
+    assert list(iter_batches(7, 3, 2, 9, seed=4)) == [batch_indices(7, 3, it, seed=4) for it in range(2, 9)]
+
+
+def test_dataloader_workers_give_the_same_batches(tiny_root):
+    ds = _data(tiny_root, "detection")
+    seen = {}
+
+    class Record(nn.Module):
+        def __init__(self, key):
+            super().__init__()
+            self.w, self.key = nn.Parameter(torch.ones(())), key
+
+        def forward(self, images, targets):
+            seen.setdefault(self.key, []).append([t["image_id"] for t in targets])
+            return {"loss": self.w * 0}
+    for workers in (0, 1):
+        train(Record(workers), ds, iters=3, batch_size=2, lr=0.1, num_workers=workers, progress=False)
+    assert seen[0] == seen[1] and len(seen[0]) == 3
