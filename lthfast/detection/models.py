@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 
-import torch
 from torch import nn
 
 from lthfast.detection.data import check_task
