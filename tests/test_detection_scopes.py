@@ -5,6 +5,9 @@ pytest.importorskip("torchvision")
 from torch import nn  # noqa: E402
 
 from lthfast.detection import PRESETS, SCOPES, build_model, prunable_names, scope_of  # noqa: E402
+from tests._detection_fixtures import one_thread  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAMILY_MODELS = [
     ("fasterrcnn_resnet18_fpn", "detection"),
@@ -90,3 +93,11 @@ def test_scope_of():
     assert scope_of("head.classification_head.conv.0.0.weight") == "head"
     assert scope_of("fc.weight") == "other"
     assert set(PRESETS) == {"paper", "backbone", "all"} and "all" in SCOPES
+
+
+def test_describe():
+    from lthfast.detection import describe
+    assert "first conv" in describe("paper")
+    assert describe("fpn+rpn") == "layers under backbone.fpn., rpn."
+    with pytest.raises(ValueError, match="unknown prune scope"):
+        describe("neck")

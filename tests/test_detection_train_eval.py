@@ -7,8 +7,10 @@ from torch import nn
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-from tests._detection_fixtures import tiny_root  # noqa: E402,F401
-from lthfast.detection import (DEFAULT_MODELS, batch_indices, build_model, evaluate,  # noqa: E402
+from tests._detection_fixtures import one_thread, tiny_root  # noqa: E402,F401
+
+pytestmark = [pytestmark, pytest.mark.usefixtures("one_thread")]
+from lthfast.detection import (DEFAULT_MODELS, batch_indices, build_model_for, evaluate,  # noqa: E402
                                load_dataset, lr_factor, make_scheduler, make_sgd, metric_names, train)
 
 
@@ -18,8 +20,7 @@ def _data(root, task, split="train", drop_empty=None):
 
 def _model(task, ds, seed=0):
     torch.manual_seed(seed)
-    return build_model(DEFAULT_MODELS[task], task=task, num_classes=ds.num_classes, image_size=64,
-                       verbose=False)
+    return build_model_for(DEFAULT_MODELS[task], ds, image_size=64, verbose=False)
 
 
 def test_train_is_deterministic_and_calls_back(tiny_root):
@@ -136,3 +137,45 @@ def test_evaluate_perfect_and_empty_predictions(tiny_root, task):
     empty = evaluate(GroundTruth(ds, empty=True), ds, task=task, batch_size=3)
     assert empty["num_detections"] == 0
     assert all(empty[k] == 0.0 for k in metric_names(task))
+
+
+def test_ranks_split_the_global_batch(tiny_root):
+    ds = _data(tiny_root, "detection")
+    seen = {}
+
+    class Record(nn.Module):
+        def __init__(self, rank):
+            super().__init__()
+            self.w, self.rank = nn.Parameter(torch.ones(())), rank
+
+        def forward(self, images, targets):
+            seen.setdefault(self.rank, []).append([t["image_id"] for t in targets])
+            return {"loss": self.w * 0}
+    for rank in (0, 1):
+        train(Record(rank), ds, iters=2, batch_size=2, lr=0.1, rank=rank, world_size=2, progress=False)
+    ids = [ds.ids[i] for it in range(2) for i in batch_indices(len(ds), 4, it, seed=0)]
+    assert seen[0][0] + seen[1][0] + seen[0][1] + seen[1][1] == ids
+    with pytest.raises(ValueError, match="rank"):
+        train(Record(0), ds, iters=1, batch_size=1, lr=0.1, rank=2, world_size=2)
+
+
+def test_iter_batches_matches_batch_indices():
+    from lthfast.detection.train import iter_batches
+    assert list(iter_batches(7, 3, 2, 9, seed=4)) == [batch_indices(7, 3, it, seed=4) for it in range(2, 9)]
+
+
+def test_dataloader_workers_give_the_same_batches(tiny_root):
+    ds = _data(tiny_root, "detection")
+    seen = {}
+
+    class Record(nn.Module):
+        def __init__(self, key):
+            super().__init__()
+            self.w, self.key = nn.Parameter(torch.ones(())), key
+
+        def forward(self, images, targets):
+            seen.setdefault(self.key, []).append([t["image_id"] for t in targets])
+            return {"loss": self.w * 0}
+    for workers in (0, 1):
+        train(Record(workers), ds, iters=3, batch_size=2, lr=0.1, num_workers=workers, progress=False)
+    assert seen[0] == seen[1] and len(seen[0]) == 3

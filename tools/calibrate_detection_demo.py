@@ -26,7 +26,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--fpn-channels", type=int, default=128)
+    ap.add_argument("--fpn-channels", type=int, default=64)
     ap.add_argument("--representation-size", type=int, default=256)
     ap.add_argument("--trainable-layers", type=int, default=None)
     ap.add_argument("--lr-steps", default="")

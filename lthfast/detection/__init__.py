@@ -12,7 +12,8 @@ presets, the synthetic `shapes` dataset and the COCO loader, training, COCO eval
 from lthfast.detection.data import TASKS, CocoDataset, collate_fn, load_dataset, shapes_root
 from lthfast.detection.defaults import DEMO
 from lthfast.detection.evaluate import IOU_TYPES, evaluate, metric_names, predict
-from lthfast.detection.models import DEFAULT_MODELS, SMALL_MODELS, TASK_FAMILIES, build_model, model_names
+from lthfast.detection.models import (DEFAULT_MODELS, SMALL_MODELS, TASK_FAMILIES, build_model, build_model_for,
+                                      model_names)
 from lthfast.detection.scopes import PRESETS, SCOPES, describe, prunable_names, scope_of, valid_scopes
 from lthfast.detection.shapes import make_shapes
 from lthfast.detection.train import batch_indices, lr_factor, make_scheduler, make_sgd, train
@@ -21,7 +22,7 @@ from lthfast.detection.weights import LoadReport, WeightsError, load_backbone_we
 __all__ = [
     "TASKS", "CocoDataset", "collate_fn", "load_dataset", "shapes_root", "DEMO",
     "IOU_TYPES", "evaluate", "metric_names", "predict",
-    "DEFAULT_MODELS", "SMALL_MODELS", "TASK_FAMILIES", "build_model", "model_names",
+    "DEFAULT_MODELS", "SMALL_MODELS", "TASK_FAMILIES", "build_model", "build_model_for", "model_names",
     "PRESETS", "SCOPES", "describe", "prunable_names", "scope_of", "valid_scopes",
     "make_shapes", "batch_indices", "lr_factor", "make_scheduler", "make_sgd", "train",
     "LoadReport", "WeightsError", "load_backbone_weights", "load_detection_weights",

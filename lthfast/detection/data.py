@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lthfast.detection.shapes import _pycocotools_mask, make_shapes, shapes_params
+from lthfast.detection.shapes import make_shapes, shapes_params
 
 TASKS = ("detection", "segmentation", "keypoints")
 SPLITS = ("train", "val")

@@ -126,9 +126,13 @@ def evaluate(model, dataset, *, task: str, device="cpu", batch_size: int = 4, pr
             per_category[iou] = {names[c]: 0.0 for c in cat_ids}
             per_category_area[iou] = {names[c]: {a: 0.0 for a in AREAS[1:]} for c in cat_ids}
             continue
+        # one field per IoU type, as loadRes expects: with a "bbox" present it would take the
+        # detection's area (used for the area ranges) from the box instead of the mask/keypoints
+        field = {"segm": "segmentation"}.get(iou, iou)
+        fields = ("image_id", "category_id", "score", field)
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            dt = dataset.coco.loadRes([dict(r) for r in results])
+            dt = dataset.coco.loadRes([{k: r[k] for k in fields} for r in results])
             E = COCOeval(dataset.coco, dt, iouType=iou)
             E.params.imgIds = list(dataset.ids)
             E.params.catIds = cat_ids

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 
-import torch
 from torch import nn
 
 from lthfast.detection.data import check_task
@@ -64,7 +63,7 @@ def _resnet18_fpn_backbone(pretrained: bool, trainable_layers: int | None, fpn_c
 
 
 def _small_model(name: str, num_classes: int, image_size: int, pretrained: bool, *,
-                 trainable_layers=None, fpn_channels: int = 128, representation_size: int = 256,
+                 trainable_layers=None, fpn_channels: int = 64, representation_size: int = 256,
                  num_keypoints: int = 4, **kw):
     from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
     from torchvision.models.detection.faster_rcnn import TwoMLPHead
@@ -186,3 +185,12 @@ def _freeze_batchnorm(module: nn.Module) -> None:
             setattr(module, name, frozen)
         else:
             _freeze_batchnorm(child)
+
+
+def build_model_for(name: str, dataset, **kw) -> nn.Module:
+    """`build_model` with task, num_classes (and num_keypoints) taken from a `CocoDataset`."""
+    kw.setdefault("task", dataset.task)
+    kw.setdefault("num_classes", dataset.num_classes)
+    if dataset.task == "keypoints":
+        kw.setdefault("num_keypoints", dataset.num_keypoints)
+    return build_model(name, **kw)

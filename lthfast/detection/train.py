@@ -66,6 +66,41 @@ def batch_indices(n: int, batch_size: int, it: int, seed: int) -> list[int]:
     return out
 
 
+def iter_batches(n: int, batch_size: int, start_iter: int, iters: int, seed: int):
+    """`batch_indices(n, batch_size, it, seed)` for it in [start_iter, iters), drawing each
+    epoch's permutation once."""
+    perms = {}
+
+    def perm(epoch):
+        if epoch not in perms:
+            perms.clear()
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        return perms[epoch]
+    for it in range(start_iter, iters):
+        out, pos = [], it * batch_size
+        while len(out) < batch_size:
+            epoch, off = divmod(pos, n)
+            take = min(batch_size - len(out), n - off)
+            out += perm(epoch)[off:off + take].tolist()
+            pos += take
+        yield out
+
+
+class _RankBatches:
+    """Batch sampler for a DataLoader: this rank's slice of every global batch."""
+
+    def __init__(self, n, batch_size, start_iter, iters, seed, rank, world_size):
+        self.args = (n, batch_size * world_size, start_iter, iters, seed)
+        self.lo, self.hi, self.len = rank * batch_size, (rank + 1) * batch_size, iters - start_iter
+
+    def __iter__(self):
+        for idx in iter_batches(*self.args):
+            yield idx[self.lo:self.hi]
+
+    def __len__(self):
+        return self.len
+
+
 def _to(target: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in target.items()}
 
@@ -73,14 +108,18 @@ def _to(target: dict, device) -> dict:
 def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, momentum: float = 0.9,
           weight_decay: float = 1e-4, warmup_iters: int = 0, lr_steps=(), gamma: float = 0.1,
           device="cpu", amp: bool = False, seed: int = 0, optimizer=None, scheduler=None,
-          on_iter=None, progress: bool = True, start_iter: int = 0, num_workers: int = 0) -> dict:
+          on_iter=None, progress: bool = True, start_iter: int = 0, rank: int = 0,
+          world_size: int = 1, num_workers: int = 0) -> dict:
     """Train `model` from iteration `start_iter` up to `iters` (total, not additional).
 
     `optimizer` defaults to `make_sgd(model, lr, momentum, weight_decay)`; `scheduler`
     to `make_scheduler(...)` positioned at `start_iter` (pass both to continue a checkpointed
     run). Deterministic given `seed`: batches come from `batch_indices` and the global RNG
     (RPN/RoI sampling) is reseeded per iteration inside a forked RNG, so iteration i is the
-    same whatever `start_iter` was. `on_iter(step, model)` runs after every iteration with
+    same whatever `start_iter` was. Under DDP pass `rank`/`world_size`: every iteration draws
+    one global batch of `batch_size * world_size` and each rank takes its own slice (the
+    global RNG is reseeded per rank). `num_workers` > 0 loads batches in DataLoader worker
+    processes (same batches). `on_iter(step, model)` runs after every iteration with
     `step` = iterations done (start_iter+1 .. iters). Returns a dict with `losses` (total
     loss per iteration), `loss_components` (mean of each loss over the run), `final_loss`,
     `iters`, `time_s`, `s_per_iter`, `optimizer`, `scheduler`.
@@ -89,6 +128,8 @@ def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, 
         raise ValueError(f"need integers 0 <= start_iter <= iters, got start_iter={start_iter!r}, iters={iters!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
     device = torch.device(device)
@@ -109,13 +150,17 @@ def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, 
     t0 = time.perf_counter()
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        for it in range(start_iter, iters):
-            idx = batch_indices(len(dataset), batch_size, it, seed)
-            images, targets = collate_fn([dataset[i] for i in idx])
+        sampler = _RankBatches(len(dataset), batch_size, start_iter, iters, seed, rank, world_size)
+        if num_workers > 0:
+            batches = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
+                                                  num_workers=num_workers)
+        else:
+            batches = (collate_fn([dataset[i] for i in idx]) for idx in sampler)
+        for it, (images, targets) in zip(range(start_iter, iters), batches):
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [_to(t, device) for t in targets]
             with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed * 1_000_003 + 7919 * it + 1)
+                torch.manual_seed(seed * 1_000_003 + 7919 * it + 104_729 * rank + 1)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                     loss_dict = model(images, targets)
                     loss = sum(loss_dict.values())

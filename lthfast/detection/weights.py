@@ -3,6 +3,7 @@ a detection checkpoint onto the whole model, or an ImageNet classifier onto `bac
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -50,8 +51,8 @@ def _download(spec: str, name: str, backbone: bool) -> dict:
         if "." in spec:
             enum = torchvision.models.get_weight(spec)
         else:
-            if backbone:
-                arch = name.split("_")[1]  # e.g. fasterrcnn_resnet50_fpn -> resnet50
+            if backbone:  # fasterrcnn_resnet50_fpn_v2 -> resnet50, ..._mobilenet_v3_large_320_fpn -> mobilenet_v3_large
+                arch = re.sub(r"(_320)?_fpn(_v2)?$", "", name.split("_", 1)[1])
                 enums = get_model_weights(arch)
             else:
                 enums = get_model_weights(name)
