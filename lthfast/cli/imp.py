@@ -112,8 +112,9 @@ def add_parser(sub) -> None:
     s = p.add_argument_group("schedule")
     s.add_argument("--rounds", type=_nonneg_int, default=None,
                    help="pruned rounds after the dense round 0 (default: the demo's)")
-    s.add_argument("--rate", type=_fraction, default=0.2,
-                   help="fraction of the remaining weights pruned per round (default: 0.2)")
+    s.add_argument("--rate", type=_fraction, default=None,
+                   help="fraction of the remaining weights pruned per round (default: the demo's "
+                        "0.5 for detection tasks, 0.2 for classification)")
     s.add_argument("--target", type=_fraction, default=None,
                    help="final sparsity instead of --rate (with --rounds 1: one-shot pruning)")
     s.add_argument("--layerwise", action="store_true",

@@ -12,6 +12,7 @@ CPU; cuDNN may be nondeterministic unless the caller asks for determinism).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import time
@@ -112,10 +113,12 @@ def plain(x):
         return [plain(v) for v in x]
     if isinstance(x, torch.Tensor) and x.numel() == 1:
         return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # undefined metrics (e.g. APl with no large objects): null in JSON
     if isinstance(x, (bool, int, float, str)) or x is None:
         return x
     if hasattr(x, "item"):  # numpy scalars
-        return x.item()
+        return plain(x.item())
     return str(x)
 
 

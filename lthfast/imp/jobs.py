@@ -29,7 +29,7 @@ class Settings:
     weights: str | None = None
     backbone_weights: str | None = None
     rounds: int | None = None
-    rate: float = 0.2
+    rate: float | None = None
     target: float | None = None
     layerwise: bool = False
     rewind: str | None = None
@@ -55,7 +55,7 @@ RESUME_MAY_CHANGE = ("rounds", "device", "quiet", "threads", "resume", "out")
 
 CLASSIFICATION_DEFAULTS = dict(model="resnet18", image_size=32, n_train=2000, n_val=500,
                                iters=200, batch_size=32, lr=0.02, warmup=20, rounds=3,
-                               rewind="init")
+                               rewind="init", rate=0.2)
 
 
 def task_defaults(task: str) -> dict:
@@ -68,8 +68,8 @@ def task_defaults(task: str) -> dict:
            if k in demo}
     out["warmup"] = demo.get("warmup_iters", 0)
     out["lr_steps"] = list(demo.get("lr_steps", ()))
-    out["rounds"] = demo.get("rounds", 3)
-    out["rewind"] = demo.get("rewind", "init")
+    for k, fallback in (("rounds", 3), ("rewind", "init"), ("rate", 0.2), ("scope", "paper")):
+        out[k] = demo.get(k, fallback)
     out["model"] = DEFAULT_MODELS[task]
     return out
 

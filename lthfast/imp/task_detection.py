@@ -5,6 +5,9 @@ from __future__ import annotations
 from lthfast.imp import ddp
 
 
+EVAL_BATCH = 8
+
+
 def build(s, device):
     from lthfast.detection import data as det_data
     from lthfast.detection.evaluate import evaluate as det_evaluate
@@ -33,7 +36,8 @@ def build(s, device):
         ctx.objects["optimizer"] = opt
         stats = det_train(
             net, train_set, iters=s.iters, batch_size=s.batch_size, lr=s.lr,
-            warmup_iters=s.warmup, device=device, amp=s.amp, seed=ctx.seed + 7 * ddp.rank(),
+            warmup_iters=s.warmup, device=device, amp=s.amp, seed=ctx.seed,
+            rank=ddp.rank(), world_size=ddp.world_size(),
             lr_steps=tuple(s.lr_steps or ()), optimizer=opt, start_iter=ctx.start_iter,
             on_iter=lambda i, _m: ctx.on_iter(i, ctx.model),
             progress=not s.quiet and ddp.is_main())
@@ -41,7 +45,8 @@ def build(s, device):
         return {k: v for k, v in stats.items() if isinstance(v, (int, float))}
 
     def eval_fn(model, ctx):
-        res = ddp.on_main(det_evaluate, model, val_set, task=s.task, device=device)
+        res = ddp.on_main(det_evaluate, model, val_set, task=s.task, device=device,
+                          batch_size=EVAL_BATCH)
         return res
 
     describe = (f"lthfast imp: {s.task}, {s.model} on {s.data} ({len(train_set)} train / "
