@@ -6,12 +6,15 @@ machine, load average 5-8, torch.set_num_threads(1)); the dense model learns the
   round  sparsity(paper)  train iters   CPU s/iter  wall s/iter  bbox AP  AP50  AP75  APs   APm
   0      0%               300 (0->300)  0.465       1.04         38.0     86.2  26.8  34.9  48.8
   1      50%              250 (50->300) 0.434       0.91         44.0     89.2  31.4  39.8  55.6
-  2      75%              250 (50->300) see CALIBRATION below
+  2      75%              250 (50->300) 0.470       1.11         22.6     58.8  12.8  17.9  35.0
 
 (96 px images have no COCO-"large" object, so APl is NaN.) Evaluation of the 100 val images
-takes ~2.5 CPU s; generating the dataset ~2 s. Without the lr step (constant 0.02) the dense
-model reached AP 25.8 / AP50 72.2 after 300 iterations; at 128 px it learnt more slowly
-(AP 17.3 vs 19.4 at 96 px after 200 iterations) for ~15% more time per iteration.
+takes ~2.5 CPU s; generating the dataset ~2 s. A shorter schedule (iters 200, rewind 40,
+step at 170: 520 iterations, 8.5 min wall at load ~5) learnt much less: AP 21.5 / 30.5 / 5.9.
+Without the lr step (constant 0.02) the dense model reached AP 25.8 / AP50 72.2 after 300
+iterations at 96 px, and AP 29.4 / AP50 74.2 at 128 px (slower early: 17.3 vs 19.4 after 200;
+APl defined), for ~15-20% more time per iteration (0.54 CPU s). Full numbers:
+bench/results/detection_demo_calibration.json.
 
 One IMP run costs about (iters + rounds * (iters - rewind)) * s/iter + (rounds + 1) * eval:
 with the values below (300 + 2 * 250 = 800 iterations) ~6.2 min of one CPU core; with two
