@@ -159,6 +159,8 @@ def plot_ap_by_category(table: list[dict], *, title: str, xlabel: str,
                        fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("AP (%)")
+    if any(not finite(d[k]) for d in table for k in round_keys):
+        xlabel += "; gaps: no validation objects of that category"
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="IMP round")

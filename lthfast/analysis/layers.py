@@ -52,6 +52,10 @@ def plot_layer_stats(runs: dict[str, list[dict]], title: str) -> str | None:
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax2.set_ylabel("output channels fully pruned (%)")
+    if not any(d["zero_channels"] for stats in runs.values() for d in stats):
+        ax2.set_ylim(0, 5)
+        ax2.text(0.5, 0.5, "no output channel is fully pruned", ha="center", va="center",
+                 transform=ax2.transAxes, color="grey")
     ax2.set_xlabel("layer index (model order; see the table)")
     for a in (ax, ax2):
         a.grid(axis="y", alpha=0.3)

@@ -74,6 +74,6 @@ def plot_layerwise_vs_global(res: dict, title: str | None = None) -> str | None:
     ax.set_title(title or f"layer-wise vs global pruning at {100 * res['sparsity']:.1f}% sparsity "
                           f"(overall IoU {res['iou']:.3f})")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     fig.tight_layout()
     return png(fig)

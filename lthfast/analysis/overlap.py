@@ -77,7 +77,9 @@ def plot_early_bird(runs: dict[str, list[dict]]) -> str | None:
                         marker="o", label=label)
         ax.plot([r["round"] for r in rows], [r["chance_iou"] for r in rows], ls="--",
                 color=line.get_color(), alpha=0.6, label=f"{label}: random masks (chance)")
-    ax.set_xlabel("IMP round")
+    ax.set_xlabel("IMP round (0 = dense)")
+    rounds = sorted({r["round"] for rows in runs.values() for r in rows})
+    ax.set_xticks(rounds)
     ax.set_ylabel("IoU of kept weights with the final ticket")
     ax.set_ylim(0, 1.02)
     ax.set_title("Early-bird stability: how soon the final mask is found")
