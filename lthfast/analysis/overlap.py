@@ -20,10 +20,14 @@ def mask_overlap(a, b, *, shared_only: bool = False) -> dict:
     over the shared layers and the others are listed)."""
     a, b = _load(a), _load(b)
     na, nb = set(a.names()), set(b.names())
+    if not na & nb:  # a classifier ticket vs a detector's: compare on the backbone
+        a, b, mapped = _map_backbone(a, b)
+        na, nb = set(a.names()), set(b.names())
     only_a, only_b = [n for n in a.names() if n not in nb], [n for n in b.names() if n not in na]
     if (only_a or only_b) and not shared_only:
-        raise ValueError(f"the tickets cover different layers (only in the first: {only_a}; "
-                         f"only in the second: {only_b}); compare the shared layers with "
+        raise ValueError(f"the tickets cover different layers (only in the first: "
+                         f"{_short(only_a)}; only in the second: {_short(only_b)}); compare "
+                         "the shared layers with "
                          "shared_only=True (lthfast compare --shared)")
     shared = [n for n in a.names() if n in nb]
     if not shared:
@@ -40,6 +44,22 @@ def mask_overlap(a, b, *, shared_only: bool = False) -> dict:
                "iou": res["by_name"][n]} for n in shared]
     return {"overall": res["overall"], "layers": layers, "only_a": only_a, "only_b": only_b,
             "sparsity_a": sub_a.sparsity(), "sparsity_b": sub_b.sparsity()}
+
+
+def _short(names: list, n: int = 8) -> str:
+    return f"{names[:n]}" + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _map_backbone(a, b):
+    """(a, b, mapped): a classifier ticket renamed to `backbone.body.*` when the other
+    ticket is a detector's (see lthfast.transfer); unchanged otherwise."""
+    from lthfast.ticket import Ticket
+    from lthfast.transfer import classifier_name_to_backbone as to_bb
+    for x, y, swap in ((a, b, False), (b, a, True)):
+        if set(map(to_bb, x.names())) & set(y.names()):
+            x = Ticket({to_bb(n): x[n] for n in x.names()}, round=x.round, meta=x.meta)
+            return (y, x, True) if swap else (x, y, True)
+    return a, b, False
 
 
 def random_iou(sparsity_a: float, sparsity_b: float) -> float:
