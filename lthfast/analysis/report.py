@@ -129,8 +129,11 @@ def _overlap(runs) -> str:
                           "chance IoU": ov.random_iou(res["sparsity_a"], res["sparsity_b"]),
                           "note": note})
             if len(plots) < 6:
-                plots.append(img(ov.plot_overlap_layers(
-                    res["layers"], f"per-layer IoU: {a.label} vs {b.label}"), "per-layer IoU"))
+                plots.append(f"<h3>{html.escape(a.label)} vs {html.escape(b.label)}</h3>"
+                             + img(ov.plot_overlap_layers(
+                                 res["layers"], f"per-layer IoU: {a.label} vs {b.label}"),
+                                 "per-layer IoU")
+                             + html_table([{"index": j, **d} for j, d in enumerate(res["layers"])]))
     return "".join(out) + html_table(pairs) + "".join(plots)
 
 
@@ -204,7 +207,8 @@ def _perturbation(runs) -> str:
 
 
 def plot_perturbation(table: list[dict], metric: str, label: str) -> str | None:
-    vals = [(d["mask"], d[metric]) for d in table if isinstance(d.get(metric), (int, float))]
+    vals = [(f"{d['mask']}\n({100 * d['sparsity']:.0f}% pruned)", d[metric]) for d in table
+            if isinstance(d.get(metric), (int, float))]
     if not vals:
         return None
     p = plt()
@@ -213,7 +217,7 @@ def plot_perturbation(table: list[dict], metric: str, label: str) -> str | None:
     ax.bar([v[0] for v in vals], [v[1] for v in vals], color=colors)
     ax.set_xlabel("mask retrained from the rewind point")
     ax.set_ylabel(metric.replace("_", " ") + " (%)")
-    ax.set_title(f"{label}: ticket vs perturbed masks (same sparsity)")
+    ax.set_title(f"{label}: the ticket vs its perturbed masks")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return png(fig)
