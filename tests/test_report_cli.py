@@ -115,3 +115,28 @@ def test_report_errors(tmp_path, capsys):
     assert "wait for it to finish" in capsys.readouterr().err
     assert main(["report", running, running, "--labels", "a", "--out", str(tmp_path / "r.html")]) == 2
     assert "--labels" in capsys.readouterr().err
+
+
+def test_report_pairs_a_global_and_a_layerwise_run(tmp_path):
+    from lthfast.analysis.report import build_report
+    rows = [{"round": r, "sparsity": s, "top1": 50.0 - 10 * r} for r, s in enumerate((0.0, 0.5, 0.75))]
+    g = write_run(tmp_path / "global", three_round_tickets(), rows, task="classification")
+    lw = write_run(tmp_path / "layerwise", three_round_tickets(), rows, task="classification")
+    cfg = json.load(open(f"{lw}/config.json"))
+    cfg["schedule"]["layerwise"] = True
+    json.dump(cfg, open(f"{lw}/config.json", "w"))
+    out, notes = build_report([g, lw], str(tmp_path / "r.html"))
+    html = open(out).read()
+    imgs = _images(html)
+    assert notes == []
+    assert "layer-wise vs global runs" in imgs and "per-layer IoU" in imgs
+    assert "not available" in html  # hand-made runs have no checkpoint.pt: said, not fatal
+
+
+def test_perturb_refuses_bad_rounds_and_kinds(runs, capsys):
+    assert main(["perturb", runs["cls"], "--round", "0"]) == 2
+    assert "dense" in capsys.readouterr().err
+    assert main(["perturb", runs["cls"], "--round", "7"]) == 2
+    assert "finished rounds: [0, 1]" in capsys.readouterr().err
+    assert main(["perturb", runs["cls"], "--kinds", "flip"]) == 2
+    assert "'flip'" in capsys.readouterr().err

@@ -188,6 +188,28 @@ def _layerwise(runs) -> str:
                     + html_table([{"overall IoU": res["iou"], "sparsity": res["sparsity"]}])
                     + html_table([{"index": j, **d} for j, d in enumerate(res["layers"])]))
         out.append(_guard(r.label, one))
+    out.append(_layerwise_run_pairs(runs))
+    return "".join(out)
+
+
+def _layerwise_run_pairs(runs) -> str:
+    """Runs of one task and pruned set, one --layerwise and one not: their final tickets."""
+    out = []
+    flag = {r.label: bool(r.config.get("schedule", {}).get("layerwise")) for r in runs}
+    for g in runs:
+        for l in runs:
+            if flag[g.label] or not flag[l.label] or g.task != l.task:
+                continue
+            tg, tl = g.ticket(), l.ticket()
+            if tg.names() != tl.names():
+                continue
+            res = lw.compare_tickets(tg, tl)
+            out.append(f"<h3>runs: {html.escape(g.label)} (global) vs {html.escape(l.label)} "
+                       "(layer-wise)</h3>" + img(lw.plot_layerwise_vs_global(
+                           res, f"{g.label} (global, {100 * res['global_sparsity']:.1f}%) vs "
+                                f"{l.label} (layer-wise, {100 * res['layerwise_sparsity']:.1f}%): "
+                                f"IoU {res['iou']:.3f}"), "layer-wise vs global runs")
+                       + html_table([{"index": j, **d} for j, d in enumerate(res["layers"])]))
     return "".join(out)
 
 
