@@ -69,6 +69,7 @@ def test_early_bird_iou_with_final(tmp_path):
     assert [d["round"] for d in eb] == [0, 1, 2]
     assert [d["iou_with_final"] for d in eb] == pytest.approx([2 / 8, 2 / 4, 1.0])
     assert eb[1]["chance_iou"] == pytest.approx(random_iou(0.5, 0.75))
+    assert early_bird(run.path) == eb  # a run directory path works too
 
 
 def test_bad_run_directories(tmp_path):

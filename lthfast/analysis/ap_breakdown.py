@@ -25,6 +25,10 @@ def default_iou(rows: list[dict]) -> str:
 
 
 def _rows_of(run_or_rows):
+    """Rows of a Run, a run directory path or a list of metrics rows."""
+    if isinstance(run_or_rows, str):
+        from lthfast.analysis.runs import load_run
+        run_or_rows = load_run(run_or_rows)
     return run_or_rows.rows if hasattr(run_or_rows, "rows") else list(run_or_rows)
 
 
@@ -103,6 +107,9 @@ def training_category_counts(run) -> dict[str, int]:
     """Annotations per category in the run's training split (re-read through the same
     dataset loader `lthfast imp` used; shapes data comes from its cache)."""
     from lthfast.detection import data as det_data
+    if isinstance(run, str):
+        from lthfast.analysis.runs import load_run
+        run = load_run(run)
     s = run.settings
     task = run.task
     kw = ({k: s[k] for k in ("n_train", "n_val", "image_size", "seed") if s.get(k) is not None}

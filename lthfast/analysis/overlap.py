@@ -74,6 +74,9 @@ def random_iou(sparsity_a: float, sparsity_b: float) -> float:
 def early_bird(run) -> list[dict]:
     """IoU of every round's mask with the run's final ticket: one dict per round
     (round, sparsity, iou_with_final, chance_iou). Round 0 is dense (IoU = final density)."""
+    if isinstance(run, str):
+        from lthfast.analysis.runs import load_run
+        run = load_run(run)
     rounds = run.rounds
     final = run.ticket(rounds[-1])
     out = []
