@@ -85,6 +85,7 @@ def test_perturb_then_report(runs, tmp_path, capsys):
         assert alt in imgs, alt
     for b64 in imgs.values():
         assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Ticket transfer" in html and "classifier-&gt;backbone" in html
     for title in ("AP by object size", "Mask overlap", "Early-bird", "Per-layer structure",
                   "Layer-wise vs global", "Perturbation tests"):
         assert title in html

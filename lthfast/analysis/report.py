@@ -53,7 +53,29 @@ def _overview(runs) -> str:
                      "final metric": key, "value": val,
                      "ticket from": os.path.basename(r.config.get("ticket_source", "") or "") or "-",
                      "path": r.path})
-    return "<h2>Runs</h2>" + html_table(rows)
+    return "<h2>Runs</h2>" + html_table(rows) + _transfers(runs)
+
+
+def _transfers(runs) -> str:
+    """Runs started from a transferred ticket (lthfast imp --ticket)."""
+    rows = []
+    for r in runs:
+        t = r.config.get("transfer")
+        if not t:
+            continue
+        sp = t.get("sparsity", {})
+        rows.append({"run": r.label, "ticket": r.config.get("ticket_source", ""),
+                     "kind": t.get("kind"), "layers mapped": len(t.get("mapping", {})),
+                     "not transferred": ", ".join(t.get("unmapped_source", [])
+                                                  + t.get("shape_mismatch", [])) or "-",
+                     "target layers left dense": len(t.get("uncovered_target", [])),
+                     "sparsity of transferred layers": sp.get("transferred", ""),
+                     "backbone sparsity": sp.get("backbone", ""),
+                     "network sparsity": sp.get("network", "")})
+    if not rows:
+        return ""
+    return ("<h2>Ticket transfer</h2>" + _note("sparsity at the start of round 0; backbone and "
+            "network sparsity count every parameter of the backbone / model") + html_table(rows))
 
 
 def _by_task(runs) -> dict:
