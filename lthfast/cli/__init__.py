@@ -13,7 +13,7 @@ import sys
 from lthfast._version import __version__
 from lthfast.cli._common import CLIError
 
-COMMANDS = ("info", "imp", "prune", "bench")
+COMMANDS = ("info", "imp", "prune", "bench", "report", "compare", "perturb")
 
 _EPILOG = """\
 examples:
@@ -21,6 +21,9 @@ examples:
   lthfast prune resnet50 --amount 0.8            prune a random-init resnet50 to 80% sparsity
   lthfast prune ckpt.pth --arch resnet50 --amount 0.2 --save pruned.pth
   lthfast bench threshold --json bench.json      baseline vs lthfast, table + JSON
+  lthfast report runs/a runs/b --out report.html  compare IMP runs (AP by size/frequency, overlap, ...)
+  lthfast compare runs/a runs/b                  IoU of two tickets, per layer
+  lthfast perturb runs/a                         retrain the complement / random / swapped masks
 
 run `lthfast COMMAND --help` for the options of one command.
 """

@@ -109,6 +109,12 @@ def add_parser(sub) -> None:
                    help="local checkpoint to start from (torchvision detection state_dict)")
     g.add_argument("--backbone-weights", metavar="PATH",
                    help="local ImageNet classifier state_dict mapped onto the detection backbone")
+    g.add_argument("--ticket", metavar="PATH",
+                   help="start from this ticket (.safetensors) instead of the dense model: a "
+                        "classifier ticket (resnet names) goes onto the detection backbone, a "
+                        "detection/segmentation/keypoint ticket onto the shared layers "
+                        "(lthfast.transfer); round 0 trains with it fixed, --rounds N prunes on "
+                        "from it (default with --ticket: --rounds 0)")
     s = p.add_argument_group("schedule")
     s.add_argument("--rounds", type=_nonneg_int, default=None,
                    help="pruned rounds after the dense round 0 (default: the demo's)")

@@ -135,13 +135,15 @@ class IMP:
     `group_of(name) -> str` adds a sparsity column per group. `out` is the run
     directory (None: nothing written); `meta` is saved in config.json.
     `log(str)` prints progress lines; `on_round(row)` is called after each round.
+    `initial_ticket` (over exactly `names`) replaces the dense start: round 0 trains
+    with that mask fixed and later rounds prune further from it (ticket transfer).
     """
 
     def __init__(self, model: nn.Module, names: list[str], *, train_fn, eval_fn,
                  config: IMPConfig, out: str | None = None, meta: dict | None = None,
                  group_of: Callable[[str], str] | None = None,
                  log: Callable[[str], None] | None = None,
-                 on_round: Callable[[dict], None] | None = None):
+                 on_round: Callable[[dict], None] | None = None, initial_ticket=None):
         from lthfast.ticket import Ticket
         if not names:
             raise ValueError("IMP needs at least one parameter to prune; `names` is empty")
@@ -158,11 +160,17 @@ class IMP:
         self.run = RunDir(out) if out is not None else None
         self.main = _is_main()
         self._Ticket = Ticket
+        self.initial_ticket = initial_ticket
+        if initial_ticket is not None:  # ticket transfer: start from a given mask
+            if set(initial_ticket.names()) != set(self.names):
+                raise ValueError("initial_ticket must cover exactly the pruned parameters `names`")
+            initial_ticket.check(model)
 
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> dict:
         cfg = self.config
-        ticket = self._Ticket.dense(self.model, scope=self.names)
+        ticket = (self.initial_ticket if self.initial_ticket is not None
+                  else self._Ticket.dense(self.model, scope=self.names))
         rewind = cfg.rewind_point
         state = {"next_round": 0, "rows": [], "ticket": ticket, "trained": None,
                  "rewind": snapshot(self.model) if rewind.kind in ("init", "pretrained") else None}

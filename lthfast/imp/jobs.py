@@ -48,6 +48,7 @@ class Settings:
     out: str | None = None
     resume: str | None = None
     quiet: bool = False
+    ticket: str | None = None  # transfer: start from this ticket (lthfast.transfer)
 
 
 # Settings a resumed run may change: they do not change its results.
@@ -91,6 +92,8 @@ def settings_from_args(args) -> Settings:
         merged["out"] = given["resume"]
         return Settings(**{k: v for k, v in merged.items() if k in Settings.__dataclass_fields__})
     s = Settings(**given)
+    if s.ticket and s.rounds is None:
+        s.rounds = 0  # --ticket alone: train with the transferred mask fixed
     for k, v in task_defaults(s.task).items():
         if getattr(s, k, None) is None:
             setattr(s, k, v)
@@ -135,6 +138,7 @@ class Job:
     group_of: object
     meta: dict
     describe: str
+    initial_ticket: object = None
 
     def run_and_print(self, print_table) -> int:
         from lthfast.cli._common import eprint
@@ -152,7 +156,7 @@ class Job:
 
         imp = IMP(self.model, self.names, train_fn=self.train_fn, eval_fn=self.eval_fn,
                   config=self.config, out=s.out, meta=self.meta, group_of=self.group_of,
-                  log=log, on_round=on_round)
+                  log=log, on_round=on_round, initial_ticket=self.initial_ticket)
         res = imp.run_rounds(resume=bool(s.resume))
         if ddp.is_main():
             print()
@@ -173,8 +177,12 @@ def build_job(s: Settings) -> Job:
     else:
         from lthfast.imp.task_detection import build
     model, names, train_fn, eval_fn, group_of, describe = build(s, device)
+    from lthfast.transfer import transfer_for_job, with_network_sparsity
+    names, initial, transfer_meta, describe = transfer_for_job(s.ticket, model, names, describe)
+    eval_fn = with_network_sparsity(eval_fn, model)
     meta = {"settings": dataclasses.asdict(s), "task": s.task, "model": s.model, "data": s.data,
             "scope": s.scope, "device": str(device), "world_size": ddp.world_size(),
             "torch": torch.__version__}
     return Job(settings=s, config=config, model=model, names=names, train_fn=train_fn,
-               eval_fn=eval_fn, group_of=group_of, meta=meta, describe=describe)
+               eval_fn=eval_fn, group_of=group_of, meta={**meta, **transfer_meta},
+               describe=describe, initial_ticket=initial)

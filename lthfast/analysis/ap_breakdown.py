@@ -1,0 +1,175 @@
+"""AP by object size, by category frequency and by difficulty, for every round of a
+detection-task run, from the COCOeval results `lthfast imp` saves in metrics.json:
+`{iou}_APs/APm/APl` and `per_category` / `per_category_area` ({iou: {category: ...}}).
+
+APs are in percent; NaN (no ground truth of that size/category) is kept as NaN in
+the data and left out of plots."""
+from __future__ import annotations
+
+import math
+
+from lthfast.analysis._plot import finite, plt, png
+
+SIZES = ("small", "medium", "large")
+_SIZE_KEY = {"small": "APs", "medium": "APm", "large": "APl"}
+
+
+def default_iou(rows: list[dict]) -> str:
+    """The IoU type the task is judged by: segm, keypoints, else bbox."""
+    keys = set().union(*(r.keys() for r in rows)) if rows else set()
+    for iou in ("segm", "keypoints", "bbox"):
+        if f"{iou}_AP" in keys:
+            return iou
+    raise ValueError("these metrics have no COCO AP (bbox_AP / segm_AP / keypoints_AP): "
+                     "AP breakdowns need a detection, segmentation or keypoints run")
+
+
+def _rows_of(run_or_rows):
+    """Rows of a Run, a run directory path or a list of metrics rows."""
+    if isinstance(run_or_rows, str):
+        from lthfast.analysis.runs import load_run
+        run_or_rows = load_run(run_or_rows)
+    return run_or_rows.rows if hasattr(run_or_rows, "rows") else list(run_or_rows)
+
+
+def ap_by_size(run_or_rows, iou: str | None = None) -> list[dict]:
+    """One dict per round: round, sparsity, AP (all sizes), small, medium, large (%)."""
+    rows = _rows_of(run_or_rows)
+    iou = iou or default_iou(rows)
+    out = []
+    for r in rows:
+        d = {"round": r["round"], "sparsity": r["sparsity"], "AP": r.get(f"{iou}_AP")}
+        for size in SIZES:
+            v = r.get(f"{iou}_{_SIZE_KEY[size]}")
+            if v is None:  # keypoints have no APs; fall back to the per-category mean
+                v = _mean([a.get(size) for a in r.get("per_category_area", {}).get(iou, {}).values()])
+            d[size] = v
+        out.append(d)
+    return out
+
+
+def _mean(values) -> float:
+    vals = [v for v in values if finite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _per_category(rows: list[dict], iou: str) -> dict[int, dict[str, float]]:
+    out = {}
+    for r in rows:
+        pc = r.get("per_category", {}).get(iou)
+        if pc is None:
+            raise ValueError(f"round {r['round']} has no per-category {iou} AP in metrics.json "
+                             "(runs made before lthfast saved per_category cannot be broken down)")
+        out[int(r["round"])] = pc
+    return out
+
+
+def _category_table(rows, iou, order: list[str], extra: dict[str, dict]) -> list[dict]:
+    per = _per_category(rows, iou)
+    table = []
+    for rank, cat in enumerate(order, 1):
+        d = {"rank": rank, "category": cat, **{k: v[cat] for k, v in extra.items()}}
+        for rnd, pc in per.items():
+            d[f"AP r{rnd}"] = pc.get(cat, float("nan"))
+        table.append(d)
+    return table
+
+
+def ap_by_frequency(run_or_rows, counts: dict[str, int], iou: str | None = None) -> list[dict]:
+    """Categories sorted by training-set frequency (most annotations first): rank,
+    category, train_annotations, `AP r<round>` for every round."""
+    rows = _rows_of(run_or_rows)
+    iou = iou or default_iou(rows)
+    cats = list(_per_category(rows, iou)[int(rows[0]["round"])])
+    missing = [c for c in cats if c not in counts]
+    if missing:
+        raise ValueError(f"no training-set count for categories {missing}")
+    order = sorted(cats, key=lambda c: (-counts[c], c))
+    return _category_table(rows, iou, order, {"train_annotations": counts})
+
+
+def ap_by_difficulty(run_or_rows, iou: str | None = None) -> list[dict]:
+    """Categories ranked by the dense round's AP (rank 1 = easiest): rank, category,
+    dense_AP, `AP r<round>` per round, and drop (dense AP - last round's AP)."""
+    rows = _rows_of(run_or_rows)
+    iou = iou or default_iou(rows)
+    per = _per_category(rows, iou)
+    dense = per[min(per)]
+    order = sorted(dense, key=lambda c: (-(dense[c] if finite(dense[c]) else -math.inf), c))
+    table = _category_table(rows, iou, order, {"dense_AP": dense})
+    last = per[max(per)]
+    for d in table:
+        d["drop"] = d["dense_AP"] - last.get(d["category"], float("nan"))
+    return table
+
+
+def training_category_counts(run) -> dict[str, int]:
+    """Annotations per category in the run's training split (re-read through the same
+    dataset loader `lthfast imp` used; shapes data comes from its cache)."""
+    from lthfast.detection import data as det_data
+    if isinstance(run, str):
+        from lthfast.analysis.runs import load_run
+        run = load_run(run)
+    s = run.settings
+    task = run.task
+    kw = ({k: s[k] for k in ("n_train", "n_val", "image_size", "seed") if s.get(k) is not None}
+          if s.get("data", "shapes") == "shapes" else {})
+    ds = det_data.load_dataset(s.get("data", "shapes"), "train", task=task, **kw)
+    return ds.category_counts()
+
+
+# ------------------------------------------------------------------ plots
+def plot_ap_by_size(runs: dict[str, list[dict]]) -> str | None:
+    """AP (%) vs sparsity (%) for small / medium / large objects, one line per run.
+    `runs`: {label: ap_by_size(...) rows}."""
+    if not runs:
+        return None
+    p = plt()
+    fig, axes = p.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    for ax, size in zip(axes, SIZES):
+        drawn = False
+        for label, rows in runs.items():
+            pts = [(100 * r["sparsity"], r[size]) for r in rows if finite(r.get(size))]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", label=label)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {size} objects\nin the validation set", ha="center",
+                    va="center", transform=ax.transAxes, color="grey")
+        ax.set_title(f"{size} objects")
+        ax.set_xlabel("sparsity of the pruned layers (%)")
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("AP (%)")
+    fig.suptitle("AP by object size (COCO areas: small < 32², medium < 96², large ≥ 96² px)")
+    fig.tight_layout()
+    return png(fig)
+
+
+def plot_ap_by_category(table: list[dict], *, title: str, xlabel: str,
+                        count_key: str | None = None) -> str | None:
+    """AP (%) per category in the table's order, one line per round."""
+    if not table:
+        return None
+    p = plt()
+    round_keys = [k for k in table[0] if k.startswith("AP r")]
+    fig, ax = p.subplots(figsize=(max(6.5, 0.35 * len(table) + 3), 4.2))
+    xs = list(range(len(table)))
+    for k in round_keys:
+        ys = [d[k] if finite(d[k]) else float("nan") for d in table]
+        ax.plot(xs, ys, marker="o", label=f"round {k[4:]}")
+    labels = [d["category"] + (f" ({d[count_key]})" if count_key else "") for d in table]
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=45 if len(table) > 4 else 0, ha="right" if len(table) > 4 else "center",
+                       fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("AP (%)")
+    if any(not finite(d[k]) for d in table for k in round_keys):
+        xlabel += "; gaps: no validation objects of that category"
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="IMP round")
+    fig.tight_layout()
+    return png(fig)

@@ -1,0 +1,131 @@
+"""Mask overlap: IoU of the kept weights of two tickets, overall and per layer
+(`Ticket.iou`), and early-bird stability: IoU of each round's mask with the run's
+final ticket."""
+from __future__ import annotations
+
+from lthfast.analysis._plot import plt, png
+
+
+def _load(t):
+    from lthfast.ticket import Ticket
+    return Ticket.load(t) if isinstance(t, str) else t
+
+
+def mask_overlap(a, b, *, shared_only: bool = False) -> dict:
+    """IoU of kept weights of tickets `a` and `b` (Ticket or path).
+
+    Returns {"overall": IoU, "layers": [{name, params, kept_a, kept_b, sparsity_a,
+    sparsity_b, iou}], "only_a": [...], "only_b": [...]}. Tickets over different
+    parameters raise ValueError listing them, unless `shared_only` (then the IoU is
+    over the shared layers and the others are listed)."""
+    a, b = _load(a), _load(b)
+    na, nb = set(a.names()), set(b.names())
+    if not na & nb:  # a classifier ticket vs a detector's: compare on the backbone
+        a, b, mapped = _map_backbone(a, b)
+        na, nb = set(a.names()), set(b.names())
+    only_a, only_b = [n for n in a.names() if n not in nb], [n for n in b.names() if n not in na]
+    if (only_a or only_b) and not shared_only:
+        raise ValueError(f"the tickets cover different layers (only in the first: "
+                         f"{_short(only_a)}; only in the second: {_short(only_b)}); compare "
+                         "the shared layers with "
+                         "shared_only=True (lthfast compare --shared)")
+    shared = [n for n in a.names() if n in nb]
+    if not shared:
+        raise ValueError("the tickets share no layer: nothing to compare")
+    bad = [f"{n}: {a.shapes[n]} vs {b.shapes[n]}" for n in shared if a.shapes[n] != b.shapes[n]]
+    if bad:
+        raise ValueError(f"the tickets disagree on layer shapes: {bad}")
+    from lthfast.ticket import Ticket
+    sub_a = Ticket({n: a[n] for n in shared}) if only_a else a
+    sub_b = Ticket({n: b[n] for n in shared}) if only_b else b
+    res = sub_a.iou(sub_b)
+    layers = [{"name": n, "params": a.numel(n), "kept_a": a.kept(n), "kept_b": b.kept(n),
+               "sparsity_a": a.sparsity(n), "sparsity_b": b.sparsity(n),
+               "iou": res["by_name"][n]} for n in shared]
+    return {"overall": res["overall"], "layers": layers, "only_a": only_a, "only_b": only_b,
+            "sparsity_a": sub_a.sparsity(), "sparsity_b": sub_b.sparsity()}
+
+
+def _short(names: list, n: int = 8) -> str:
+    return f"{names[:n]}" + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _map_backbone(a, b):
+    """(a, b, mapped): a classifier ticket renamed to `backbone.body.*` when the other
+    ticket is a detector's (see lthfast.transfer); unchanged otherwise."""
+    from lthfast.ticket import Ticket
+    from lthfast.transfer import classifier_name_to_backbone as to_bb
+    for x, y, swap in ((a, b, False), (b, a, True)):
+        if set(map(to_bb, x.names())) & set(y.names()):
+            x = Ticket({to_bb(n): x[n] for n in x.names()}, round=x.round, meta=x.meta)
+            return (y, x, True) if swap else (x, y, True)
+    return a, b, False
+
+
+def random_iou(sparsity_a: float, sparsity_b: float) -> float:
+    """Expected IoU of two independent random masks keeping 1-s_a and 1-s_b: the
+    chance level an observed overlap should be compared with."""
+    ka, kb = 1 - sparsity_a, 1 - sparsity_b
+    inter = ka * kb
+    union = ka + kb - inter
+    return inter / union if union else 1.0
+
+
+def early_bird(run) -> list[dict]:
+    """IoU of every round's mask with the run's final ticket: one dict per round
+    (round, sparsity, iou_with_final, chance_iou). Round 0 is dense (IoU = final density)."""
+    if isinstance(run, str):
+        from lthfast.analysis.runs import load_run
+        run = load_run(run)
+    rounds = run.rounds
+    final = run.ticket(rounds[-1])
+    out = []
+    for r in rounds:
+        t = run.ticket(r)
+        iou = t.iou(final)["overall"]
+        out.append({"round": r, "sparsity": t.sparsity(), "iou_with_final": iou,
+                    "chance_iou": random_iou(t.sparsity(), final.sparsity())})
+    return out
+
+
+def plot_early_bird(runs: dict[str, list[dict]]) -> str | None:
+    """IoU with the final mask vs round, one line per run (dashed: chance level)."""
+    runs = {k: v for k, v in runs.items() if len(v) > 1}
+    if not runs:
+        return None
+    p = plt()
+    fig, ax = p.subplots(figsize=(6.5, 4))
+    for label, rows in runs.items():
+        line, = ax.plot([r["round"] for r in rows], [r["iou_with_final"] for r in rows],
+                        marker="o", label=label)
+        ax.plot([r["round"] for r in rows], [r["chance_iou"] for r in rows], ls="--",
+                color=line.get_color(), alpha=0.6, label=f"{label}: random masks (chance)")
+    ax.set_xlabel("IMP round (0 = dense)")
+    rounds = sorted({r["round"] for rows in runs.values() for r in rows})
+    ax.set_xticks(rounds)
+    ax.set_ylabel("IoU of kept weights with the final ticket")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Early-bird stability: how soon the final mask is found")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
+def plot_overlap_layers(layers: list[dict], title: str) -> str | None:
+    """Per-layer IoU bars in model order."""
+    if not layers:
+        return None
+    p = plt()
+    fig, ax = p.subplots(figsize=(max(6.5, 0.14 * len(layers) + 2.5), 3.6))
+    ax.bar(range(len(layers)), [d["iou"] for d in layers], color="tab:green")
+    chance = [random_iou(d["sparsity_a"], d["sparsity_b"]) for d in layers]
+    ax.plot(range(len(layers)), chance, "k_", markersize=8, label="chance (random masks)")
+    ax.set_xlabel("layer (model order; see the table)")
+    ax.set_ylabel("IoU of kept weights")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)

@@ -1,0 +1,50 @@
+"""`lthfast perturb RUN_DIR`: the perturbation test of a run's ticket (retrain with its
+complement, a random mask of the same per-layer sparsity, 10% swapped), saved in
+RUN_DIR/perturbation.json for `lthfast report`."""
+from __future__ import annotations
+
+import argparse
+
+from lthfast.cli._common import CLIError, eprint, format_table
+
+_EPILOG = """\
+examples:
+  lthfast perturb runs/demo                      last round, all three perturbations
+  lthfast perturb runs/demo --round 2 --kinds random,swap10
+
+Each perturbed mask is retrained from the run's rewind point with the run's own settings
+(config.json), so it costs one IMP round per kind. Kinds: complement (keeps exactly what
+the ticket prunes), random (same kept count per layer), swapNN (NN% of kept and pruned
+weights of every layer swapped)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("perturb", help="retrain perturbed masks of a ticket and compare AP",
+                       description=__doc__.splitlines()[0], epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished lthfast imp run")
+    p.add_argument("--round", type=int, default=None, help="the round whose ticket (default: last)")
+    p.add_argument("--kinds", default="complement,random,swap10",
+                   help="comma-separated perturbations (default: complement,random,swap10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from lthfast.analysis.perturb import parse_kinds, perturbation, table
+    from lthfast.analysis.runs import RunError
+    try:
+        kinds = parse_kinds(args.kinds)
+        res = perturbation(args.run_dir, round=args.round, kinds=kinds, seed=args.seed,
+                           log=None if args.quiet else eprint)
+    except (RunError, ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e), code=2) from None
+    metric = res["metric"]
+    rows = [[d["mask"], f"{100 * d['sparsity']:.1f}%", f"{d['IoU with ticket']:.3f}",
+             f"{d[metric]:.2f}" if isinstance(d[metric], (int, float)) else "-",
+             f"{d['change vs ticket']:+.2f}" if isinstance(d["change vs ticket"], float) else ""]
+            for d in table(res)]
+    print(format_table(["mask", "sparsity", "IoU with ticket", metric, "change"], rows))
+    print(f"\nsaved in {args.run_dir}/perturbation.json (shown by lthfast report)")
+    return 0
