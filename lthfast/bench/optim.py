@@ -4,8 +4,8 @@ masked optimizers vs torch.optim with the masking users write today.
 
 Methods per optimizer (AdamW; SGD with momentum 0.9), same model, same run:
   torch_foreach        torch.optim step, foreach, no masking (dense speed reference)
-  torch_foreach_naive  grad.mul_(mask) before, p.mul_(mask) after (ASP-style) around the
-                       foreach step: the baseline
+  torch_foreach_naive  grad.mul_(mask) before, p.mul_(mask) after (ASP-style, float masks)
+                       around the foreach step: the baseline
   torch_fused_naive    the same around torch's fused step (fused=True), where available
   lthfast              lthfast.optim.MaskedAdamW / MaskedSGD (masking fused into the step)
 'x floor' = time / (bytes the fused step must move / measured copy bandwidth).
@@ -91,7 +91,9 @@ def _naive(kind, **kw):
     def make(mp: ModelParams):
         ps, ms = mp.clone()
         opt = _torch_opt(kind, ps, **kw)
-        pairs = list(ms.items())
+        # masks in the weight's dtype, as ASP / torch.nn.utils.prune keep them (a bool
+        # mask makes mul_ a slower mixed-dtype op)
+        pairs = [(p, m.to(p.dtype)) for p, m in ms.items()]
 
         @torch.no_grad()
         def step():
