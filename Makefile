@@ -2,7 +2,7 @@
 # everything up and runs the tests (`make test`). Both create the virtual
 # environment, install torch/torchvision and build the kernels on first use.
 #
-#   make demo           lthfast prune resnet50 to 80% sparsity (the main job for now)
+#   make demo           lthfast imp: IMP of a small Faster R-CNN on the built-in shapes data
 #   make test           the whole test suite (CUDA tests skip without a GPU)
 #   make bench          lthfast bench all (baseline and lthfast in the same run)
 #   LTHFAST_CUDA=0 make test   CPU-only build, for quick local iteration
@@ -14,7 +14,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-TEST_DEPS := pytest hypothesis pytest-benchmark expecttest tabulate tqdm numpy ninja matplotlib
+TEST_DEPS := pytest hypothesis pytest-benchmark expecttest tabulate tqdm numpy ninja matplotlib \
+             pycocotools safetensors
 export MAX_JOBS ?= 2
 
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
@@ -37,7 +38,7 @@ $(VENV)/.lthfast-built: $(VENV)/.deps-installed $(SOURCES)
 build setup: $(VENV)/.lthfast-built
 
 demo: setup
-	$(VENV)/bin/lthfast prune resnet50 --amount 0.8
+	$(VENV)/bin/lthfast imp --out runs/demo
 
 test: setup
 	$(PY) -m pytest -q

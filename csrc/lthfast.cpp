@@ -23,6 +23,22 @@ TORCH_LIBRARY(lthfast, m) {
   // The mask's dtype is mask's (bool or the score's dtype), bool without mask.
   m.def("threshold_mask(Tensor score, Tensor? mask, Tensor threshold, Tensor(a!) ties_left) -> Tensor");
 
+  // ---- bitmask: masks as 1 bit per entry (lthfast.Ticket, ticket files) ----
+  // Packed layout: uint8 [ceil(numel / 8)], entries in row-major LOGICAL order
+  // (whatever the memory layout), entry i in bit (i % 8) of byte i / 8 (least
+  // significant bit first), trailing bits 0.
+  // mask: bool tensor of any shape and strides.
+  m.def("pack_bits(Tensor mask) -> Tensor");
+  // A contiguous bool tensor of `shape` from packed (which must hold exactly
+  // ceil(prod(shape) / 8) bytes).
+  m.def("unpack_bits(Tensor packed, int[] shape) -> Tensor");
+  // The same, written into an existing bool tensor of any strides (on packed's device).
+  m.def("unpack_bits_into(Tensor packed, Tensor(a!) out) -> ()");
+  // Number of set bits (kept entries) of packed: 0-dim int64. Relies on the
+  // trailing bits being 0, as pack_bits writes them.
+  m.def("count_bits(Tensor packed) -> Tensor");
+  // Overlap of two packed masks of the same length: int64 [2] = (|a & b|, |a | b|).
+  m.def("overlap_bits(Tensor a, Tensor b) -> Tensor");
   // ---- Fused masked optimizers (lthfast.optim): one multi-tensor pass per step.
   // params, grads, states and masks are lists with one entry per parameter; each
   // state and mask has the parameter's shape, dtype (masks: bool, True = kept)

@@ -7,6 +7,9 @@ from lthfast._version import __version__
 from lthfast import _ops
 from lthfast._ops import build_info
 from lthfast.magnitude import global_magnitude_masks, global_magnitude_threshold
+from lthfast.ticket import Ticket
+
 from lthfast import optim  # MaskedSGD, MaskedAdam, MaskedAdamW
 
-__all__ = ["__version__", "build_info", "global_magnitude_masks", "global_magnitude_threshold", "optim"]
+__all__ = ["__version__", "build_info", "global_magnitude_masks", "global_magnitude_threshold",
+           "Ticket", "optim"]

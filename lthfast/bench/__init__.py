@@ -13,6 +13,13 @@ register(Suite("threshold",
                "global_magnitude_masks, on resnet50 and R-CNN detection models",
                run=_threshold.run_suite, format=format_threshold))
 
+from lthfast.bench import ticket as _ticket  # noqa: E402
+
+register(Suite("ticket",
+               "lthfast.Ticket save/load time and file size vs torch.save of masks; bit "
+               "pack/unpack throughput vs numpy and the bandwidth floor",
+               run=_ticket.run_suite, format=_ticket.format_ticket))
+
 from lthfast.bench import optim as _optim  # noqa: E402
 
 register(Suite("optim",

@@ -13,7 +13,7 @@ import sys
 from lthfast._version import __version__
 from lthfast.cli._common import CLIError
 
-COMMANDS = ("info", "prune", "bench")
+COMMANDS = ("info", "imp", "prune", "bench")
 
 _EPILOG = """\
 examples:

@@ -18,6 +18,9 @@ suites:
              torch.cat+kthvalue (+ torch.cat+topk and cupy on CUDA). Wall time (median),
              peak extra memory (CPU: resident set growth; CUDA: allocator peak), and time as a
              multiple of the bandwidth floor (2 x weight bytes / measured copy bandwidth).
+  ticket     lthfast.Ticket save/load time and file size (vs torch.save/torch.load of float and
+             bool masks) and bit pack/unpack throughput (vs numpy, x bandwidth floor), on
+             resnet50 and maskrcnn_resnet50_fpn masks at 80% sparsity
   optim      one optimizer step on all parameters of resnet50 and maskrcnn_resnet50_fpn with
              the Conv/Linear weights 80% pruned: lthfast.optim.MaskedAdamW / MaskedSGD(momentum
              0.9) vs torch.optim AdamW / SGD (foreach, fused) with grad/weight *= mask around the

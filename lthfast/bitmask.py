@@ -1,0 +1,111 @@
+"""Masks as 1 bit per entry: the bit-pack/unpack ops behind `lthfast.Ticket`.
+
+Packed layout: uint8 [ceil(numel / 8)], entries in row-major logical order
+(whatever the memory layout), least significant bit first, trailing bits 0.
+Each function checks its arguments, then runs torch.ops.lthfast.* (CPU or CUDA
+kernel) or, with LTHFAST_REFERENCE=1 and no compiled module, the reference.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lthfast import _ops
+from lthfast import _reference_bitmask as _ref
+
+
+def packed_nbytes(numel: int) -> int:
+    """Bytes that hold ``numel`` bits."""
+    return (int(numel) + 7) // 8
+
+
+def _op(name):
+    if _ops.use_reference():
+        return getattr(_ref, name)
+    _ops.require()
+    return getattr(torch.ops.lthfast, name)
+
+
+def _check_packed(packed, what="packed"):
+    if not isinstance(packed, torch.Tensor):
+        raise TypeError(f"{what} is a {type(packed).__name__}, not a torch.Tensor")
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.layout != torch.strided:
+        raise ValueError(f"{what} must be a dense 1-D torch.uint8 tensor (from pack_bits), got "
+                         f"{packed.dtype} of shape {tuple(packed.shape)} ({packed.layout})")
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """uint8 [ceil(numel / 8)] holding the bool ``mask`` (any shape and strides)."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask is a {type(mask).__name__}, not a torch.Tensor")
+    if mask.dtype != torch.bool or mask.layout != torch.strided:
+        raise TypeError(f"mask must be a dense torch.bool tensor, got {mask.dtype} ({mask.layout})")
+    return _op("pack_bits")(mask)
+
+
+def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
+    """The contiguous bool tensor of ``shape`` that ``packed`` holds."""
+    _check_packed(packed)
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape {shape} has a negative size")
+    need = packed_nbytes(math.prod(shape))
+    if packed.numel() != need:
+        raise ValueError(f"packed has {packed.numel()} bytes but shape {shape} needs {need}")
+    return _op("unpack_bits")(packed, list(shape))
+
+
+def unpack_bits_into(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Writes the mask ``packed`` holds into the bool tensor ``out`` (any strides); returns out."""
+    _check_packed(packed)
+    if not isinstance(out, torch.Tensor) or out.dtype != torch.bool:
+        raise TypeError("out must be a torch.bool tensor")
+    if packed.numel() != packed_nbytes(out.numel()):
+        raise ValueError(f"packed has {packed.numel()} bytes but out {tuple(out.shape)} needs "
+                         f"{packed_nbytes(out.numel())}")
+    if out.device != packed.device:
+        raise ValueError(f"out is on {out.device} but packed is on {packed.device}")
+    _op("unpack_bits_into")(packed, out)
+    return out
+
+
+def count_bits(packed: torch.Tensor) -> int:
+    """Number of set bits (kept entries)."""
+    _check_packed(packed)
+    return int(_op("count_bits")(packed))
+
+
+def overlap_bits(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
+    """``(|a & b|, |a | b|)`` of two packed masks of the same length."""
+    _check_packed(a, "a")
+    _check_packed(b, "b")
+    if a.numel() != b.numel():
+        raise ValueError(f"a has {a.numel()} bytes but b has {b.numel()}")
+    if a.device != b.device:
+        b = b.to(a.device)
+    inter, union = _op("overlap_bits")(a, b).tolist()
+    return int(inter), int(union)
+
+
+if _ops.available():
+
+    @torch.library.register_fake("lthfast::pack_bits")
+    def _pack_bits_fake(mask):
+        return mask.new_empty((packed_nbytes(mask.numel()),), dtype=torch.uint8)
+
+    @torch.library.register_fake("lthfast::unpack_bits")
+    def _unpack_bits_fake(packed, shape):
+        return packed.new_empty(tuple(shape), dtype=torch.bool)
+
+    @torch.library.register_fake("lthfast::unpack_bits_into")
+    def _unpack_bits_into_fake(packed, out):
+        return None
+
+    @torch.library.register_fake("lthfast::count_bits")
+    def _count_bits_fake(packed):
+        return packed.new_empty((), dtype=torch.int64)
+
+    @torch.library.register_fake("lthfast::overlap_bits")
+    def _overlap_bits_fake(a, b):
+        return a.new_empty((2,), dtype=torch.int64)

@@ -1,0 +1,188 @@
+"""Detection models by name: torchvision's `fasterrcnn_*`, `maskrcnn_*`, `keypointrcnn_*`,
+`retinanet_*`, `fcos_*` (random init, or local weight files), and small resnet18-FPN
+detectors (`*_resnet18_fpn`) that train on a 2-core CPU for the built-in demo."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from lthfast.detection.data import check_task
+from lthfast.detection.weights import load_backbone_weights, load_detection_weights, read_state_dict
+
+FAMILIES = ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "fcos")
+#: Which model families can be trained on which task (targets they need).
+TASK_FAMILIES = {"detection": ("fasterrcnn", "retinanet", "fcos"),
+                 "segmentation": ("maskrcnn",), "keypoints": ("keypointrcnn",)}
+SMALL_MODELS = ("fasterrcnn_resnet18_fpn", "maskrcnn_resnet18_fpn", "keypointrcnn_resnet18_fpn")
+#: The small default detector of every task.
+DEFAULT_MODELS = {"detection": "fasterrcnn_resnet18_fpn", "segmentation": "maskrcnn_resnet18_fpn",
+                  "keypoints": "keypointrcnn_resnet18_fpn"}
+
+
+def family_of(name: str) -> str:
+    fam = name.split("_", 1)[0]
+    if fam not in FAMILIES:
+        raise ValueError(f"{name!r} is not a detection model of a supported family "
+                         f"({', '.join(f + '_*' for f in FAMILIES)})")
+    return fam
+
+
+def model_names() -> list[str]:
+    """Every name `build_model` accepts."""
+    import torchvision
+    tv = [n for n in torchvision.models.list_models(module=torchvision.models.detection)
+          if n.split("_", 1)[0] in FAMILIES]
+    return sorted(set(tv) | set(SMALL_MODELS))
+
+
+def _anchor_generator(sizes=(8, 16, 32, 64, 128)):
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    return AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def _resnet18_fpn_backbone(pretrained: bool, trainable_layers: int | None, fpn_channels: int):
+    """resnet18 + FPN (P2-P5 + max-pool P6). BatchNorm from scratch; frozen BN and 3
+    trainable stages when starting from pre-trained weights (as torchvision does)."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops import FrozenBatchNorm2d
+    if trainable_layers is None:
+        trainable_layers = 3 if pretrained else 5
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    body = resnet18(weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        train.append("bn1")
+    for n, p in body.named_parameters():
+        if not any(n.startswith(t) for t in train):
+            p.requires_grad_(False)
+    return BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)},
+                           [64, 128, 256, 512], fpn_channels)
+
+
+def _small_model(name: str, num_classes: int, image_size: int, pretrained: bool, *,
+                 trainable_layers=None, fpn_channels: int = 128, representation_size: int = 256,
+                 num_keypoints: int = 4, **kw):
+    from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+    backbone = _resnet18_fpn_backbone(pretrained, trainable_layers, fpn_channels)
+    c = fpn_channels
+    # Fewer proposals / sampled RoIs than the COCO defaults: 128 px images have few objects.
+    opts = dict(min_size=image_size, max_size=image_size, rpn_anchor_generator=_anchor_generator(),
+                rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+                rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150,
+                box_batch_size_per_image=128,
+                box_head=TwoMLPHead(c * 7 * 7, representation_size))
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    opts["box_predictor"] = FastRCNNPredictor(representation_size, num_classes)
+    opts.update(kw)
+    if name.startswith("fasterrcnn"):
+        return FasterRCNN(backbone, **opts)
+    if name.startswith("maskrcnn"):
+        from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+        return MaskRCNN(backbone, mask_head=MaskRCNNHeads(c, [c] * 4, 1),
+                        mask_predictor=MaskRCNNPredictor(c, c, num_classes), **opts)
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
+    return KeypointRCNN(backbone, keypoint_head=KeypointRCNNHeads(c, [c] * 4),
+                        keypoint_predictor=KeypointRCNNPredictor(c, num_keypoints), **opts)
+
+
+def build_model(name: str, *, task: str, num_classes: int, weights=None, backbone_weights=None,
+                image_size: int | None = None, verbose: bool = True, **kw) -> nn.Module:
+    """Detection model `name` for `task` with `num_classes` (including background).
+
+    Random init, then `weights`: a local torchvision detection checkpoint (a state_dict, or a
+    dict with a "model"/"state_dict" entry) -- layers whose shape differs (heads for another
+    number of classes) keep their fresh init; or `backbone_weights`: a local ImageNet
+    classifier state_dict (e.g. torchvision resnet50) mapped onto `backbone.body.*`. What was
+    loaded, re-initialised and left unmapped is printed (`verbose`) and kept in
+    `model.lthfast_weights_report`. A torchvision weights name ("DEFAULT", "COCO_V1") is
+    downloaded when the machine has network, else one error says to pass a local file.
+    `image_size` sets the transform's min/max size (the small models default to 128).
+    `kw` go to the torchvision builder / model class (e.g. `num_keypoints`,
+    `trainable_layers`, `fpn_channels`, `box_detections_per_img`).
+    """
+    check_task(task)
+    if not isinstance(name, str) or name not in model_names():
+        import difflib
+        close = difflib.get_close_matches(str(name), model_names(), n=3)
+        raise ValueError(f"unknown detection model {name!r}"
+                         + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         + f"; valid names: {', '.join(model_names())}")
+    fam = family_of(name)
+    if fam not in TASK_FAMILIES[task]:
+        ok = [n for n in model_names() if family_of(n) in TASK_FAMILIES[task]]
+        raise ValueError(f"model {name!r} does not fit task {task!r}; models for {task}: {', '.join(ok)}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (background + classes), got {num_classes!r}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 32):
+        raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
+    pretrained = weights is not None or backbone_weights is not None
+    # read (or download) the weights before building: a bad file fails fast
+    files = {}
+    if weights is not None:
+        files["weights"] = read_state_dict(weights, name=name, backbone=False)
+    if backbone_weights is not None:
+        files["backbone_weights"] = read_state_dict(backbone_weights, name=name, backbone=True)
+    torch_kw = dict(kw)
+    if name in SMALL_MODELS:
+        model = _small_model(name, num_classes, image_size or 128, pretrained, **torch_kw)
+    else:
+        import torchvision
+        builder = torchvision.models.get_model_builder(name)
+        if image_size is not None:
+            torch_kw.setdefault("min_size", image_size)
+            torch_kw.setdefault("max_size", image_size)
+        trainable = torch_kw.pop("trainable_layers", torch_kw.pop("trainable_backbone_layers", None))
+        if "weights_backbone" in inspect.signature(builder).parameters:
+            torch_kw["weights_backbone"] = None
+        model = builder(weights=None, num_classes=num_classes, **torch_kw)
+        if pretrained:  # as torchvision does for pre-trained backbones: frozen BN, 3 stages train
+            _freeze_batchnorm(model.backbone)
+            _freeze_resnet_stages(model.backbone.body, 3 if trainable is None else trainable)
+    report = {}
+    if "weights" in files:
+        sd, src = files["weights"]
+        report["weights"] = load_detection_weights(model, sd, name=name, source=src)
+    if "backbone_weights" in files:
+        sd, src = files["backbone_weights"]
+        report["backbone_weights"] = load_backbone_weights(model, sd, name=name, source=src)
+    model.lthfast_weights_report = report
+    if verbose:
+        for rep in report.values():
+            print(rep.summary())
+    return model
+
+
+def _freeze_resnet_stages(body: nn.Module, trainable_layers: int) -> None:
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    names = [n for n, _ in body.named_children()]
+    if "layer4" not in names:  # not a resnet body: only BN is frozen
+        return
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        train.append("bn1")
+    for n, p in body.named_parameters():
+        if not any(n.startswith(t) for t in train):
+            p.requires_grad_(False)
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Replace every BatchNorm2d under `module` by FrozenBatchNorm2d (same statistics)."""
+    from torchvision.ops import FrozenBatchNorm2d
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for k in ("weight", "bias"):
+                getattr(frozen, k).copy_(getattr(child, k).detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child)

@@ -1,0 +1,83 @@
+"""The per-round checkpoint of an IMP run: everything needed to go on after a kill.
+
+One file, `RUN_DIR/checkpoint.pt`, replaced atomically after every round. It holds
+only tensors, numbers, strings, lists and dicts, so it loads with
+`torch.load(weights_only=True)` (nothing is unpickled). The ticket itself is the
+round's `ticket.safetensors`.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from lthfast.imp.rundir import CHECKPOINT, RunDir, atomic_write
+
+FORMAT = "lthfast-imp-checkpoint/1"
+
+
+def _rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    st = {"torch": torch.get_rng_state(),
+          "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                     "gauss": gauss}}
+    try:
+        import numpy as np
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        st["numpy"] = {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _restore_rng(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    p = st["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
+    if "numpy" in st:
+        import numpy as np
+        n = st["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"],
+                             n["has_gauss"], n["gauss"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save(run: RunDir, *, round_index: int, model, ticket, rewind, rows, objects: dict) -> None:
+    payload = {
+        "format": FORMAT,
+        "round": round_index,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "rewind": rewind,
+        "rows": rows,
+        "rng": _rng_state(),
+    }
+    for key in ("optimizer", "scheduler"):
+        obj = objects.get(key)
+        if obj is not None and hasattr(obj, "state_dict"):
+            payload[key] = obj.state_dict()
+    atomic_write(run.file(CHECKPOINT), lambda tmp: torch.save(payload, tmp))
+
+
+def load(run: RunDir, ticket_cls) -> dict | None:
+    """The state after the last finished round, or None when no round finished."""
+    path = run.file(CHECKPOINT)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as e:
+        raise ValueError(f"cannot resume: {path} is not a readable lthfast checkpoint "
+                         f"({type(e).__name__}: {e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"cannot resume: {path} is not an lthfast IMP checkpoint "
+                         f"(format {payload.get('format') if isinstance(payload, dict) else None!r})")
+    r = int(payload["round"])
+    ticket = ticket_cls.load(run.ticket_path(r))
+    _restore_rng(payload["rng"])
+    return {"next_round": r + 1, "rows": list(payload["rows"]), "ticket": ticket,
+            "trained": payload["model"], "rewind": payload["rewind"],
+            "optimizer": payload.get("optimizer"), "scheduler": payload.get("scheduler")}

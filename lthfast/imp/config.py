@@ -1,0 +1,98 @@
+"""What an IMP run does: how much to prune per round, where to rewind, seeds."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """Where the weights go back to after each pruning step.
+
+    - ``init``: the weights before any training (random init, the original LTH);
+    - ``pretrained``: the same point, named for runs that start from pre-trained
+      weights (the supervised / self-supervised pre-training study);
+    - ``iter:K``: the weights after K iterations of the dense round (late
+      resetting); pruned rounds then train iterations K..iters-1, so the learning
+      rate schedule continues from K;
+    - ``none``: no rewinding: each round fine-tunes the weights the last one ended with.
+    """
+
+    kind: str = "init"
+    iteration: int = 0
+
+    KINDS = ("init", "pretrained", "iter", "none")
+
+    @classmethod
+    def parse(cls, text: "str | Rewind") -> "Rewind":
+        if isinstance(text, Rewind):
+            return text
+        if not isinstance(text, str):
+            raise TypeError(f"rewind must be a string like 'init' or 'iter:100', got {text!r}")
+        t = text.strip().lower()
+        if t in ("init", "pretrained", "none"):
+            return cls(t, 0)
+        if t.startswith("iter:"):
+            try:
+                k = int(t[5:])
+            except ValueError:
+                k = -1
+            if k < 0:
+                raise ValueError(f"rewind {text!r}: K in 'iter:K' must be an integer >= 0")
+            return cls("iter", k)
+        raise ValueError(f"unknown rewind {text!r}: use 'init', 'pretrained', 'iter:K' "
+                         "(late resetting to training iteration K) or 'none'")
+
+    def __str__(self) -> str:
+        return f"iter:{self.iteration}" if self.kind == "iter" else self.kind
+
+
+@dataclass
+class IMPConfig:
+    """The pruning schedule of an IMP run.
+
+    Round 0 trains the dense model. Each of the ``rounds`` later rounds prunes
+    ``rate`` of the weights still unpruned (global magnitude, or per layer with
+    ``layerwise``), rewinds and trains again. ``target`` instead sets the sparsity
+    reached after the last round: the per-round rate is then
+    ``1 - (1 - target) ** (1 / rounds)`` (``rounds=1`` is one-shot pruning).
+    """
+
+    rounds: int = 3
+    rate: float = 0.2
+    target: float | None = None
+    layerwise: bool = False
+    rewind: str = "init"
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # free-form, saved with the run
+
+    def __post_init__(self):
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
+            raise ValueError(f"rounds must be an integer >= 0, got {self.rounds!r}")
+        for name in ("rate", "target"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
+        if self.target is not None and self.rounds == 0:
+            raise ValueError("target sparsity needs rounds >= 1")
+        Rewind.parse(self.rewind)
+        self.rewind = str(Rewind.parse(self.rewind))
+
+    @property
+    def rewind_point(self) -> Rewind:
+        return Rewind.parse(self.rewind)
+
+    def per_round_rate(self) -> float:
+        if self.target is None:
+            return float(self.rate)
+        return 1.0 - (1.0 - float(self.target)) ** (1.0 / self.rounds)
+
+    def expected_sparsity(self, round_index: int) -> float:
+        """Sparsity after `round_index` rounds (up to rounding of counts)."""
+        return 1.0 - (1.0 - self.per_round_rate()) ** round_index
+
+    def to_dict(self) -> dict:
+        return asdict(self)

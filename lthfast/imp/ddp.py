@@ -1,0 +1,105 @@
+"""Data-parallel IMP: one process per device, started by torchrun (or `--nproc N`).
+
+Every rank trains a DistributedDataParallel copy on its own batches; gradients
+are averaged, so all ranks hold the same weights and compute the same ticket (the
+engine checks a digest of every mask on all ranks). Rank 0 evaluates and writes
+the run directory; the others wait for it. nccl on GPU, gloo on CPU.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device: str) -> None:
+    """Joins the process group when started by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or active():
+        return
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+
+
+def local_device(device: str) -> torch.device:
+    if device.startswith("cuda") and active():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
+
+
+def wrap(model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
+    """The model to train: DDP-wrapped when several processes run."""
+    if not active() or world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    dev = next(model.parameters()).device
+    ids = [dev.index] if dev.type == "cuda" else None
+    # Detection heads may leave parameters without gradient in an iteration
+    # (e.g. no positive anchors): those callers pass find_unused=True.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def on_main(fn, *args, **kwargs):
+    """Runs fn on rank 0 and gives its (picklable) result to every rank."""
+    if not active() or world_size() == 1:
+        return fn(*args, **kwargs)
+    box = [fn(*args, **kwargs) if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown() -> None:
+    if active():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def spawn(nproc: int, argv: list[str]) -> int:
+    """`lthfast imp --nproc N ...`: reruns the command under torchrun with N processes."""
+    rest, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "lthfast"] + rest
+    return subprocess.call(cmd)
+
+
+def on_main_first(fn, *args, **kwargs):
+    """Runs fn on rank 0, then on the other ranks (e.g. rank 0 writes a dataset to
+    disk that the others then read)."""
+    if not active() or world_size() == 1:
+        return fn(*args, **kwargs)
+    if is_main():
+        out = fn(*args, **kwargs)
+        dist.barrier()
+        return out
+    dist.barrier()
+    return fn(*args, **kwargs)

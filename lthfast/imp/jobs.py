@@ -1,0 +1,180 @@
+"""What `lthfast imp` runs: settings (flags over task defaults, or a saved run's), and
+the model, data, pruned set, train and eval functions of each task."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lthfast.imp import ddp
+from lthfast.imp.config import IMPConfig, Rewind
+from lthfast.imp.engine import IMP
+from lthfast.imp.rundir import RunDir
+
+
+class JobError(ValueError):
+    pass
+
+
+@dataclass
+class Settings:
+    task: str = "detection"
+    model: str | None = None
+    data: str = "shapes"
+    scope: str | None = None
+    weights: str | None = None
+    backbone_weights: str | None = None
+    rounds: int | None = None
+    rate: float = 0.2
+    target: float | None = None
+    layerwise: bool = False
+    rewind: str | None = None
+    iters: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    lr_steps: list | None = None
+    image_size: int | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    device: str | None = None
+    amp: bool = False
+    seed: int = 0
+    threads: int | None = None
+    out: str | None = None
+    resume: str | None = None
+    quiet: bool = False
+
+
+# Settings a resumed run may change: they do not change its results.
+RESUME_MAY_CHANGE = ("rounds", "device", "quiet", "threads", "resume", "out")
+
+CLASSIFICATION_DEFAULTS = dict(model="resnet18", image_size=32, n_train=2000, n_val=500,
+                               iters=200, batch_size=32, lr=0.02, warmup=20, rounds=3,
+                               rewind="init")
+
+
+def task_defaults(task: str) -> dict:
+    if task == "classification":
+        return dict(CLASSIFICATION_DEFAULTS)
+    from lthfast.detection import defaults as det_defaults
+    from lthfast.detection.models import DEFAULT_MODELS
+    demo = dict(det_defaults.DEMO)
+    out = {k: demo[k] for k in ("n_train", "n_val", "image_size", "batch_size", "lr", "iters")
+           if k in demo}
+    out["warmup"] = demo.get("warmup_iters", 0)
+    out["lr_steps"] = list(demo.get("lr_steps", ()))
+    out["rounds"] = demo.get("rounds", 3)
+    out["rewind"] = demo.get("rewind", "init")
+    out["model"] = DEFAULT_MODELS[task]
+    return out
+
+
+def settings_from_args(args) -> Settings:
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+             if hasattr(args, f.name)}
+    if given.get("resume"):
+        run = RunDir(given["resume"])
+        if not run.exists():
+            raise JobError(f"--resume {given['resume']}: no run there (no config.json)")
+        saved = run.config().get("settings", {})
+        changed = [k for k, v in given.items() if k not in RESUME_MAY_CHANGE and v is not None
+                   and v is not False and v != getattr(Settings(), k) and saved.get(k) != v]
+        if changed:
+            raise JobError("--resume continues a run with its saved settings; these flags would "
+                           f"change its results: {', '.join('--' + c.replace('_', '-') for c in changed)}")
+        merged = {**saved, **{k: given[k] for k in RESUME_MAY_CHANGE if given.get(k) is not None}}
+        merged["out"] = given["resume"]
+        return Settings(**{k: v for k, v in merged.items() if k in Settings.__dataclass_fields__})
+    s = Settings(**given)
+    for k, v in task_defaults(s.task).items():
+        if getattr(s, k, None) is None:
+            setattr(s, k, v)
+    if s.device is None:
+        s.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if s.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        s.out = os.path.join("runs", f"imp-{s.task}-{s.model}-{stamp}")
+    return s
+
+
+def check_settings(s: Settings) -> IMPConfig:
+    if s.device not in ("cpu", "cuda") and not s.device.startswith("cuda:"):
+        raise JobError(f"--device {s.device!r}: use cpu or cuda")
+    if s.device.startswith("cuda") and not torch.cuda.is_available():
+        raise JobError(f"--device {s.device}: no CUDA GPU is visible; use --device cpu")
+    if s.amp and not s.device.startswith("cuda"):
+        raise JobError("--amp needs --device cuda (mixed precision on CPU is not supported)")
+    if s.lr is not None and not s.lr > 0:
+        raise JobError(f"--lr must be > 0, got {s.lr}")
+    rewind = Rewind.parse(s.rewind)
+    if rewind.kind == "pretrained" and not (s.weights or s.backbone_weights):
+        raise JobError("--rewind pretrained needs the pre-trained weights: pass --weights PATH "
+                       "or --backbone-weights PATH")
+    if rewind.kind == "iter" and rewind.iteration > s.iters:
+        raise JobError(f"--rewind {rewind}: K={rewind.iteration} is beyond --iters {s.iters}")
+    if s.task != "classification" and s.data.startswith("folder:"):
+        raise JobError(f"--data {s.data}: image folders are for --task classification; "
+                       "detection tasks take shapes or coco:PATH")
+    return IMPConfig(rounds=s.rounds, rate=s.rate, target=s.target, layerwise=s.layerwise,
+                     rewind=s.rewind, seed=s.seed)
+
+
+@dataclass
+class Job:
+    settings: Settings
+    config: IMPConfig
+    model: torch.nn.Module
+    names: list
+    train_fn: object
+    eval_fn: object
+    group_of: object
+    meta: dict
+    describe: str
+
+    def run_and_print(self, print_table) -> int:
+        from lthfast.cli._common import eprint
+        s = self.settings
+        log = (lambda m: None) if (s.quiet or not ddp.is_main()) else eprint
+        if ddp.is_main():
+            eprint(self.describe)
+        printed = []
+
+        def on_round(row):
+            printed.append(row)
+            if ddp.is_main() and not s.quiet and len(printed) < self.config.rounds + 1:
+                eprint("")
+                print_table(printed, s.task, file=sys.stderr)
+
+        imp = IMP(self.model, self.names, train_fn=self.train_fn, eval_fn=self.eval_fn,
+                  config=self.config, out=s.out, meta=self.meta, group_of=self.group_of,
+                  log=log, on_round=on_round)
+        res = imp.run_rounds(resume=bool(s.resume))
+        if ddp.is_main():
+            print()
+            print_table(res.rows, s.task)
+            print(f"\nrun directory: {res.run_dir}  (report: {os.path.join(res.run_dir, 'report.html')})")
+        ddp.shutdown()
+        return 0
+
+
+def build_job(s: Settings) -> Job:
+    config = check_settings(s)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    ddp.init(s.device)
+    device = ddp.local_device(s.device)
+    if s.task == "classification":
+        from lthfast.imp.task_classification import build
+    else:
+        from lthfast.imp.task_detection import build
+    model, names, train_fn, eval_fn, group_of, describe = build(s, device)
+    meta = {"settings": dataclasses.asdict(s), "task": s.task, "model": s.model, "data": s.data,
+            "scope": s.scope, "device": str(device), "world_size": ddp.world_size(),
+            "torch": torch.__version__}
+    return Job(settings=s, config=config, model=model, names=names, train_fn=train_fn,
+               eval_fn=eval_fn, group_of=group_of, meta=meta, describe=describe)

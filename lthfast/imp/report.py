@@ -1,0 +1,143 @@
+"""report.html of one IMP run: the metrics table, the sparsity-vs-AP curve and the
+per-layer sparsity of the last ticket. Self-contained: plots are embedded PNGs."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+
+from lthfast.imp.rundir import RunDir, write_text
+
+# Metrics plotted against sparsity, in this order when present.
+CURVE_KEYS = ("bbox_AP", "segm_AP", "keypoints_AP", "bbox_AP50", "top1", "accuracy")
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def curve_keys(rows: list[dict]) -> list[str]:
+    return [k for k in CURVE_KEYS if any(isinstance(r.get(k), (int, float)) for r in rows)]
+
+
+def plot_curve(runs: dict[str, list[dict]]) -> str | None:
+    """Sparsity (x, % pruned) vs each AP metric, one line per run. Base64 PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = []
+    for rows in runs.values():
+        keys += [k for k in curve_keys(rows) if k not in keys]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, rows in runs.items():
+            pts = [(100 * r["sparsity"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", label=label)
+                if len(runs) == 1 and pts:
+                    ax.axhline(pts[0][1], color="grey", lw=0.8, ls="--", label="dense")
+        ax.set_xlabel("sparsity of the pruned layers (%)")
+        ax.set_ylabel(key.replace("_", " ") + (" (%)" if "AP" in key else ""))
+        ax.set_title(f"{key} vs sparsity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def layer_rows(ticket) -> list[dict]:
+    out = []
+    for name in ticket.names():
+        n, kept = ticket.numel(name), ticket.kept(name)
+        out.append({"name": name, "shape": "×".join(map(str, ticket.shapes[name])), "params": n,
+                    "kept": kept, "sparsity": 1.0 - kept / n if n else 0.0})
+    return out
+
+
+def plot_layers(rows: list[dict], title: str) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(rows) + 2), 3.4))
+    ax.bar(range(len(rows)), [100 * r["sparsity"] for r in rows], color="tab:blue")
+    ax.set_xlabel("layer (model order; see the table below)")
+    ax.set_ylabel("pruned (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return html.escape(str(v))
+
+
+def html_table(rows: list[dict], cols: list[str] | None = None) -> str:
+    if not rows:
+        return "<p>(no rows)</p>"
+    if cols is None:
+        cols = []
+        for r in rows:
+            cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (dict, list))]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def img(b64: str | None, alt: str) -> str:
+    return "" if b64 is None else f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;
+padding:3px 7px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
+img{max-width:100%;margin:0.5em 0}code{background:#f3f3f3;padding:1px 4px}"""
+
+
+def page(title: str, sections: list[str]) -> str:
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title)
+            + f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            + "\n".join(sections) + "</body></html>\n")
+
+
+def write_run_report(run_dir: str, out: str | None = None) -> str:
+    """Writes RUN_DIR/report.html (or `out`) and returns its path."""
+    from lthfast.ticket import Ticket
+    run = RunDir(run_dir)
+    rows, cfg, status = run.read_metrics(), run.config(), run.status()
+    sections = [f"<p>run <code>{html.escape(run.path)}</code> — status "
+                f"<b>{html.escape(str(status.get('state')))}</b>, "
+                f"{len(rows)} round(s) finished</p>"]
+    summary = {k: v for k, v in cfg.items() if not isinstance(v, (dict, list))}
+    summary.update({f"schedule.{k}": v for k, v in cfg.get("schedule", {}).items()
+                    if not isinstance(v, (dict, list))})
+    sections.append("<h2>Configuration</h2>" + html_table([summary]))
+    sections.append("<h2>Sparsity vs accuracy</h2>" + img(plot_curve({"this run": rows}),
+                                                          "sparsity vs AP"))
+    sections.append("<h2>Rounds</h2>" + html_table(rows))
+    if rows:
+        last = rows[-1]["round"]
+        path = run.ticket_path(last)
+        if os.path.exists(path):
+            lrows = layer_rows(Ticket.load(path))
+            sections.append(f"<h2>Per-layer sparsity, round {last}</h2>"
+                            + img(plot_layers(lrows, f"per-layer sparsity, round {last}"),
+                                  "per-layer sparsity")
+                            + html_table(lrows, ["name", "shape", "params", "kept", "sparsity"]))
+    target = out or run.file("report.html")
+    write_text(target, page(f"lthfast IMP run: {cfg.get('model', '')}", sections))
+    return target

@@ -1,0 +1,125 @@
+"""The files of an IMP run directory, every one written atomically.
+
+RUN_DIR/
+  config.json          what was asked (model, data, schedule, pruned set); written first
+  status.json          {"state": "running" | "complete" | "failed", "round": last done}
+  metrics.json / .csv  one row per finished round
+  pruned_params.txt    the exact set of pruned parameters, one name per line
+  round_R/ticket.safetensors   the ticket of round R (round 0: dense)
+  checkpoint.pt        the state to resume from after the last finished round
+  report.html          sparsity-vs-AP curve and per-layer sparsity (lthfast.imp.report)
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Callable
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """`write(tmp)` then rename over `path`: a reader never sees half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    def w(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, w)
+
+
+def write_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    try:
+        import torch
+        if isinstance(x, torch.Tensor) and x.numel() == 1:
+            return x.item()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    """CSV of the metric rows; scalar columns only, in first-seen order."""
+    cols: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in cols and not isinstance(v, (dict, list)):
+                cols.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in cols})
+    return buf.getvalue()
+
+
+class RunDir:
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    def file(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def ticket_path(self, round_index: int) -> str:
+        return self.file(f"round_{round_index}", "ticket.safetensors")
+
+    def exists(self) -> bool:
+        return os.path.exists(self.file("config.json"))
+
+    def start(self, config: dict, pruned_names: list[str]) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        write_json(self.file("config.json"), config)
+        write_text(self.file("pruned_params.txt"), "\n".join(pruned_names) + "\n")
+        self.set_status("running", -1)
+
+    def set_status(self, state: str, round_index: int, **extra) -> None:
+        write_json(self.file("status.json"), {"state": state, "round": round_index, **extra})
+
+    def status(self) -> dict:
+        try:
+            return read_json(self.file("status.json"))
+        except FileNotFoundError:
+            return {"state": "unknown", "round": -1}
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        write_json(self.file("metrics.json"), rows)
+        write_text(self.file("metrics.csv"), metrics_csv(rows))
+
+    def read_metrics(self) -> list[dict]:
+        try:
+            return read_json(self.file("metrics.json"))
+        except FileNotFoundError:
+            return []
+
+    def config(self) -> dict:
+        return read_json(self.file("config.json"))

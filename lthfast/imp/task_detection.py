@@ -1,0 +1,51 @@
+"""`lthfast imp` for detection, segmentation and keypoints: torchvision R-CNN-style
+models on `shapes` or COCO, trained with MaskedSGD, evaluated with COCOeval."""
+from __future__ import annotations
+
+from lthfast.imp import ddp
+
+
+def build(s, device):
+    from lthfast.detection import data as det_data
+    from lthfast.detection.evaluate import evaluate as det_evaluate
+    from lthfast.detection import models as det_models
+    from lthfast.detection import scopes as det_scopes
+    from lthfast.detection.train import train as det_train
+    from lthfast.optim import MaskedSGD
+
+    s.scope = s.scope or "paper"
+    shapes_kw = (dict(n_train=s.n_train, n_val=s.n_val, image_size=s.image_size, seed=s.seed)
+                 if s.data == "shapes" else {})
+    train_set = ddp.on_main_first(det_data.load_dataset, s.data, "train", task=s.task,
+                                  **shapes_kw)
+    val_set = det_data.load_dataset(s.data, "val", task=s.task, **shapes_kw)
+    extra = {"num_keypoints": train_set.num_keypoints} if s.task == "keypoints" else {}
+    model = det_models.build_model(s.model, task=s.task, num_classes=train_set.num_classes,
+                                   weights=s.weights, backbone_weights=s.backbone_weights,
+                                   image_size=s.image_size, verbose=ddp.is_main(),
+                                   **extra).to(device)
+    names = det_scopes.prunable_names(model, s.scope)
+
+    def train_fn(ctx):
+        net = ddp.wrap(ctx.model, find_unused=True)
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        opt = MaskedSGD(params, lr=s.lr, momentum=0.9, weight_decay=1e-4, ticket=ctx.ticket)
+        ctx.objects["optimizer"] = opt
+        stats = det_train(
+            net, train_set, iters=s.iters, batch_size=s.batch_size, lr=s.lr,
+            warmup_iters=s.warmup, device=device, amp=s.amp, seed=ctx.seed + 7 * ddp.rank(),
+            lr_steps=tuple(s.lr_steps or ()), optimizer=opt, start_iter=ctx.start_iter,
+            on_iter=lambda i, _m: ctx.on_iter(i, ctx.model),
+            progress=not s.quiet and ddp.is_main())
+        ctx.objects["scheduler"] = stats.get("scheduler")
+        return {k: v for k, v in stats.items() if isinstance(v, (int, float))}
+
+    def eval_fn(model, ctx):
+        res = ddp.on_main(det_evaluate, model, val_set, task=s.task, device=device)
+        return res
+
+    describe = (f"lthfast imp: {s.task}, {s.model} on {s.data} ({len(train_set)} train / "
+                f"{len(val_set)} val images), scope {s.scope}: {len(names)} pruned weight tensors, "
+                f"{s.rounds} pruned rounds x {s.iters} iterations (batch {s.batch_size}, lr {s.lr}), "
+                f"rewind {s.rewind}, device {device}\nrun directory: {s.out}")
+    return model, names, train_fn, eval_fn, det_scopes.scope_of, describe

@@ -1,0 +1,47 @@
+"""Masks bound to live parameters by `Ticket.apply`, found again by `mask_for`.
+
+Bindings hold parameters weakly (a ticket never keeps a model alive) and cache
+the unpacked mask on the parameter's device, re-made if the parameter moves.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+
+class _Binding:
+    __slots__ = ("ref", "name", "mask", "packed")
+
+    def __init__(self, ref, name):
+        self.ref, self.name, self.mask, self.packed = ref, name, None, None
+
+
+class Bindings:
+    def __init__(self):
+        self._by_id: dict[int, _Binding] = {}
+
+    def bind(self, param: torch.Tensor, name: str, mask: torch.Tensor | None = None) -> None:
+        key = id(param)
+        table = self._by_id
+
+        def forget(_ref, key=key, table=table):
+            b = table.get(key)
+            if b is not None and b.ref is _ref:
+                del table[key]
+
+        b = _Binding(weakref.ref(param, forget), name)
+        b.mask = mask
+        table[key] = b
+
+    def lookup(self, param) -> _Binding | None:
+        b = self._by_id.get(id(param))
+        if b is None or b.ref() is not param:
+            return None
+        return b
+
+    def clear(self) -> None:
+        self._by_id.clear()
+
+    def __len__(self) -> int:
+        return sum(1 for b in self._by_id.values() if b.ref() is not None)

@@ -1,0 +1,44 @@
+"""Interop with torch.nn.utils.prune (and lthfast.prune, which uses the same
+reparametrization): masks from ``<name>_mask`` buffers, and masks installed as
+``custom_from_mask`` hooks."""
+from __future__ import annotations
+
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+
+def masks_of_pruned(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``{original parameter name: bool mask}`` of every pruned parameter."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module is a {type(module).__name__}, not a torch.nn.Module")
+    masks = {}
+    for prefix, m in module.named_modules():
+        for buf_name, buf in m._buffers.items():
+            if buf is None or not buf_name.endswith("_mask"):
+                continue
+            base = buf_name[: -len("_mask")]
+            if m._parameters.get(base + "_orig") is None:
+                continue
+            masks[f"{prefix}.{base}" if prefix else base] = buf != 0
+    if not masks:
+        raise ValueError(f"{type(module).__name__} has no pruned parameters (no <name>_mask buffer "
+                         "beside a <name>_orig parameter): prune it with torch.nn.utils.prune or "
+                         "lthfast.prune first")
+    return masks
+
+
+def install(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """custom_from_mask on every named parameter; all checked before any change."""
+    targets = []
+    for name, mask in masks.items():
+        prefix, _, attr = name.rpartition(".")
+        mod = model.get_submodule(prefix) if prefix else model
+        if any(isinstance(h, torch_prune.BasePruningMethod) and getattr(h, "_tensor_name", None) == attr
+               for h in mod._forward_pre_hooks.values()):
+            raise ValueError(f"{name!r} is already pruned with hooks; remove them first "
+                             "(torch.nn.utils.prune.remove)")
+        targets.append((mod, attr, mask))
+    for mod, attr, mask in targets:
+        torch_prune.custom_from_mask(mod, attr, mask)
+    return model

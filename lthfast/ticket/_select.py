@@ -1,0 +1,71 @@
+"""Which parameters a Ticket covers: scope (default: the weight of every Conv2d,
+ConvTranspose2d and Linear), exclude patterns, and the checks every covered
+parameter must pass (dense, real floating point)."""
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from torch import nn
+
+#: Module types whose `weight` the default scope covers.
+DEFAULT_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _module_of(model: nn.Module, name: str) -> nn.Module:
+    prefix = name.rpartition(".")[0]
+    return model.get_submodule(prefix) if prefix else model
+
+
+def _as_patterns(exclude, what="exclude") -> list[str]:
+    if exclude is None:
+        return []
+    if isinstance(exclude, str):
+        return [exclude]
+    patterns = list(exclude)
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"{what} must hold parameter names or glob patterns (str), got {p!r}")
+    return patterns
+
+
+def select_parameters(model: nn.Module, scope=None, exclude=None) -> list[tuple[str, nn.Parameter]]:
+    """``[(name, parameter)]`` in ``model.named_parameters()`` order.
+
+    scope: None (the ``weight`` of every Conv2d/ConvTranspose2d/Linear), an
+    iterable of parameter names, or a callable ``(name, param, module) -> bool``.
+    exclude: names or fnmatch glob patterns to leave out.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model is a {type(model).__name__}, not a torch.nn.Module")
+    patterns = _as_patterns(exclude)
+    params = dict(model.named_parameters())
+    if scope is None:
+        chosen = [n for n, _ in model.named_parameters()
+                  if n.rpartition(".")[2] == "weight" and isinstance(_module_of(model, n), DEFAULT_TYPES)]
+    elif callable(scope):
+        chosen = [n for n, p in model.named_parameters() if scope(n, p, _module_of(model, n))]
+    else:
+        wanted = _as_patterns(scope, "scope")
+        missing = [n for n in wanted if n not in params]
+        if missing:
+            raise ValueError(f"scope names parameters the model does not have: {missing}")
+        wanted_set = set(wanted)
+        chosen = [n for n in params if n in wanted_set]
+    chosen = [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not chosen:
+        raise ValueError("no parameter is selected (check scope= and exclude=): a ticket needs at "
+                         "least one parameter")
+    out = [(n, params[n]) for n in chosen]
+    for n, p in out:
+        check_parameter(n, p)
+    return out
+
+
+def check_parameter(name: str, p: torch.Tensor) -> None:
+    if p.layout != torch.strided:
+        raise ValueError(f"parameter {name!r} has layout {p.layout}; a ticket covers dense tensors only")
+    if p.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"parameter {name!r} has dtype {p.dtype}; magnitude pruning needs a real "
+                        "float16/bfloat16/float32/float64 parameter (exclude it or change scope=)")

@@ -1,0 +1,130 @@
+"""The bitmask ops (pack/unpack/count/overlap) on CPU: against the pure-PyTorch
+reference and torch, on fresh random masks of many shapes and layouts; opcheck;
+bad input."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import lthfast
+from lthfast import _reference_bitmask as ref
+from lthfast import bitmask
+
+from _bitmask_cases import masks
+
+pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
+
+
+def _by_hand(mask):
+    """Bit i of byte i // 8 is entry i in row-major order."""
+    flat = mask.reshape(-1).tolist()
+    out = [0] * ((len(flat) + 7) // 8)
+    for i, v in enumerate(flat):
+        out[i // 8] |= int(v) << (i % 8)
+    return torch.tensor(out, dtype=torch.uint8)
+
+
+def test_reference_matches_the_layout_by_hand():
+    for _, m in masks(1)[:12]:
+        assert torch.equal(ref.pack_bits(m), _by_hand(m))
+
+
+@pytest.mark.parametrize("label,mask", masks(0), ids=[c[0] for c in masks(0)])
+def test_pack_unpack_match_reference(label, mask):
+    packed = bitmask.pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.shape == ((mask.numel() + 7) // 8,)
+    assert torch.equal(packed, ref.pack_bits(mask))
+    if mask.numel() % 8:
+        assert int(packed[-1]) >> (mask.numel() % 8) == 0  # trailing bits are 0
+    un = bitmask.unpack_bits(packed, mask.shape)
+    assert un.dtype == torch.bool and un.is_contiguous() and torch.equal(un, mask)
+    assert torch.equal(un, ref.unpack_bits(packed, mask.shape))
+    assert bitmask.count_bits(packed) == int(mask.sum()) == int(ref.count_bits(packed))
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "transposed", "sliced"])
+def test_unpack_into_any_layout(fmt):
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(6, 5, 3, 4, generator=g) < 0.5
+    base = torch.zeros(6, 5, 3, 8, dtype=torch.bool)
+    out = {"contiguous": torch.zeros(6, 5, 3, 4, dtype=torch.bool),
+           "channels_last": torch.zeros(6, 5, 3, 4, dtype=torch.bool).contiguous(memory_format=torch.channels_last),
+           "transposed": torch.zeros(4, 3, 5, 6, dtype=torch.bool).permute(3, 2, 1, 0),
+           "sliced": base[..., ::2]}[fmt]
+    res = bitmask.unpack_bits_into(bitmask.pack_bits(mask), out)
+    assert res is out and torch.equal(out, mask)
+    if fmt == "sliced":
+        assert not base[..., 1::2].any()  # the gaps are untouched
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=0, max_size=4), st.floats(0, 1), st.integers(0, 2**31))
+def test_pack_roundtrip_property(shape, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(shape, generator=g) < p
+    packed = bitmask.pack_bits(mask)
+    assert torch.equal(packed, ref.pack_bits(mask))
+    assert torch.equal(bitmask.unpack_bits(packed, shape), mask)
+
+
+@pytest.mark.parametrize("n", [0, 3, 8, 64, 1001, 40000])
+def test_overlap_matches_torch(n):
+    g = torch.Generator().manual_seed(n)
+    a, b = torch.rand(n, generator=g) < 0.3, torch.rand(n, generator=g) < 0.6
+    pa, pb = bitmask.pack_bits(a), bitmask.pack_bits(b)
+    assert bitmask.overlap_bits(pa, pb) == (int((a & b).sum()), int((a | b).sum()))
+    assert torch.equal(torch.ops.lthfast.overlap_bits(pa, pb), ref.overlap_bits(pa, pb))
+
+
+def test_sliced_packed_input():
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(333, generator=g) < 0.5
+    big = torch.cat([torch.full((3,), 255, dtype=torch.uint8), bitmask.pack_bits(mask)])
+    view = big[3:]  # storage offset: unaligned start
+    assert torch.equal(bitmask.unpack_bits(view, (333,)), mask)
+    assert bitmask.count_bits(view) == int(mask.sum())
+    strided = torch.stack([bitmask.pack_bits(mask), bitmask.pack_bits(mask)], 1)[:, 0]
+    assert torch.equal(bitmask.unpack_bits(strided, (333,)), mask)
+
+
+def _opcheck_cases():
+    g = torch.Generator().manual_seed(7)
+    ms = [torch.rand(21, generator=g) < 0.5, torch.rand(4, 3, 5, 5, generator=g) < 0.5,
+          (torch.rand(4, 3, 5, 5, generator=g) < 0.5).contiguous(memory_format=torch.channels_last),
+          torch.zeros(0, 3, dtype=torch.bool)]
+    return ms
+
+
+def test_opcheck():
+    for m in _opcheck_cases():
+        p = torch.ops.lthfast.pack_bits(m)
+        torch.library.opcheck(torch.ops.lthfast.pack_bits, (m,))
+        torch.library.opcheck(torch.ops.lthfast.unpack_bits, (p, list(m.shape)))
+        torch.library.opcheck(torch.ops.lthfast.unpack_bits_into, (p, torch.empty_like(m)))
+        torch.library.opcheck(torch.ops.lthfast.count_bits, (p,))
+        torch.library.opcheck(torch.ops.lthfast.overlap_bits, (p, p.clone()))
+
+
+def test_bad_input_raises_clearly():
+    with pytest.raises(TypeError, match="torch.bool"):
+        bitmask.pack_bits(torch.ones(3))
+    with pytest.raises(RuntimeError, match="torch.bool"):
+        torch.ops.lthfast.pack_bits(torch.ones(3, dtype=torch.uint8))
+    p = bitmask.pack_bits(torch.ones(20, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs 2"):
+        bitmask.unpack_bits(p, (10,))
+    with pytest.raises(RuntimeError, match="needs 2"):
+        torch.ops.lthfast.unpack_bits(p, [10])
+    with pytest.raises(RuntimeError, match="negative"):
+        torch.ops.lthfast.unpack_bits(p, [-1, 3])
+    with pytest.raises(ValueError, match="uint8"):
+        bitmask.unpack_bits(p.to(torch.int32), (20,))
+    with pytest.raises(RuntimeError, match="1-D"):
+        torch.ops.lthfast.count_bits(p.reshape(1, 3))
+    with pytest.raises(RuntimeError, match="bytes"):
+        torch.ops.lthfast.overlap_bits(p, p[:2])
+    with pytest.raises(ValueError, match="needs"):
+        bitmask.unpack_bits_into(p, torch.empty(30, dtype=torch.bool))
+    out = torch.zeros(20, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="torch.bool"):
+        torch.ops.lthfast.unpack_bits_into(p, out.to(torch.uint8))
+    assert not out.any()

@@ -1,0 +1,64 @@
+"""`lthfast imp`: help, argument errors, a tiny classification run and its resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lthfast.cli import main
+
+pytest.importorskip("lthfast.optim")
+
+TINY = ["--task", "classification", "--model", "resnet18", "--image-size", "16",
+        "--n-train", "16", "--n-val", "8", "--iters", "2", "--batch-size", "4",
+        "--warmup", "1", "--device", "cpu", "--quiet", "--threads", "1"]
+
+
+def test_help_explains_rounds_and_rewinding(capsys):
+    assert main(["imp", "--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("--rounds", "--rate", "--rewind", "iter:K", "--resume", "--scope", "report.html",
+                 "--nproc", "metrics.json"):
+        assert word in out, word
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rate", "1.5"], "not a fraction"),
+    (["--rate", "20"], "not a fraction"),
+    (["--iters", "0"], "positive"),
+    (TINY + ["--rewind", "iter:x"], "iter:K"),
+    (TINY + ["--rewind", "pretrained"], "--weights"),
+    (TINY + ["--rewind", "iter:99"], "beyond --iters"),
+    (TINY + ["--device", "tpu"], "--device"),
+    (TINY + ["--amp"], "--amp needs"),
+    (["--lr-steps", "5,2"], "increasing"),
+])
+def test_bad_arguments_are_named(argv, message, capsys):
+    assert main(["imp", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_of_nothing(tmp_path, capsys):
+    assert main(["imp", "--resume", str(tmp_path / "none")]) == 2
+    assert "no run there" in capsys.readouterr().err
+
+
+def test_tiny_classification_run_then_grow_it_with_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["imp", *TINY, "--rounds", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sparsity" in printed and "top1" in printed and "report.html" in printed
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[1]["sparsity"] == pytest.approx(0.2, abs=1e-3)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["settings"]["iters"] == 2 and cfg["schedule"]["rate"] == 0.2
+
+    # a flag that would change the results is refused; --rounds may grow the run
+    assert main(["imp", "--resume", str(out), "--rate", "0.5"]) == 2
+    assert "--rate" in capsys.readouterr().err
+    assert main(["imp", "--resume", str(out), "--rounds", "2", "--quiet"]) == 0
+    rows2 = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in rows2] == [0, 1, 2]
+    assert rows2[:2] == rows
+    assert rows2[2]["sparsity"] == pytest.approx(0.36, abs=1e-3)
