@@ -1,17 +1,18 @@
 // CPU kernels of the fused masked optimizers: masked_sgd_ and masked_adam_.
 //
-// (Before any include: the update loops select with `keep ? x : 0` after
-// divisions; without trapping-math GCC may turn those selects into vector
-// blends. Only floating-point exception flags are affected, never values.)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
-//
 // Every tensor is cut into chunks (memory-order ranges: params, grads, states
 // and masks share one layout), and one parallel_for walks all chunks of all
 // tensors: one pass that reads weight, grad, state and mask once and writes
-// weight and state once. fp32/fp64 chunks are updated in place by a loop the
+// weight and state once. fp32/fp64 chunks are updated in place by loops the
 // compiler vectorises; fp16/bf16 chunks go through small fp32 buffers.
+
+// Before any include: the update loops select with `keep ? x : 0` after
+// divisions; with trapping-math GCC will not turn those selects into vector
+// blends. Only floating-point exception flags are affected, never values.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -44,7 +45,7 @@ namespace {
 #endif
 
 constexpr int64_t kChunk = 1 << 15;  // elements per parallel work item
-constexpr int64_t kBlock = 256;      // fp16/bf16 conversion block
+constexpr int64_t kBlock = 256;      // fp16/bf16 conversion and Adam sqrt block
 
 struct Chunk {
   int64_t slot, begin, end;
