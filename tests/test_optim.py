@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not (lthfast._ops.available() or lthfast._ops.us
                                 reason="lthfast._C not built")
 
 CASES = SGD_OPTIONS + ADAM_OPTIONS
-STEPS = 8
+STEPS = 6
 
 
 def _run_pair(case, dtype, steps=STEPS, poison=False):

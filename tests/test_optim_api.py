@@ -215,3 +215,36 @@ def _op_args(kind, dtype=torch.float32, with_masks=True, lr_tensor=False, scaler
 def test_opcheck(kind, variant):
     op = torch.ops.lthfast.masked_sgd_ if kind == "sgd" else torch.ops.lthfast.masked_adam_
     torch.library.opcheck(op, _op_args(kind, **variant))
+
+
+def test_with_lthfast_ticket_across_imp_rounds():
+    """The real Ticket: apply binds masks, the optimizer finds them; the next round's
+    ticket switches masks without rebuilding the optimizer."""
+    Ticket = getattr(lthfast, "Ticket", None)
+    if Ticket is None:
+        pytest.skip("lthfast.Ticket is not in this checkout")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 4))
+    x = torch.randn(5, 3, 8, 8)
+    ticket = Ticket.from_model(model, 0.5)
+    ticket.apply(model)
+    opt = lo.MaskedSGD(model.parameters(), lr=0.1, momentum=0.9, ticket=ticket)
+    assert opt.mask_of(model[0].bias) is None
+
+    def train(t):
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        for layer in (model[0], model[3]):
+            keep = t.mask_for(layer.weight)
+            assert bool((layer.weight.detach()[~keep] == 0).all())
+            assert bool((opt.state[layer.weight]["momentum_buffer"][~keep] == 0).all())
+
+    train(ticket)
+    nxt = ticket.prune(model, 0.5)
+    nxt.apply(model)
+    opt.set_ticket(nxt)
+    train(nxt)
+    assert opt.ticket is nxt

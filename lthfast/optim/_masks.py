@@ -34,10 +34,15 @@ def check_params(name: str, groups: Iterable[dict]) -> None:
 
 
 def _is_dense(t: torch.Tensor) -> bool:
-    # non-overlapping and dense: empty_like keeps its strides exactly
-    if t.numel() <= 1:
-        return True
-    return torch.empty_like(t).stride() == t.stride()
+    """Non-overlapping and dense (its elements fill one block of memory), so
+    empty_like keeps its strides and the kernels can walk memory order."""
+    dims = sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
 
 
 def _param_index(groups: list[dict]) -> dict[int, int]:

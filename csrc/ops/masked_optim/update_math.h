@@ -51,29 +51,46 @@ LTHFAST_HD void sgd_element(bool keep, T& p, T g, T& buf, T inv_scale_div,
   p = keep ? np : T(0);
 }
 
-// One Adam/AdamW element.
+// Adam/AdamW in two halves around the square root, so the CPU loops can run
+// the halves vectorised and the sqrt apart. adam_moments updates m, v, vmax
+// (pruned: 0) and returns the decayed weight pp, the new exp_avg mm and the
+// second moment vm whose root adam_param needs.
 template <typename T, bool kAmsgrad>
-LTHFAST_HD void adam_element(bool keep, T& p, T g, T& m, T& v, T& vmax, T grad_scale,
-                             const AdamScalars<T>& s) {
+LTHFAST_HD void adam_moments(bool keep, T p, T g, T& m, T& v, T& vmax, T grad_scale,
+                             const AdamScalars<T>& s, T& pp, T& mm, T& vm) {
   T d = (g * s.sign) / grad_scale;
   d = keep ? d : T(0);
-  const T pp = p * s.decay;
+  pp = p * s.decay;
   d = d + s.weight_decay * pp;
   // torch.lerp(m, d, w): m + w * (d - m) for w < 0.5, else d - (d - m) * (1 - w)
   const T diff = d - m;
-  const T mm = (s.beta1_weight < T(0.5)) ? m + s.beta1_weight * diff
-                                         : d - diff * (T(1) - s.beta1_weight);
+  mm = (s.beta1_weight < T(0.5)) ? m + s.beta1_weight * diff
+                                 : d - diff * (T(1) - s.beta1_weight);
   const T vv = v * s.beta2 + s.one_minus_beta2 * d * d;
-  T vm = vv;
+  vm = vv;
   if (kAmsgrad) {
     vm = opt_max(vmax, vv);
     vmax = keep ? vm : T(0);
   }
-  const T denom = opt_sqrt(vm) / s.bias_correction2_sqrt + s.eps;
-  const T np = pp + s.neg_step_size * (mm / denom);
-  p = keep ? np : T(0);
   m = keep ? mm : T(0);
   v = keep ? vv : T(0);
+}
+
+// The new weight from adam_moments' pp, mm and sqrt(vm).
+template <typename T>
+LTHFAST_HD T adam_param(bool keep, T pp, T mm, T root_vm, const AdamScalars<T>& s) {
+  const T denom = root_vm / s.bias_correction2_sqrt + s.eps;
+  const T np = pp + s.neg_step_size * (mm / denom);
+  return keep ? np : T(0);
+}
+
+// One Adam/AdamW element.
+template <typename T, bool kAmsgrad>
+LTHFAST_HD void adam_element(bool keep, T& p, T g, T& m, T& v, T& vmax, T grad_scale,
+                             const AdamScalars<T>& s) {
+  T pp, mm, vm;
+  adam_moments<T, kAmsgrad>(keep, p, g, m, v, vmax, grad_scale, s, pp, mm, vm);
+  p = adam_param(keep, pp, mm, opt_sqrt(vm), s);
 }
 
 }  // namespace masked_optim

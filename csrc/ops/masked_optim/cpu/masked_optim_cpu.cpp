@@ -3,14 +3,28 @@
 // Every tensor is cut into chunks (memory-order ranges: params, grads, states
 // and masks share one layout), and one parallel_for walks all chunks of all
 // tensors: one pass that reads weight, grad, state and mask once and writes
-// weight and state once. fp32/fp64 chunks are updated in place by a loop the
+// weight and state once. fp32/fp64 chunks are updated in place by loops the
 // compiler vectorises; fp16/bf16 chunks go through small fp32 buffers.
+
+// Before any include: the update loops select with `keep ? x : 0` after
+// divisions; with trapping-math GCC will not turn those selects into vector
+// blends. Only floating-point exception flags are affected, never values.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -22,8 +36,16 @@ namespace lthfast {
 namespace masked_optim {
 namespace {
 
+// The element loops are built for AVX2 and for the baseline ISA (SSE2 on
+// x86-64), picked at load time (GCC function multiversioning).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define LTHFAST_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LTHFAST_SIMD_CLONES
+#endif
+
 constexpr int64_t kChunk = 1 << 15;  // elements per parallel work item
-constexpr int64_t kBlock = 256;      // fp16/bf16 conversion block
+constexpr int64_t kBlock = 256;      // fp16/bf16 conversion and Adam sqrt block
 
 struct Chunk {
   int64_t slot, begin, end;
@@ -40,6 +62,12 @@ std::vector<Chunk> make_chunks(const std::vector<Slot>& slots) {
   return chunks;
 }
 
+// Masks are read as bytes (0/1): bool has no vector type.
+const uint8_t* mask_ptr(const Slot& s, int64_t begin) {
+  return s.mask.defined() ? reinterpret_cast<const uint8_t*>(s.mask.data_ptr<bool>()) + begin
+                          : nullptr;
+}
+
 template <typename T>
 T* ptr(const at::Tensor& t) {
   return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
@@ -48,19 +76,20 @@ T* ptr(const at::Tensor& t) {
 // ------------------------------------------------------------------ SGD
 
 template <typename T, int kMode, bool kNesterov, bool kMask>
-void sgd_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
-              const bool* __restrict keep, T scale, const SgdScalars<T>& s) {
+LTHFAST_SIMD_CLONES void sgd_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
+              const uint8_t* __restrict keep, T scale, const SgdScalars<T>& scalars) {
+  const SgdScalars<T> s = scalars;  // a local copy: stores to p cannot alias it
   for (int64_t j = 0; j < n; ++j) {
     T pj = p[j];
     T b = (kMode == kMomentum) ? buf[j] : T(0);
-    sgd_element<T, kMode, kNesterov>(kMask ? keep[j] : true, pj, g[j], b, scale, s);
+    sgd_element<T, kMode, kNesterov>(kMask ? keep[j] != 0 : true, pj, g[j], b, scale, s);
     p[j] = pj;
     if (kMode != kNoMomentum) buf[j] = b;
   }
 }
 
 template <typename T, int kMode, bool kNesterov>
-void sgd_range(int64_t n, T* p, const T* g, T* buf, const bool* keep, T scale,
+void sgd_range(int64_t n, T* p, const T* g, T* buf, const uint8_t* keep, T scale,
                const SgdScalars<T>& s) {
   if (keep) {
     sgd_loop<T, kMode, kNesterov, true>(n, p, g, buf, keep, scale, s);
@@ -71,7 +100,7 @@ void sgd_range(int64_t n, T* p, const T* g, T* buf, const bool* keep, T scale,
 
 // A chunk of a reduced-precision tensor: convert to fp32 blocks, update, store.
 template <typename scalar_t, int kMode, bool kNesterov>
-void sgd_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* buf, const bool* keep,
+void sgd_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* buf, const uint8_t* keep,
                  float scale, const SgdScalars<float>& s) {
   float pb[kBlock], gb[kBlock], bb[kBlock];
   for (int64_t o = 0; o < n; o += kBlock) {
@@ -98,7 +127,7 @@ void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, doub
       const Chunk& ch = chunks[c];
       const Slot& sl = slots[ch.slot];
       const int64_t n = ch.end - ch.begin;
-      const bool* keep = sl.mask.defined() ? sl.mask.data_ptr<bool>() + ch.begin : nullptr;
+      const uint8_t* keep = mask_ptr(sl, ch.begin);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
                                       "masked_sgd_cpu", [&] {
         using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -160,23 +189,48 @@ void masked_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 
 // ------------------------------------------------------------------ Adam
 
+// In-place square roots of a block. The compiler will not vectorise std::sqrt
+// (it keeps errno), so x86-64 uses the SSE2 instructions (same IEEE results).
+template <typename T>
+inline void sqrt_block(T* x, int64_t n) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; j + 4 <= n; j += 4) _mm_storeu_ps(x + j, _mm_sqrt_ps(_mm_loadu_ps(x + j)));
+  } else {
+    for (; j + 2 <= n; j += 2) _mm_storeu_pd(x + j, _mm_sqrt_pd(_mm_loadu_pd(x + j)));
+  }
+#endif
+  for (; j < n; ++j) x[j] = std::sqrt(x[j]);
+}
+
+// Blocks of kBlock: moments (vectorised), square roots, weights (vectorised).
 template <typename T, bool kAmsgrad, bool kMask>
-void adam_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict m,
-               T* __restrict v, T* __restrict vmax, const bool* __restrict keep, T scale,
-               const AdamScalars<T>& s) {
-  for (int64_t j = 0; j < n; ++j) {
-    T pj = p[j], mj = m[j], vj = v[j];
-    T xj = kAmsgrad ? vmax[j] : T(0);
-    adam_element<T, kAmsgrad>(kMask ? keep[j] : true, pj, g[j], mj, vj, xj, scale, s);
-    p[j] = pj;
-    m[j] = mj;
-    v[j] = vj;
-    if (kAmsgrad) vmax[j] = xj;
+LTHFAST_SIMD_CLONES void adam_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict m,
+               T* __restrict v, T* __restrict vmax, const uint8_t* __restrict keep, T scale,
+               const AdamScalars<T>& scalars) {
+  const AdamScalars<T> s = scalars;  // a local copy: stores to p cannot alias it
+  T pp[kBlock], mm[kBlock], root[kBlock];
+  for (int64_t o = 0; o < n; o += kBlock) {
+    const int64_t k = std::min(kBlock, n - o);
+    for (int64_t j = 0; j < k; ++j) {
+      T mj = m[o + j], vj = v[o + j];
+      T xj = kAmsgrad ? vmax[o + j] : T(0);
+      adam_moments<T, kAmsgrad>(kMask ? keep[o + j] != 0 : true, p[o + j], g[o + j], mj, vj, xj,
+                                scale, s, pp[j], mm[j], root[j]);
+      m[o + j] = mj;
+      v[o + j] = vj;
+      if (kAmsgrad) vmax[o + j] = xj;
+    }
+    sqrt_block(root, k);
+    for (int64_t j = 0; j < k; ++j) {
+      p[o + j] = adam_param<T>(kMask ? keep[o + j] != 0 : true, pp[j], mm[j], root[j], s);
+    }
   }
 }
 
 template <typename T, bool kAmsgrad>
-void adam_range(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const bool* keep, T scale,
+void adam_range(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const uint8_t* keep, T scale,
                 const AdamScalars<T>& s) {
   if (keep) {
     adam_loop<T, kAmsgrad, true>(n, p, g, m, v, vmax, keep, scale, s);
@@ -187,7 +241,7 @@ void adam_range(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const bool* ke
 
 template <typename scalar_t, bool kAmsgrad>
 void adam_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v,
-                  scalar_t* vmax, const bool* keep, float scale, const AdamScalars<float>& s) {
+                  scalar_t* vmax, const uint8_t* keep, float scale, const AdamScalars<float>& s) {
   float pb[kBlock], gb[kBlock], mb[kBlock], vb[kBlock], xb[kBlock];
   for (int64_t o = 0; o < n; o += kBlock) {
     const int64_t k = std::min(kBlock, n - o);
@@ -217,7 +271,7 @@ void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& step
       const Chunk& ch = chunks[c];
       const Slot& sl = slots[ch.slot];
       const int64_t n = ch.end - ch.begin;
-      const bool* keep = sl.mask.defined() ? sl.mask.data_ptr<bool>() + ch.begin : nullptr;
+      const uint8_t* keep = mask_ptr(sl, ch.begin);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
                                       "masked_adam_cpu", [&] {
         using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
