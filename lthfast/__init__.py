@@ -7,5 +7,6 @@ from lthfast._version import __version__
 from lthfast import _ops
 from lthfast._ops import build_info
 from lthfast.magnitude import global_magnitude_masks, global_magnitude_threshold
+from lthfast import nn, ops  # noqa: E402  (masked layers: lthfast.nn, lthfast.ops)
 
 __all__ = ["__version__", "build_info", "global_magnitude_masks", "global_magnitude_threshold"]
