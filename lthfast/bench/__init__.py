@@ -13,6 +13,13 @@ register(Suite("threshold",
                "global_magnitude_masks, on resnet50 and R-CNN detection models",
                run=_threshold.run_suite, format=format_threshold))
 
+from lthfast.bench import conv as _conv  # noqa: E402
+from lthfast.bench.conv_report import format_conv  # noqa: E402
+
+register(Suite("conv", "masked sparse convolution: lthfast.ops.masked_conv2d dense/sparse/auto vs "
+                       "F.conv2d(x, w * mask), per resnet50 conv shape, and end to end",
+               run=_conv.run_suite, format=format_conv))
+
 from lthfast.bench import planned as _planned  # noqa: E402,F401  (registers optim, conv)
 from lthfast.bench.runner import run  # noqa: E402
 

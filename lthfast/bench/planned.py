@@ -6,8 +6,3 @@ register(Suite(
     "optim", "fused masked optimizer step (MaskedSGD/MaskedAdam/MaskedAdamW vs torch.optim + masking)",
     planned="the fused masked optimizer kernels (lthfast.optim) are not built yet; this suite "
             "lands with them"))
-
-register(Suite(
-    "conv", "masked sparse convolution (lthfast.nn.MaskedConv2d vs dense conv on zeroed weights)",
-    planned="the masked sparse convolution kernels (lthfast.nn) are not built yet; this suite "
-            "lands with them"))

@@ -7,13 +7,15 @@
 //   out[oh*Wq + ow] += w * P_c[(kh*dh)%sh][(kw*dw)%sw][(oh + (kh*dh)/sh)*Wq + ow + (kw*dw)/sw]
 // for the whole output plane at once (columns ow >= OW are computed and
 // dropped). So the work is (kept weights) x (output plane), vectorised along
-// it, with no index arithmetic in the inner loop. Threads split (sample,
-// output channel) pairs.
+// it, with no index arithmetic in the inner loop. The plane is cut in tiles and
+// the input channels in blocks small enough for L1; threads split (sample,
+// block of output channels).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -44,8 +46,10 @@ namespace base {
 #include "ops/masked_conv/cpu/sparse_rows_kernel.h"
 }
 
-using RowsF32 = void (*)(const float*, const int64_t*, const float*, int64_t, int64_t, float*);
-using RowsF64 = void (*)(const double*, const int64_t*, const double*, int64_t, int64_t, double*);
+using RowsF32 = void (*)(const float*, const int64_t*, const float*, int64_t, int64_t, int64_t,
+                        float*, bool);
+using RowsF64 = void (*)(const double*, const int64_t*, const double*, int64_t, int64_t, int64_t,
+                        double*, bool);
 
 template <typename T>
 struct Pick;
@@ -74,7 +78,9 @@ struct Pick<double> {
 
 namespace {
 
-constexpr int64_t kRowAlign = 16;  // output rows are padded to 64 bytes of floats
+constexpr int64_t kRowAlign = 16;   // output planes are padded to 64 bytes of floats
+constexpr int64_t kTile = 64;       // output values per tile (4 AVX-512 registers of floats)
+constexpr int64_t kL1Bytes = 24 * 1024;  // input rows of one (tile, channel block)
 
 void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& input,
                 int64_t out) {
@@ -122,6 +128,15 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
           continue;
         }
         const scalar_t* srow = src + ih * xs2;
+        if (sw == 1 && xs3 == 1) {  // contiguous rows: zeros, a converting copy, zeros
+          const int64_t q0 = std::min(Wq, std::max<int64_t>(0, pw - fw));
+          const int64_t q1 = std::min(Wq, std::max(q0, W + pw - fw));
+          const scalar_t* s0 = srow + (fw - pw);
+          for (int64_t q = 0; q < q0; ++q) drow[q] = acc_t(0);
+          for (int64_t q = q0; q < q1; ++q) drow[q] = static_cast<acc_t>(s0[q]);
+          for (int64_t q = q1; q < Wq; ++q) drow[q] = acc_t(0);
+          continue;
+        }
         for (int64_t q = 0; q < Wq; ++q) {
           const int64_t iw = q * sw + fw - pw;
           drow[q] = (iw >= 0 && iw < W) ? static_cast<acc_t>(srow[iw * xs3]) : acc_t(0);
@@ -134,33 +149,80 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   const int64_t* rowptr = rowptr_t.const_data_ptr<int64_t>();
   const int32_t* colidx = colidx_t.const_data_ptr<int32_t>();
   const acc_t* vals = values_t.const_data_ptr<acc_t>();
+  // Per column (in-channel of the group, kh, kw) first (few: no divisions per
+  // kept weight), then per kept weight: a gather plus the group's base.
+  const int64_t ncols = Cg * KH * KW;
+  std::vector<int64_t> col_off(ncols);
+  for (int64_t cl = 0, col = 0; cl < Cg; ++cl)
+    for (int64_t i = 0; i < KH; ++i)
+      for (int64_t j = 0; j < KW; ++j, ++col) {
+        const int64_t kh = i * dh, kw = j * dw;
+        col_off[col] = cl * per_channel + ((kh % sh) * sw + kw % sw) * plane + (kh / sh) * Wq + kw / sw;
+      }
   std::vector<int64_t> off(colidx_t.numel());
   at::parallel_for(0, Cout, 16, [&](int64_t b, int64_t e) {
     for (int64_t o = b; o < e; ++o) {
-      const int64_t g = o / Coutg;
-      for (int64_t t = rowptr[o]; t < rowptr[o + 1]; ++t) {
-        const int64_t col = colidx[t], cl = col / (KH * KW), k = col % (KH * KW);
-        const int64_t kh = (k / KW) * dh, kw = (k % KW) * dw;
-        off[t] = (g * Cg + cl) * per_channel + ((kh % sh) * sw + kw % sw) * plane +
-                 (kh / sh) * Wq + kw / sw;
+      const int64_t base = (o / Coutg) * Cg * per_channel;
+      for (int64_t t = rowptr[o]; t < rowptr[o + 1]; ++t) off[t] = base + col_off[colidx[t]];
+    }
+  });
+
+  // Blocking: output tiles of kTile values x blocks of input channels whose
+  // input rows for one tile (tile + halo, all phases) fit in about kL1Bytes, so
+  // every output channel of a (tile, channel block) reads its input from L1.
+  // Partial sums go to `acc` between channel blocks.
+  const int64_t halo = ((dh * (KH - 1)) / sh) * Wq + (dw * (KW - 1)) / sw;
+  const int64_t bytes_per_channel = sh * sw * (kTile + halo) * int64_t(sizeof(acc_t));
+  const int64_t CB = std::max<int64_t>(1, std::min<int64_t>(Cg, kL1Bytes / bytes_per_channel));
+  const int64_t nblocks = (Cg + CB - 1) / CB;
+  // seg[o * (nblocks + 1) + b]: first kept weight of row o in channel block b.
+  std::vector<int64_t> seg(Cout * (nblocks + 1));
+  at::parallel_for(0, Cout, 64, [&](int64_t b, int64_t e) {
+    for (int64_t o = b; o < e; ++o) {
+      int64_t* so = seg.data() + o * (nblocks + 1);
+      int64_t t = rowptr[o];
+      for (int64_t blk = 0; blk < nblocks; ++blk) {
+        so[blk] = t;
+        const int64_t limit = (blk + 1) * CB * KH * KW;  // first column of the next block
+        while (t < rowptr[o + 1] && colidx[t] < limit) ++t;
       }
+      so[nblocks] = rowptr[o + 1];
     }
   });
 
   const auto rows = cpu_rows::Pick<acc_t>::get();
+  at::Tensor acc_t_buf = at::empty({N * Cout * Lr}, P_t.options());
+  acc_t* acc = acc_t_buf.data_ptr<acc_t>();
   scalar_t* y = out.data_ptr<scalar_t>();
   const scalar_t* bptr = (bias.has_value() && bias->defined()) ? bias->const_data_ptr<scalar_t>() : nullptr;
-  at::parallel_for(0, N * Cout, 1, [&](int64_t b, int64_t e) {
-    std::vector<acc_t> buf(Lr);
+  // Threads split (sample, block of output channels); within a group all output
+  // channels share the input channel blocks, so the ranges are kept contiguous.
+  const int64_t ochunk = std::max<int64_t>(1, std::min<int64_t>(Coutg, 16));
+  const int64_t chunks_per_sample = (Cout + ochunk - 1) / ochunk;
+  at::parallel_for(0, N * chunks_per_sample, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const int64_t n = i / Cout, o = i % Cout;
-      const int64_t t0 = rowptr[o], nt = rowptr[o + 1] - t0;
-      rows(P + n * per_sample, off.data() + t0, vals + t0, nt, Lr, buf.data());
-      const acc_t bo = bptr ? static_cast<acc_t>(bptr[o]) : acc_t(0);
-      scalar_t* yo = y + i * OH * OW;
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow)
-          yo[oh * OW + ow] = static_cast<scalar_t>(buf[oh * Wq + ow] + bo);
+      const int64_t n = i / chunks_per_sample;
+      const int64_t o0 = (i % chunks_per_sample) * ochunk, o1 = std::min(Cout, o0 + ochunk);
+      const acc_t* src = P + n * per_sample;
+      for (int64_t j0 = 0; j0 < Lr; j0 += kTile) {
+        const int64_t width = std::min(kTile, Lr - j0);
+        for (int64_t blk = 0; blk < nblocks; ++blk) {
+          for (int64_t o = o0; o < o1; ++o) {
+            const int64_t* so = seg.data() + o * (nblocks + 1);
+            const int64_t t0 = so[blk], nt = so[blk + 1] - t0;
+            if (nt == 0 && blk > 0) continue;
+            rows(src, off.data() + t0, vals + t0, nt, j0, width, acc + (n * Cout + o) * Lr, blk > 0);
+          }
+        }
+      }
+      for (int64_t o = o0; o < o1; ++o) {
+        const acc_t* a = acc + (n * Cout + o) * Lr;
+        const acc_t bo = bptr ? static_cast<acc_t>(bptr[o]) : acc_t(0);
+        scalar_t* yo = y + (n * Cout + o) * OH * OW;
+        for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t ow = 0; ow < OW; ++ow)
+            yo[oh * OW + ow] = static_cast<scalar_t>(a[oh * Wq + ow] + bo);
+      }
     }
   });
 }

@@ -3,21 +3,28 @@
 // `#pragma GCC target`. No includes here: the code must take the target of the
 // including region.
 //
-// out[j] = sum_t w[t] * src[off[t] + j] for j in [0, len), len a multiple of 16
-// floats / 8 doubles: one output channel of one sample, as rows of the
-// phase-split padded input (see the .cpp). The accumulators stay in registers
-// while all kept weights of the channel stream by; each weight costs one
-// vector load and one multiply-add per 64 bytes of output.
+// out[j] (+)= sum_t w[t] * src[off[t] + j] for j in [j0, j0 + width), width a
+// multiple of 64 bytes: one output channel, one tile of its (padded) output
+// plane, the kept weights of one block of input channels. The accumulators stay
+// in registers while the weights stream by: one vector load and one fused
+// multiply-add per weight and 64 bytes of output.
 
 typedef float vf __attribute__((vector_size(64)));
 typedef double vd __attribute__((vector_size(64)));
 
 template <typename V, typename T, int NV>
 static inline void rows_tile(const T* __restrict src, const int64_t* __restrict off,
-                             const T* __restrict w, int64_t ntaps, int64_t j0, T* __restrict out) {
+                             const T* __restrict w, int64_t ntaps, int64_t j0, T* __restrict out,
+                             bool add) {
   constexpr int kLanes = int(sizeof(V) / sizeof(T));
   V acc[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = V{} ;
+  for (int v = 0; v < NV; ++v) {
+    if (add) {
+      __builtin_memcpy(&acc[v], out + j0 + v * kLanes, sizeof(V));
+    } else {
+      acc[v] = V{};
+    }
+  }
   for (int64_t t = 0; t < ntaps; ++t) {
     const T* p = src + off[t] + j0;
     const T wt = w[t];
@@ -31,20 +38,20 @@ static inline void rows_tile(const T* __restrict src, const int64_t* __restrict 
 }
 
 template <typename V, typename T>
-static void sparse_rows(const T* src, const int64_t* off, const T* w, int64_t ntaps, int64_t len,
-                        T* out) {
+static void sparse_rows(const T* src, const int64_t* off, const T* w, int64_t ntaps, int64_t j0,
+                        int64_t width, T* out, bool add) {
   constexpr int kLanes = int(sizeof(V) / sizeof(T));
-  int64_t j0 = 0;
-  for (; j0 + 4 * kLanes <= len; j0 += 4 * kLanes) rows_tile<V, T, 4>(src, off, w, ntaps, j0, out);
-  for (; j0 < len; j0 += kLanes) rows_tile<V, T, 1>(src, off, w, ntaps, j0, out);
+  const int64_t end = j0 + width;
+  for (; j0 + 4 * kLanes <= end; j0 += 4 * kLanes) rows_tile<V, T, 4>(src, off, w, ntaps, j0, out, add);
+  for (; j0 < end; j0 += kLanes) rows_tile<V, T, 1>(src, off, w, ntaps, j0, out, add);
 }
 
 static void sparse_rows_f32(const float* src, const int64_t* off, const float* w, int64_t ntaps,
-                            int64_t len, float* out) {
-  sparse_rows<vf, float>(src, off, w, ntaps, len, out);
+                            int64_t j0, int64_t width, float* out, bool add) {
+  sparse_rows<vf, float>(src, off, w, ntaps, j0, width, out, add);
 }
 
 static void sparse_rows_f64(const double* src, const int64_t* off, const double* w, int64_t ntaps,
-                            int64_t len, double* out) {
-  sparse_rows<vd, double>(src, off, w, ntaps, len, out);
+                            int64_t j0, int64_t width, double* out, bool add) {
+  sparse_rows<vd, double>(src, off, w, ntaps, j0, width, out, add);
 }
