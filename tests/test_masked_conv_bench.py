@@ -26,3 +26,16 @@ def test_conv_suite_pieces():
            "targets": conv.targets(cases, cfg.device)}
     text = format_conv(res)
     assert "layer3.x" in text and "measured rule" in text and "auto ran" in text
+
+
+def test_dispatch_table_lookup():
+    from lthfast.ops._conv_dispatch import kernel_class, min_sparsity, use_sparse
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert kernel_class((3, 3), 1, 64) == "3x3" and kernel_class((1, 1), 1, 64) == "1x1"
+    assert kernel_class((3, 3), 32, 32) == "depthwise" and kernel_class(None, 1, 8) == "linear"
+    assert kernel_class((7, 7), 1, 3) == "kxk"
+    assert min_sparsity(cpu, torch.float32, "3x3", 1) == 0.9
+    assert use_sparse(cpu, torch.float32, "3x3", 1, 0.95) and not use_sparse(cpu, torch.float32, "3x3", 1, 0.5)
+    assert not use_sparse(cpu, torch.float32, "3x3", 64, 0.99)      # batch beyond the measured range
+    assert not use_sparse(cpu, torch.bfloat16, "3x3", 1, 0.99)
+    assert not use_sparse(cuda, torch.float32, "3x3", 1, 0.99)      # not measured on a GPU
