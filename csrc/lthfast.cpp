@@ -61,4 +61,20 @@ TORCH_LIBRARY(lthfast, m) {
         "Tensor?[] masks, float lr, Tensor? lr_tensor, float beta1, float beta2, "
         "float weight_decay, float eps, bool amsgrad, bool maximize, "
         "bool decoupled_weight_decay, Tensor? grad_scale, Tensor? found_inf) -> ()");
+  // ---- masked convolution / linear (csrc/ops/masked_conv, lthfast.ops) ----
+  // y = conv2d(input, weight * mask) (mask: bool or the weight's dtype, shape of
+  // weight), on the library convolution. Differentiable through the backward op,
+  // whose grad_weight is exactly 0 where the mask is 0; unrequested gradients
+  // (output_mask False) come back as empty tensors.
+  m.def("masked_conv2d(Tensor input, Tensor weight, Tensor mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("_masked_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor mask, int[2] stride, int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("masked_linear(Tensor input, Tensor weight, Tensor mask, Tensor? bias) -> Tensor");
+  m.def("_masked_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor mask, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Kept weights as CSR over the flattened trailing dims: (rowptr int64 [out+1],
+  // colidx int32 [nnz], values [nnz] float64 for float64 weights, else float32).
+  m.def("sparse_pack(Tensor weight, Tensor mask) -> (Tensor, Tensor, Tensor)");
+  // Direct sparse convolution / linear on sparse_pack's output (inference: not
+  // differentiable). Output: contiguous, the input's dtype.
+  m.def("sparse_conv2d(Tensor input, Tensor rowptr, Tensor colidx, Tensor values, Tensor? bias, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("sparse_linear(Tensor input, Tensor rowptr, Tensor colidx, Tensor values, Tensor? bias) -> Tensor");
 }

@@ -8,8 +8,8 @@ from lthfast import _ops
 from lthfast._ops import build_info
 from lthfast.magnitude import global_magnitude_masks, global_magnitude_threshold
 from lthfast.ticket import Ticket
-
+from lthfast import nn, ops  # noqa: E402  (masked layers: lthfast.nn, lthfast.ops)
 from lthfast import optim  # MaskedSGD, MaskedAdam, MaskedAdamW
 
 __all__ = ["__version__", "build_info", "global_magnitude_masks", "global_magnitude_threshold",
-           "Ticket", "optim"]
+           "Ticket", "nn", "ops", "optim"]

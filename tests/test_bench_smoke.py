@@ -61,16 +61,11 @@ def test_bench_threshold_quick_json(tmp_path, capsys):
     assert all({"what", "value", "limit", "met"} <= set(x) for x in t["targets"])
 
 
-def test_bench_planned_suites_say_so(capsys):
-    assert set(bench.names()) >= {"threshold", "optim", "conv"}
-    assert bench.get("optim").available and not bench.get("conv").available
-    assert main(["bench", "conv"]) == 1
-    assert "not built yet" in capsys.readouterr().err
-    r = bench.run(["conv"], bench.BenchConfig(device=torch.device("cpu")), quiet=True)
-    assert r["bandwidth"] is None
-    assert {s["status"] for s in r["suites"].values()} == {"not built yet"}
+def test_every_suite_is_built(capsys):
+    for name in ("threshold", "ticket", "optim", "conv"):
+        assert bench.get(name).available, name
     assert main(["bench", "--list"]) == 0
-    assert "not built yet" in capsys.readouterr().out
+    assert "not built yet" not in capsys.readouterr().out
 
 
 @needs_torchvision

@@ -27,7 +27,13 @@ register(Suite("optim",
                "on resnet50 / maskrcnn_resnet50_fpn at 80% sparsity",
                run=_optim.run_suite, format=_optim.format_optim))
 
-from lthfast.bench import planned as _planned  # noqa: E402,F401  (registers conv)
+from lthfast.bench import conv as _conv  # noqa: E402
+from lthfast.bench.conv_report import format_conv  # noqa: E402
+
+register(Suite("conv", "masked sparse convolution: lthfast.ops.masked_conv2d dense/sparse/auto vs "
+                       "F.conv2d(x, w * mask), per resnet50 conv shape, and end to end",
+               run=_conv.run_suite, format=format_conv))
+
 from lthfast.bench.runner import run  # noqa: E402
 
 __all__ = ["BenchConfig", "Suite", "get", "names", "register", "run"]

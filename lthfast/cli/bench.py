@@ -26,7 +26,10 @@ suites:
              0.9) vs torch.optim AdamW / SGD (foreach, fused) with grad/weight *= mask around the
              step, and the dense foreach step; time as a multiple of the bandwidth floor (bytes
              the fused step moves / measured copy bandwidth). --quick: resnet18.
-  conv       masked sparse convolution (not built yet)
+  conv       masked sparse convolution: lthfast.ops.masked_conv2d dense / sparse / auto vs
+             F.conv2d(x, w * mask) for every distinct Conv2d shape of resnet50 at sparsity
+             0.5-0.98, batch 1 and 8 (GPU: 1, 8, 32), and resnet50 eval end to end at 80% /
+             95%. --quick: fewer shapes and sparsities.
 
 The full threshold suite takes about 10 minutes on 2 CPU cores (torch's pruning is the
 slow part); --repeat 1 --warmup 0 cuts that to about a third."""
@@ -37,6 +40,8 @@ examples:
   lthfast bench threshold --json bench-cpu.json
   lthfast bench threshold --device cuda --json bench-gpu.json
   lthfast bench threshold --quick                 resnet18 only, 1 repeat (a smoke test)
+  lthfast bench optim --json optim.json           fused masked optimizer step vs torch.optim
+  lthfast bench conv --quick                      masked sparse conv paths vs F.conv2d
   lthfast bench all --repeat 5
   lthfast bench --list"""
 

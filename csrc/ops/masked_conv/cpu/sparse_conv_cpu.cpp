@@ -1,0 +1,325 @@
+// CPU sparse convolution and sparse linear on weights compressed by sparse_pack.
+//
+// Convolution: the input is copied once into phase-split padded planes: for
+// stride (sh, sw) each channel becomes sh*sw planes P[ph][pw][r][q] =
+// padded_input[r*sh + ph][q*sw + pw], all of width Wq = OW + ((KW-1)*dw)/sw.
+// A kept weight at (c, kh, kw) then reads ONE contiguous range of its plane:
+//   out[oh*Wq + ow] += w * P_c[(kh*dh)%sh][(kw*dw)%sw][(oh + (kh*dh)/sh)*Wq + ow + (kw*dw)/sw]
+// for the whole output plane at once (columns ow >= OW are computed and
+// dropped). So the work is (kept weights) x (output plane), vectorised along
+// it, with no index arithmetic in the inner loop. The plane is cut in tiles and
+// the input channels in blocks small enough for L1; threads split (sample,
+// block of output channels).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "ops/masked_conv/masked_conv_check.h"
+
+namespace lthfast {
+namespace masked_conv {
+namespace cpu_rows {
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LTHFAST_MULTIVERSION 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+#pragma GCC optimize("fp-contract=fast")
+namespace avx512 {
+#include "ops/masked_conv/cpu/sparse_rows_kernel.h"
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#pragma GCC optimize("fp-contract=fast")
+namespace avx2 {
+#include "ops/masked_conv/cpu/sparse_rows_kernel.h"
+}
+#pragma GCC pop_options
+#endif
+namespace base {
+#include "ops/masked_conv/cpu/sparse_rows_kernel.h"
+}
+
+using RowsF32 = void (*)(const float*, const int64_t*, const float*, int64_t, int64_t, int64_t,
+                        float*, bool);
+using RowsF64 = void (*)(const double*, const int64_t*, const double*, int64_t, int64_t, int64_t,
+                        double*, bool);
+
+template <typename T>
+struct Pick;
+template <>
+struct Pick<float> {
+  static RowsF32 get() {
+#ifdef LTHFAST_MULTIVERSION
+    if (__builtin_cpu_supports("avx512f")) return avx512::sparse_rows_f32;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::sparse_rows_f32;
+#endif
+    return base::sparse_rows_f32;
+  }
+};
+template <>
+struct Pick<double> {
+  static RowsF64 get() {
+#ifdef LTHFAST_MULTIVERSION
+    if (__builtin_cpu_supports("avx512f")) return avx512::sparse_rows_f64;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::sparse_rows_f64;
+#endif
+    return base::sparse_rows_f64;
+  }
+};
+
+}  // namespace cpu_rows
+
+namespace {
+
+constexpr int64_t kRowAlign = 16;   // output planes are padded to 64 bytes of floats
+constexpr int64_t kTile = 64;       // output values per tile (4 AVX-512 registers of floats)
+constexpr int64_t kL1Bytes = 24 * 1024;  // input rows of one (tile, channel block)
+
+void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& input,
+                int64_t out) {
+  if (!bias.has_value() || !bias->defined()) return;
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out, op, ": bias must have shape [", out,
+                    "], got ", bias->sizes());
+  TORCH_CHECK_TYPE(bias->scalar_type() == input.scalar_type(), op, ": bias dtype ",
+                   bias->scalar_type(), " does not match input dtype ", input.scalar_type());
+  TORCH_CHECK_VALUE(bias->device() == input.device(), op, ": bias is on ", bias->device(),
+                    " but input is on ", input.device());
+}
+
+template <typename scalar_t, typename acc_t>
+void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Tensor& colidx_t,
+               const at::Tensor& values_t, const std::optional<at::Tensor>& bias,
+               at::IntArrayRef ks, at::IntArrayRef stride, at::IntArrayRef padding,
+               at::IntArrayRef dilation, int64_t groups, at::Tensor& out) {
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Cout = out.size(1), OH = out.size(2), OW = out.size(3);
+  const int64_t KH = ks[0], KW = ks[1], sh = stride[0], sw = stride[1];
+  const int64_t ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
+  const int64_t Cg = C / groups, Coutg = Cout / groups;
+  const int64_t Hq = OH + (dh * (KH - 1)) / sh, Wq = OW + (dw * (KW - 1)) / sw;
+  const int64_t plane = Hq * Wq, per_channel = sh * sw * plane, per_sample = C * per_channel;
+  const int64_t L = OH * Wq, Lr = (L + kRowAlign - 1) / kRowAlign * kRowAlign;
+  // Reads run past a plane by at most (Lr - L) + (KW-1)*dw/sw; zeros there.
+  const int64_t tail = Lr - L + Wq + kRowAlign;
+  at::Tensor P_t = at::empty({N * per_sample + tail}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* P = P_t.data_ptr<acc_t>();
+  for (int64_t i = N * per_sample; i < N * per_sample + tail; ++i) P[i] = acc_t(0);
+
+  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const int64_t xs0 = input.stride(0), xs1 = input.stride(1), xs2 = input.stride(2), xs3 = input.stride(3);
+  at::parallel_for(0, N * C * sh * sw, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t phase = i % (sh * sw), nc = i / (sh * sw);
+      const int64_t n = nc / C, c = nc % C, fh = phase / sw, fw = phase % sw;
+      acc_t* dst = P + nc * per_channel + phase * plane;
+      const scalar_t* src = x + n * xs0 + c * xs1;
+      for (int64_t r = 0; r < Hq; ++r) {
+        const int64_t ih = r * sh + fh - ph;
+        acc_t* drow = dst + r * Wq;
+        if (ih < 0 || ih >= H) {
+          for (int64_t q = 0; q < Wq; ++q) drow[q] = acc_t(0);
+          continue;
+        }
+        const scalar_t* srow = src + ih * xs2;
+        if (sw == 1 && xs3 == 1) {  // contiguous rows: zeros, a converting copy, zeros
+          const int64_t q0 = std::min(Wq, std::max<int64_t>(0, pw - fw));
+          const int64_t q1 = std::min(Wq, std::max(q0, W + pw - fw));
+          const scalar_t* s0 = srow + (fw - pw);
+          for (int64_t q = 0; q < q0; ++q) drow[q] = acc_t(0);
+          for (int64_t q = q0; q < q1; ++q) drow[q] = static_cast<acc_t>(s0[q]);
+          for (int64_t q = q1; q < Wq; ++q) drow[q] = acc_t(0);
+          continue;
+        }
+        for (int64_t q = 0; q < Wq; ++q) {
+          const int64_t iw = q * sw + fw - pw;
+          drow[q] = (iw >= 0 && iw < W) ? static_cast<acc_t>(srow[iw * xs3]) : acc_t(0);
+        }
+      }
+    }
+  });
+
+  // Offset in a sample's planes of every kept weight's input range.
+  const int64_t* rowptr = rowptr_t.const_data_ptr<int64_t>();
+  const int32_t* colidx = colidx_t.const_data_ptr<int32_t>();
+  const acc_t* vals = values_t.const_data_ptr<acc_t>();
+  // Per column (in-channel of the group, kh, kw) first (few: no divisions per
+  // kept weight), then per kept weight: a gather plus the group's base.
+  const int64_t ncols = Cg * KH * KW;
+  std::vector<int64_t> col_off(ncols);
+  for (int64_t cl = 0, col = 0; cl < Cg; ++cl)
+    for (int64_t i = 0; i < KH; ++i)
+      for (int64_t j = 0; j < KW; ++j, ++col) {
+        const int64_t kh = i * dh, kw = j * dw;
+        col_off[col] = cl * per_channel + ((kh % sh) * sw + kw % sw) * plane + (kh / sh) * Wq + kw / sw;
+      }
+  std::vector<int64_t> off(colidx_t.numel());
+  at::parallel_for(0, Cout, 16, [&](int64_t b, int64_t e) {
+    for (int64_t o = b; o < e; ++o) {
+      const int64_t base = (o / Coutg) * Cg * per_channel;
+      for (int64_t t = rowptr[o]; t < rowptr[o + 1]; ++t) off[t] = base + col_off[colidx[t]];
+    }
+  });
+
+  // Blocking: output tiles of kTile values x blocks of input channels whose
+  // input rows for one tile (tile + halo, all phases) fit in about kL1Bytes, so
+  // every output channel of a (tile, channel block) reads its input from L1.
+  // Partial sums go to `acc` between channel blocks.
+  const int64_t halo = ((dh * (KH - 1)) / sh) * Wq + (dw * (KW - 1)) / sw;
+  const int64_t bytes_per_channel = sh * sw * (kTile + halo) * int64_t(sizeof(acc_t));
+  const int64_t CB = std::max<int64_t>(1, std::min<int64_t>(Cg, kL1Bytes / bytes_per_channel));
+  const int64_t nblocks = (Cg + CB - 1) / CB;
+  // seg[o * (nblocks + 1) + b]: first kept weight of row o in channel block b.
+  std::vector<int64_t> seg(Cout * (nblocks + 1));
+  at::parallel_for(0, Cout, 64, [&](int64_t b, int64_t e) {
+    for (int64_t o = b; o < e; ++o) {
+      int64_t* so = seg.data() + o * (nblocks + 1);
+      int64_t t = rowptr[o];
+      for (int64_t blk = 0; blk < nblocks; ++blk) {
+        so[blk] = t;
+        const int64_t limit = (blk + 1) * CB * KH * KW;  // first column of the next block
+        while (t < rowptr[o + 1] && colidx[t] < limit) ++t;
+      }
+      so[nblocks] = rowptr[o + 1];
+    }
+  });
+
+  const auto rows = cpu_rows::Pick<acc_t>::get();
+  at::Tensor acc_t_buf = at::empty({N * Cout * Lr}, P_t.options());
+  acc_t* acc = acc_t_buf.data_ptr<acc_t>();
+  scalar_t* y = out.data_ptr<scalar_t>();
+  const scalar_t* bptr = (bias.has_value() && bias->defined()) ? bias->const_data_ptr<scalar_t>() : nullptr;
+  // Threads split (sample, block of output channels); within a group all output
+  // channels share the input channel blocks, so the ranges are kept contiguous.
+  const int64_t ochunk = std::max<int64_t>(1, std::min<int64_t>(Coutg, 16));
+  const int64_t chunks_per_sample = (Cout + ochunk - 1) / ochunk;
+  at::parallel_for(0, N * chunks_per_sample, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t n = i / chunks_per_sample;
+      const int64_t o0 = (i % chunks_per_sample) * ochunk, o1 = std::min(Cout, o0 + ochunk);
+      const acc_t* src = P + n * per_sample;
+      for (int64_t j0 = 0; j0 < Lr; j0 += kTile) {
+        const int64_t width = std::min(kTile, Lr - j0);
+        for (int64_t blk = 0; blk < nblocks; ++blk) {
+          for (int64_t o = o0; o < o1; ++o) {
+            const int64_t* so = seg.data() + o * (nblocks + 1);
+            const int64_t t0 = so[blk], nt = so[blk + 1] - t0;
+            if (nt == 0 && blk > 0) continue;
+            rows(src, off.data() + t0, vals + t0, nt, j0, width, acc + (n * Cout + o) * Lr, blk > 0);
+          }
+        }
+      }
+      for (int64_t o = o0; o < o1; ++o) {
+        const acc_t* a = acc + (n * Cout + o) * Lr;
+        const acc_t bo = bptr ? static_cast<acc_t>(bptr[o]) : acc_t(0);
+        scalar_t* yo = y + (n * Cout + o) * OH * OW;
+        for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t ow = 0; ow < OW; ++ow)
+            yo[oh * OW + ow] = static_cast<scalar_t>(a[oh * Wq + ow] + bo);
+      }
+    }
+  });
+}
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& rowptr,
+                             const at::Tensor& colidx, const at::Tensor& values,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "sparse_conv2d";
+  check_packed(op, input, rowptr, colidx, values);
+  TORCH_CHECK_VALUE(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0, op,
+                    ": kernel_size must be 2 positive values, got ", kernel_size);
+  TORCH_CHECK_VALUE(groups > 0, op, ": groups must be positive, got ", groups);
+  const int64_t cout = rowptr.size(0) - 1;
+  TORCH_CHECK_VALUE(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got a ", input.dim(),
+                    "-D tensor of shape ", input.sizes());
+  TORCH_CHECK_VALUE(input.size(1) % groups == 0, op, ": input channels ", input.size(1),
+                    " are not divisible by groups = ", groups);
+  check_conv_geometry(op, input, cout, input.size(1) / groups, kernel_size, stride, padding,
+                      dilation, groups);
+  check_bias(op, bias, input, cout);
+  const int64_t OH = conv_out_size(input.size(2), kernel_size[0], stride[0], padding[0], dilation[0]);
+  const int64_t OW = conv_out_size(input.size(3), kernel_size[1], stride[1], padding[1], dilation[1]);
+  auto out = at::empty({input.size(0), cout, OH, OW}, input.options());
+  if (out.numel() == 0) return out;
+  const int64_t cols = input.size(1) / groups * kernel_size[0] * kernel_size[1];
+  if (colidx.numel() > 0) {  // a corrupt pack must not read out of bounds
+    TORCH_CHECK_VALUE(rowptr[cout].item<int64_t>() == colidx.numel() &&
+                      colidx.max().item<int32_t>() < cols && colidx.min().item<int32_t>() >= 0,
+                      op, ": rowptr/colidx do not describe a weight of ", cols, " columns");
+  }
+  auto rp = rowptr.contiguous(), ci = colidx.contiguous(), va = values.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparse_conv2d", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    conv_impl<scalar_t, acc_t>(input, rp, ci, va, bias, kernel_size, stride, padding, dilation,
+                               groups, out);
+  });
+  return out;
+}
+
+// out[m, o] = sum over kept (o, k) of w * x[m, k]; threads split the outputs.
+at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& rowptr,
+                             const at::Tensor& colidx, const at::Tensor& values,
+                             const std::optional<at::Tensor>& bias) {
+  const char* op = "sparse_linear";
+  check_packed(op, input, rowptr, colidx, values);
+  TORCH_CHECK_VALUE(input.dim() >= 1, op, ": input must have at least 1 dimension");
+  const int64_t O = rowptr.size(0) - 1, K = input.size(-1);
+  check_bias(op, bias, input, O);
+  auto out_sizes = input.sizes().vec();
+  out_sizes.back() = O;
+  auto out = at::empty(out_sizes, input.options());
+  if (out.numel() == 0) return out;
+  if (colidx.numel() > 0) {
+    TORCH_CHECK_VALUE(rowptr[O].item<int64_t>() == colidx.numel() &&
+                      colidx.max().item<int32_t>() < K && colidx.min().item<int32_t>() >= 0,
+                      op, ": rowptr/colidx do not describe a weight with ", K, " input features");
+  }
+  auto rp = rowptr.contiguous(), ci = colidx.contiguous(), va = values.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparse_linear", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    at::Tensor x = input.reshape({-1, K}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const int64_t M = x.size(0);
+    const acc_t* xp = x.const_data_ptr<acc_t>();
+    const int64_t* r = rp.const_data_ptr<int64_t>();
+    const int32_t* c = ci.const_data_ptr<int32_t>();
+    const acc_t* v = va.const_data_ptr<acc_t>();
+    const scalar_t* bp = (bias.has_value() && bias->defined()) ? bias->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* y = out.data_ptr<scalar_t>();
+    at::parallel_for(0, O * M, 64, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t o = i % O, m = i / O;
+        const acc_t* xm = xp + m * K;
+        acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int64_t t = r[o];
+        const int64_t end = r[o + 1];
+        for (; t + 4 <= end; t += 4) {
+          s0 += v[t] * xm[c[t]];
+          s1 += v[t + 1] * xm[c[t + 1]];
+          s2 += v[t + 2] * xm[c[t + 2]];
+          s3 += v[t + 3] * xm[c[t + 3]];
+        }
+        for (; t < end; ++t) s0 += v[t] * xm[c[t]];
+        y[m * O + o] = static_cast<scalar_t>((s0 + s1) + (s2 + s3) + (bp ? acc_t(bp[o]) : acc_t(0)));
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lthfast, CPU, m) {
+  m.impl("sparse_conv2d", &sparse_conv2d_cpu);
+  m.impl("sparse_linear", &sparse_linear_cpu);
+}
+
+}  // namespace masked_conv
+}  // namespace lthfast

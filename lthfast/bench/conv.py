@@ -1,0 +1,261 @@
+"""The `conv` suite: masked convolution, lthfast's dense / sparse / auto paths vs
+`F.conv2d(x, w * mask)` in the same run.
+
+Per distinct Conv2d shape of torchvision resnet50 (224x224 input; with --full also
+the maskrcnn_resnet50_fpn heads), at sparsities 0.5 / 0.8 / 0.9 / 0.95 / 0.98 and
+batch 1 and 8 (CPU) or 1 / 8 / 32 (CUDA), methods interleaved call by call:
+  torch_masked     F.conv2d(x, w * mask)          (the baseline: masks every call)
+  torch_premasked  F.conv2d(x, w_masked)          (the floor of the dense path)
+  dense / sparse / auto   lthfast.ops.masked_conv2d(..., path=...)
+End to end: resnet50 (and with --full fasterrcnn_resnet50_fpn) eval, batch 1,
+global magnitude masks at 80% / 95%: the dense model with masked weights vs the
+sparsified model (auto, and every layer sparse).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import lthfast
+from lthfast.cli._models import build_model
+from lthfast.ops import masked_conv2d
+from lthfast.ops._conv_dispatch import kernel_class, use_sparse
+
+SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
+METHODS = ("torch_masked", "torch_premasked", "dense", "sparse", "auto")
+E2E_SPARSITIES = (0.8, 0.95)
+
+
+def distinct_conv_shapes(model: torch.nn.Module, inputs, prefix_filter=None) -> list[dict]:
+    """Every distinct (conv config, input size) met in one forward pass, with the
+    first layer name that has it and how many layers share it."""
+    seen: dict[tuple, dict] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if type(mod) is torch.nn.Conv2d and (prefix_filter is None or prefix_filter(name)):
+            def hook(m, args, _name=name):
+                x = args[0]
+                key = (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                       m.dilation, m.groups, tuple(x.shape[2:]))
+                if key in seen:
+                    seen[key]["count"] += 1
+                else:
+                    seen[key] = {"layer": _name, "count": 1, "in": m.in_channels,
+                                 "out": m.out_channels, "kernel": list(m.kernel_size),
+                                 "stride": list(m.stride), "padding": list(m.padding),
+                                 "dilation": list(m.dilation), "groups": m.groups,
+                                 "hw": list(x.shape[2:])}
+            hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(seen.values())
+
+
+def _shapes(config) -> list[dict]:
+    torch.manual_seed(0)
+    shapes = [dict(s, model="resnet50") for s in
+              distinct_conv_shapes(build_model("resnet50").eval(), torch.randn(1, 3, 224, 224))]
+    if not config.quick and config.models and "maskrcnn_resnet50_fpn" in config.models:
+        det = build_model("maskrcnn_resnet50_fpn").eval()
+        heads = distinct_conv_shapes(det, [torch.rand(3, 512, 512)],
+                                     prefix_filter=lambda n: not n.startswith("backbone.body"))
+        shapes += [dict(s, model="maskrcnn_resnet50_fpn") for s in heads]
+    return shapes
+
+
+def _time(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _interleaved(fns: dict, device, repeat: int, warmup: int, budget_s: float = 0.5) -> tuple[dict, dict]:
+    """(min, median) seconds of each callable, the methods run in turn so that load
+    on the machine hits them alike. At least `repeat` rounds, more (up to 25) while
+    a round is cheap, within about `budget_s`. Ratios use the minimum: on a loaded
+    machine it is the estimate least disturbed by other processes."""
+    times = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for f in fns.values():
+                f()
+        spent, rounds = 0.0, 0
+        while rounds < repeat or (rounds < 25 and spent < budget_s):
+            for k, f in fns.items():
+                t = _time(f, device)
+                times[k].append(t)
+                spent += t
+            rounds += 1
+    return ({k: min(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in times.items()})
+
+
+def _conv_case(shape, batch, sparsity, device, config) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    cin_g = shape["in"] // shape["groups"]
+    w = torch.randn(shape["out"], cin_g, *shape["kernel"], generator=gen).to(device)
+    mask = (torch.rand(w.shape, generator=gen) >= sparsity).to(device)
+    x = torch.randn(batch, shape["in"], *shape["hw"], generator=gen).to(device)
+    conf = dict(stride=shape["stride"], padding=shape["padding"], dilation=shape["dilation"],
+                groups=shape["groups"])
+    wm = w * mask
+    fns = {"torch_masked": lambda: F.conv2d(x, w * mask, None, **conf),
+           "torch_premasked": lambda: F.conv2d(x, wm, None, **conf)}
+    for p in ("dense", "sparse", "auto"):
+        fns[p] = (lambda p=p: masked_conv2d(x, w, mask, None, **conf, path=p))
+    med, median = _interleaved(fns, device, config.repeat, config.warmup)
+    kind = kernel_class(tuple(shape["kernel"]), shape["groups"], shape["in"])
+    real_sparsity = 1.0 - mask.float().mean().item()
+    auto_choice = "sparse" if use_sparse(device, x.dtype, kind, batch, real_sparsity) else "dense"
+    return {"layer": shape["layer"], "model": shape["model"], "kind": kind, "batch": batch,
+            "sparsity": sparsity, "shape": {k: shape[k] for k in ("in", "out", "kernel", "stride",
+                                                                 "padding", "dilation", "groups", "hw")},
+            "min_s": med, "median_s": median, "auto_choice": auto_choice,
+            "dense_vs_premasked": med["dense"] / med["torch_premasked"],
+            "sparse_speedup_vs_dense": med["dense"] / med["sparse"],
+            "auto_vs_best": med["auto"] / min(med["dense"], med["sparse"]),
+            "speedup_vs_torch_masked": med["torch_masked"] / min(med["auto"], med["sparse"], med["dense"])}
+
+
+def _e2e_case(name, sparsity, device, config) -> dict:
+    torch.manual_seed(0)
+    model = build_model(name).eval().to(device)
+    layers = {n: m for n, m in model.named_modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear)}
+    names = [f"{n}.weight" for n in layers]
+    weights = [layers[n].weight for n in layers]
+    masks = dict(zip(names, lthfast.global_magnitude_masks(weights, sparsity)))
+    with torch.no_grad():
+        for w, m in zip(weights, masks.values()):
+            w.masked_fill_(~m, 0)
+    if name.startswith(("fasterrcnn", "maskrcnn", "keypointrcnn")):
+        x = [torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(2)).to(device)]
+    else:
+        x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2)).to(device)
+    import copy
+    dense = copy.deepcopy(model)
+    auto = lthfast.nn.sparsify(copy.deepcopy(model), masks, path="auto")
+    sparse = lthfast.nn.sparsify(copy.deepcopy(model), masks, path="sparse")
+    med, median = _interleaved({"torch_masked_weights": lambda: dense(x), "lthfast_auto": lambda: auto(x),
+                                "lthfast_sparse": lambda: sparse(x)}, device, config.repeat,
+                               config.warmup, budget_s=3.0)
+    n_sparse = _layers_auto_runs_sparse(auto, device)
+    return {"model": name, "sparsity": sparsity, "min_s": med, "median_s": median,
+            "auto_speedup": med["torch_masked_weights"] / med["lthfast_auto"],
+            "sparse_speedup": med["torch_masked_weights"] / med["lthfast_sparse"],
+            "n_masked_layers": len(masks), "n_layers_auto_sparse": n_sparse}
+
+
+def _layers_auto_runs_sparse(model, device) -> int:
+    """How many masked layers `auto` sends to the sparse kernel at batch 1."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, lthfast.nn.MaskedConv2d):
+            kind = kernel_class(m.kernel_size, m.groups, m.in_channels)
+        elif isinstance(m, lthfast.nn.MaskedLinear):
+            kind = "linear"
+        else:
+            continue
+        sparsity = 1.0 - m.mask.float().mean().item()
+        n += use_sparse(device, m.weight.dtype, kind, 1, sparsity)
+    return n
+
+
+def run_suite(config, ctx) -> dict:
+    device = config.device
+    batches = (1, 8, 32) if device.type == "cuda" else (1, 8)
+    shapes = _shapes(config)
+    e2e_models = ("resnet50",) if config.quick else ("resnet50", "fasterrcnn_resnet50_fpn")
+    n = len(shapes) * len(batches) * len(SPARSITIES) + len(e2e_models) * len(E2E_SPARSITIES)
+    progress = ctx["progress"](n, "conv")
+    out = {"status": "ok", "methods": list(METHODS), "sparsities": list(SPARSITIES),
+           "batches": list(batches), "threads": torch.get_num_threads(),
+           "load_average_start": list(os.getloadavg()), "cases": [], "e2e": []}
+    try:
+        for shape in shapes:
+            for batch in batches:
+                for sp in SPARSITIES:
+                    label = f"{shape['layer']} b{batch} s{sp}"
+                    progress.start(label)
+                    try:
+                        case = _conv_case(shape, batch, sp, device, config)
+                        case["status"] = "ok"
+                        progress.done(f"{label}: sparse x{case['sparse_speedup_vs_dense']:.2f} vs dense")
+                    except Exception as e:  # noqa: BLE001 - one failing case must not end the run
+                        case = {"layer": shape["layer"], "batch": batch, "sparsity": sp,
+                                "status": "error", "error": f"{type(e).__name__}: {e}"}
+                        progress.done(f"{label}: ERROR {e}")
+                    out["cases"].append(case)
+        for name in e2e_models:
+            for sp in E2E_SPARSITIES:
+                progress.start(f"{name} end to end s{sp}")
+                try:
+                    case = dict(_e2e_case(name, sp, device, config), status="ok")
+                except Exception as e:  # noqa: BLE001
+                    case = {"model": name, "sparsity": sp, "status": "error",
+                            "error": f"{type(e).__name__}: {e}"}
+                progress.done(f"{name} s{sp}")
+                out["e2e"].append(case)
+    finally:
+        progress.close()
+    out["load_average_end"] = list(os.getloadavg())
+    out["rule_from_measurements"] = suggest_rule(out["cases"])
+    out["targets"] = targets(out["cases"], device)
+    return out
+
+
+def suggest_rule(cases) -> list[dict]:
+    """Per (kernel class, batch): the smallest measured sparsity from which the sparse
+    path beat dense on every shape of that class at that and every higher sparsity."""
+    groups: dict[tuple, dict[float, list[float]]] = {}
+    for c in cases:
+        if c.get("status") == "ok":
+            groups.setdefault((c["kind"], c["batch"]), {}).setdefault(c["sparsity"], []).append(
+                c["sparse_speedup_vs_dense"])
+    rules = []
+    for (kind, batch), by_sp in sorted(groups.items()):
+        smin = None
+        for sp in sorted(by_sp, reverse=True):
+            if min(by_sp[sp]) > 1.0:
+                smin = sp
+            else:
+                break
+        rules.append({"kind": kind, "batch": batch, "min_sparsity": smin,
+                      "worst_speedup_by_sparsity": {str(s): min(v) for s, v in sorted(by_sp.items())}})
+    return rules
+
+
+def targets(cases, device) -> list[dict]:
+    ok = [c for c in cases if c.get("status") == "ok"]
+    out = []
+    if ok:
+        worst = max(ok, key=lambda c: c["dense_vs_premasked"])
+        out.append({"what": "dense path time / F.conv2d on pre-masked weights (worst case)",
+                    "value": worst["dense_vs_premasked"], "limit": "<= 1.05",
+                    "met": worst["dense_vs_premasked"] <= 1.05,
+                    "where": f"{worst['layer']} b{worst['batch']} s{worst['sparsity']}"})
+        worst = max(ok, key=lambda c: c["auto_vs_best"])
+        out.append({"what": "auto time / min(dense, sparse) (worst case)",
+                    "value": worst["auto_vs_best"], "limit": "<= 1.05",
+                    "met": worst["auto_vs_best"] <= 1.05,
+                    "where": f"{worst['layer']} b{worst['batch']} s{worst['sparsity']}"})
+    l34 = [c for c in ok if c["batch"] == 1 and c["sparsity"] >= 0.9 and c["kind"] == "3x3"
+           and c["layer"].startswith(("layer3", "layer4"))]
+    if l34:
+        worst = min(l34, key=lambda c: c["sparse_speedup_vs_dense"])
+        limit = 1.3 if device.type == "cuda" else 2.0
+        out.append({"what": "sparse speedup over dense, resnet50 layer3-4 3x3, batch 1, sparsity >= 0.9 "
+                            "(worst case)", "value": worst["sparse_speedup_vs_dense"],
+                    "limit": f">= {limit}", "met": worst["sparse_speedup_vs_dense"] >= limit,
+                    "where": f"{worst['layer']} b1 s{worst['sparsity']}"})
+    return out

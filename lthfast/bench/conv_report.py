@@ -1,0 +1,53 @@
+"""The human table of the `conv` benchmark suite."""
+from __future__ import annotations
+
+from lthfast.cli._common import format_table
+
+
+def _ms(s):
+    return f"{s * 1e3:.2f}"
+
+
+def format_conv(res: dict) -> str:
+    lines = [f"conv: masked convolution, ms (minimum of interleaved runs); torch = F.conv2d(x, w*mask), premasked = "
+             f"F.conv2d on w*mask made once; 'sp/dn' = dense time / sparse time; {res['threads']} "
+             f"threads; load average {res['load_average_start'][0]:.1f} -> {res['load_average_end'][0]:.1f}"]
+    rows = []
+    for c in res["cases"]:
+        if c["status"] != "ok":
+            rows.append([c["layer"], c["batch"], c["sparsity"], "ERROR", c["error"][:50]] + [""] * 6)
+            continue
+        s, m = c["shape"], c["min_s"]
+        desc = (f"{s['in']}->{s['out']} {s['kernel'][0]}x{s['kernel'][1]}/{s['stride'][0]}"
+                f"{' g' + str(s['groups']) if s['groups'] > 1 else ''} @{s['hw'][0]}x{s['hw'][1]}")
+        rows.append([c["layer"], desc, c["batch"], c["sparsity"], _ms(m["torch_masked"]),
+                     _ms(m["torch_premasked"]), _ms(m["dense"]), _ms(m["sparse"]), _ms(m["auto"]),
+                     f"{c['sparse_speedup_vs_dense']:.2f}", c["auto_choice"]])
+    lines.append(format_table(["layer", "shape", "batch", "sparsity", "torch", "premasked", "dense",
+                               "sparse", "auto", "sp/dn", "auto ran"], rows, align="llrrrrrrrrl"))
+    if res.get("e2e"):
+        lines.append("")
+        lines.append("end to end (eval, batch 1, global magnitude masks): ms (minimum)")
+        rows = []
+        for c in res["e2e"]:
+            if c["status"] != "ok":
+                rows.append([c["model"], c["sparsity"], "ERROR", c["error"][:60], "", "", ""])
+                continue
+            m = c["min_s"]
+            rows.append([c["model"], c["sparsity"], _ms(m["torch_masked_weights"]), _ms(m["lthfast_auto"]),
+                         _ms(m["lthfast_sparse"]), f"{c['auto_speedup']:.2f}x",
+                         f"{c['n_layers_auto_sparse']}/{c['n_masked_layers']}"])
+        lines.append(format_table(["model", "sparsity", "dense masked", "lthfast auto", "all sparse",
+                                   "auto speedup", "layers sparse"], rows))
+    lines.append("")
+    lines.append("measured rule (smallest sparsity from which sparse beat dense on every shape):")
+    for r in res["rule_from_measurements"]:
+        lines.append(f"  {r['kind']:<9} batch {r['batch']:<3} -> "
+                     f"{'never' if r['min_sparsity'] is None else r['min_sparsity']}   worst sp/dn by "
+                     "sparsity: " + ", ".join(f"{k}: {v:.2f}" for k, v in r["worst_speedup_by_sparsity"].items()))
+    if res.get("targets"):
+        lines.append("targets (reported, not enforced):")
+        for t in res["targets"]:
+            met = {True: "met", False: "NOT MET"}[t["met"]]
+            lines.append(f"  {met:>7}  {t['what']}: {t['value']:.3g} ({t['limit']}) at {t['where']}")
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+"""lthfast.ops.masked_conv2d / masked_linear: a convolution / linear layer whose
+weight is multiplied by a mask, on the faster of two paths.
+
+- dense: the library convolution (oneDNN / cuDNN) on `weight * mask`, cached per
+  weight version (see _weight_cache), so the masked weight is not rebuilt while
+  weights and mask are unchanged.
+- sparse: the kept weights compressed once per weight version (CSR) and a direct
+  sparse convolution whose work scales with the kept weights. Inference only:
+  whenever a gradient is needed the dense path runs.
+- auto (default): sparse where the measured rule in _conv_dispatch says it wins.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lthfast import _ops
+from lthfast.ops import _conv_dispatch, _weight_cache
+
+PATHS = ("auto", "dense", "sparse")
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _check_tensor(name: str, t, want_type=torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_common(op: str, input, weight, mask, bias, path) -> None:
+    for name, t in (("input", input), ("weight", weight), ("mask", mask)):
+        _check_tensor(name, t)
+    if path not in PATHS:
+        raise ValueError(f"{op}: path must be one of {PATHS}, got {path!r}")
+    if weight.dtype not in _FLOATS:
+        raise TypeError(f"{op}: weight must be float16/bfloat16/float32/float64, got {weight.dtype}")
+    if input.dtype != weight.dtype:
+        raise TypeError(f"{op}: input dtype {input.dtype} does not match weight dtype {weight.dtype}")
+    if input.device != weight.device:
+        raise ValueError(f"{op}: input is on {input.device} but weight is on {weight.device}")
+    if mask.shape != weight.shape:
+        raise ValueError(f"{op}: mask shape {tuple(mask.shape)} does not match weight shape "
+                         f"{tuple(weight.shape)}")
+    if mask.dtype != torch.bool and mask.dtype != weight.dtype:
+        raise TypeError(f"{op}: mask dtype must be torch.bool or the weight's dtype "
+                        f"({weight.dtype}), got {mask.dtype}")
+    if mask.device != weight.device:
+        raise ValueError(f"{op}: mask is on {mask.device} but weight is on {weight.device}")
+    if bias is not None:
+        _check_tensor("bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"{op}: bias dtype {bias.dtype} does not match weight dtype {weight.dtype}")
+        if bias.device != weight.device:
+            raise ValueError(f"{op}: bias is on {bias.device} but weight is on {weight.device}")
+
+
+def _check_conv(input, weight, groups, stride, padding, dilation) -> None:
+    op = "masked_conv2d"
+    if input.dim() != 4:
+        raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got a {input.dim()}-D tensor of "
+                         f"shape {tuple(input.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: weight must be 4-D (out, in/groups, kh, kw), got shape "
+                         f"{tuple(weight.shape)}")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    if min(stride) <= 0:
+        raise ValueError(f"{op}: stride must be positive, got {stride}")
+    if min(padding) < 0:
+        raise ValueError(f"{op}: padding must be non-negative, got {padding}")
+    if min(dilation) <= 0:
+        raise ValueError(f"{op}: dilation must be positive, got {dilation}")
+    cout, cin_g, kh, kw = weight.shape
+    if input.shape[1] != cin_g * groups:
+        raise ValueError(f"{op}: input has {input.shape[1]} channels but weight expects "
+                         f"in_channels/groups = {cin_g} with groups = {groups} "
+                         f"({cin_g * groups} channels)")
+    if cout % groups:
+        raise ValueError(f"{op}: out_channels {cout} is not divisible by groups = {groups}")
+    for i, k in enumerate((kh, kw)):
+        if input.shape[2 + i] + 2 * padding[i] < dilation[i] * (k - 1) + 1:
+            raise ValueError(f"{op}: input size {tuple(input.shape)} with padding {padding} is "
+                             f"smaller than the dilated kernel ({kh}, {kw}) (dilation {dilation})")
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _like_input_format(out: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    # F.conv2d returns channels_last for channels_last input; so does this.
+    if (input.dim() == 4 and not input.is_contiguous()
+            and input.is_contiguous(memory_format=torch.channels_last)):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
+                  bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1,
+                  path: str = "auto") -> torch.Tensor:
+    """`F.conv2d(input, weight * mask, bias, stride, padding, dilation, groups)`, faster.
+
+    mask: bool (or the weight's dtype), weight's shape. Differentiable (dense path;
+    grad_weight is exactly 0 where the mask is 0). path: "auto" (measured rule),
+    "dense" or "sparse" (the sparse kernel runs only when no gradient is needed).
+    Under torch.compile, "auto" is dense (the rule needs the mask's sparsity).
+    """
+    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
+                                 _pair(dilation, "dilation"))
+    _check_common("masked_conv2d", input, weight, mask, bias, path)
+    _check_conv(input, weight, groups, stride, padding, dilation)
+    grad = _needs_grad(input, weight, bias)
+    if torch.compiler.is_compiling():
+        if path == "sparse" and not grad:
+            packed = torch.ops.lthfast.sparse_pack(weight, mask)
+            out = torch.ops.lthfast.sparse_conv2d(input, *packed, bias, weight.shape[2:], stride,
+                                                  padding, dilation, groups)
+            return _like_input_format(out, input)
+        return torch.ops.lthfast.masked_conv2d(input, weight, mask, bias, stride, padding,
+                                               dilation, groups)
+    if grad:
+        if _ops.available():
+            return torch.ops.lthfast.masked_conv2d(input, weight, mask, bias, stride, padding,
+                                                   dilation, groups)
+        return F.conv2d(input, weight * mask, bias, stride, padding, dilation, groups)
+    e = _weight_cache.entry(weight, mask)
+    sparse = path == "sparse"
+    if path == "auto" and _ops.available():
+        kind = _conv_dispatch.kernel_class(tuple(weight.shape[2:]), groups, input.shape[1])
+        sparse = _conv_dispatch.use_sparse(input.device, input.dtype, kind, input.shape[0],
+                                           _weight_cache.sparsity(e, mask))
+    if sparse:
+        _ops.require()
+        rowptr, colidx, values = _weight_cache.packed_weight(e, weight, mask)
+        out = torch.ops.lthfast.sparse_conv2d(input, rowptr, colidx, values, bias,
+                                              tuple(weight.shape[2:]), stride, padding, dilation,
+                                              groups)
+        return _like_input_format(out, input)
+    return F.conv2d(input, _weight_cache.masked_weight(e, weight, mask), bias, stride, padding,
+                    dilation, groups)
+
+
+def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
+                  bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
+    """`F.linear(input, weight * mask, bias)`, faster; same paths as masked_conv2d."""
+    _check_common("masked_linear", input, weight, mask, bias, path)
+    if weight.dim() != 2:
+        raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    if input.dim() < 1 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"masked_linear: input shape {tuple(input.shape)} does not end in "
+                         f"in_features = {weight.shape[1]}")
+    grad = _needs_grad(input, weight, bias)
+    if torch.compiler.is_compiling():
+        if path == "sparse" and not grad:
+            packed = torch.ops.lthfast.sparse_pack(weight, mask)
+            return torch.ops.lthfast.sparse_linear(input, *packed, bias)
+        return torch.ops.lthfast.masked_linear(input, weight, mask, bias)
+    if grad:
+        if _ops.available():
+            return torch.ops.lthfast.masked_linear(input, weight, mask, bias)
+        return F.linear(input, weight * mask, bias)
+    e = _weight_cache.entry(weight, mask)
+    sparse = path == "sparse"
+    if path == "auto" and _ops.available():
+        batch = input.numel() // max(1, input.shape[-1])
+        sparse = _conv_dispatch.use_sparse(input.device, input.dtype, "linear", batch,
+                                           _weight_cache.sparsity(e, mask))
+    if sparse:
+        _ops.require()
+        return torch.ops.lthfast.sparse_linear(input, *_weight_cache.packed_weight(e, weight, mask),
+                                               bias)
+    return F.linear(input, _weight_cache.masked_weight(e, weight, mask), bias)

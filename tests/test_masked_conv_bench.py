@@ -1,0 +1,41 @@
+"""The `conv` benchmark suite's pieces run and produce the table (never asserts on speed)."""
+import pytest
+import torch
+
+import lthfast
+from lthfast.bench import conv
+from lthfast.bench.conv_report import format_conv
+from lthfast.bench.registry import BenchConfig
+
+pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
+
+
+def test_conv_suite_pieces():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1))
+    shapes = conv.distinct_conv_shapes(model, torch.randn(1, 3, 10, 10))
+    assert [s["count"] for s in shapes] == [1, 2, 1]
+    cfg = BenchConfig(device=torch.device("cpu"), quick=True, repeat=1, warmup=0)
+    cases = []
+    for sp in (0.5, 0.95):
+        c = conv._conv_case(dict(shapes[1], layer="layer3.x", model="toy"), 1, sp, cfg.device, cfg)
+        cases.append(dict(c, status="ok"))
+    assert set(cases[0]["min_s"]) == set(conv.METHODS)
+    res = {"threads": 1, "load_average_start": [1.0] * 3, "load_average_end": [1.0] * 3,
+           "cases": cases, "e2e": [], "rule_from_measurements": conv.suggest_rule(cases),
+           "targets": conv.targets(cases, cfg.device)}
+    text = format_conv(res)
+    assert "layer3.x" in text and "measured rule" in text and "auto ran" in text
+
+
+def test_dispatch_table_lookup():
+    from lthfast.ops._conv_dispatch import kernel_class, min_sparsity, use_sparse
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert kernel_class((3, 3), 1, 64) == "3x3" and kernel_class((1, 1), 1, 64) == "1x1"
+    assert kernel_class((3, 3), 32, 32) == "depthwise" and kernel_class(None, 1, 8) == "linear"
+    assert kernel_class((7, 7), 1, 3) == "kxk"
+    assert min_sparsity(cpu, torch.float32, "3x3", 1) == 0.9
+    assert use_sparse(cpu, torch.float32, "3x3", 1, 0.95) and not use_sparse(cpu, torch.float32, "3x3", 1, 0.5)
+    assert not use_sparse(cpu, torch.float32, "3x3", 64, 0.99)      # batch beyond the measured range
+    assert not use_sparse(cpu, torch.bfloat16, "3x3", 1, 0.99)
+    assert not use_sparse(cuda, torch.float32, "3x3", 1, 0.99)      # not measured on a GPU

@@ -1,0 +1,135 @@
+"""lthfast.nn: MaskedConv2d / MaskedLinear, sparsify / densify on torchvision models."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lthfast
+from lthfast.nn import MaskedConv2d, MaskedLinear, densify, sparsify
+
+pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
+
+
+def _random_masks(model, sparsity=0.8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.rand(p.shape, generator=gen) >= sparsity
+            for name, p in model.named_parameters()
+            if name.endswith("weight") and p.dim() in (2, 4)}
+
+
+def _masked_copy(model, masks):
+    dense = copy.deepcopy(model)
+    params = dict(dense.named_parameters())
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].masked_fill_(~m, 0)
+    return dense
+
+
+def test_modules_drop_in():
+    conv = MaskedConv2d(4, 6, 3, padding=1, bias=True)
+    lin = MaskedLinear(6, 3)
+    ref_conv, ref_lin = nn.Conv2d(4, 6, 3, padding=1), nn.Linear(6, 3)
+    assert set(conv.state_dict()) == set(ref_conv.state_dict()) | {"mask"}
+    assert set(lin.state_dict()) == set(ref_lin.state_dict()) | {"mask"}
+    conv.load_state_dict({**ref_conv.state_dict(), "mask": torch.rand(6, 4, 3, 3) > 0.5})
+    x = torch.randn(2, 4, 5, 5)
+    for path in ("dense", "sparse", "auto"):
+        conv.path = path
+        torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(
+            x, ref_conv.weight * conv.mask, ref_conv.bias, padding=1))
+    assert "sparsity=" in repr(conv) and "sparsity=0.0000" in repr(lin)
+    assert isinstance(conv, nn.Conv2d) and isinstance(lin, nn.Linear)
+
+
+def test_padding_modes_and_same():
+    for kw in (dict(padding="same"), dict(padding=1, padding_mode="reflect"),
+               dict(padding=(2, 1), padding_mode="circular"), dict(padding="valid")):
+        torch.manual_seed(0)
+        ref = nn.Conv2d(3, 5, (3, 4) if kw.get("padding") == "same" else 3, **kw)
+        mc = sparsify(copy.deepcopy(nn.Sequential(ref)), {"0.weight": torch.rand(ref.weight.shape) > 0.3})[0]
+        x = torch.randn(1, 3, 8, 9)
+        with torch.no_grad():
+            ref.weight.mul_(mc.mask)
+        for path in ("dense", "sparse"):
+            mc.path = path
+            torch.testing.assert_close(mc(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_resnet_and_densify_back():
+    from torchvision.models import resnet18
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10).eval()
+    masks = _random_masks(model, 0.9)
+    dense = _masked_copy(model, masks)
+    params_before = {n: p for n, p in model.named_parameters()}
+    sp = sparsify(model, masks)
+    assert all(p is params_before[n] for n, p in sp.named_parameters())  # shared, not copied
+    assert isinstance(sp.conv1, MaskedConv2d) and isinstance(sp.fc, MaskedLinear)
+    assert sum(isinstance(m, MaskedConv2d) for m in sp.modules()) == 20
+    assert set(sp.state_dict()) == set(dense.state_dict()) | {f"{n[:-7]}.mask" for n in masks}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = dense(x)
+        for path in ("auto", "sparse"):
+            for m in sp.modules():
+                if hasattr(m, "path"):
+                    m.path = path
+            torch.testing.assert_close(sp(x), want, rtol=1e-4, atol=1e-4)
+    back = densify(sp)
+    assert not any(isinstance(m, (MaskedConv2d, MaskedLinear)) for m in back.modules())
+    assert type(back.conv1) is nn.Conv2d and "mask" not in back.conv1.state_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), want, rtol=1e-4, atol=1e-4)
+
+
+class _Ticket:
+    """What lthfast.Ticket exposes to sparsify: names() and [name]."""
+
+    def __init__(self, masks):
+        self._m = masks
+
+    def names(self):
+        return list(self._m)
+
+    def __getitem__(self, name):
+        return self._m[name]
+
+
+def test_sparsify_errors_leave_model_unchanged():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 2))
+    good = {"0.weight": torch.rand(4, 3, 3, 3) > 0.5, "2.weight": torch.rand(2, 4) > 0.5}
+    for bad, exc, word in (({**good, "9.weight": good["0.weight"]}, ValueError, "9.weight"),
+                           ({**good, "2.weight": good["2.weight"].t()}, ValueError, "2.weight"),
+                           ({**good, "2.weight": good["2.weight"].int()}, TypeError, "2.weight")):
+        with pytest.raises(exc, match=word):
+            sparsify(model, bad)
+        assert type(model[0]) is nn.Conv2d and type(model[2]) is nn.Linear
+    with pytest.raises(TypeError, match="ticket_or_masks"):
+        sparsify(model, [good["0.weight"]])
+    with pytest.raises(ValueError, match="path"):
+        sparsify(model, good, path="fastest")
+    sparsify(model, _Ticket(good))
+    assert isinstance(model[0], MaskedConv2d) and isinstance(model[2], MaskedLinear)
+
+
+def test_sparsified_detector_gives_same_detections():
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    model = FasterRCNN(backbone, num_classes=3, min_size=96, max_size=96,
+                       rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50).eval()
+    masks = _random_masks(model, 0.85, seed=1)
+    dense = _masked_copy(model, masks)
+    sp = sparsify(model, masks, path="sparse")
+    n_masked = sum(isinstance(m, (MaskedConv2d, MaskedLinear)) for m in sp.modules())
+    assert n_masked == len(masks)
+    images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(2))]
+    with torch.no_grad():
+        want, got = dense(images)[0], sp(images)[0]
+    assert len(want["boxes"]) > 0
+    assert torch.equal(want["labels"], got["labels"])
+    torch.testing.assert_close(got["boxes"], want["boxes"], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got["scores"], want["scores"], rtol=1e-3, atol=1e-4)
