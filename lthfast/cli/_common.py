@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from typing import Callable, Iterable, Sequence
+
+from lthfast._atomic import atomic_write as _atomic_write
 
 
 class CLIError(Exception):
@@ -123,24 +124,11 @@ def human_bytes(n: float | None) -> str:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Calls `write(tmp_path)` on a temporary file next to `path`, fsyncs it, then
-    renames it over `path` (os.replace). On any failure the temporary file is
-    removed and `path` is left untouched: never a partial file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    """lthfast._atomic.atomic_write, with a CLIError when the folder does not exist."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     if not os.path.isdir(directory):
-        raise CLIError(f"cannot write {path!r}: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        raise CLIError(f"cannot write {os.fspath(path)!r}: directory {directory!r} does not exist")
+    _atomic_write(path, write)
 
 
 def check_writable_target(path: str | os.PathLike, what: str) -> None:

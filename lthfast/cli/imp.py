@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
-from lthfast.cli._common import CLIError, eprint, format_table
+from lthfast.cli._common import CLIError, format_table
 
 _DESCRIPTION = """\
 Finds lottery tickets with iterative magnitude pruning (IMP). Round 0 trains the dense

@@ -11,33 +11,21 @@ RUN_DIR/
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
-import tempfile
 from typing import Callable
+
+from lthfast._atomic import atomic_write as _atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """`write(tmp)` then rename over `path`: a reader never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """`write(tmp)` then rename over `path`, creating the run's folders as needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _atomic_write(path, write)
 
 
 def write_text(path: str, text: str) -> None:

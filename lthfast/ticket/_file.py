@@ -13,10 +13,11 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zlib
 
 import torch
+
+from lthfast._atomic import atomic_write
 
 FORMAT = "lthfast.ticket"
 VERSION = "1"
@@ -52,22 +53,14 @@ def write(path, names, shapes, packed, kept, round_, meta, lthfast_version, laye
         offset += len(blob)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * ((-len(raw)) % 8)  # data starts 8-byte aligned, as safetensors writes it
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ticket-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write_to(tmp):
+        with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(path, write_to)
 
 
 class _Bad(ValueError):
