@@ -163,14 +163,15 @@ def _print_table(rows: list[dict], task: str, file=None) -> None:
         keys = [f"{prefix}_AP", f"{prefix}_AP50", f"{prefix}_APs", f"{prefix}_APm", f"{prefix}_APl"]
         if task != "detection":
             keys = ["bbox_AP"] + keys
-    headers = ["round", "sparsity"] + keys + ["train s", "eval s"]
+    headers = ["round", "sparsity"] + keys + ["prune s", "train s", "eval s"]
     out = []
     for r in rows:
         cells = [r["round"], f"{100 * r['sparsity']:.1f}%"]
         for k in keys:
             v = r.get(k)
             cells.append("-" if v is None or v != v or v < 0 else f"{v:.1f}")
-        cells += [f"{r.get('train_time_s', 0):.0f}", f"{r.get('eval_time_s', 0):.0f}"]
+        cells += [f"{r.get('prune_time_s', 0):.2f}", f"{r.get('train_time_s', 0):.0f}",
+                  f"{r.get('eval_time_s', 0):.0f}"]
         out.append(cells)
     print(format_table(headers, out), file=file or sys.stdout, flush=True)
 

@@ -197,6 +197,7 @@ class IMP:
         rewind = cfg.rewind_point
         rows, ticket = state["rows"], state["ticket"]
         for r in range(state["next_round"], cfg.rounds + 1):
+            t_prune = time.perf_counter()
             if r > 0:
                 ticket = ticket.prune(self.model, cfg.per_round_rate(), layerwise=cfg.layerwise)
                 _check_same_ticket_on_all_ranks(ticket)
@@ -206,6 +207,7 @@ class IMP:
                                            f"ran fewer than {rewind.iteration} iterations")
                     self.model.load_state_dict(state["rewind"])
             ticket.apply(self.model)
+            t_prune = time.perf_counter() - t_prune  # prune + rewind + mask: IMP's own overhead
             seed = cfg.seed * 1000 + r
             _seed_everything(seed)
 
@@ -228,7 +230,8 @@ class IMP:
             metrics = self.eval_fn(self.model, ctx) or {}
             t_eval = time.perf_counter() - t0
             row = {"round": r, "sparsity": sparsity, **group_sparsity(ticket, self.group_of),
-                   **metrics, "train_time_s": t_train, "eval_time_s": t_eval,
+                   **metrics, "prune_time_s": t_prune, "train_time_s": t_train,
+                   "eval_time_s": t_eval,
                    **{f"train_{k}": v for k, v in train_stats.items()
                       if isinstance(v, (int, float))}}
             row = plain(row)
