@@ -57,6 +57,16 @@ class Run:
         return self.status.get("state") == "running"
 
 
+def _nan_for_null(x):
+    """metrics.json writes undefined metrics (e.g. APl with no large objects) as null;
+    the analyses compute with them as NaN."""
+    if isinstance(x, dict):
+        return {k: _nan_for_null(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_for_null(v) for v in x]
+    return float("nan") if x is None else x
+
+
 def load_run(path: str, *, label: str | None = None, allow_running: bool = True) -> Run:
     """The run in `path`. RunError when it is not a run or no round finished; a run still
     being written (status.json says running) warns (RunningWarning) or, with
@@ -67,7 +77,7 @@ def load_run(path: str, *, label: str | None = None, allow_running: bool = True)
     if not run.exists():
         raise RunError(f"{path}: not an lthfast run directory (no config.json)")
     status = run.status()
-    rows = run.read_metrics()
+    rows = _nan_for_null(run.read_metrics())
     if status.get("state") == "running":
         msg = (f"run {path} is still being written (status.json: running, last finished round "
                f"{status.get('round')}); only its finished rounds are used")

@@ -125,8 +125,9 @@ def add_parser(sub) -> None:
     s.add_argument("--layerwise", action="store_true",
                    help="prune --rate of every layer separately instead of one global threshold")
     s.add_argument("--rewind", default=None, metavar="POINT",
-                   help="init | pretrained | iter:K | none (default: the demo's late resetting "
-                        "for detection, init otherwise)")
+                   help="init | pretrained | iter:K | none (default for detection tasks: the "
+                        "demo's late resetting, iter:50 of 300 iterations, i.e. K = --iters / 6; "
+                        "init for classification)")
     t = p.add_argument_group("training")
     t.add_argument("--iters", type=_positive_int, default=None, help="training iterations per round")
     t.add_argument("--batch-size", type=_positive_int, default=None, help="images per iteration")

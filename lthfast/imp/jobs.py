@@ -94,9 +94,17 @@ def settings_from_args(args) -> Settings:
     s = Settings(**given)
     if s.ticket and s.rounds is None:
         s.rounds = 0  # --ticket alone: train with the transferred mask fixed
-    for k, v in task_defaults(s.task).items():
+    defaults = task_defaults(s.task)
+    rewind_given, iters_given = s.rewind is not None, s.iters is not None
+    for k, v in defaults.items():
         if getattr(s, k, None) is None:
             setattr(s, k, v)
+    if not rewind_given and iters_given:
+        # The default late-resetting point keeps its place in the schedule:
+        # iter:50 of 300 iterations becomes iter:K with K = iters / 6.
+        point = Rewind.parse(s.rewind)
+        if point.kind == "iter" and defaults.get("iters"):
+            s.rewind = f"iter:{round(point.iteration * s.iters / defaults['iters'])}"
     if s.device is None:
         s.device = "cuda" if torch.cuda.is_available() else "cpu"
     if s.out is None:
