@@ -116,7 +116,8 @@ def add_parser(sub) -> None:
                         "from it (default with --ticket: --rounds 0)")
     s = p.add_argument_group("schedule")
     s.add_argument("--rounds", type=_nonneg_int, default=None,
-                   help="pruned rounds after the dense round 0 (default: the demo's)")
+                   help="pruned rounds after the dense round 0 (default: 2 for detection tasks, "
+                        "3 for classification)")
     s.add_argument("--rate", type=_fraction, default=None,
                    help="fraction of the remaining weights pruned per round (default: the demo's "
                         "0.5 for detection tasks, 0.2 for classification)")
@@ -129,16 +130,24 @@ def add_parser(sub) -> None:
                         "demo's late resetting, iter:50 of 300 iterations, i.e. K = --iters / 6; "
                         "init for classification)")
     t = p.add_argument_group("training")
-    t.add_argument("--iters", type=_positive_int, default=None, help="training iterations per round")
-    t.add_argument("--batch-size", type=_positive_int, default=None, help="images per iteration")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (SGD, momentum 0.9)")
-    t.add_argument("--warmup", type=_nonneg_int, default=None, help="linear warm-up iterations")
+    t.add_argument("--iters", type=_positive_int, default=None,
+                   help="training iterations of a round (default: 300 detection, 200 classification)")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per iteration (default: 4 detection, 32 classification)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of SGD with momentum 0.9 (default: 0.02)")
+    t.add_argument("--warmup", type=_nonneg_int, default=None,
+                   help="linear warm-up iterations (default: 50 detection, 20 classification)")
     t.add_argument("--lr-steps", type=_steps, default=None, metavar="I,J",
-                   help="iterations at which the learning rate drops 10x, e.g. 200,260")
+                   help="iterations at which the learning rate drops 10x, e.g. 200,260 (default "
+                        "for detection: 5/6 of --iters; classification uses cosine decay)")
     t.add_argument("--image-size", type=_positive_int, default=None,
-                   help="image side for shapes data (and the detector's resize)")
-    t.add_argument("--n-train", type=_positive_int, default=None, help="shapes: training images")
-    t.add_argument("--n-val", type=_positive_int, default=None, help="shapes: validation images")
+                   help="image side for shapes data (and the detector's resize; default: 96 "
+                        "detection, 32 classification)")
+    t.add_argument("--n-train", type=_positive_int, default=None,
+                   help="shapes: training images (default: 300 detection, 2000 classification)")
+    t.add_argument("--n-val", type=_positive_int, default=None,
+                   help="shapes: validation images (default: 100 detection, 500 classification)")
     t.add_argument("--device", default=None, metavar="DEV",
                    help="cpu or cuda (default: cuda when a GPU is visible, else cpu)")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")

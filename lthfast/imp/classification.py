@@ -63,7 +63,8 @@ class ShapesClassification(torch.utils.data.Dataset):
         return img, label
 
 
-def load_classification_data(spec: str, *, n_train: int, n_val: int, image_size: int, seed: int):
+def load_classification_data(spec: str, *, n_train: int | None, n_val: int | None,
+                             image_size: int | None, seed: int):
     """(train, val, class names) for `shapes` or `folder:PATH`."""
     if spec == "shapes":
         return (ShapesClassification(n_train, size=image_size, seed=seed),
@@ -77,7 +78,8 @@ def load_classification_data(spec: str, *, n_train: int, n_val: int, image_size:
             if not os.path.isdir(os.path.join(root, split)):
                 raise ValueError(f"--data {spec}: {os.path.join(root, split)} is not a directory; "
                                  "an image folder needs PATH/train/CLASS/*.jpg and PATH/val/CLASS/*.jpg")
-        tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor()])
+        side = image_size or 224
+        tf = T.Compose([T.Resize(side), T.CenterCrop(side), T.ToTensor()])
         tr = torchvision.datasets.ImageFolder(os.path.join(root, "train"), transform=tf)
         va = torchvision.datasets.ImageFolder(os.path.join(root, "val"), transform=tf)
         return tr, va, list(tr.classes)

@@ -96,6 +96,10 @@ def settings_from_args(args) -> Settings:
         s.rounds = 0  # --ticket alone: train with the transferred mask fixed
     defaults = task_defaults(s.task)
     rewind_given, iters_given = s.rewind is not None, s.iters is not None
+    steps_given = s.lr_steps is not None
+    if s.data != "shapes":  # sizes of the built-in data; real data keeps the model's resize
+        for k in ("n_train", "n_val", "image_size"):
+            defaults.pop(k, None)
     for k, v in defaults.items():
         if getattr(s, k, None) is None:
             setattr(s, k, v)
@@ -105,6 +109,9 @@ def settings_from_args(args) -> Settings:
         point = Rewind.parse(s.rewind)
         if point.kind == "iter" and defaults.get("iters"):
             s.rewind = f"iter:{round(point.iteration * s.iters / defaults['iters'])}"
+    if not steps_given and iters_given and defaults.get("iters"):
+        # likewise the learning-rate drop (at 250 of 300 iterations in the demo)
+        s.lr_steps = [round(x * s.iters / defaults["iters"]) for x in s.lr_steps or ()]
     if s.device is None:
         s.device = "cuda" if torch.cuda.is_available() else "cpu"
     if s.out is None:
