@@ -34,6 +34,8 @@ SETTINGS = {False: dict(iters=20, batch_size=4, n_train=300, n_val=100),
             True: dict(iters=3, batch_size=4, n_train=300, n_val=100)}
 OPT = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
 PHASES = ("prune", "rewind", "mask", "train")
+#: iterations one round of the built-in demo trains (DEMO iters 300 - rewind iter:50)
+DEMO_ROUND_ITERS = 250
 TARGET_OVERHEAD = 0.01  # lthfast (prune + rewind + mask) / round
 TARGET_RATIO = 1.0      # torch_prune round time / lthfast round time, CPU: never slower
 METHODS = {"lthfast": "Ticket.prune + load_state_dict(rewind) + ticket.apply + MaskedSGD",
@@ -143,12 +145,22 @@ def run_suite(config, ctx, *, settings=None, root_cache=None) -> dict:
                              "status": "ok", "runs": rs, "median_s": med["total"],
                              "median_phase_s": med, "overhead_fraction": statistics.median(over),
                              "kept": rs[0]["kept"]})
+    # A real round trains far longer than a benchmark can: the demo's rounds train
+    # iters - rewind iterations. Same measured phase times, per-iteration train time scaled.
+    out["demo_round_iters"] = DEMO_ROUND_ITERS
+    for c in out["cases"]:
+        ph = c["median_phase_s"]
+        over = ph["prune"] + ph["rewind"] + ph["mask"]
+        c["overhead_fraction_demo_round"] = over / (over + ph["train"] / iters * DEMO_ROUND_ITERS)
     lt, tp = (next(c for c in out["cases"] if c["method"] == m) for m in ("lthfast", "torch_prune"))
     ratio = tp["median_s"] / lt["median_s"]
     lt["speedup_vs_torch_prune"], tp["speedup_vs_torch_prune"] = ratio, 1.0
     out["targets"] = [
         {"what": "lthfast (prune + rewind + mask) / round time", "value": lt["overhead_fraction"],
          "limit": f"<= {TARGET_OVERHEAD}", "met": lt["overhead_fraction"] <= TARGET_OVERHEAD},
+        {"what": f"lthfast overhead scaled to a demo round ({DEMO_ROUND_ITERS} iterations)",
+         "value": lt["overhead_fraction_demo_round"], "limit": f"<= {TARGET_OVERHEAD}",
+         "met": lt["overhead_fraction_demo_round"] <= TARGET_OVERHEAD},
         {"what": "torch_prune round time / lthfast round time (CPU: never slower)",
          "value": ratio, "limit": f">= {TARGET_RATIO}", "met": ratio >= TARGET_RATIO}]
     return out
@@ -160,15 +172,17 @@ def format_imp_round(res: dict) -> str:
              f"{res['rate']:.0%} of {human_count(res['n_pruned_weights'])} weights "
              f"({res['n_pruned_tensors']} tensors, scope {res['scope']}), rewind, mask, train "
              f"{res['iters']} iterations (batch {res['batch_size']}, {res['threads']} threads); "
-             "median seconds; 'overhead' = (prune + rewind + mask) / round",
+             "median seconds; 'overhead' = (prune + rewind + mask) / round; 'at N it' = the "
+             "same with the train time scaled to a demo round of N iterations",
              f"load: {res.get('uptime_before')}"]
     rows = []
     for c in res["cases"]:
         ph = c["median_phase_s"]
         rows.append([c["method"], *(f"{ph[p]:.3f}" for p in (*PHASES, "total")),
-                     f"{c['overhead_fraction']:.2%}", f"{c['speedup_vs_torch_prune']:.3f}x"])
+                     f"{c['overhead_fraction']:.2%}", f"{c['overhead_fraction_demo_round']:.2%}",
+                     f"{c['speedup_vs_torch_prune']:.3f}x"])
     lines.append(format_table(["method", "prune s", "rewind s", "mask s", "train s", "round s",
-                               "overhead", "vs torch"], rows))
+                               "overhead", f"at {res['demo_round_iters']} it", "vs torch"], rows))
     lines.extend(f"  {c['method']}: {c['label']}" for c in res["cases"])
     lines.append("targets (reported, not enforced):")
     for t in res["targets"]:

@@ -27,7 +27,7 @@ from lthfast.cli._models import build_model, prunable_layers
 SPARSITY = 0.8
 MODEL_CPU, MODEL_GPU = "resnet18", "resnet50"
 #: (batch, image px, timed steps per method per repeat)
-SIZES = {("cpu", False): (16, 112, 4), ("cpu", True): (4, 64, 3),
+SIZES = {("cpu", False): (16, 112, 5), ("cpu", True): (4, 64, 5),
          ("cuda", False): (32, 224, 10), ("cuda", True): (16, 112, 5)}
 BASELINE = "dense"
 TARGET_SLOWDOWN = 1.02  # lthfast step time / dense step time
@@ -169,11 +169,14 @@ def run_suite(config, ctx, *, sizes=None) -> dict:
                 c.step()
         keys = list(cases)
         for r in range(n_rep):
-            order = keys[r % len(keys):] + keys[:r % len(keys)]  # rotate: no method always first
-            for k in order:
-                progress.start(f"repeat {r + 1}: {k}")
-                for _ in range(steps):
+            progress.start(f"repeat {r + 1}: {steps} steps of each method, interleaved")
+            for s in range(steps):
+                # one step of each method in turn (a load burst hits all of them), rotated so
+                # that no method always runs first
+                i = (r * steps + s) % len(keys)
+                for k in keys[i:] + keys[:i]:
                     times[k].append(time_call(cases[k].step, device)[0])
+            for k in keys:
                 progress.done(f"repeat {r + 1}: {k} {statistics.median(times[k]) * 1e3:.1f} ms")
     finally:
         progress.close()
