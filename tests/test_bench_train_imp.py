@@ -36,6 +36,7 @@ def test_train_step_tiny():
     cases = {c["method"]: c for c in res["cases"]}
     assert set(cases) == {"dense", "lthfast", "torch_prune", "asp"}
     assert cases["dense"]["ratio_vs_dense"] == 1.0 and cases["dense"]["memory_vs_dense"] == 1.0
+    assert cases["dense"]["paired_ratio_vs_dense"] == 1.0 and cases["lthfast"]["paired_ratio_vs_dense"] > 0
     for c in cases.values():
         assert len(c["times_s"]) == 1 and c["median_s"] > 0
     dense = cases["dense"]["memory_bytes"]["total"]

@@ -185,14 +185,19 @@ def run_suite(config, ctx, *, sizes=None) -> dict:
     dense_mem = cases[BASELINE].memory["total"]
     for k, c in cases.items():
         med = statistics.median(times[k])
+        # times[k][i] and times[dense][i] ran back to back: the median of their ratios
+        # cancels the load drifting over the run, which the ratio of medians does not
+        paired = statistics.median(t / d for t, d in zip(times[k], times[BASELINE]))
         out["cases"].append({"model": name, "round": 1, "method": k, "label": METHODS[k],
                              "status": "ok", "times_s": times[k], "median_s": med,
-                             "ratio_vs_dense": med / dense_t, "memory_bytes": c.memory,
+                             "ratio_vs_dense": med / dense_t, "paired_ratio_vs_dense": paired,
+                             "memory_bytes": c.memory,
                              "memory_vs_dense": c.memory["total"] / dense_mem})
     lt = next(c for c in out["cases"] if c["method"] == "lthfast")
     out["targets"] = [
-        {"what": "lthfast step time / dense step time", "value": lt["ratio_vs_dense"],
-         "limit": f"<= {TARGET_SLOWDOWN}", "met": lt["ratio_vs_dense"] <= TARGET_SLOWDOWN},
+        {"what": "lthfast step time / dense step time (median of back-to-back pairs)",
+         "value": lt["paired_ratio_vs_dense"], "limit": f"<= {TARGET_SLOWDOWN}",
+         "met": lt["paired_ratio_vs_dense"] <= TARGET_SLOWDOWN},
         {"what": "lthfast model bytes (params+buffers+packed ticket+optimizer bool masks) / dense",
          "value": lt["memory_vs_dense"], "limit": f"<= {TARGET_MEMORY}",
          "met": lt["memory_vs_dense"] <= TARGET_MEMORY}]
@@ -204,7 +209,9 @@ def format_train_step(res: dict) -> str:
     lines = [f"train_step: {res['model']} ({human_count(res['n_params'])} params, "
              f"{human_count(res['n_masked'])} masked at {res['sparsity']:.0%}), batch "
              f"{res['batch_size']} x {res['image_px']} px, forward + backward + SGD(momentum 0.9); "
-             "'vs dense' = time / dense time; memory = params + buffers + masks (tensor bytes)",
+             "'vs dense' = median time / dense median; 'paired' = median of (time / dense time "
+             "of the step run just before or after it); memory = params + buffers + masks "
+             "(bytes of the tensors; SGD momentum buffers, the same for all, not counted)",
              f"load: {res.get('uptime_before')}"]
     rows = []
     for c in res["cases"]:
@@ -212,10 +219,12 @@ def format_train_step(res: dict) -> str:
         extra = ", ".join(f"{k} {human_bytes(v)}" for k, v in mem.items()
                           if k not in ("total", "parameters_and_buffers") and v)
         rows.append([c["method"], c["label"], f"{c['median_s'] * 1e3:.1f}",
-                     f"{c['ratio_vs_dense']:.3f}", human_bytes(mem["total"]),
+                     f"{c['ratio_vs_dense']:.3f}", f"{c['paired_ratio_vs_dense']:.3f}",
+                     human_bytes(mem["total"]),
                      f"{c['memory_vs_dense']:.3f}", extra])
-    lines.append(format_table(["method", "what", "median ms", "vs dense", "memory", "vs dense",
-                               "of which (besides params+buffers)"], rows, align="llrrrrl"))
+    lines.append(format_table(["method", "what", "median ms", "vs dense", "paired", "memory",
+                               "vs dense", "of which (besides params+buffers)"], rows,
+                              align="llrrrrrl"))
     lines.append("targets (reported, not enforced):")
     for t in res["targets"]:
         met = {True: "met", False: "NOT MET"}[t["met"]]
