@@ -49,19 +49,26 @@ def _train(model, ds, opt, iters, batch_size, device):
           warmup_iters=iters, progress=False, seed=0, **OPT)
 
 
+def _now(device) -> float:
+    """perf_counter after the device's queued work is done (phase times on CUDA)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def lthfast_round(model, names, rewind, ds, iters, batch_size, device) -> dict:
     ticket = lthfast.Ticket.dense(model, names)  # round 0's ticket exists before the round
     t = {}
-    t0 = time.perf_counter()
+    t0 = _now(device)
     ticket = ticket.prune(model, RATE)
-    t1 = time.perf_counter()
+    t1 = _now(device)
     model.load_state_dict(rewind)
-    t2 = time.perf_counter()
+    t2 = _now(device)
     ticket.apply(model)
     opt = lo.MaskedSGD([p for p in model.parameters() if p.requires_grad], ticket=ticket, **OPT)
-    t3 = time.perf_counter()
+    t3 = _now(device)
     _train(model, ds, opt, iters, batch_size, device)
-    t4 = time.perf_counter()
+    t4 = _now(device)
     t.update(prune=t1 - t0, rewind=t2 - t1, mask=t3 - t2, train=t4 - t3)
     t["kept"] = ticket.kept()
     return t
@@ -71,22 +78,22 @@ def torch_round(model, names, rewind, ds, iters, batch_size, device) -> dict:
     pairs = [(model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names]
     pruned = set(names)
     t = {}
-    t0 = time.perf_counter()
+    t0 = _now(device)
     tprune.global_unstructured(pairs, pruning_method=tprune.L1Unstructured, amount=RATE)
-    t1 = time.perf_counter()
+    t1 = _now(device)
     state = {(k + "_orig" if k in pruned else k): v for k, v in rewind.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("_mask") for k in missing):
         raise RuntimeError(f"rewind did not match: missing {missing}, unexpected {unexpected}")
-    t2 = time.perf_counter()
+    t2 = _now(device)
     for mod, attr in pairs:
         mask = getattr(mod, attr + "_mask")
         tprune.remove(mod, attr)
         tprune.custom_from_mask(mod, attr, mask)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **OPT)
-    t3 = time.perf_counter()
+    t3 = _now(device)
     _train(model, ds, opt, iters, batch_size, device)
-    t4 = time.perf_counter()
+    t4 = _now(device)
     t.update(prune=t1 - t0, rewind=t2 - t1, mask=t3 - t2, train=t4 - t3)
     t["kept"] = int(sum(int(getattr(m, a + "_mask").sum()) for m, a in pairs))
     return t
