@@ -34,6 +34,19 @@ register(Suite("conv", "masked sparse convolution: lthfast.ops.masked_conv2d den
                        "F.conv2d(x, w * mask), per resnet50 conv shape, and end to end",
                run=_conv.run_suite, format=format_conv))
 
+from lthfast.bench import train_step as _train_step  # noqa: E402
+
+register(Suite("train_step", "full training step (forward + backward + SGD momentum) of resnet18 "
+                             "(CPU) / resnet50 (GPU) at 80% sparsity: dense vs lthfast Ticket + "
+                             "MaskedSGD vs torch.nn.utils.prune hooks vs ASP-style masking; model bytes",
+               run=_train_step.run_suite, format=_train_step.format_train_step))
+
+from lthfast.bench import imp_round as _imp_round  # noqa: E402
+
+register(Suite("imp_round", "one IMP round (prune + rewind + mask + train) of the small default "
+                            "detector on shapes: lthfast vs torch.nn.utils.prune hooks",
+               run=_imp_round.run_suite, format=_imp_round.format_imp_round))
+
 from lthfast.bench.runner import run  # noqa: E402
 
 __all__ = ["BenchConfig", "Suite", "get", "names", "register", "run"]

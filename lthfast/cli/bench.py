@@ -30,6 +30,16 @@ suites:
              F.conv2d(x, w * mask) for every distinct Conv2d shape of resnet50 at sparsity
              0.5-0.98, batch 1 and 8 (GPU: 1, 8, 32), and resnet50 eval end to end at 80% /
              95%. --quick: fewer shapes and sparsities.
+  train_step one full training step (forward + backward + SGD momentum 0.9) of resnet18 (CPU,
+             batch 16 x 112 px) / resnet50 (GPU) with the Conv/Linear weights 80% pruned: the
+             dense model vs lthfast Ticket.apply + MaskedSGD vs torch.nn.utils.prune hooks vs
+             ASP-style grad/weight *= mask; median step time vs dense, and the model's bytes
+             (parameters + buffers + masks) vs dense. --quick: batch 4 x 64 px.
+  imp_round  one IMP round of fasterrcnn_resnet18_fpn on shapes (96 px): prune 50% of the
+             paper-scope weights, rewind, mask, train 20 iterations; lthfast (Ticket.prune +
+             apply + MaskedSGD) vs the torch.nn.utils.prune loop (global_unstructured hooks,
+             weight_orig rewind, custom_from_mask, torch SGD). Phase times, the pruning
+             overhead as a fraction of the round, and the round time ratio. --quick: 3 iterations.
 
 The full threshold suite takes about 10 minutes on 2 CPU cores (torch's pruning is the
 slow part); --repeat 1 --warmup 0 cuts that to about a third."""
@@ -42,6 +52,8 @@ examples:
   lthfast bench threshold --quick                 resnet18 only, 1 repeat (a smoke test)
   lthfast bench optim --json optim.json           fused masked optimizer step vs torch.optim
   lthfast bench conv --quick                      masked sparse conv paths vs F.conv2d
+  lthfast bench train_step --quick               masked training step vs dense and torch prune
+  lthfast bench imp_round --quick                one detector IMP round vs torch.nn.utils.prune
   lthfast bench all --repeat 5
   lthfast bench --list"""
 
