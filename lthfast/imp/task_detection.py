@@ -51,6 +51,7 @@ def build(s, device):
 
     describe = (f"lthfast imp: {s.task}, {s.model} on {s.data} ({len(train_set)} train / "
                 f"{len(val_set)} val images), scope {s.scope}: {len(names)} pruned weight tensors, "
-                f"{s.rounds} pruned rounds x {s.iters} iterations (batch {s.batch_size}, lr {s.lr}), "
+                f"a dense round and {s.rounds} pruned rounds of {s.iters} iterations (batch "
+                f"{s.batch_size}, lr {s.lr}), "
                 f"rewind {s.rewind}, device {device}\nrun directory: {s.out}")
     return model, names, train_fn, eval_fn, det_scopes.scope_of, describe
