@@ -164,3 +164,30 @@ def test_unknown_parameter_names_are_refused():
     with pytest.raises(ValueError, match="not found"):
         run_imp(model, ["0.weight", "fc.weight"], train_fn=train_fn, eval_fn=eval_fn,
                 config=IMPConfig(rounds=1))
+
+
+def test_early_bird_masks_are_saved_and_the_last_one_is_round_1s(tmp_path):
+    from lthfast.analysis import early_bird_iterations
+    model = tiny_net()
+    names, train_fn, eval_fn = job(model)
+    run_imp(model, names, train_fn=train_fn, eval_fn=eval_fn,
+            config=IMPConfig(rounds=1, rate=0.3), out=str(tmp_path), early_bird_every=2)
+    files = sorted(p.name for p in (tmp_path / "round_0" / "early_bird").iterdir())
+    assert files == [f"iter_{i:07d}.safetensors" for i in (2, 4, 6)]
+    rows = early_bird_iterations(str(tmp_path))
+    assert [r["iteration"] for r in rows] == [2, 4, 6]
+    # after the last iteration the would-be mask is round 1's mask, exactly
+    assert rows[-1]["iou_with_final"] == 1.0
+    assert all(0.0 <= r["iou_with_final"] <= 1.0 for r in rows)
+    assert rows[0]["sparsity"] == pytest.approx(0.3, abs=0.01)
+    from lthfast.cli import main
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 0
+    assert "During dense training" in (tmp_path / "r.html").read_text()
+
+
+def test_early_bird_every_must_be_positive():
+    model = tiny_net()
+    names, train_fn, eval_fn = job(model)
+    with pytest.raises(ValueError, match="early_bird_every"):
+        run_imp(model, names, train_fn=train_fn, eval_fn=eval_fn, config=IMPConfig(rounds=1),
+                early_bird_every=0)

@@ -1,6 +1,6 @@
 """Mask overlap: IoU of the kept weights of two tickets, overall and per layer
 (`Ticket.iou`), and early-bird stability: IoU of each round's mask with the run's
-final ticket."""
+final ticket, and of masks drawn during dense training with round 1's."""
 from __future__ import annotations
 
 from lthfast.analysis._plot import plt, png
@@ -86,6 +86,52 @@ def early_bird(run) -> list[dict]:
         out.append({"round": r, "sparsity": t.sparsity(), "iou_with_final": iou,
                     "chance_iou": random_iou(t.sparsity(), final.sparsity())})
     return out
+
+
+def early_bird_iterations(run) -> list[dict]:
+    """IoU of the mask that round 1 would get if round 0 stopped after iteration i (saved
+    by `lthfast imp --early-bird-every N` in round_0/early_bird/) with round 1's actual
+    mask (from the end of round 0), at the same sparsity: one dict per saved iteration
+    (iteration, sparsity, iou_with_final, chance_iou). Empty when none were saved."""
+    import glob
+    import os
+    if isinstance(run, str):
+        from lthfast.analysis.runs import load_run
+        run = load_run(run)
+    files = sorted(glob.glob(os.path.join(run.path, "round_0", "early_bird", "iter_*.safetensors")))
+    if not files or 1 not in run.rounds:
+        return []
+    final = run.ticket(1)
+    out = []
+    for f in files:
+        t = _load(f)
+        it = int(t.meta.get("iteration", os.path.basename(f)[5:12]))
+        out.append({"iteration": it, "sparsity": t.sparsity(),
+                    "iou_with_final": t.iou(final)["overall"],
+                    "chance_iou": random_iou(t.sparsity(), final.sparsity())})
+    return out
+
+
+def plot_early_bird_iterations(runs: dict[str, list[dict]]) -> str | None:
+    """IoU with round 1's mask vs training iteration of round 0, one line per run."""
+    runs = {k: v for k, v in runs.items() if v}
+    if not runs:
+        return None
+    p = plt()
+    fig, ax = p.subplots(figsize=(6.5, 4))
+    for label, rows in runs.items():
+        line, = ax.plot([r["iteration"] for r in rows], [r["iou_with_final"] for r in rows],
+                        marker=".", label=label)
+        ax.plot([r["iteration"] for r in rows], [r["chance_iou"] for r in rows], ls="--",
+                color=line.get_color(), alpha=0.6, label=f"{label}: random masks (chance)")
+    ax.set_xlabel("training iteration of the dense round")
+    ax.set_ylabel("IoU of kept weights with round 1's mask")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Early-bird tickets: the mask drawn during dense training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)
 
 
 def plot_early_bird(runs: dict[str, list[dict]]) -> str | None:

@@ -164,8 +164,16 @@ def _early_bird(runs) -> str:
     out = "<h2>Early-bird stability</h2>" + _note(
         "IoU of the mask of each round with the run's final ticket: a curve near 1 early "
         "means the ticket is found early.")
-    return (out + img(ov.plot_early_bird(data), "early-bird stability")
+    out += (img(ov.plot_early_bird(data), "early-bird stability")
             + html_table([{"run": k, **row} for k, rows in data.items() for row in rows]))
+    iters = {r.label: ov.early_bird_iterations(r) for r in runs}
+    if any(iters.values()):
+        out += ("<h3>During dense training</h3>" + _note(
+            "Masks drawn every few iterations of round 0 (lthfast imp --early-bird-every N) "
+            "against round 1's mask at the same sparsity.")
+            + img(ov.plot_early_bird_iterations(iters), "early-bird masks during training")
+            + html_table([{"run": k, **row} for k, rows in iters.items() for row in rows]))
+    return out
 
 
 def _layers(runs) -> str:

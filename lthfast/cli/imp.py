@@ -159,6 +159,10 @@ def add_parser(sub) -> None:
                    help="run directory (default: runs/imp-TASK-MODEL-TIMESTAMP)")
     o.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the run in RUN_DIR with its saved settings (--rounds may grow it)")
+    o.add_argument("--early-bird-every", type=_positive_int, default=None, metavar="N",
+                   help="every N iterations of round 0, save the mask round 1 would get if "
+                        "training stopped there (round_0/early_bird/); `lthfast report` then "
+                        "plots how early the ticket is found")
     o.add_argument("--quiet", action="store_true", help="no progress bars; log lines only")
     o.add_argument("--nproc", type=_positive_int, default=None,
                    help="start this many data-parallel processes (DDP; gloo on CPU, nccl on GPU)")

@@ -143,7 +143,8 @@ class IMP:
                  config: IMPConfig, out: str | None = None, meta: dict | None = None,
                  group_of: Callable[[str], str] | None = None,
                  log: Callable[[str], None] | None = None,
-                 on_round: Callable[[dict], None] | None = None, initial_ticket=None):
+                 on_round: Callable[[dict], None] | None = None, initial_ticket=None,
+                 early_bird_every: int | None = None):
         from lthfast.ticket import Ticket
         if not names:
             raise ValueError("IMP needs at least one parameter to prune; `names` is empty")
@@ -161,6 +162,11 @@ class IMP:
         self.main = _is_main()
         self._Ticket = Ticket
         self.initial_ticket = initial_ticket
+        if early_bird_every is not None and (isinstance(early_bird_every, bool)
+                                             or not isinstance(early_bird_every, int)
+                                             or early_bird_every <= 0):
+            raise ValueError(f"early_bird_every must be a positive int, got {early_bird_every!r}")
+        self.early_bird_every = early_bird_every
         if initial_ticket is not None:  # ticket transfer: start from a given mask
             if set(initial_ticket.names()) != set(self.names):
                 raise ValueError("initial_ticket must cover exactly the pruned parameters `names`")
@@ -211,9 +217,11 @@ class IMP:
             seed = cfg.seed * 1000 + r
             _seed_everything(seed)
 
-            def on_iter(i, model, _r=r):
+            def on_iter(i, model, _r=r, _ticket=ticket):
                 if _r == 0 and rewind.kind == "iter" and i == rewind.iteration:
                     state["rewind"] = snapshot(model)
+                if _r == 0 and self.early_bird_every and i % self.early_bird_every == 0:
+                    self._save_early_bird(i, model, _ticket)
 
             start = rewind.iteration if (r > 0 and rewind.kind == "iter") else 0
             if r == 0 and rewind.kind == "iter" and rewind.iteration == 0:
@@ -250,6 +258,17 @@ class IMP:
             self.run.set_status("complete", -1)
         return IMPResult(rows=rows, ticket=ticket,
                          run_dir=None if self.run is None else self.run.path)
+
+    def _save_early_bird(self, i: int, model: nn.Module, ticket) -> None:
+        """The mask round 1 would get if round 0 stopped after iteration i (early-bird
+        analysis: lthfast.analysis.early_bird_iterations compares it with round 1's)."""
+        if self.run is None or not self.main or self.config.rounds < 1:
+            return
+        early = ticket.prune(model, self.config.per_round_rate(), layerwise=self.config.layerwise)
+        early.meta.update({"iteration": i})
+        path = self.run.file("round_0", "early_bird", f"iter_{i:07d}.safetensors")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        early.save(path)
 
     def _write_report(self) -> None:
         try:

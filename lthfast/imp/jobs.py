@@ -49,6 +49,7 @@ class Settings:
     resume: str | None = None
     quiet: bool = False
     ticket: str | None = None  # transfer: start from this ticket (lthfast.transfer)
+    early_bird_every: int | None = None  # save round 1's would-be mask every N iterations
 
 
 # Settings a resumed run may change: they do not change its results.
@@ -171,7 +172,8 @@ class Job:
 
         imp = IMP(self.model, self.names, train_fn=self.train_fn, eval_fn=self.eval_fn,
                   config=self.config, out=s.out, meta=self.meta, group_of=self.group_of,
-                  log=log, on_round=on_round, initial_ticket=self.initial_ticket)
+                  log=log, on_round=on_round, initial_ticket=self.initial_ticket,
+                  early_bird_every=s.early_bird_every)
         res = imp.run_rounds(resume=bool(s.resume))
         if ddp.is_main():
             print()
