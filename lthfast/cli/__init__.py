@@ -17,6 +17,8 @@ COMMANDS = ("info", "imp", "prune", "bench", "report", "compare", "perturb")
 
 _EPILOG = """\
 examples:
+  lthfast imp                                    IMP on the built-in demo (small Faster R-CNN, shapes)
+  lthfast imp --task segmentation --out runs/seg IMP of a small Mask R-CNN; see `lthfast imp --help`
   lthfast info                                   what was built (CPU/CUDA kernels, archs, ops)
   lthfast prune resnet50 --amount 0.8            prune a random-init resnet50 to 80% sparsity
   lthfast prune ckpt.pth --arch resnet50 --amount 0.2 --save pruned.pth
@@ -32,7 +34,8 @@ run `lthfast COMMAND --help` for the options of one command.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lthfast",
-        description="lthfast: find lottery tickets fast (global magnitude pruning, IMP).",
+        description="lthfast: find lottery tickets fast (iterative magnitude pruning of "
+                    "torchvision detection and classification models).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
