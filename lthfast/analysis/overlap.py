@@ -114,44 +114,39 @@ def early_bird_iterations(run) -> list[dict]:
 
 def plot_early_bird_iterations(runs: dict[str, list[dict]]) -> str | None:
     """IoU with round 1's mask vs training iteration of round 0, one line per run."""
-    runs = {k: v for k, v in runs.items() if v}
-    if not runs:
-        return None
-    p = plt()
-    fig, ax = p.subplots(figsize=(6.5, 4))
-    for label, rows in runs.items():
-        line, = ax.plot([r["iteration"] for r in rows], [r["iou_with_final"] for r in rows],
-                        marker=".", label=label)
-        ax.plot([r["iteration"] for r in rows], [r["chance_iou"] for r in rows], ls="--",
-                color=line.get_color(), alpha=0.6, label=f"{label}: random masks (chance)")
-    ax.set_xlabel("training iteration of the dense round")
-    ax.set_ylabel("IoU of kept weights with round 1's mask")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Early-bird tickets: the mask drawn during dense training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return png(fig)
+    return _plot_iou_curves({k: v for k, v in runs.items() if v}, "iteration",
+                            xlabel="training iteration of the dense round",
+                            ylabel="IoU of kept weights with round 1's mask",
+                            title="Early-bird tickets: the mask drawn during dense training")
 
 
 def plot_early_bird(runs: dict[str, list[dict]]) -> str | None:
     """IoU with the final mask vs round, one line per run (dashed: chance level)."""
-    runs = {k: v for k, v in runs.items() if len(v) > 1}
+    return _plot_iou_curves({k: v for k, v in runs.items() if len(v) > 1}, "round",
+                            xlabel="IMP round (0 = dense)",
+                            ylabel="IoU of kept weights with the final ticket",
+                            title="Early-bird stability: how soon the final mask is found",
+                            integer_ticks=True)
+
+
+def _plot_iou_curves(runs: dict[str, list[dict]], x: str, *, xlabel: str, ylabel: str,
+                     title: str, integer_ticks: bool = False) -> str | None:
+    """`iou_with_final` against `x`, one line per run; dashed: the chance level."""
     if not runs:
         return None
     p = plt()
     fig, ax = p.subplots(figsize=(6.5, 4))
     for label, rows in runs.items():
-        line, = ax.plot([r["round"] for r in rows], [r["iou_with_final"] for r in rows],
-                        marker="o", label=label)
-        ax.plot([r["round"] for r in rows], [r["chance_iou"] for r in rows], ls="--",
-                color=line.get_color(), alpha=0.6, label=f"{label}: random masks (chance)")
-    ax.set_xlabel("IMP round (0 = dense)")
-    rounds = sorted({r["round"] for rows in runs.values() for r in rows})
-    ax.set_xticks(rounds)
-    ax.set_ylabel("IoU of kept weights with the final ticket")
+        xs = [r[x] for r in rows]
+        line, = ax.plot(xs, [r["iou_with_final"] for r in rows], marker="o", label=label)
+        ax.plot(xs, [r["chance_iou"] for r in rows], ls="--", color=line.get_color(),
+                alpha=0.6, label=f"{label}: random masks (chance)")
+    if integer_ticks:
+        ax.set_xticks(sorted({r[x] for rows in runs.values() for r in rows}))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
-    ax.set_title("Early-bird stability: how soon the final mask is found")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -76,7 +76,9 @@ def format_not_built(name: str, res: dict) -> str:
 
 
 def write_json(path: str, result: dict) -> None:
-    text = json.dumps(result, indent=2, default=str, allow_nan=True)
+    # One line: per-shape suites (conv) hold thousands of records; `python -m json.tool`
+    # pretty-prints it for reading.
+    text = json.dumps(result, separators=(",", ":"), default=str, allow_nan=True)
 
     def write(tmp):
         with open(tmp, "w") as f:

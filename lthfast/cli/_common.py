@@ -19,6 +19,22 @@ class CLIError(Exception):
         self.code = code
 
 
+def int_at_least(minimum: int):
+    """An argparse `type=` for integers >= minimum, with an error naming the value."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < minimum:
+            need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"{text} must be {need}")
+        return v
+    return parse
+
+
 def eprint(*args, **kwargs) -> None:
     print(*args, file=sys.stderr, flush=True, **kwargs)
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from lthfast.cli._common import CLIError, check_writable_target, eprint, resolve_device
+from lthfast.cli._common import (CLIError, check_writable_target, eprint, int_at_least,
+                                 resolve_device)
 
 _DESCRIPTION = """\
 Runs benchmark suites: each times the baseline (torch) and lthfast in the same run, on the
@@ -58,16 +59,6 @@ examples:
   lthfast bench --list"""
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return v
-
-
 def add_parser(sub) -> None:
     from lthfast.bench import names
     p = sub.add_parser("bench", help="benchmark lthfast against torch (table of ratios, JSON)",
@@ -80,9 +71,9 @@ def add_parser(sub) -> None:
                    help="small and fast: resnet18 only, 1 repeat, smaller bandwidth probe "
                         "(for tests; not for quoting numbers)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    p.add_argument("--repeat", type=_positive, metavar="N",
+    p.add_argument("--repeat", type=int_at_least(0), metavar="N",
                    help="timed runs per case, median reported (default 3; 1 with --quick)")
-    p.add_argument("--warmup", type=_positive, metavar="N",
+    p.add_argument("--warmup", type=int_at_least(0), metavar="N",
                    help="untimed runs before timing (default 1)")
     p.add_argument("--models", metavar="A,B",
                    help="comma-separated torchvision model names instead of the suite's defaults")

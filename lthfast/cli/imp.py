@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from lthfast.cli._common import CLIError, format_table
+from lthfast.cli._common import CLIError, format_table, int_at_least
 
 _DESCRIPTION = """\
 Finds lottery tickets with iterative magnitude pruning (IMP). Round 0 trains the dense
@@ -56,24 +56,8 @@ def _fraction(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be an integer >= 0")
-    return v
+_positive_int = int_at_least(1)
+_nonneg_int = int_at_least(0)
 
 
 def _steps(text: str) -> list:
