@@ -20,8 +20,15 @@ TORCH_LIBRARY(lthfast, m) {
   // Kept: eligible entries with |score| > threshold, and those equal to it once
   // ties_left ties are pruned (row-major order); ties_left is decremented by the
   // ties pruned here, so calls in tensor order reproduce global_magnitude_masks.
-  // The mask's dtype is mask's (bool or the score's dtype), bool without mask.
-  m.def("threshold_mask(Tensor score, Tensor? mask, Tensor threshold, Tensor(a!) ties_left) -> Tensor");
+  // The mask's dtype is `dtype` when given (bool or the score's dtype: torch's
+  // float masks come out directly), else mask's (bool or the score's dtype),
+  // bool without mask.
+  m.def("threshold_mask(Tensor score, Tensor? mask, Tensor threshold, Tensor(a!) ties_left, "
+        "ScalarType? dtype=None) -> Tensor");
+  // Per mask (bool or float, any shape): int64 [len(masks), 2] = (entries equal
+  // to 1, entries neither 0 nor 1 -- NaN included), on the masks' device.
+  // lthfast.prune counts torch-format masks with it before pruning again.
+  m.def("mask_counts(Tensor[] masks) -> Tensor");
 
   // ---- bitmask: masks as 1 bit per entry (lthfast.Ticket, ticket files) ----
   // Packed layout: uint8 [ceil(numel / 8)], entries in row-major LOGICAL order

@@ -59,5 +59,12 @@ if _C is not None:
         return [torch.empty_like(s, dtype=torch.bool) for s in scores]
 
     @torch.library.register_fake("lthfast::threshold_mask")
-    def _threshold_mask_fake(score, mask, threshold, ties_left):
-        return torch.empty_like(score, dtype=torch.bool if mask is None else mask.dtype)
+    def _threshold_mask_fake(score, mask, threshold, ties_left, dtype=None):
+        if dtype is None:
+            dtype = torch.bool if mask is None else mask.dtype
+        return torch.empty_like(score, dtype=dtype)
+
+    @torch.library.register_fake("lthfast::mask_counts")
+    def _mask_counts_fake(masks):
+        dev = masks[0].device if masks else torch.device("cpu")
+        return torch.empty((len(masks), 2), dtype=torch.int64, device=dev)

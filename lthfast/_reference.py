@@ -77,7 +77,7 @@ def global_magnitude_masks(scores, masks, k):
     return out
 
 
-def threshold_mask(score, mask, threshold, ties_left):
+def threshold_mask(score, mask, threshold, ties_left, dtype=None):
     """One tensor's keep-mask from a global threshold; decrements ties_left (a 0-dim
     int64 tensor) by the ties pruned here (the first ones in row-major order)."""
     keys, _ = _keys([score.to(torch.float64)])
@@ -89,4 +89,14 @@ def threshold_mask(score, mask, threshold, ties_left):
     n = min(ties.numel(), int(ties_left))
     keep[ties[n:]] = True
     ties_left -= n
-    return keep.view(score.shape).to(torch.bool if mask is None else mask.dtype)
+    if dtype is None:
+        dtype = torch.bool if mask is None else mask.dtype
+    return keep.view(score.shape).to(dtype)
+
+
+def mask_counts(masks):
+    """int64 [len(masks), 2]: per mask, entries equal to 1 and entries neither 0 nor 1."""
+    rows = [torch.stack([torch.count_nonzero(m == 1), torch.count_nonzero((m != 0) & (m != 1))])
+            for m in masks]
+    dev = masks[0].device if masks else torch.device("cpu")
+    return torch.stack(rows) if rows else torch.empty((0, 2), dtype=torch.int64, device=dev)

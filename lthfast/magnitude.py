@@ -65,8 +65,21 @@ def _check_masks(masks, tensors, what: str = "masks") -> list[torch.Tensor]:
 def count_remaining(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> int:
     if not masks:
         return sum(t.numel() for t in tensors)
+    if not _ops.use_reference() and _ops.available() and all(m.dtype == torch.bool for m in masks):
+        return int(mask_counts(masks)[:, 0].sum())
     # count_nonzero: a bool .sum() is ~10x slower
     return int(sum(int(torch.count_nonzero(m)) for m in masks))
+
+
+def mask_counts(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """int64 [len(masks), 2], on the masks' device: per mask (bool or float), the
+    entries equal to 1 and the entries that are neither 0 nor 1 (NaN included).
+    One pass over the masks, no temporaries."""
+    masks = list(masks)
+    if not masks or _ops.use_reference():  # (an empty list cannot be dispatched)
+        return _reference.mask_counts(masks)
+    _ops.require()
+    return torch.ops.lthfast.mask_counts(masks)
 
 
 def amount_to_count(amount, n_remaining: int, *, name: str = "amount") -> int:
@@ -122,10 +135,12 @@ def _scores_of(tensors, importance):
     return scores
 
 
-def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None, n_remaining=None):
+def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None, n_remaining=None,
+                                dtype=None):
     """Yields the same keep-masks as :func:`global_magnitude_masks`, one tensor at a
     time, so that a caller that installs each mask before asking for the next never
-    holds a list of them. A yielded mask has the dtype of ``masks[i]`` (bool, or the
+    holds a list of them. A yielded mask has ``dtype`` (one, or one per tensor) where
+    that is bool or the score's dtype, else the dtype of ``masks[i]`` (bool, or the
     tensor's float dtype with 1.0 = kept), bool without ``masks``. Arguments are
     checked and the threshold found before the first mask is yielded (the caller
     may pass ``n_remaining`` when it has just counted the unpruned entries).
@@ -144,17 +159,19 @@ def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
         with torch.no_grad():
             t, ties = torch.ops.lthfast.global_threshold(scores, masks, k)
         op = torch.ops.lthfast.threshold_mask
-    return _yield_masks(op, scores, masks, t, ties)
+    return _yield_masks(op, scores, masks, t, ties, dtype)
 
 
-def _yield_masks(op, scores, masks, t, ties):
+def _yield_masks(op, scores, masks, t, ties, dtype=None):
     # k == 0 gives (0.0, 0): nothing is below 0.0 and no tie is pruned.
     device = scores[0].device
     threshold = torch.as_tensor(t, dtype=torch.float64, device=device)
     ties_left = torch.as_tensor(ties, dtype=torch.int64, device=device).clone()
     for i, s in enumerate(scores):
+        want = dtype[i] if isinstance(dtype, (list, tuple)) else dtype
         with torch.no_grad():
-            yield op(s, masks[i] if masks else None, threshold, ties_left)
+            yield op(s, masks[i] if masks else None, threshold, ties_left,
+                     dtype=want if want in (torch.bool, s.dtype) else None)
 
 
 def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> list[torch.Tensor]:

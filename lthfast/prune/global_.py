@@ -17,7 +17,7 @@ import torch
 from lthfast.prune import validate
 from lthfast.prune._state import Snapshot, TorchContainer, find_hook
 from lthfast.prune.base import combine_masks, uses_stock_compute_mask
-from lthfast.magnitude import count_remaining, iter_global_magnitude_masks
+from lthfast.magnitude import iter_global_magnitude_masks, mask_counts
 from lthfast.prune.methods import CustomFromMask, L1Unstructured, _kernel_can_take
 
 
@@ -65,41 +65,49 @@ def _targets(parameters, importance_scores):
 
 
 def _kernel_eligibility(targets):
-    """Per-tensor eligibility for the kernel (None: all), or False when an earlier
-    mask holds values other than 0 and 1 (torch's rules then need the slow path).
-    Float masks are passed as they are: no bool copies of every mask at once."""
+    """``(eligibility, n_remaining)`` for the kernel: per-tensor eligibility (None:
+    all) and the number of eligible entries; False when an earlier mask holds
+    values other than 0 and 1 (torch's rules then need the slow path). Float masks
+    are passed as they are, counted in one pass (mask_counts): no bool copies."""
     scores = [s for _, _, s, _ in targets]
     old = [m for _, _, _, m in targets]
     if all(m is None for m in old):
-        return None
-    eligible = []
+        return None, sum(s.numel() for s in scores)
+    present = [m.detach() for m in old if m is not None]
+    counts = mask_counts(present).cpu()
+    if bool(counts[:, 1].any()):
+        return False, 0
+    ones = iter(counts[:, 0].tolist())
+    eligible, n = [], 0
     for s, m in zip(scores, old):
         if m is None:
             eligible.append(torch.ones_like(s))
+            n += s.numel()
             continue
         m = m.detach()
-        if int(torch.count_nonzero(m)) != int(torch.count_nonzero(m == 1)):
-            return False
+        n += next(ones)
         eligible.append(m if (m.dtype == s.dtype and m.device == s.device) else (m == 1).to(s.device))
-    return eligible
+    return eligible, n
 
 
 def _install_from_kernel(method, targets):
     """Prune with the magnitude kernel, installing each parameter's mask before the
     next is computed; returns False (nothing changed) when the kernel cannot take
-    these tensors. Only one tensor's temporary mask is alive at a time."""
+    these tensors. Only one tensor's temporary mask is alive at a time, and it is
+    made in the parameter's dtype directly (torch's format) when the scores have it."""
     scores = [s.detach() for _, _, s, _ in targets]
     if not _kernel_can_take(scores):
         return False
-    eligible = _kernel_eligibility(targets)
+    eligible, n = _kernel_eligibility(targets)
     if eligible is False:
         return False
-    n = count_remaining(scores, eligible or [])
     k = validate.count_to_prune(method.amount, n)
-    masks = iter_global_magnitude_masks(scores, k, masks=eligible, n_remaining=n)
+    origs = [module._parameters.get(name + "_orig", module._parameters.get(name))
+             for module, name, _, _ in targets]
+    masks = iter_global_magnitude_masks(scores, k, masks=eligible, n_remaining=n,
+                                        dtype=[o.dtype for o in origs])
     del eligible
-    for (module, name, _, _), keep in zip(targets, masks):
-        orig = module._parameters.get(name + "_orig", module._parameters.get(name))
+    for (module, name, _, _), orig, keep in zip(targets, origs, masks):
         mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
         del keep
         hook = CustomFromMask._apply_computed(module, name, mask, mask)

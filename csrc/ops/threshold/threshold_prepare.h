@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,18 @@ inline Normalized normalize_threshold_mask_args(const at::Tensor& score, at::Ten
               op, ": ties_left must be a 0-dim int64 tensor on ", score.device(), ", got ",
               ties_left.scalar_type(), " of shape ", ties_left.sizes(), " on ", ties_left.device());
   return n;
+}
+
+// threshold_mask's output dtype: `dtype` when given (bool or the score's dtype,
+// the two the kernels write), else the mask's dtype, bool without a mask.
+inline at::ScalarType output_dtype(const at::Tensor& score, const Normalized& n,
+                                   std::optional<at::ScalarType> dtype, const char* op) {
+  if (dtype.has_value()) {
+    TORCH_CHECK(*dtype == at::kBool || *dtype == score.scalar_type(), op, ": dtype=", *dtype,
+                " must be bool or the score's dtype (", score.scalar_type(), ")");
+    return *dtype;
+  }
+  return n.masks.empty() ? at::kBool : n.masks[0].scalar_type();
 }
 
 // Output keep-mask for a score: same strides as a dense score.

@@ -1,25 +1,25 @@
 // The sampled-range path of the CPU threshold, taken for large inputs when a
-// sample brackets the k-th key (almost always): one branch-free counting pass
-// replaces the scatter histogram of the radix path's first pass.
+// sample brackets the k-th key (almost always): ONE pass over the weights finds
+// the exact threshold, where the radix path needs a scatter histogram pass and
+// more.
 //
 //   1. a strided sample of 2^18 eligible keys gives a range [lo, hi] that holds
-//      the k-th smallest key with high probability (+-4 sigma of its rank);
-//   2. one pass counts the eligible keys below lo and inside [lo, hi]; unless
-//      below < k <= below + inside (a miss), the radix path runs instead;
-//   3. the fused pass writes each mask byte: 0 below lo, 1 above hi, and
-//      2 + c inside, c = (key - lo) >> shift < 254 the sub-range; the bytes >= 2
-//      (rare, found 8 at a time) are counted per code;
-//   4. the code holding the k-th key is found from the counts; only its entries
-//      are read again (memchr) to get the exact key t and the ties;
-//   5. those bytes are resolved like the radix path's pending bytes, and every
-//      other byte >= 2 becomes (code > the chosen one).
-// The result is bit for bit the radix path's. Extra memory: the sample and the
-// keys of one code (bounded; larger than that falls back to the radix path).
+//      the k-th smallest key with high probability (+-4 sigma of its rank), and
+//      about 1% of the keys;
+//   2. one pass counts the eligible keys below lo and collects those inside
+//      [lo, hi] (blocks of 16 are tested by a vectorised OR first: most hold
+//      none); unless below < k <= below + inside (a miss) or the inside keys
+//      exceed a bound, the radix path runs instead;
+//   3. the k-th key t and its ties are selected among the collected keys.
+// Masks then take one more pass (write_masks in threshold_cpu.cpp): two reads of
+// the weights in all. The result is bit for bit the radix path's. Extra memory:
+// the sample and the inside keys (bounded).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -37,7 +37,6 @@ struct Range {
 };
 
 constexpr int64_t kSample = int64_t(1) << 18;
-constexpr int kCodes = 254;  // sub-ranges: mask bytes 2 .. 255
 
 // lo = the a-th smallest sample key (0 when a is below the sample), hi = the
 // b-th (the largest possible key when b is above it).
@@ -85,84 +84,69 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
   return true;
 }
 
-// Eligible keys below lo and inside [lo, hi]. Keys fit the signed type (the top
-// bit is 0), and signed compares vectorise on plain x86-64.
-template <typename key_t>
-struct CountBody {
+// Step 2 over one chunk: the eligible keys below lo are counted and those inside
+// [lo, hi] stored at out[0..n) (out has room for the chunk plus one slot: the
+// compaction stores every key of a block that holds one at out[n], and n
+// advances only for the ones inside). Keys fit the signed type (top bit 0), and
+// signed compares vectorise on plain x86-64. Locals and __restrict: the stores
+// cannot alias the counters.
+template <typename key_t, typename scalar_t, typename M>
+__attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict x,
+                                                      const M* __restrict m, int64_t begin,
+                                                      int64_t end, key_t lo, key_t hi,
+                                                      key_t* __restrict out, int64_t* below_out) {
   using skey = std::make_signed_t<key_t>;
-  skey lo, hi;
-  uint32_t below = 0, inside = 0;  // a chunk has 2^16 entries
-  void operator()(int64_t, key_t key, uint32_t ok) {
-    const skey sk = static_cast<skey>(key);
-    below += ok & uint32_t(sk < lo);
-    inside += ok & uint32_t(sk >= lo) & uint32_t(sk <= hi);
+  const skey slo = static_cast<skey>(lo), shi = static_cast<skey>(hi);
+  auto eligible = [&](int64_t j) -> uint32_t {
+    return m == nullptr ? 1u : uint32_t(m[j] != static_cast<M>(0));
+  };
+  auto inside = [&](int64_t j) -> uint32_t {
+    const skey sk = static_cast<skey>(fast_key<key_t>(x[j]));
+    return eligible(j) & uint32_t(sk >= slo) & uint32_t(sk <= shi);
+  };
+  constexpr int64_t kBlock = 16;
+  uint32_t below = 0;  // a chunk has 2^16 entries
+  int64_t n = 0;
+  int64_t j = begin;
+  for (; j + kBlock <= end; j += kBlock) {
+    uint32_t any = 0;
+    for (int64_t i = 0; i < kBlock; ++i) {
+      const skey sk = static_cast<skey>(fast_key<key_t>(x[j + i]));
+      const uint32_t ok = eligible(j + i);
+      below += ok & uint32_t(sk < slo);
+      any |= ok & uint32_t(sk >= slo) & uint32_t(sk <= shi);
+    }
+    if (!any) continue;
+    for (int64_t i = 0; i < kBlock; ++i) {
+      out[n] = fast_key<key_t>(x[j + i]);
+      n += inside(j + i);
+    }
   }
-};
-
-template <typename key_t>
-std::vector<int64_t> count_range(const Prepared& p, Range& r) {
-  using skey = std::make_signed_t<key_t>;
-  std::vector<int64_t> below(p.chunks.size()), inside(p.chunks.size());
-  for_chunks(p, [&](int64_t c, const Chunk& ch, const Entry& e) {
-    CountBody<key_t> body{static_cast<skey>(r.lo), static_cast<skey>(r.hi)};
-    body = scan_keys<key_t>(e, ch.begin, ch.end, body);
-    below[c] = body.below;
-    inside[c] = body.inside;
-  });
-  r.below = r.inside = 0;
-  for (size_t c = 0; c < below.size(); ++c) {
-    r.below += below[c];
-    r.inside += inside[c];
+  for (; j < end; ++j) {
+    const skey sk = static_cast<skey>(fast_key<key_t>(x[j]));
+    below += eligible(j) & uint32_t(sk < slo);
+    out[n] = fast_key<key_t>(x[j]);
+    n += inside(j);
   }
-  return inside;  // per chunk
+  *below_out = below;
+  return n;
 }
 
-// Step 3: writes the mask bytes and counts the bytes of each code.
 template <typename key_t>
-struct ClassifyBody {
-  using skey = std::make_signed_t<key_t>;
-  skey lo, hi;
-  key_t ulo;
-  int shift;
-  uint8_t* out;
-  void operator()(int64_t j, key_t key, uint32_t ok) {
-    const skey sk = static_cast<skey>(key);
-    const uint32_t in = uint32_t(sk >= lo) & uint32_t(sk <= hi);
-    const uint32_t code = uint32_t(sk > hi) | (in * (2u + uint32_t((key - ulo) >> shift)));
-    out[j] = static_cast<uint8_t>(code & (0u - ok));
-  }
-};
-
-template <typename key_t>
-std::vector<int64_t> classify_range(const Prepared& p, const Range& r, int shift) {
-  using skey = std::make_signed_t<key_t>;
-  const skey lo = static_cast<skey>(r.lo), hi = static_cast<skey>(r.hi);
-  const key_t ulo = static_cast<key_t>(r.lo);
-  const int nthreads = std::max(1, at::get_num_threads());
-  std::vector<int64_t> counts(static_cast<size_t>(nthreads) * 256, 0);
-  constexpr int64_t kBlock = 4096;
-  for_chunks(p, [&](int64_t, const Chunk& ch, const Entry& e) {
-    int64_t* cnt = counts.data() + static_cast<size_t>(at::get_thread_num()) * 256;
-    uint8_t* out = reinterpret_cast<uint8_t*>(e.out);
-    for (int64_t b = ch.begin; b < ch.end; b += kBlock) {
-      const int64_t end = std::min(ch.end, b + kBlock);
-      scan_keys<key_t>(e, b, end, ClassifyBody<key_t>{lo, hi, ulo, shift, out});
-      int64_t j = b;
-      for (; j + 8 <= end; j += 8) {  // bytes >= 2 are rare: test 8 at a time
-        uint64_t w;
-        std::memcpy(&w, out + j, 8);
-        if (w & 0xFEFEFEFEFEFEFEFEull) {
-          for (int i = 0; i < 8; ++i) ++cnt[out[j + i]];
-        }
-      }
-      for (; j < end; ++j) ++cnt[out[j]];
+int64_t count_collect(const Entry& e, int64_t begin, int64_t end, key_t lo, key_t hi, key_t* out,
+                      int64_t* below) {
+  int64_t n = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_count_collect", [&] {
+    const scalar_t* x = static_cast<const scalar_t*>(e.data);
+    if (e.mask && e.mask_is_bool) {
+      n = count_collect_typed(x, static_cast<const uint8_t*>(e.mask), begin, end, lo, hi, out, below);
+    } else if (e.mask) {
+      n = count_collect_typed(x, static_cast<const scalar_t*>(e.mask), begin, end, lo, hi, out, below);
+    } else {
+      n = count_collect_typed(x, static_cast<const uint8_t*>(nullptr), begin, end, lo, hi, out, below);
     }
   });
-  std::vector<int64_t> total(256, 0);
-  for (int t = 0; t < nthreads; ++t) {
-    for (int c = 2; c < 256; ++c) total[c] += counts[static_cast<size_t>(t) * 256 + c];
-  }
-  return total;
+  return n;
 }
 
 // The rank-th smallest (1-based) of `keys` as a Selection: the key, how many
@@ -183,124 +167,46 @@ Selection select_among(std::vector<key_t>& keys, int64_t rank) {
   return s;
 }
 
-// Steps 1-4: the threshold key and ties, and the code byte whose entries must be
-// resolved against it; false when the sample missed (nothing usable written).
-template <typename key_t>
-bool range_select(const Prepared& p, int64_t k, Selection& s, uint8_t& code) {
-  Range r;
-  if (!sample_range<key_t>(p, k, r)) return false;
-  count_range<key_t>(p, r);
-  if (!(r.below < k && k <= r.below + r.inside)) return false;
-  int shift = 0;
-  while (((r.hi - r.lo) >> shift) >= static_cast<uint64_t>(kCodes)) ++shift;
-  const std::vector<int64_t> counts = classify_range<key_t>(p, r, shift);
-  int64_t rank = k - r.below;
-  int c = 2;
-  for (; c < 256; ++c) {
-    if (counts[c] >= rank) break;
-    rank -= counts[c];
-  }
-  TORCH_INTERNAL_ASSERT(c < 256, "range select lost the k-th entry");
-  code = static_cast<uint8_t>(c);
-  // The keys of this code only: bounded, or the radix path takes over.
-  int64_t n = 0;
-  for (const Entry& e : p.entries) n += e.numel;
-  if (counts[c] > std::max<int64_t>(int64_t(1) << 20, n / 64)) return false;
-  std::vector<std::vector<key_t>> parts(p.chunks.size());
-  for_chunks(p, [&](int64_t ci, const Chunk& ch, const Entry& e) {
-    for_each_code<key_t>(e, ch.begin, ch.end, code, [&](int64_t, key_t key) { parts[ci].push_back(key); });
-  });
-  std::vector<key_t> keys;
-  keys.reserve(counts[c]);
-  for (auto& part : parts) keys.insert(keys.end(), part.begin(), part.end());
-  s = select_among(keys, rank);
-  return true;
-}
-
-// The threshold op alone (no masks to write): after the counting pass, one
-// pass collects the keys inside [lo, hi] (bounded, else the radix path) and
-// the exact key is selected among them.
-// Branch-free compaction: every key is stored at out[n], n advances only for
-// the ones inside; out has room for the chunk's inside count plus one slot.
-// Locals and __restrict: the store cannot alias the counter.
-template <typename key_t, typename scalar_t, typename M>
-__attribute__((noinline)) int64_t collect_typed(const scalar_t* __restrict x, const M* __restrict m,
-                                                int64_t begin, int64_t end, key_t lo, key_t hi,
-                                                key_t* __restrict out) {
-  using skey = std::make_signed_t<key_t>;
-  const skey slo = static_cast<skey>(lo), shi = static_cast<skey>(hi);
-  int64_t n = 0;
-  for (int64_t j = begin; j < end; ++j) {
-    const key_t key = fast_key<key_t>(x[j]);
-    const skey sk = static_cast<skey>(key);
-    const int64_t ok = m == nullptr ? 1 : int64_t(m[j] != static_cast<M>(0));
-    out[n] = key;
-    n += ok & int64_t(sk >= slo) & int64_t(sk <= shi);
-  }
-  return n;
-}
-
-template <typename key_t>
-int64_t collect_keys(const Entry& e, int64_t begin, int64_t end, key_t lo, key_t hi, key_t* out) {
-  int64_t n = 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_collect_keys", [&] {
-    const scalar_t* x = static_cast<const scalar_t*>(e.data);
-    if (e.mask && e.mask_is_bool) {
-      n = collect_typed(x, static_cast<const uint8_t*>(e.mask), begin, end, lo, hi, out);
-    } else if (e.mask) {
-      n = collect_typed(x, static_cast<const scalar_t*>(e.mask), begin, end, lo, hi, out);
-    } else {
-      n = collect_typed(x, static_cast<const uint8_t*>(nullptr), begin, end, lo, hi, out);
-    }
-  });
-  return n;
-}
-
+// Steps 1-3: the threshold key and ties of the k-th smallest eligible key; false
+// when the sample missed or too many keys fell inside (then nothing was decided).
 template <typename key_t>
 bool range_threshold(const Prepared& p, int64_t k, Selection& s) {
   Range r;
   if (!sample_range<key_t>(p, k, r)) return false;
-  const std::vector<int64_t> inside = count_range<key_t>(p, r);
-  if (!(r.below < k && k <= r.below + r.inside)) return false;
-  int64_t n = 0;
-  for (const Entry& e : p.entries) n += e.numel;
-  if (r.inside > std::max<int64_t>(int64_t(1) << 20, n / 32)) return false;
-  std::vector<int64_t> offset(p.chunks.size() + 1, 0);  // chunk c writes from offset[c] + c
-  for (size_t c = 0; c < p.chunks.size(); ++c) offset[c + 1] = offset[c] + inside[c];
-  std::vector<key_t> slots(r.inside + p.chunks.size());
-  for_chunks(p, [&](int64_t c, const Chunk& ch, const Entry& e) {
-    collect_keys<key_t>(e, ch.begin, ch.end, static_cast<key_t>(r.lo), static_cast<key_t>(r.hi),
-                        slots.data() + offset[c] + c);
-  });
-  std::vector<key_t> keys;
-  keys.reserve(r.inside);
-  for (size_t c = 0; c < p.chunks.size(); ++c) {
-    keys.insert(keys.end(), slots.begin() + offset[c] + c, slots.begin() + offset[c + 1] + c);
-  }
-  const int64_t rank = k - r.below;
-  s = select_among(keys, rank);
-  return true;
-}
-
-// Step 5, after resolve_code(p, s, code): every other byte >= 2 is an entry
-// inside [lo, hi] whose sub-range is decided by its code alone.
-inline void finish_codes(const Prepared& p, uint8_t code) {
-  for_chunks(p, [&](int64_t, const Chunk& ch, const Entry& e) {
-    uint8_t* out = reinterpret_cast<uint8_t*>(e.out);
-    auto fix = [&](int64_t j) {
-      const uint8_t v = out[j];
-      out[j] = v < 2 ? v : static_cast<uint8_t>(v > code);
-    };
-    int64_t j = ch.begin;
-    for (; j + 8 <= ch.end; j += 8) {  // most 8-byte words hold only 0 and 1
-      uint64_t w;
-      std::memcpy(&w, out + j, 8);
-      if (w & 0xFEFEFEFEFEFEFEFEull) {
-        for (int i = 0; i < 8; ++i) fix(j + i);
-      }
+  int64_t total = 0;
+  for (const Entry& e : p.entries) total += e.numel;
+  const size_t bound = static_cast<size_t>(std::max<int64_t>(int64_t(1) << 20, total / 32));
+  const int nthreads = std::max(1, at::get_num_threads());
+  std::vector<std::vector<key_t>> found(nthreads);  // per thread, in no particular order
+  std::vector<int64_t> below(p.chunks.size(), 0);
+  std::atomic<bool> overflow{false};
+  at::parallel_for(0, static_cast<int64_t>(p.chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+    std::vector<key_t>& mine = found[at::get_thread_num()];
+    std::vector<key_t> scratch(static_cast<size_t>(kChunk) + 1);
+    for (int64_t c = cb; c < ce && !overflow.load(std::memory_order_relaxed); ++c) {
+      const Chunk& ch = p.chunks[c];
+      const int64_t n = count_collect<key_t>(p.entries[ch.entry], ch.begin, ch.end,
+                                             static_cast<key_t>(r.lo), static_cast<key_t>(r.hi),
+                                             scratch.data(), &below[c]);
+      mine.insert(mine.end(), scratch.begin(), scratch.begin() + n);
+      if (mine.size() > bound) overflow.store(true, std::memory_order_relaxed);
     }
-    for (; j < ch.end; ++j) fix(j);
   });
+  if (overflow.load()) return false;
+  r.below = 0;
+  for (int64_t b : below) r.below += b;
+  size_t inside = 0;
+  for (const auto& f : found) inside += f.size();
+  r.inside = static_cast<int64_t>(inside);
+  if (!(r.below < k && k <= r.below + r.inside) || inside > bound) return false;
+  std::vector<key_t> keys;
+  keys.reserve(inside);
+  for (auto& f : found) {
+    keys.insert(keys.end(), f.begin(), f.end());
+    std::vector<key_t>().swap(f);
+  }
+  s = select_among(keys, k - r.below);
+  return true;
 }
 
 }  // namespace cpu

@@ -94,7 +94,8 @@ int64_t resolve_ties(const Entry& e, out_t* out, key_t t, int64_t left,
 }
 
 at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::Tensor>& mask,
-                              const at::Tensor& threshold, at::Tensor& ties_left) {
+                              const at::Tensor& threshold, at::Tensor& ties_left,
+                              std::optional<at::ScalarType> dtype) {
   const char* op = "threshold_mask";
   std::vector<at::Tensor> masks;
   if (mask.has_value()) masks.push_back(*mask);
@@ -109,7 +110,7 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
                       (std::isnan(tv) || static_cast<double>(static_cast<float>(tv)) == tv);
 
   const at::Tensor& d = n.scores[0];
-  const at::ScalarType out_type = masks.empty() ? at::kBool : n.masks[0].scalar_type();
+  const at::ScalarType out_type = output_dtype(d, n, dtype, op);
   at::Tensor out = at::empty_like(d, d.options().dtype(out_type));
   advise_huge_pages(out);
   Entry e;

@@ -171,7 +171,8 @@ void launch_for(at::ScalarType dtype, const MaskArgs& a, int64_t* scratch, int64
 }
 
 at::Tensor threshold_mask_cuda(const at::Tensor& score, const std::optional<at::Tensor>& mask,
-                               const at::Tensor& threshold, at::Tensor& ties_left) {
+                               const at::Tensor& threshold, at::Tensor& ties_left,
+                               std::optional<at::ScalarType> dtype) {
   const char* op = "threshold_mask";
   std::vector<at::Tensor> masks;
   if (mask.has_value()) masks.push_back(*mask);
@@ -180,7 +181,7 @@ at::Tensor threshold_mask_cuda(const at::Tensor& score, const std::optional<at::
   c10::cuda::CUDAGuard guard(score.device());
 
   const at::Tensor& d = n.scores[0];
-  const at::ScalarType out_type = masks.empty() ? at::kBool : n.masks[0].scalar_type();
+  const at::ScalarType out_type = output_dtype(d, n, dtype, op);
   at::Tensor out = at::empty_like(d, d.options().dtype(out_type));
   if (d.numel() == 0) return restore_layout(n, {out})[0];
 

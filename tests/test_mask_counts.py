@@ -1,0 +1,71 @@
+"""mask_counts (entries equal to 1 / neither 0 nor 1 per mask) and threshold_mask's
+`dtype=` (float masks in torch's format written directly), on CPU and CUDA."""
+import pytest
+import torch
+
+import lthfast
+from lthfast import _reference as ref
+from lthfast.magnitude import iter_global_magnitude_masks, mask_counts
+
+pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and lthfast._ops.available()
+                      and lthfast.build_info().get("cuda") else [])
+
+
+def _masks(device, g):
+    special = torch.tensor([0.0, -0.0, 1.0, 0.5, -1.0, float("nan"), float("inf"), 1.0, 2.0])
+    out = [special, special.to(torch.float16), special.to(torch.bfloat16), special.to(torch.float64),
+           torch.rand(70_000, generator=g) > 0.3,                     # several chunks, bool
+           (torch.rand(3, 5, 7, 11, generator=g) > 0.5).float().contiguous(
+               memory_format=torch.channels_last),
+           (torch.rand(40, 30, generator=g) > 0.5).double()[:, ::3],  # a strided view
+           torch.zeros(0), torch.ones(5, dtype=torch.bool)]
+    return [m.to(device) for m in out]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_counts_match_reference(device):
+    g = torch.Generator().manual_seed(0)
+    masks = _masks(device, g)
+    got = torch.ops.lthfast.mask_counts(masks)
+    assert got.dtype == torch.int64 and got.shape == (len(masks), 2) and got.device.type == device
+    assert torch.equal(got.cpu(), ref.mask_counts([m.cpu() for m in masks]))
+    assert got[0].tolist() == [2, 5]  # 1.0 twice; 0.5, -1, nan, inf, 2 are neither 0 nor 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_counts_opcheck(device):
+    g = torch.Generator().manual_seed(1)
+    torch.library.opcheck(torch.ops.lthfast.mask_counts, (_masks(device, g),))
+
+
+def test_mask_counts_bad_input_names_the_mask():
+    with pytest.raises(RuntimeError, match=r"masks\[1\] has dtype Long"):
+        torch.ops.lthfast.mask_counts([torch.ones(3), torch.ones(3, dtype=torch.int64)])
+    assert mask_counts([]).shape == (0, 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_threshold_mask_dtype_writes_float_masks(device, dtype):
+    g = torch.Generator().manual_seed(2)
+    ws = [torch.randn(6, 4, 3, 3, generator=g).to(dtype).contiguous(memory_format=torch.channels_last),
+          torch.randn(1000, generator=g).round().to(dtype),  # many ties
+          torch.randn(9, 7, generator=g).to(dtype).t()]
+    ws = [w.to(device) for w in ws]
+    for masks in (None, [torch.rand(w.shape, generator=g).to(device) > 0.3 for w in ws]):
+        want = lthfast.global_magnitude_masks(ws, 0.4, masks=masks)
+        got = list(iter_global_magnitude_masks(ws, 0.4, masks=masks, dtype=[w.dtype for w in ws]))
+        for w, gm, wm in zip(ws, got, want):
+            assert gm.dtype == dtype and gm.shape == w.shape and gm.stride() == wm.stride()
+            assert torch.equal(gm, wm.to(dtype))
+
+
+def test_threshold_mask_dtype_opcheck_and_errors():
+    w = torch.randn(5, 6)
+    t = torch.tensor(0.5, dtype=torch.float64)
+    for dtype in (torch.float32, torch.bool):
+        torch.library.opcheck(torch.ops.lthfast.threshold_mask, (w, None, t, torch.tensor(0)),
+                              {"dtype": dtype})
+    with pytest.raises(RuntimeError, match="dtype=.*must be bool or the score's dtype"):
+        torch.ops.lthfast.threshold_mask(w, None, t, torch.tensor(0), dtype=torch.float16)
