@@ -46,7 +46,7 @@ def test_bench_threshold_quick_json(tmp_path, capsys):
                                                  round(0.2 * (11678912 - round(0.2 * 11678912)))]
     cases = {(c["method"], c["round"]): c for c in t["cases"]}
     assert set(cases) == {(m, rnd) for m in ("torch_prune", "lthfast_prune", "lthfast_masks",
-                                             "torch_kthvalue") for rnd in (1, 2)}
+                                             "format_only", "torch_kthvalue") for rnd in (1, 2)}
     from lthfast.bench.threshold import _need_lthfast_prune
     ok = ("torch_prune", "lthfast_masks", "torch_kthvalue")
     for key in ok + (("lthfast_prune",) if _need_lthfast_prune() is None else ()):

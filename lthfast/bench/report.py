@@ -66,7 +66,8 @@ def format_threshold(res: dict) -> str:
         for t in res["targets"]:
             v = t["value"]
             val = "n/a" if v is None else f"{v:.3g}"
-            met = {True: "met", False: "NOT MET", None: "unknown"}[t["met"]]
+            met = {True: "met", False: "NOT MET", None: "info" if t["limit"] == "reference"
+                   else "unknown"}[t["met"]]
             lines.append(f"  {met:>7}  {t['what']}: {val} ({t['limit']})")
     return "\n".join(lines)
 

@@ -139,6 +139,19 @@ def _case_lthfast_masks(mw, rnd):
     return (lambda: None), (lambda _: lthfast.global_magnitude_masks(mw.weights, AMOUNT, masks=masks))
 
 
+def _case_format_only(mw, rnd):
+    """What torch's pruned format costs by itself, with no selection at all: a new
+    float mask per weight (written once) and the masked weight ``w * mask``. Any
+    drop-in for torch.nn.utils.prune pays at least this (it bounds the speedup)."""
+    def run(_):
+        with torch.no_grad():
+            for w in mw.weights:
+                mask = torch.empty_like(w).fill_(1.0)
+                masked = w * mask
+                del mask, masked
+    return (lambda: None), run
+
+
 def _case_kthvalue(mw, rnd):
     def run(_):
         flat, k = _cat_abs(mw, rnd)
@@ -206,6 +219,7 @@ METHODS = (
     Method("lthfast_prune", "lthfast.prune.global_unstructured", _case_lthfast_prune,
            missing=_need_lthfast_prune),
     Method("lthfast_masks", "lthfast.global_magnitude_masks", _case_lthfast_masks),
+    Method("format_only", "torch's format alone: new float mask + w * mask", _case_format_only),
     Method("torch_kthvalue", "torch.cat + kthvalue", _case_kthvalue),
     Method("torch_topk", "torch.cat + topk", _case_topk, cuda_only=True),
     Method("cupy_partition", "torch.cat + cupy.partition", _cupy_case("partition"),
@@ -303,6 +317,14 @@ def _targets(cases: list[dict], device: torch.device) -> list[dict]:
             # The pruned format itself (a <name>_mask buffer of the weight's dtype and the
             # masked <name>) holds 2x the weights, for torch and lthfast alike; the
             # target is on the working memory beyond it.
+            fmt = next((f for f in cases if f["model"] == model and f["round"] == rnd
+                        and f["method"] == "format_only" and f["status"] == "ok"), None)
+            if fmt is not None and fmt["speedup_vs_baseline"]:
+                # Not a target: the most any drop-in that builds torch's format can reach here.
+                targets.append({"what": f"{model} round {rnd}: (bound) torch_prune time / time of "
+                                        "torch's format alone",
+                                "value": fmt["speedup_vs_baseline"], "limit": "reference",
+                                "met": None})
             frac = c["transient_fraction_of_weights"]
             targets.append({"what": f"{model} round {rnd}: lthfast_prune transient memory "
                                     "(peak extra - held after) / weight bytes",
