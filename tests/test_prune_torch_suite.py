@@ -4,7 +4,7 @@ own pruning tests, run against both ``torch.nn.utils.prune`` and ``lthfast.prune
 Every test takes the module under test as ``prune`` and uses nothing else, so it
 shows that ``lthfast.prune`` passes with only the import changed. The few tests
 of torch bugs that lthfast fixes are strict xfails for torch (see
-docs/prune-differences.md); if torch fixes one, its xfail turns into a failure
+README, "What differs"); if torch fixes one, its xfail turns into a failure
 and the docs need updating.
 """
 from __future__ import annotations
