@@ -54,6 +54,24 @@ void for_each_key(const Entry& e, int64_t begin, int64_t end, const F& f) {
   });
 }
 
+// Calls f(key, eligible) for memory offsets first, first + step, ... of e: one
+// dtype dispatch per entry (the sampled-range path samples every step-th key).
+template <typename key_t, typename F>
+void for_each_key_strided(const Entry& e, int64_t first, int64_t step, const F& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_sample_keys", [&] {
+    const scalar_t* x = static_cast<const scalar_t*>(e.data);
+    for (int64_t j = first; j < e.numel; j += step) {
+      uint32_t ok = 1;
+      if (e.mask && e.mask_is_bool) {
+        ok = static_cast<const uint8_t*>(e.mask)[j] != 0;
+      } else if (e.mask) {
+        ok = static_cast<const scalar_t*>(e.mask)[j] != static_cast<scalar_t>(0);
+      }
+      f(key_of<key_t>(x[j]), ok);
+    }
+  });
+}
+
 // scan_keys: like for_each_key, for hot branch-free loops. The body is a small
 // struct taken and returned by value: its accumulators stay in registers and
 // the loop vectorises (a lambda capturing outer locals by reference does not).

@@ -66,11 +66,9 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
   int64_t base = 0;  // every stride-th entry of the concatenation, eligible ones
   for (const Entry& e : p.entries) {
     const int64_t first = base % stride == 0 ? 0 : stride - base % stride;
-    for (int64_t j = first; j < e.numel; j += stride) {
-      for_each_key<key_t>(e, j, j + 1, [&](int64_t, key_t key, uint32_t ok) {
-        if (ok) sample.push_back(key);
-      });
-    }
+    for_each_key_strided<key_t>(e, first, stride, [&](key_t key, uint32_t ok) {
+      if (ok) sample.push_back(key);
+    });
     base += e.numel;
   }
   const int64_t m = static_cast<int64_t>(sample.size());
