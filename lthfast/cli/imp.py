@@ -84,7 +84,9 @@ def add_parser(sub) -> None:
                         "keypointrcnn_resnet18_fpn, resnet18")
     g.add_argument("--data", default="shapes", metavar="SPEC",
                    help="shapes (built-in synthetic COCO-format data), coco:PATH (COCO layout), "
-                        "or for classification folder:PATH (ImageFolder) (default: shapes)")
+                        "or for classification folder:PATH (ImageFolder) (default: shapes). An image "
+                        "that fails to decode stops the run with an error naming the file (the last "
+                        "round's checkpoint stays valid: fix or remove it, then --resume)")
     g.add_argument("--scope", default=None, metavar="PRESET",
                    help="which weights to prune (detection): all, backbone, fpn, rpn, roi_heads, or "
                         "a preset such as paper; default: paper. Printed and saved with the run")
