@@ -4,14 +4,16 @@
 #
 #   bash tools/gpu_check.sh build test      # ~6 min: build for sm_90, smoke + sanitizers, CUDA tests
 #   bash tools/gpu_check.sh bench           # ~5 min, right after (the warm machine keeps the build)
-#   bash tools/gpu_check.sh imp             # a short `lthfast imp --device cuda --amp` (needs pycocotools)
+#   bash tools/gpu_check.sh imp             # bench imp_round (fasterrcnn_resnet50_fpn) and a short
+#                                           # `lthfast imp --device cuda --amp` (need pycocotools)
 #
 # Stages: build, test (tools/gpu_smoke.py plain and under compute-sanitizer memcheck /
-# racecheck, then tests/test_*_cuda.py), bench (threshold, optim, conv --quick, train_step,
-# ticket on cuda), imp. Every stage has its own time limit so one slow step cannot eat the
-# lease. Output (at most 8 files come back): $OUT/summary.txt (also printed last),
+# racecheck, then tests/test_*_cuda.py), bench (threshold, optim, train_step, ticket, conv
+# --quick on cuda), imp (bench imp_round, lthfast imp --amp). Every stage has its own time
+# limit so one slow step cannot eat the lease. Output: $OUT/summary.txt (also printed last),
 # $OUT/logs.txt (every step's output, the bench tables included), $OUT/cuda-<suite>.json,
-# $OUT/imp-metrics.json; commit the JSON and tables under bench/results/.
+# $OUT/imp-metrics.json. Only 8 files come back from one call: run bench and imp in separate
+# calls. Commit the JSON and tables under bench/results/.
 #
 # pycocotools is not in the GPU image: for `imp`, carry it as a wheel (see the device
 # tool's README): here `python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -72,7 +74,9 @@ stage_imp() {
       export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
   fi
-  step imp-amp 400 "$PY" -m lthfast imp --device cuda --amp --rounds 2 --iters 300 \
+  step bench-imp_round 240 "$PY" -m lthfast bench imp_round --device cuda \
+    --json "$OUT/cuda-imp_round.json"
+  step imp-amp 300 "$PY" -m lthfast imp --device cuda --amp --rounds 2 --iters 300 \
     --out "$OUT/imp-run" --quiet
   cp "$OUT/imp-run/metrics.json" "$OUT/imp-metrics.json" 2>/dev/null || true
   rm -rf "$OUT/imp-run"  # only a few files come back from $OUT

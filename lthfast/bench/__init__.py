@@ -44,7 +44,8 @@ register(Suite("train_step", "full training step (forward + backward + SGD momen
 from lthfast.bench import imp_round as _imp_round  # noqa: E402
 
 register(Suite("imp_round", "one IMP round (prune + rewind + mask + train) of the small default "
-                            "detector on shapes: lthfast vs torch.nn.utils.prune hooks",
+                            "detector (CUDA: fasterrcnn_resnet50_fpn) on shapes: lthfast vs "
+                            "torch.nn.utils.prune hooks",
                run=_imp_round.run_suite, format=_imp_round.format_imp_round))
 
 from lthfast.bench.runner import run  # noqa: E402

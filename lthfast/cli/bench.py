@@ -36,11 +36,12 @@ suites:
              dense model vs lthfast Ticket.apply + MaskedSGD vs torch.nn.utils.prune hooks vs
              ASP-style grad/weight *= mask; median step time vs dense, and the model's bytes
              (parameters + buffers + masks) vs dense. --quick: batch 4 x 64 px.
-  imp_round  one IMP round of fasterrcnn_resnet18_fpn on shapes (96 px): prune 50% of the
-             paper-scope weights, rewind, mask, train 20 iterations; lthfast (Ticket.prune +
-             apply + MaskedSGD) vs the torch.nn.utils.prune loop (global_unstructured hooks,
-             weight_orig rewind, custom_from_mask, torch SGD). Phase times, the pruning
-             overhead as a fraction of the round, and the round time ratio. --quick: 3 iterations.
+  imp_round  one IMP round of fasterrcnn_resnet18_fpn on shapes (96 px; CUDA:
+             fasterrcnn_resnet50_fpn, 320 px, batch 8): prune 50% of the paper-scope weights,
+             rewind, mask, train 20 iterations (CUDA: 50); lthfast (Ticket.prune + apply +
+             MaskedSGD) vs the torch.nn.utils.prune loop (global_unstructured hooks, weight_orig
+             rewind, custom_from_mask, torch SGD). Phase times, the pruning overhead as a
+             fraction of the round, and the round time ratio. --quick: 3 iterations (CUDA: 10).
 
 The full threshold suite takes about 10 minutes on 2 CPU cores (torch's pruning is the
 slow part); --repeat 1 --warmup 0 cuts that to about a third."""
