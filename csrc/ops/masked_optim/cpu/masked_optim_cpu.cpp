@@ -4,7 +4,9 @@
 // and masks share one layout), and one parallel_for walks all chunks of all
 // tensors: one pass that reads weight, grad, state and mask once and writes
 // weight and state once. fp32/fp64 chunks are updated in place by loops the
-// compiler vectorises; fp16/bf16 chunks go through small fp32 buffers.
+// compiler vectorises; fp16/bf16 chunks go through small fp32 buffers. A
+// packed mask (1 bit per entry) is expanded block by block into a small byte
+// array that the same loops read.
 
 // Before any include: the update loops select with `keep ? x : 0` after
 // divisions; with trapping-math GCC will not turn those selects into vector
@@ -25,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -45,7 +48,8 @@ namespace {
 #endif
 
 constexpr int64_t kChunk = 1 << 15;  // elements per parallel work item
-constexpr int64_t kBlock = 256;      // fp16/bf16 conversion and Adam sqrt block
+constexpr int64_t kBlock = 256;      // fp16/bf16 conversion, Adam sqrt and mask expansion block
+static_assert(kChunk % kBlock == 0 && kBlock % 8 == 0, "blocks must start on whole mask bytes");
 
 struct Chunk {
   int64_t slot, begin, end;
@@ -62,10 +66,43 @@ std::vector<Chunk> make_chunks(const std::vector<Slot>& slots) {
   return chunks;
 }
 
-// Masks are read as bytes (0/1): bool has no vector type.
-const uint8_t* mask_ptr(const Slot& s, int64_t begin) {
-  return s.mask.defined() ? reinterpret_cast<const uint8_t*>(s.mask.data_ptr<bool>()) + begin
-                          : nullptr;
+// One byte (0/1) per bit of a packed byte, LSB first: expands 8 entries with
+// one 8-byte copy.
+struct BitTable {
+  uint8_t bytes[256][8];
+  constexpr BitTable() : bytes{} {
+    for (int b = 0; b < 256; ++b) {
+      for (int j = 0; j < 8; ++j) bytes[b][j] = static_cast<uint8_t>((b >> j) & 1);
+    }
+  }
+};
+constexpr BitTable kBitTable{};
+
+// keep[0, 8 * nbytes) from the bits of packed[0, nbytes).
+inline void expand_bits(const uint8_t* packed, int64_t nbytes, uint8_t* keep) {
+  for (int64_t i = 0; i < nbytes; ++i) std::memcpy(keep + 8 * i, kBitTable.bytes[packed[i]], 8);
+}
+
+// Calls f(offset, count, keep) over [begin, begin + n) of a slot, keep being
+// its mask as bytes (0/1; bool has no vector type) or nullptr when unmasked.
+// A packed mask is expanded kBlock entries at a time into a local array, so
+// the update loops are the same for both forms. begin is a multiple of 8
+// (chunks are multiples of kChunk), so every block starts on a whole byte.
+template <typename F>
+inline void for_keep_blocks(const Slot& s, int64_t begin, int64_t n, F&& f) {
+  if (!s.mask.defined()) {
+    f(int64_t(0), n, static_cast<const uint8_t*>(nullptr));
+  } else if (!s.packed) {
+    f(int64_t(0), n, reinterpret_cast<const uint8_t*>(s.mask.data_ptr<bool>()) + begin);
+  } else {
+    const uint8_t* bits = s.mask.data_ptr<uint8_t>() + begin / 8;
+    alignas(64) uint8_t keep[kBlock];
+    for (int64_t o = 0; o < n; o += kBlock) {
+      const int64_t k = std::min(kBlock, n - o);
+      expand_bits(bits + o / 8, (k + 7) / 8, keep);
+      f(o, k, static_cast<const uint8_t*>(keep));
+    }
+  }
 }
 
 template <typename T>
@@ -127,7 +164,6 @@ void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, doub
       const Chunk& ch = chunks[c];
       const Slot& sl = slots[ch.slot];
       const int64_t n = ch.end - ch.begin;
-      const uint8_t* keep = mask_ptr(sl, ch.begin);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
                                       "masked_sgd_cpu", [&] {
         using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -138,11 +174,16 @@ void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, doub
         scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
         const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
         scalar_t* buf = kMode == kNoMomentum ? nullptr : ptr<scalar_t>(sl.state[0]) + ch.begin;
-        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-          sgd_range<opmath_t, kMode, kNesterov>(n, p, g, buf, keep, static_cast<opmath_t>(scale), s);
-        } else {
-          sgd_reduced<scalar_t, kMode, kNesterov>(n, p, g, buf, keep, static_cast<float>(scale), s);
-        }
+        for_keep_blocks(sl, ch.begin, n, [&](int64_t o, int64_t k, const uint8_t* keep) {
+          scalar_t* bo = buf ? buf + o : nullptr;
+          if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+            sgd_range<opmath_t, kMode, kNesterov>(k, p + o, g + o, bo, keep,
+                                                  static_cast<opmath_t>(scale), s);
+          } else {
+            sgd_reduced<scalar_t, kMode, kNesterov>(k, p + o, g + o, bo, keep,
+                                                    static_cast<float>(scale), s);
+          }
+        });
       });
     }
   });
@@ -271,7 +312,6 @@ void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& step
       const Chunk& ch = chunks[c];
       const Slot& sl = slots[ch.slot];
       const int64_t n = ch.end - ch.begin;
-      const uint8_t* keep = mask_ptr(sl, ch.begin);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
                                       "masked_adam_cpu", [&] {
         using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -281,11 +321,16 @@ void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& step
         scalar_t* m = ptr<scalar_t>(sl.state[0]) + ch.begin;
         scalar_t* v = ptr<scalar_t>(sl.state[1]) + ch.begin;
         scalar_t* x = kAmsgrad ? ptr<scalar_t>(sl.state[2]) + ch.begin : nullptr;
-        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-          adam_range<opmath_t, kAmsgrad>(n, p, g, m, v, x, keep, static_cast<opmath_t>(scale), s);
-        } else {
-          adam_reduced<scalar_t, kAmsgrad>(n, p, g, m, v, x, keep, static_cast<float>(scale), s);
-        }
+        for_keep_blocks(sl, ch.begin, n, [&](int64_t o, int64_t k, const uint8_t* keep) {
+          scalar_t* xo = x ? x + o : nullptr;
+          if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+            adam_range<opmath_t, kAmsgrad>(k, p + o, g + o, m + o, v + o, xo, keep,
+                                           static_cast<opmath_t>(scale), s);
+          } else {
+            adam_reduced<scalar_t, kAmsgrad>(k, p + o, g + o, m + o, v + o, xo, keep,
+                                             static_cast<float>(scale), s);
+          }
+        });
       });
     }
   });
