@@ -66,42 +66,51 @@ std::vector<Chunk> make_chunks(const std::vector<Slot>& slots) {
   return chunks;
 }
 
-// One byte (0/1) per bit of a packed byte, LSB first: expands 8 entries with
-// one 8-byte copy.
-struct BitTable {
-  uint8_t bytes[256][8];
-  constexpr BitTable() : bytes{} {
-    for (int b = 0; b < 256; ++b) {
-      for (int j = 0; j < 8; ++j) bytes[b][j] = static_cast<uint8_t>((b >> j) & 1);
-    }
+// keep[0, 8 * nbytes) = the bits of packed[0, nbytes) as bytes 0/1, LSB first.
+// Per byte, branch-free and table-free: replicate it into the 8 bytes of a
+// word, keep bit j in byte j, then turn each nonzero byte into 1.
+inline void expand_bits(const uint8_t* __restrict packed, int64_t nbytes, uint8_t* __restrict keep) {
+  for (int64_t i = 0; i < nbytes; ++i) {
+    uint64_t x = (packed[i] * 0x0101010101010101ULL) & 0x8040201008040201ULL;
+    x = ((x + 0x7F7F7F7F7F7F7F7FULL) >> 7) & 0x0101010101010101ULL;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    std::memcpy(keep + 8 * i, &x, 8);  // byte j of x is the j-th in memory
+#else
+    for (int j = 0; j < 8; ++j) keep[8 * i + j] = static_cast<uint8_t>(x >> (8 * j));
+#endif
   }
-};
-constexpr BitTable kBitTable{};
-
-// keep[0, 8 * nbytes) from the bits of packed[0, nbytes).
-inline void expand_bits(const uint8_t* packed, int64_t nbytes, uint8_t* keep) {
-  for (int64_t i = 0; i < nbytes; ++i) std::memcpy(keep + 8 * i, kBitTable.bytes[packed[i]], 8);
 }
 
-// Calls f(offset, count, keep) over [begin, begin + n) of a slot, keep being
-// its mask as bytes (0/1; bool has no vector type) or nullptr when unmasked.
-// A packed mask is expanded kBlock entries at a time into a local array, so
-// the update loops are the same for both forms. begin is a multiple of 8
-// (chunks are multiples of kChunk), so every block starts on a whole byte.
+// How the update loops read a mask: none, bytes (a bool mask) or bits (packed).
+enum KeepKind : int { kKeepNone = 0, kKeepBytes = 1, kKeepBits = 2 };
+
+// The mask of a slot from entry `begin` on (bytes or bits; begin is a multiple
+// of 8 as chunks are multiples of kChunk, so bits start on a whole byte).
+inline const uint8_t* keep_ptr(const Slot& s, int64_t begin) {
+  if (!s.mask.defined()) return nullptr;
+  if (s.packed) return s.mask.data_ptr<uint8_t>() + begin / 8;
+  return reinterpret_cast<const uint8_t*>(s.mask.data_ptr<bool>()) + begin;
+}
+
+inline int keep_kind(const Slot& s) {
+  return !s.mask.defined() ? kKeepNone : (s.packed ? kKeepBits : kKeepBytes);
+}
+
+// Calls f(offset, count, keep bytes or nullptr) over [0, n) of a chunk whose
+// mask is `keep` (of kind `kind`); packed bits are expanded kBlock entries at a
+// time into a local byte array. For the reduced-precision paths, which work in
+// kBlock blocks anyway.
 template <typename F>
-inline void for_keep_blocks(const Slot& s, int64_t begin, int64_t n, F&& f) {
-  if (!s.mask.defined()) {
-    f(int64_t(0), n, static_cast<const uint8_t*>(nullptr));
-  } else if (!s.packed) {
-    f(int64_t(0), n, reinterpret_cast<const uint8_t*>(s.mask.data_ptr<bool>()) + begin);
-  } else {
-    const uint8_t* bits = s.mask.data_ptr<uint8_t>() + begin / 8;
-    alignas(64) uint8_t keep[kBlock];
-    for (int64_t o = 0; o < n; o += kBlock) {
-      const int64_t k = std::min(kBlock, n - o);
-      expand_bits(bits + o / 8, (k + 7) / 8, keep);
-      f(o, k, static_cast<const uint8_t*>(keep));
-    }
+inline void for_keep_blocks(const uint8_t* keep, int kind, int64_t n, F&& f) {
+  if (kind != kKeepBits) {
+    f(int64_t(0), n, keep);
+    return;
+  }
+  alignas(64) uint8_t bytes[kBlock];
+  for (int64_t o = 0; o < n; o += kBlock) {
+    const int64_t k = std::min(kBlock, n - o);
+    expand_bits(keep + o / 8, (k + 7) / 8, bytes);
+    f(o, k, static_cast<const uint8_t*>(bytes));
   }
 }
 
@@ -112,26 +121,47 @@ T* ptr(const at::Tensor& t) {
 
 // ------------------------------------------------------------------ SGD
 
-template <typename T, int kMode, bool kNesterov, bool kMask>
-LTHFAST_SIMD_CLONES void sgd_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
-              const uint8_t* __restrict keep, T scale, const SgdScalars<T>& scalars) {
-  const SgdScalars<T> s = scalars;  // a local copy: stores to p cannot alias it
+template <typename T, int kMode, bool kNesterov, int kKeep>
+inline void sgd_span(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
+                     const uint8_t* __restrict keep, T scale, const SgdScalars<T>& s) {
   for (int64_t j = 0; j < n; ++j) {
     T pj = p[j];
     T b = (kMode == kMomentum) ? buf[j] : T(0);
-    sgd_element<T, kMode, kNesterov>(kMask ? keep[j] != 0 : true, pj, g[j], b, scale, s);
+    sgd_element<T, kMode, kNesterov>(kKeep != kKeepNone ? keep[j] != 0 : true, pj, g[j], b, scale, s);
     p[j] = pj;
     if (kMode != kNoMomentum) buf[j] = b;
   }
 }
 
-template <typename T, int kMode, bool kNesterov>
-void sgd_range(int64_t n, T* p, const T* g, T* buf, const uint8_t* keep, T scale,
-               const SgdScalars<T>& s) {
-  if (keep) {
-    sgd_loop<T, kMode, kNesterov, true>(n, p, g, buf, keep, scale, s);
+// keep: bytes, or packed bits expanded here block by block (in the same
+// function as the update loop, so per block costs no call).
+template <typename T, int kMode, bool kNesterov, int kKeep>
+LTHFAST_SIMD_CLONES void sgd_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
+              const uint8_t* __restrict keep, T scale, const SgdScalars<T>& scalars) {
+  const SgdScalars<T> s = scalars;  // a local copy: stores to p cannot alias it
+  if constexpr (kKeep != kKeepBits) {
+    sgd_span<T, kMode, kNesterov, kKeep>(n, p, g, buf, keep, scale, s);
   } else {
-    sgd_loop<T, kMode, kNesterov, false>(n, p, g, buf, keep, scale, s);
+    alignas(64) uint8_t bytes[kBlock];
+    for (int64_t o = 0; o < n; o += kBlock) {
+      const int64_t k = std::min(kBlock, n - o);
+      expand_bits(keep + o / 8, (k + 7) / 8, bytes);
+      sgd_span<T, kMode, kNesterov, kKeepBytes>(k, p + o, g + o,
+                                                kMode == kNoMomentum ? buf : buf + o, bytes,
+                                                scale, s);
+    }
+  }
+}
+
+template <typename T, int kMode, bool kNesterov>
+void sgd_range(int64_t n, T* p, const T* g, T* buf, const uint8_t* keep, int kind, T scale,
+               const SgdScalars<T>& s) {
+  if (kind == kKeepBits) {
+    sgd_loop<T, kMode, kNesterov, kKeepBits>(n, p, g, buf, keep, scale, s);
+  } else if (kind == kKeepBytes) {
+    sgd_loop<T, kMode, kNesterov, kKeepBytes>(n, p, g, buf, keep, scale, s);
+  } else {
+    sgd_loop<T, kMode, kNesterov, kKeepNone>(n, p, g, buf, keep, scale, s);
   }
 }
 
@@ -147,7 +177,8 @@ void sgd_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* buf, const
       gb[j] = static_cast<float>(g[o + j]);
       bb[j] = kMode == kMomentum ? static_cast<float>(buf[o + j]) : 0.f;
     }
-    sgd_range<float, kMode, kNesterov>(m, pb, gb, bb, keep ? keep + o : nullptr, scale, s);
+    sgd_range<float, kMode, kNesterov>(m, pb, gb, bb, keep ? keep + o : nullptr,
+                                       keep ? kKeepBytes : kKeepNone, scale, s);
     for (int64_t j = 0; j < m; ++j) {
       p[o + j] = static_cast<scalar_t>(pb[j]);
       if (kMode != kNoMomentum) buf[o + j] = static_cast<scalar_t>(bb[j]);
@@ -174,16 +205,16 @@ void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, doub
         scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
         const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
         scalar_t* buf = kMode == kNoMomentum ? nullptr : ptr<scalar_t>(sl.state[0]) + ch.begin;
-        for_keep_blocks(sl, ch.begin, n, [&](int64_t o, int64_t k, const uint8_t* keep) {
-          scalar_t* bo = buf ? buf + o : nullptr;
-          if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-            sgd_range<opmath_t, kMode, kNesterov>(k, p + o, g + o, bo, keep,
-                                                  static_cast<opmath_t>(scale), s);
-          } else {
-            sgd_reduced<scalar_t, kMode, kNesterov>(k, p + o, g + o, bo, keep,
+        const uint8_t* keep = keep_ptr(sl, ch.begin);
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          sgd_range<opmath_t, kMode, kNesterov>(n, p, g, buf, keep, keep_kind(sl),
+                                                static_cast<opmath_t>(scale), s);
+        } else {
+          for_keep_blocks(keep, keep_kind(sl), n, [&](int64_t o, int64_t k, const uint8_t* kb) {
+            sgd_reduced<scalar_t, kMode, kNesterov>(k, p + o, g + o, buf ? buf + o : nullptr, kb,
                                                     static_cast<float>(scale), s);
-          }
-        });
+          });
+        }
       });
     }
   });
@@ -230,8 +261,9 @@ void masked_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 
 // ------------------------------------------------------------------ Adam
 
-// In-place square roots of a block. The compiler will not vectorise std::sqrt
-// (it keeps errno), so x86-64 uses the SSE2 instructions (same IEEE results).
+#if !defined(__NO_MATH_ERRNO__)
+// In-place square roots of a block. With math-errno the compiler will not
+// vectorise std::sqrt, so x86-64 uses the SSE2 instructions (same IEEE results).
 template <typename T>
 inline void sqrt_block(T* x, int64_t n) {
   int64_t j = 0;
@@ -244,39 +276,74 @@ inline void sqrt_block(T* x, int64_t n) {
 #endif
   for (; j < n; ++j) x[j] = std::sqrt(x[j]);
 }
+#endif
 
-// Blocks of kBlock: moments (vectorised), square roots, weights (vectorised).
-template <typename T, bool kAmsgrad, bool kMask>
+// Blocks of kBlock (keep: bytes, or packed bits expanded at the start of each
+// block). Built with -fno-math-errno (setup.py), sqrt vectorises and each block
+// is one fused loop; otherwise three: moments (vectorised), square roots,
+// weights (vectorised). Same IEEE operations, same results, either way.
+template <typename T, bool kAmsgrad, int kKeep, bool kScaled>
 LTHFAST_SIMD_CLONES void adam_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict m,
                T* __restrict v, T* __restrict vmax, const uint8_t* __restrict keep, T scale,
                const AdamScalars<T>& scalars) {
   const AdamScalars<T> s = scalars;  // a local copy: stores to p cannot alias it
+  alignas(64) uint8_t bytes[kKeep == kKeepBits ? kBlock : 1];
+#if !defined(__NO_MATH_ERRNO__)
   T pp[kBlock], mm[kBlock], root[kBlock];
+#endif
   for (int64_t o = 0; o < n; o += kBlock) {
     const int64_t k = std::min(kBlock, n - o);
+    const uint8_t* __restrict kb = kKeep == kKeepBytes ? keep + o : bytes;
+    if constexpr (kKeep == kKeepBits) expand_bits(keep + o / 8, (k + 7) / 8, bytes);
+#if defined(__NO_MATH_ERRNO__)
+    for (int64_t j = 0; j < k; ++j) {
+      const bool kj = kKeep != kKeepNone ? kb[j] != 0 : true;
+      T mj = m[o + j], vj = v[o + j];
+      T xj = kAmsgrad ? vmax[o + j] : T(0);
+      T pp, mm, vm;
+      adam_moments<T, kAmsgrad, kScaled>(kj, p[o + j], g[o + j], mj, vj, xj, scale, s, pp, mm, vm);
+      m[o + j] = mj;
+      v[o + j] = vj;
+      if (kAmsgrad) vmax[o + j] = xj;
+      p[o + j] = adam_param<T>(kj, pp, mm, std::sqrt(vm), s);
+    }
+#else
     for (int64_t j = 0; j < k; ++j) {
       T mj = m[o + j], vj = v[o + j];
       T xj = kAmsgrad ? vmax[o + j] : T(0);
-      adam_moments<T, kAmsgrad>(kMask ? keep[o + j] != 0 : true, p[o + j], g[o + j], mj, vj, xj,
-                                scale, s, pp[j], mm[j], root[j]);
+      adam_moments<T, kAmsgrad, kScaled>(kKeep != kKeepNone ? kb[j] != 0 : true, p[o + j],
+                                         g[o + j], mj, vj, xj, scale, s, pp[j], mm[j], root[j]);
       m[o + j] = mj;
       v[o + j] = vj;
       if (kAmsgrad) vmax[o + j] = xj;
     }
     sqrt_block(root, k);
     for (int64_t j = 0; j < k; ++j) {
-      p[o + j] = adam_param<T>(kMask ? keep[o + j] != 0 : true, pp[j], mm[j], root[j], s);
+      p[o + j] = adam_param<T>(kKeep != kKeepNone ? kb[j] != 0 : true, pp[j], mm[j], root[j], s);
     }
+#endif
+  }
+}
+
+template <typename T, bool kAmsgrad, bool kScaled>
+void adam_range_scaled(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const uint8_t* keep,
+                       int kind, T scale, const AdamScalars<T>& s) {
+  if (kind == kKeepBits) {
+    adam_loop<T, kAmsgrad, kKeepBits, kScaled>(n, p, g, m, v, vmax, keep, scale, s);
+  } else if (kind == kKeepBytes) {
+    adam_loop<T, kAmsgrad, kKeepBytes, kScaled>(n, p, g, m, v, vmax, keep, scale, s);
+  } else {
+    adam_loop<T, kAmsgrad, kKeepNone, kScaled>(n, p, g, m, v, vmax, keep, scale, s);
   }
 }
 
 template <typename T, bool kAmsgrad>
-void adam_range(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const uint8_t* keep, T scale,
-                const AdamScalars<T>& s) {
-  if (keep) {
-    adam_loop<T, kAmsgrad, true>(n, p, g, m, v, vmax, keep, scale, s);
+void adam_range(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const uint8_t* keep, int kind,
+                T scale, const AdamScalars<T>& s) {
+  if (scale != T(1)) {
+    adam_range_scaled<T, kAmsgrad, true>(n, p, g, m, v, vmax, keep, kind, scale, s);
   } else {
-    adam_loop<T, kAmsgrad, false>(n, p, g, m, v, vmax, keep, scale, s);
+    adam_range_scaled<T, kAmsgrad, false>(n, p, g, m, v, vmax, keep, kind, scale, s);
   }
 }
 
@@ -293,7 +360,8 @@ void adam_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* m, scalar
       vb[j] = static_cast<float>(v[o + j]);
       xb[j] = kAmsgrad ? static_cast<float>(vmax[o + j]) : 0.f;
     }
-    adam_range<float, kAmsgrad>(k, pb, gb, mb, vb, xb, keep ? keep + o : nullptr, scale, s);
+    adam_range<float, kAmsgrad>(k, pb, gb, mb, vb, xb, keep ? keep + o : nullptr,
+                                keep ? kKeepBytes : kKeepNone, scale, s);
     for (int64_t j = 0; j < k; ++j) {
       p[o + j] = static_cast<scalar_t>(pb[j]);
       m[o + j] = static_cast<scalar_t>(mb[j]);
@@ -321,16 +389,16 @@ void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& step
         scalar_t* m = ptr<scalar_t>(sl.state[0]) + ch.begin;
         scalar_t* v = ptr<scalar_t>(sl.state[1]) + ch.begin;
         scalar_t* x = kAmsgrad ? ptr<scalar_t>(sl.state[2]) + ch.begin : nullptr;
-        for_keep_blocks(sl, ch.begin, n, [&](int64_t o, int64_t k, const uint8_t* keep) {
-          scalar_t* xo = x ? x + o : nullptr;
-          if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-            adam_range<opmath_t, kAmsgrad>(k, p + o, g + o, m + o, v + o, xo, keep,
-                                           static_cast<opmath_t>(scale), s);
-          } else {
-            adam_reduced<scalar_t, kAmsgrad>(k, p + o, g + o, m + o, v + o, xo, keep,
-                                             static_cast<float>(scale), s);
-          }
-        });
+        const uint8_t* keep = keep_ptr(sl, ch.begin);
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          adam_range<opmath_t, kAmsgrad>(n, p, g, m, v, x, keep, keep_kind(sl),
+                                         static_cast<opmath_t>(scale), s);
+        } else {
+          for_keep_blocks(keep, keep_kind(sl), n, [&](int64_t o, int64_t k, const uint8_t* kb) {
+            adam_reduced<scalar_t, kAmsgrad>(k, p + o, g + o, m + o, v + o, x ? x + o : nullptr,
+                                             kb, static_cast<float>(scale), s);
+          });
+        }
       });
     }
   });
