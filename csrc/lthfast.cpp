@@ -48,8 +48,13 @@ TORCH_LIBRARY(lthfast, m) {
   m.def("overlap_bits(Tensor a, Tensor b) -> Tensor");
   // ---- Fused masked optimizers (lthfast.optim): one multi-tensor pass per step.
   // params, grads, states and masks are lists with one entry per parameter; each
-  // state and mask has the parameter's shape, dtype (masks: bool, True = kept)
-  // and strides; a grad with other strides is copied into the param's layout.
+  // state has the parameter's shape, dtype and strides; a grad with other
+  // strides is copied into the param's layout. A mask (True / bit 1 = kept) is
+  // None, a bool tensor with the parameter's shape and strides, or packed: 1-D
+  // contiguous uint8 of ceil(numel / 8) bytes, entry i of the parameter's MEMORY
+  // order in bit (i % 8) of byte i / 8 (LSB first; for a contiguous parameter
+  // this is lthfast.bitmask.pack_bits' layout, so a Ticket's packed mask is used
+  // as is).
   // Pruned entries (mask False) read their grad as 0 and write 0.0 to the weight
   // and every state; params whose mask is None update exactly like torch.optim.
   // lr_tensor (1 element), when given, replaces lr. grad_scale: grads are divided

@@ -1,6 +1,7 @@
 """Pure-PyTorch reference of the fused masked optimizer ops (masked_sgd_,
 masked_adam_): the test oracle, and the fallback when lthfast._C is missing and
-LTHFAST_REFERENCE=1. Same arguments as torch.ops.lthfast.masked_*_.
+LTHFAST_REFERENCE=1. Same arguments as torch.ops.lthfast.masked_*_ (masks bool or
+packed uint8 in the parameter's memory order).
 
 Written for clarity: one tensor at a time, computed in float32 (float64 for
 float64 parameters) like torch's fused optimizers, then masked with
@@ -16,7 +17,20 @@ def _wide(t: torch.Tensor) -> torch.dtype:
 
 
 def _keep(mask, t):
-    return torch.ones_like(t, dtype=torch.bool) if mask is None else mask
+    """The bool keep-mask of t: all True (None), the bool mask itself, or a packed
+    uint8 mask (bit i % 8 of byte i // 8 = entry i of t's memory order) unpacked."""
+    if mask is None:
+        return torch.ones_like(t, dtype=torch.bool)
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype != torch.uint8 or mask.dim() != 1 or mask.numel() != (t.numel() + 7) // 8:
+        raise ValueError(f"a packed mask must be 1-D uint8 of {(t.numel() + 7) // 8} bytes, got "
+                         f"{mask.dtype} of shape {tuple(mask.shape)}")
+    shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
+    bits = ((mask.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:t.numel()].to(torch.bool)
+    keep = torch.empty_like(t, dtype=torch.bool)  # t's strides (t is dense)
+    keep.as_strided((t.numel(),), (1,)).copy_(bits)  # its memory, in memory order
+    return keep
 
 
 def _skip_and_scale(grad_scale, found_inf):

@@ -109,3 +109,84 @@ def test_cuda_opcheck():
     for kind, op in (("sgd", torch.ops.lthfast.masked_sgd_), ("adam", torch.ops.lthfast.masked_adam_)):
         for variant in (dict(), dict(scaler=True, dtype=torch.bfloat16, lr_tensor=True)):
             torch.library.opcheck(op, tuple(to_dev(a) for a in _op_args(kind, **variant)))
+
+
+# ---------------------------------------------------------------- packed masks
+
+def _packed_run(kind, v, p, states, mask, grads, device):
+    from test_optim_packed import _adam_call, _sgd_call
+    op = getattr(torch.ops.lthfast, f"masked_{kind}_")
+    step = torch.zeros((), dtype=torch.float32, device=device) if device != "cpu" else torch.tensor(0.0)
+    for gr in grads:
+        if kind == "sgd":
+            _sgd_call(op, p, states, mask, gr, v)
+        else:
+            _adam_call(op, p, states, mask, gr, step, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=str)
+@pytest.mark.parametrize("kind,v", [("sgd", dict(momentum=0.9, first=False, nesterov=True)),
+                                    ("adam", dict(amsgrad=True, decoupled=True))], ids=str)
+def test_cuda_packed_and_bool_masks_identical_and_match_cpu(kind, v, dtype):
+    from test_optim_packed import SHAPES, _setup, packed_in_memory_order
+    n_state = 1 if kind == "sgd" else 3
+    for shape, cl in SHAPES:
+        p, states, mask, grads = _setup(shape, cl, dtype, n_state)
+        packed = packed_in_memory_order(mask, p)
+        bool_mask = torch.empty_like(p, dtype=torch.bool).copy_(mask)
+        cpu_p, cpu_s = p.clone(), [s.clone() for s in states]
+        _packed_run(kind, v, cpu_p, cpu_s, packed, grads, "cpu")
+        runs = []
+        for m in (bool_mask, packed):
+            q = p.clone().to(DEV)  # .to keeps channels_last strides
+            sq = [s.clone().to(DEV) for s in states]
+            _packed_run(kind, v, q, sq, m.to(DEV), [g.to(DEV) for g in grads], DEV)
+            runs.append((q, sq))
+        (a, sa), (b, sb) = runs
+        assert b.stride() == p.stride() or p.numel() <= 1
+        assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(sa, sb))
+        tol = {torch.float64: dict(rtol=1e-12, atol=1e-13), torch.float32: dict(rtol=1e-5, atol=1e-6),
+               torch.float16: dict(rtol=2e-3, atol=1e-3), torch.bfloat16: dict(rtol=2e-2, atol=1e-2)}
+        torch.testing.assert_close(b.cpu(), cpu_p, **tol[dtype], msg=f"{shape} cl={cl}")
+
+
+def test_cuda_opcheck_packed_masks():
+    from test_optim_packed import _op_args_packed
+
+    def to_dev(x):
+        if isinstance(x, torch.Tensor):
+            return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=DEV).copy_(x)
+        if isinstance(x, list):
+            return [to_dev(y) for y in x]
+        return x
+
+    for kind, op in (("sgd", torch.ops.lthfast.masked_sgd_), ("adam", torch.ops.lthfast.masked_adam_)):
+        for variant in (dict(), dict(scaler=True, dtype=torch.bfloat16, lr_tensor=True)):
+            torch.library.opcheck(op, tuple(to_dev(a) for a in _op_args_packed(kind, **variant)))
+
+
+def test_cuda_packed_mask_on_cpu_is_a_clear_error():
+    p = torch.randn(3, 7, device=DEV)
+    before = p.clone()
+    with pytest.raises(RuntimeError, match=r"masks\[0\] is on cpu but params\[0\] is on cuda"):
+        torch.ops.lthfast.masked_sgd_([p], [torch.randn_like(p)], [],
+                                      [torch.zeros(3, dtype=torch.uint8)], 0.1, None, 0.0, 0.0,
+                                      0.0, False, False, False, None, None)
+    assert torch.equal(p, before)
+
+
+def test_cuda_model_with_cpu_ticket_shares_the_bound_packed_copy():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 4))
+    ticket = lthfast.Ticket.from_model(model, 0.6)  # on the CPU
+    model.to(DEV)
+    ticket.apply(model)
+    opt = lo.MaskedSGD(model.parameters(), lr=0.1, momentum=0.9, ticket=ticket)
+    for n in ticket.names():
+        p = model.get_parameter(n)
+        held = opt.packed_mask_of(p)
+        assert held.device.type == "cuda" and held is ticket.packed_for(p)
+        assert torch.equal(ticket.mask_for(p).cpu(), ticket[n])
+    assert len(ticket._bindings.held()) == len(ticket)

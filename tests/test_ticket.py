@@ -119,8 +119,10 @@ def test_apply_zeroes_in_place_and_binds_masks():
         assert id(p) == weight_ids[n] and isinstance(p, nn.Parameter)
         m = t[n]
         assert torch.equal(p[m], before[n][m]) and (p[~m] == 0).all()
-        assert torch.equal(t.mask_for(p), m) and t.mask_for(p) is t.mask_for(p)  # cached
-        assert t.name_of(p) == n and t.packed_for(p).dtype == torch.uint8
+        # unpacked on demand, never cached: the binding keeps no bool mask alive
+        assert torch.equal(t.mask_for(p), m) and t.mask_for(p) is not t.mask_for(p)
+        assert t.name_of(p) == n and t.packed_for(p) is t.packed(n)  # the ticket's own tensor
+    assert t._bindings.held() == []
     assert t.mask_for(model.conv.bias) is None and t.mask_for(torch.zeros(3)) is None
     assert torch.equal(after["conv.bias"], before["conv.bias"])
     assert Ticket.from_model(model, t.numel() - t.kept()) == t  # the zeros are exactly the pruned

@@ -57,7 +57,7 @@ class ModelParams:
             e = p.element_size()
             total += p.numel() * e * (2 + n_state + 1 + n_state)  # r: p,g,states  w: p,states
             if p in self.masks:
-                total += p.numel()  # bool mask
+                total += (p.numel() + 7) // 8  # packed mask (1 bit per weight)
         return total
 
 

@@ -1,5 +1,9 @@
 """The fused masked optimizer ops: fake kernels, and the one place that picks
-the compiled op or (LTHFAST_REFERENCE=1 without lthfast._C) the reference."""
+the compiled op or (LTHFAST_REFERENCE=1 without lthfast._C) the reference.
+
+Each mask is None, bool (the param's shape and strides) or packed uint8 (1 bit
+per entry in the param's memory order); the ops only mutate their inputs, so
+the fake kernels are the same for both forms."""
 from __future__ import annotations
 
 import torch

@@ -1,16 +1,21 @@
 """Mask bookkeeping shared by MaskedSGD / MaskedAdam / MaskedAdamW.
 
-A mask is a bool keep-mask (True = kept) with the shape AND the strides of its
-parameter, on the parameter's device, so the fused kernels walk weight, grad,
-state and mask in one memory order. Masks come from a Ticket
-(`ticket.mask_for(param)` after `ticket.apply(model)`) or from a dict
-{param: mask}. Everything is validated before anything changes.
+The optimizers hold every mask packed: 1-D uint8, 1 bit per entry (True = kept)
+in the parameter's MEMORY order, on the parameter's device, so the fused
+kernels walk weight, grad, state and mask in one order at 1/8 byte per weight.
+For a contiguous parameter that is exactly the Ticket's packed layout, and the
+ticket's tensor is used as is (shared, no copy); a channels_last parameter gets
+its own packed copy in memory order. Masks come from a Ticket
+(`ticket.packed_for(param)` / `ticket.mask_for(param)` after `ticket.apply(model)`)
+or from a dict {param: bool mask}. Everything is validated before anything changes.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
 import torch
+
+from lthfast import bitmask
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -54,8 +59,33 @@ def _param_index(groups: list[dict]) -> dict[int, int]:
     return out
 
 
+def memory_order(t: torch.Tensor) -> list[int]:
+    """The dims of a dense tensor from outermost to innermost in memory: t.permute(order)
+    is contiguous (up to size-1 dims), so its row-major order is t's memory order."""
+    return sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+
+
+def pack_memory_order(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The bool `mask` (like's shape, any strides/device) packed in like's memory order,
+    on like's device."""
+    mask = mask.to(like.device)
+    if like.is_contiguous():
+        return bitmask.pack_bits(mask)
+    return bitmask.pack_bits(mask.permute(memory_order(like)))
+
+
+def unpack_memory_order(packed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The bool mask (like's shape and strides) that `packed` holds in like's memory order."""
+    if like.is_contiguous():
+        return bitmask.unpack_bits(packed, like.shape)
+    order = memory_order(like)
+    flat = bitmask.unpack_bits(packed, [like.shape[d] for d in order])
+    inverse = sorted(range(like.dim()), key=lambda d: order[d])
+    return flat.permute(inverse)
+
+
 def prepare_mask(name: str, index: int, param: torch.Tensor, mask: Any) -> torch.Tensor | None:
-    """`mask` as the kernels need it (bool, param's device, shape and strides)."""
+    """The bool `mask` checked and packed as the kernels read it (memory order, param's device)."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -69,28 +99,46 @@ def prepare_mask(name: str, index: int, param: torch.Tensor, mask: Any) -> torch
     if mask.shape != param.shape:
         raise ValueError(f"{name}: the mask of parameter {index} has shape {tuple(mask.shape)} "
                          f"but the parameter has shape {tuple(param.shape)}")
-    if mask.device == param.device and mask.stride() == param.stride():
-        return mask
-    # other device and/or strides: one copy in the parameter's layout
-    return torch.empty_like(param, dtype=torch.bool).copy_(mask)
+    return pack_memory_order(mask, param)
 
 
-def resolve_masks(name: str, groups: list[dict], *, ticket=None, masks=None) -> dict:
-    """{param: prepared mask} for every parameter that has one (all validated first)."""
+def _ticket_mask(name: str, index: int, param: torch.Tensor, ticket) -> torch.Tensor | None:
+    """The packed mask of `param` from `ticket`: for a contiguous parameter the ticket's own
+    packed tensor (no copy) when it offers one, else its bool mask packed in memory order."""
+    packed_for = getattr(ticket, "packed_for", None)
+    if callable(packed_for) and param.is_contiguous():
+        packed = packed_for(param)
+        if packed is None:
+            return None
+        need = bitmask.packed_nbytes(param.numel())
+        if (not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8
+                or packed.dim() != 1 or packed.numel() != need or not packed.is_contiguous()):
+            raise ValueError(f"{name}: the ticket's packed mask of parameter {index} is not 1-D "
+                             f"contiguous uint8 of {need} bytes (got "
+                             f"{getattr(packed, 'dtype', type(packed).__name__)} of shape "
+                             f"{tuple(getattr(packed, 'shape', ()))})")
+        return packed if packed.device == param.device else packed.to(param.device)
+    return prepare_mask(name, index, param, ticket.mask_for(param))
+
+
+def resolve_masks(name: str, groups: list[dict], *, ticket=None, masks=None,
+                  only: list | None = None) -> dict:
+    """{param: packed mask} for every parameter (of `only`, if given) that has one, all
+    validated first."""
     if ticket is not None and masks is not None:
         raise ValueError(f"{name}: pass ticket= or masks=, not both")
     index = _param_index(groups)
-    params = [p for g in groups for p in g["params"]]
+    params = [p for g in groups for p in g["params"]] if only is None else list(only)
     out: dict = {}
     if ticket is not None:
         if not callable(getattr(ticket, "mask_for", None)):
             raise TypeError(f"{name}: ticket must be an lthfast.Ticket (with mask_for(param)), "
                             f"got {type(ticket).__name__}")
         for p in params:
-            m = prepare_mask(name, index[id(p)], p, ticket.mask_for(p))
+            m = _ticket_mask(name, index[id(p)], p, ticket)
             if m is not None:
                 out[p] = m
-        if params and not out:
+        if params and not out and only is None:
             raise ValueError(f"{name}: the ticket has no mask for any of these parameters; call "
                              "ticket.apply(model) first (it binds the masks to the model's "
                              "parameters), or pass the parameters of the model it was applied to")
@@ -109,9 +157,10 @@ def resolve_masks(name: str, groups: list[dict], *, ticket=None, masks=None) -> 
 
 
 @torch.no_grad()
-def zero_pruned(param: torch.Tensor, mask: torch.Tensor, state: dict) -> None:
-    """Pruned entries of the weight and of its per-entry optimizer state to 0.0."""
-    pruned = ~mask
+def zero_pruned(param: torch.Tensor, packed: torch.Tensor, state: dict) -> None:
+    """Pruned entries of the weight and of its per-entry optimizer state to 0.0
+    (`packed`: the packed mask in param's memory order; unpacked here for a moment)."""
+    pruned = ~unpack_memory_order(packed, param)
     param.masked_fill_(pruned, 0.0)
     for v in state.values():
         if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point():
@@ -143,11 +192,20 @@ class MaskedOptimizerMixin:
         self._install(resolve_masks(type(self).__name__, self.param_groups, ticket=ticket), ticket)
 
     def set_masks(self, masks: dict | None) -> None:
-        """Like set_ticket, from a dict {param: bool mask (True = kept)}; None = no masks."""
+        """Like set_ticket, from a dict {param: bool mask (True = kept)}; None = no masks.
+        The masks are stored packed (1 bit per weight); the dict's tensors are not kept."""
         self._install(resolve_masks(type(self).__name__, self.param_groups, masks=masks), None)
 
     def mask_of(self, param: torch.Tensor) -> torch.Tensor | None:
-        """The keep-mask this optimizer applies to `param` (None: unmasked)."""
+        """The bool keep-mask this optimizer applies to `param` (param's shape and
+        strides), unpacked now from the packed mask it holds; None: unmasked."""
+        packed = self._masks.get(param)
+        return None if packed is None else unpack_memory_order(packed, param)
+
+    def packed_mask_of(self, param: torch.Tensor) -> torch.Tensor | None:
+        """The packed mask this optimizer holds for `param` (uint8, 1 bit per entry in
+        param's memory order; for a contiguous parameter of an applied Ticket, the
+        ticket's own packed tensor), or None."""
         return self._masks.get(param)
 
     @property
@@ -161,8 +219,8 @@ class MaskedOptimizerMixin:
         name = type(self).__name__
         check_params(name, [self.param_groups[-1]])
         if self._ticket is not None:
-            new = resolve_masks(name, self.param_groups, ticket=None, masks={
-                p: self._ticket.mask_for(p) for p in self.param_groups[-1]["params"]})
+            new = resolve_masks(name, self.param_groups, ticket=self._ticket,
+                                only=self.param_groups[-1]["params"])
             for p, m in new.items():
                 zero_pruned(p, m, {})
             self._masks.update(new)

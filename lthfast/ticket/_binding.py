@@ -1,7 +1,9 @@
 """Masks bound to live parameters by `Ticket.apply`, found again by `mask_for`.
 
-Bindings hold parameters weakly (a ticket never keeps a model alive) and cache
-the unpacked mask on the parameter's device, re-made if the parameter moves.
+Bindings hold parameters weakly (a ticket never keeps a model alive) and keep
+only the name, plus the packed mask on the parameter's device when that is not
+the ticket's (re-made if the parameter moves). No bool mask is kept: 1 byte
+per weight is 8x what the ticket holds.
 """
 from __future__ import annotations
 
@@ -11,17 +13,17 @@ import torch
 
 
 class _Binding:
-    __slots__ = ("ref", "name", "mask", "packed")
+    __slots__ = ("ref", "name", "packed")
 
     def __init__(self, ref, name):
-        self.ref, self.name, self.mask, self.packed = ref, name, None, None
+        self.ref, self.name, self.packed = ref, name, None
 
 
 class Bindings:
     def __init__(self):
         self._by_id: dict[int, _Binding] = {}
 
-    def bind(self, param: torch.Tensor, name: str, mask: torch.Tensor | None = None) -> None:
+    def bind(self, param: torch.Tensor, name: str) -> None:
         key = id(param)
         table = self._by_id
 
@@ -30,15 +32,17 @@ class Bindings:
             if b is not None and b.ref is _ref:
                 del table[key]
 
-        b = _Binding(weakref.ref(param, forget), name)
-        b.mask = mask
-        table[key] = b
+        table[key] = _Binding(weakref.ref(param, forget), name)
 
     def lookup(self, param) -> _Binding | None:
         b = self._by_id.get(id(param))
         if b is None or b.ref() is not param:
             return None
         return b
+
+    def held(self) -> list[torch.Tensor]:
+        """The tensors the bindings keep alive (packed copies on other devices)."""
+        return [b.packed for b in self._by_id.values() if b.packed is not None]
 
     def clear(self) -> None:
         self._by_id.clear()

@@ -263,29 +263,35 @@ class Ticket:
         with torch.no_grad():
             for (n, p), m in zip(named, masks):
                 p.masked_fill_(~m, 0)
-                self._bindings.bind(p, n, m)
+                self._bindings.bind(p, n)
+        del masks  # the bool masks were for zeroing only: bindings keep names, not masks
         return model
 
     def mask_for(self, param: torch.Tensor) -> torch.Tensor | None:
         """The keep-mask (bool, param's shape and device) of a parameter bound by
-        :meth:`apply`, or None. Cached per parameter (re-made if it moved)."""
+        :meth:`apply`, or None. Unpacked on every call (not cached: the ticket holds
+        its masks at 1 bit per weight); keep the result if you need it repeatedly."""
         b = self._bindings.lookup(param)
         if b is None:
             return None
-        if b.mask is None or b.mask.device != param.device:
-            b.mask = self._mask_on(b.name, param.device)
-        if b.mask.shape != param.shape:
+        if tuple(param.shape) != self._shapes[b.name]:
             raise ValueError(f"parameter {b.name!r} now has shape {tuple(param.shape)} but the "
                              f"ticket's mask has {self._shapes[b.name]}")
-        return b.mask
+        return bitmask.unpack_bits(self.packed_for(param), self._shapes[b.name])
 
     def packed_for(self, param: torch.Tensor) -> torch.Tensor | None:
-        """The packed mask of a bound parameter on its device (1 bit per entry), or None."""
+        """The packed mask of a bound parameter on its device (1 bit per entry, row-major),
+        or None: the ticket's own tensor when it is on that device (no copy), else a
+        copy kept with the binding (re-made if the parameter moves)."""
         b = self._bindings.lookup(param)
         if b is None:
             return None
+        own = self._packed[b.name]
+        if own.device == param.device:
+            b.packed = None
+            return own
         if b.packed is None or b.packed.device != param.device:
-            b.packed = self._packed[b.name].to(param.device)
+            b.packed = own.to(param.device)
         return b.packed
 
     def name_of(self, param: torch.Tensor) -> str | None:

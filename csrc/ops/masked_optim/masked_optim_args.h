@@ -22,6 +22,7 @@ inline bool is_float_param_dtype(at::ScalarType t) {
 // a copy in the parameter's memory layout (see prepare_grad).
 struct Slot {
   at::Tensor param, grad, mask;          // mask undefined: no mask
+  bool packed = false;                   // mask is packed uint8 (1 bit per entry), not bool
   at::Tensor state[3];                   // SGD: buf; Adam: exp_avg, exp_avg_sq, max_exp_avg_sq
   at::Tensor step;                       // Adam only
 };
@@ -87,14 +88,41 @@ inline at::Tensor prepare_grad(const at::Tensor& g, const at::Tensor& p, int64_t
   return at::empty_like(p).copy_(g);
 }
 
+// Bytes of a packed mask of n entries.
+inline int64_t packed_bytes(int64_t n) { return (n + 7) / 8; }
+
+// A packed mask: 1-D contiguous uint8 of ceil(numel / 8) bytes on the param's
+// device, entry i of the param's MEMORY order in bit (i % 8) of byte i / 8.
+inline void check_packed_mask(const at::Tensor& m, const at::Tensor& p, int64_t i, const char* op) {
+  TORCH_CHECK(m.layout() == at::kStrided && m.dim() == 1, op, ": masks[", i,
+              "] is uint8 (a packed mask) of shape ", m.sizes(), "; a packed mask is 1-D with "
+              "ceil(numel / 8) bytes (from lthfast.bitmask.pack_bits)");
+  const int64_t need = packed_bytes(p.numel());
+  TORCH_CHECK(m.numel() == need, op, ": masks[", i, "] (packed uint8) has ", m.numel(),
+              " bytes but params[", i, "] has ", p.numel(), " entries and needs ceil(",
+              p.numel(), " / 8) = ", need, " bytes");
+  TORCH_CHECK(m.device() == p.device(), op, ": masks[", i, "] is on ", m.device(),
+              " but params[", i, "] is on ", p.device());
+  TORCH_CHECK(m.is_contiguous(), op, ": masks[", i, "] (packed uint8) has stride ", m.strides(),
+              "; it must be contiguous");
+}
+
+// Each mask is None, bool (param's shape and strides) or packed uint8.
 inline void check_masks(const std::vector<std::optional<at::Tensor>>& masks,
                         std::vector<Slot>& slots, const char* op) {
   for (size_t i = 0; i < slots.size(); ++i) {
     if (!masks[i].has_value() || !masks[i]->defined()) continue;
     const at::Tensor& m = *masks[i];
-    TORCH_CHECK(m.scalar_type() == at::kBool, op, ": masks[", i, "] has dtype ", m.scalar_type(),
-                "; masks must be bool (True = kept)");
-    check_like(m, slots[i].param, "masks", static_cast<int64_t>(i), op, at::kBool);
+    const auto ii = static_cast<int64_t>(i);
+    if (m.scalar_type() == at::kByte) {
+      check_packed_mask(m, slots[i].param, ii, op);
+      slots[i].packed = true;
+    } else {
+      TORCH_CHECK(m.scalar_type() == at::kBool, op, ": masks[", i, "] has dtype ",
+                  m.scalar_type(), "; a mask is bool (True = kept, the param's shape and strides) "
+                  "or packed uint8 (ceil(numel / 8) bytes, 1 bit per entry)");
+      check_like(m, slots[i].param, "masks", ii, op, at::kBool);
+    }
     slots[i].mask = m;
   }
 }

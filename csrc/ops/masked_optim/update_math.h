@@ -54,11 +54,12 @@ LTHFAST_HD void sgd_element(bool keep, T& p, T g, T& buf, T inv_scale_div,
 // Adam/AdamW in two halves around the square root, so the CPU loops can run
 // the halves vectorised and the sqrt apart. adam_moments updates m, v, vmax
 // (pruned: 0) and returns the decayed weight pp, the new exp_avg mm and the
-// second moment vm whose root adam_param needs.
-template <typename T, bool kAmsgrad>
+// second moment vm whose root adam_param needs. kScaled = false: grad_scale is
+// 1 and the division is skipped (x / 1 == x exactly, so the result is the same).
+template <typename T, bool kAmsgrad, bool kScaled = true>
 LTHFAST_HD void adam_moments(bool keep, T p, T g, T& m, T& v, T& vmax, T grad_scale,
                              const AdamScalars<T>& s, T& pp, T& mm, T& vm) {
-  T d = (g * s.sign) / grad_scale;
+  T d = kScaled ? (g * s.sign) / grad_scale : g * s.sign;
   d = keep ? d : T(0);
   pp = p * s.decay;
   d = d + s.weight_decay * pp;

@@ -4,7 +4,9 @@
 // and masks share one layout), and one parallel_for walks all chunks of all
 // tensors: one pass that reads weight, grad, state and mask once and writes
 // weight and state once. fp32/fp64 chunks are updated in place by loops the
-// compiler vectorises; fp16/bf16 chunks go through small fp32 buffers.
+// compiler vectorises; fp16/bf16 chunks go through small fp32 buffers. A
+// packed mask (1 bit per entry) is expanded block by block into a small byte
+// array that the same loops read.
 
 // Before any include: the update loops select with `keep ? x : 0` after
 // divisions; with trapping-math GCC will not turn those selects into vector
@@ -25,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -45,7 +48,8 @@ namespace {
 #endif
 
 constexpr int64_t kChunk = 1 << 15;  // elements per parallel work item
-constexpr int64_t kBlock = 256;      // fp16/bf16 conversion and Adam sqrt block
+constexpr int64_t kBlock = 256;      // fp16/bf16 conversion, Adam sqrt and mask expansion block
+static_assert(kChunk % kBlock == 0 && kBlock % 8 == 0, "blocks must start on whole mask bytes");
 
 struct Chunk {
   int64_t slot, begin, end;
@@ -62,10 +66,52 @@ std::vector<Chunk> make_chunks(const std::vector<Slot>& slots) {
   return chunks;
 }
 
-// Masks are read as bytes (0/1): bool has no vector type.
-const uint8_t* mask_ptr(const Slot& s, int64_t begin) {
-  return s.mask.defined() ? reinterpret_cast<const uint8_t*>(s.mask.data_ptr<bool>()) + begin
-                          : nullptr;
+// keep[0, 8 * nbytes) = the bits of packed[0, nbytes) as bytes 0/1, LSB first.
+// Per byte, branch-free and table-free: replicate it into the 8 bytes of a
+// word, keep bit j in byte j, then turn each nonzero byte into 1.
+inline void expand_bits(const uint8_t* __restrict packed, int64_t nbytes, uint8_t* __restrict keep) {
+  for (int64_t i = 0; i < nbytes; ++i) {
+    uint64_t x = (packed[i] * 0x0101010101010101ULL) & 0x8040201008040201ULL;
+    x = ((x + 0x7F7F7F7F7F7F7F7FULL) >> 7) & 0x0101010101010101ULL;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    std::memcpy(keep + 8 * i, &x, 8);  // byte j of x is the j-th in memory
+#else
+    for (int j = 0; j < 8; ++j) keep[8 * i + j] = static_cast<uint8_t>(x >> (8 * j));
+#endif
+  }
+}
+
+// How the update loops read a mask: none, bytes (a bool mask) or bits (packed).
+enum KeepKind : int { kKeepNone = 0, kKeepBytes = 1, kKeepBits = 2 };
+
+// The mask of a slot from entry `begin` on (bytes or bits; begin is a multiple
+// of 8 as chunks are multiples of kChunk, so bits start on a whole byte).
+inline const uint8_t* keep_ptr(const Slot& s, int64_t begin) {
+  if (!s.mask.defined()) return nullptr;
+  if (s.packed) return s.mask.data_ptr<uint8_t>() + begin / 8;
+  return reinterpret_cast<const uint8_t*>(s.mask.data_ptr<bool>()) + begin;
+}
+
+inline int keep_kind(const Slot& s) {
+  return !s.mask.defined() ? kKeepNone : (s.packed ? kKeepBits : kKeepBytes);
+}
+
+// Calls f(offset, count, keep bytes or nullptr) over [0, n) of a chunk whose
+// mask is `keep` (of kind `kind`); packed bits are expanded kBlock entries at a
+// time into a local byte array. For the reduced-precision paths, which work in
+// kBlock blocks anyway.
+template <typename F>
+inline void for_keep_blocks(const uint8_t* keep, int kind, int64_t n, F&& f) {
+  if (kind != kKeepBits) {
+    f(int64_t(0), n, keep);
+    return;
+  }
+  alignas(64) uint8_t bytes[kBlock];
+  for (int64_t o = 0; o < n; o += kBlock) {
+    const int64_t k = std::min(kBlock, n - o);
+    expand_bits(keep + o / 8, (k + 7) / 8, bytes);
+    f(o, k, static_cast<const uint8_t*>(bytes));
+  }
 }
 
 template <typename T>
@@ -75,26 +121,47 @@ T* ptr(const at::Tensor& t) {
 
 // ------------------------------------------------------------------ SGD
 
-template <typename T, int kMode, bool kNesterov, bool kMask>
-LTHFAST_SIMD_CLONES void sgd_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
-              const uint8_t* __restrict keep, T scale, const SgdScalars<T>& scalars) {
-  const SgdScalars<T> s = scalars;  // a local copy: stores to p cannot alias it
+template <typename T, int kMode, bool kNesterov, int kKeep>
+inline void sgd_span(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
+                     const uint8_t* __restrict keep, T scale, const SgdScalars<T>& s) {
   for (int64_t j = 0; j < n; ++j) {
     T pj = p[j];
     T b = (kMode == kMomentum) ? buf[j] : T(0);
-    sgd_element<T, kMode, kNesterov>(kMask ? keep[j] != 0 : true, pj, g[j], b, scale, s);
+    sgd_element<T, kMode, kNesterov>(kKeep != kKeepNone ? keep[j] != 0 : true, pj, g[j], b, scale, s);
     p[j] = pj;
     if (kMode != kNoMomentum) buf[j] = b;
   }
 }
 
-template <typename T, int kMode, bool kNesterov>
-void sgd_range(int64_t n, T* p, const T* g, T* buf, const uint8_t* keep, T scale,
-               const SgdScalars<T>& s) {
-  if (keep) {
-    sgd_loop<T, kMode, kNesterov, true>(n, p, g, buf, keep, scale, s);
+// keep: bytes, or packed bits expanded here block by block (in the same
+// function as the update loop, so per block costs no call).
+template <typename T, int kMode, bool kNesterov, int kKeep>
+LTHFAST_SIMD_CLONES void sgd_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict buf,
+              const uint8_t* __restrict keep, T scale, const SgdScalars<T>& scalars) {
+  const SgdScalars<T> s = scalars;  // a local copy: stores to p cannot alias it
+  if constexpr (kKeep != kKeepBits) {
+    sgd_span<T, kMode, kNesterov, kKeep>(n, p, g, buf, keep, scale, s);
   } else {
-    sgd_loop<T, kMode, kNesterov, false>(n, p, g, buf, keep, scale, s);
+    alignas(64) uint8_t bytes[kBlock];
+    for (int64_t o = 0; o < n; o += kBlock) {
+      const int64_t k = std::min(kBlock, n - o);
+      expand_bits(keep + o / 8, (k + 7) / 8, bytes);
+      sgd_span<T, kMode, kNesterov, kKeepBytes>(k, p + o, g + o,
+                                                kMode == kNoMomentum ? buf : buf + o, bytes,
+                                                scale, s);
+    }
+  }
+}
+
+template <typename T, int kMode, bool kNesterov>
+void sgd_range(int64_t n, T* p, const T* g, T* buf, const uint8_t* keep, int kind, T scale,
+               const SgdScalars<T>& s) {
+  if (kind == kKeepBits) {
+    sgd_loop<T, kMode, kNesterov, kKeepBits>(n, p, g, buf, keep, scale, s);
+  } else if (kind == kKeepBytes) {
+    sgd_loop<T, kMode, kNesterov, kKeepBytes>(n, p, g, buf, keep, scale, s);
+  } else {
+    sgd_loop<T, kMode, kNesterov, kKeepNone>(n, p, g, buf, keep, scale, s);
   }
 }
 
@@ -110,7 +177,8 @@ void sgd_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* buf, const
       gb[j] = static_cast<float>(g[o + j]);
       bb[j] = kMode == kMomentum ? static_cast<float>(buf[o + j]) : 0.f;
     }
-    sgd_range<float, kMode, kNesterov>(m, pb, gb, bb, keep ? keep + o : nullptr, scale, s);
+    sgd_range<float, kMode, kNesterov>(m, pb, gb, bb, keep ? keep + o : nullptr,
+                                       keep ? kKeepBytes : kKeepNone, scale, s);
     for (int64_t j = 0; j < m; ++j) {
       p[o + j] = static_cast<scalar_t>(pb[j]);
       if (kMode != kNoMomentum) buf[o + j] = static_cast<scalar_t>(bb[j]);
@@ -127,7 +195,6 @@ void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, doub
       const Chunk& ch = chunks[c];
       const Slot& sl = slots[ch.slot];
       const int64_t n = ch.end - ch.begin;
-      const uint8_t* keep = mask_ptr(sl, ch.begin);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
                                       "masked_sgd_cpu", [&] {
         using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -138,10 +205,15 @@ void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, doub
         scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
         const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
         scalar_t* buf = kMode == kNoMomentum ? nullptr : ptr<scalar_t>(sl.state[0]) + ch.begin;
+        const uint8_t* keep = keep_ptr(sl, ch.begin);
         if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-          sgd_range<opmath_t, kMode, kNesterov>(n, p, g, buf, keep, static_cast<opmath_t>(scale), s);
+          sgd_range<opmath_t, kMode, kNesterov>(n, p, g, buf, keep, keep_kind(sl),
+                                                static_cast<opmath_t>(scale), s);
         } else {
-          sgd_reduced<scalar_t, kMode, kNesterov>(n, p, g, buf, keep, static_cast<float>(scale), s);
+          for_keep_blocks(keep, keep_kind(sl), n, [&](int64_t o, int64_t k, const uint8_t* kb) {
+            sgd_reduced<scalar_t, kMode, kNesterov>(k, p + o, g + o, buf ? buf + o : nullptr, kb,
+                                                    static_cast<float>(scale), s);
+          });
         }
       });
     }
@@ -189,8 +261,9 @@ void masked_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 
 // ------------------------------------------------------------------ Adam
 
-// In-place square roots of a block. The compiler will not vectorise std::sqrt
-// (it keeps errno), so x86-64 uses the SSE2 instructions (same IEEE results).
+#if !defined(__NO_MATH_ERRNO__)
+// In-place square roots of a block. With math-errno the compiler will not
+// vectorise std::sqrt, so x86-64 uses the SSE2 instructions (same IEEE results).
 template <typename T>
 inline void sqrt_block(T* x, int64_t n) {
   int64_t j = 0;
@@ -203,39 +276,74 @@ inline void sqrt_block(T* x, int64_t n) {
 #endif
   for (; j < n; ++j) x[j] = std::sqrt(x[j]);
 }
+#endif
 
-// Blocks of kBlock: moments (vectorised), square roots, weights (vectorised).
-template <typename T, bool kAmsgrad, bool kMask>
+// Blocks of kBlock (keep: bytes, or packed bits expanded at the start of each
+// block). Built with -fno-math-errno (setup.py), sqrt vectorises and each block
+// is one fused loop; otherwise three: moments (vectorised), square roots,
+// weights (vectorised). Same IEEE operations, same results, either way.
+template <typename T, bool kAmsgrad, int kKeep, bool kScaled>
 LTHFAST_SIMD_CLONES void adam_loop(int64_t n, T* __restrict p, const T* __restrict g, T* __restrict m,
                T* __restrict v, T* __restrict vmax, const uint8_t* __restrict keep, T scale,
                const AdamScalars<T>& scalars) {
   const AdamScalars<T> s = scalars;  // a local copy: stores to p cannot alias it
+  alignas(64) uint8_t bytes[kKeep == kKeepBits ? kBlock : 1];
+#if !defined(__NO_MATH_ERRNO__)
   T pp[kBlock], mm[kBlock], root[kBlock];
+#endif
   for (int64_t o = 0; o < n; o += kBlock) {
     const int64_t k = std::min(kBlock, n - o);
+    const uint8_t* __restrict kb = kKeep == kKeepBytes ? keep + o : bytes;
+    if constexpr (kKeep == kKeepBits) expand_bits(keep + o / 8, (k + 7) / 8, bytes);
+#if defined(__NO_MATH_ERRNO__)
+    for (int64_t j = 0; j < k; ++j) {
+      const bool kj = kKeep != kKeepNone ? kb[j] != 0 : true;
+      T mj = m[o + j], vj = v[o + j];
+      T xj = kAmsgrad ? vmax[o + j] : T(0);
+      T pp, mm, vm;
+      adam_moments<T, kAmsgrad, kScaled>(kj, p[o + j], g[o + j], mj, vj, xj, scale, s, pp, mm, vm);
+      m[o + j] = mj;
+      v[o + j] = vj;
+      if (kAmsgrad) vmax[o + j] = xj;
+      p[o + j] = adam_param<T>(kj, pp, mm, std::sqrt(vm), s);
+    }
+#else
     for (int64_t j = 0; j < k; ++j) {
       T mj = m[o + j], vj = v[o + j];
       T xj = kAmsgrad ? vmax[o + j] : T(0);
-      adam_moments<T, kAmsgrad>(kMask ? keep[o + j] != 0 : true, p[o + j], g[o + j], mj, vj, xj,
-                                scale, s, pp[j], mm[j], root[j]);
+      adam_moments<T, kAmsgrad, kScaled>(kKeep != kKeepNone ? kb[j] != 0 : true, p[o + j],
+                                         g[o + j], mj, vj, xj, scale, s, pp[j], mm[j], root[j]);
       m[o + j] = mj;
       v[o + j] = vj;
       if (kAmsgrad) vmax[o + j] = xj;
     }
     sqrt_block(root, k);
     for (int64_t j = 0; j < k; ++j) {
-      p[o + j] = adam_param<T>(kMask ? keep[o + j] != 0 : true, pp[j], mm[j], root[j], s);
+      p[o + j] = adam_param<T>(kKeep != kKeepNone ? kb[j] != 0 : true, pp[j], mm[j], root[j], s);
     }
+#endif
+  }
+}
+
+template <typename T, bool kAmsgrad, bool kScaled>
+void adam_range_scaled(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const uint8_t* keep,
+                       int kind, T scale, const AdamScalars<T>& s) {
+  if (kind == kKeepBits) {
+    adam_loop<T, kAmsgrad, kKeepBits, kScaled>(n, p, g, m, v, vmax, keep, scale, s);
+  } else if (kind == kKeepBytes) {
+    adam_loop<T, kAmsgrad, kKeepBytes, kScaled>(n, p, g, m, v, vmax, keep, scale, s);
+  } else {
+    adam_loop<T, kAmsgrad, kKeepNone, kScaled>(n, p, g, m, v, vmax, keep, scale, s);
   }
 }
 
 template <typename T, bool kAmsgrad>
-void adam_range(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const uint8_t* keep, T scale,
-                const AdamScalars<T>& s) {
-  if (keep) {
-    adam_loop<T, kAmsgrad, true>(n, p, g, m, v, vmax, keep, scale, s);
+void adam_range(int64_t n, T* p, const T* g, T* m, T* v, T* vmax, const uint8_t* keep, int kind,
+                T scale, const AdamScalars<T>& s) {
+  if (scale != T(1)) {
+    adam_range_scaled<T, kAmsgrad, true>(n, p, g, m, v, vmax, keep, kind, scale, s);
   } else {
-    adam_loop<T, kAmsgrad, false>(n, p, g, m, v, vmax, keep, scale, s);
+    adam_range_scaled<T, kAmsgrad, false>(n, p, g, m, v, vmax, keep, kind, scale, s);
   }
 }
 
@@ -252,7 +360,8 @@ void adam_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* m, scalar
       vb[j] = static_cast<float>(v[o + j]);
       xb[j] = kAmsgrad ? static_cast<float>(vmax[o + j]) : 0.f;
     }
-    adam_range<float, kAmsgrad>(k, pb, gb, mb, vb, xb, keep ? keep + o : nullptr, scale, s);
+    adam_range<float, kAmsgrad>(k, pb, gb, mb, vb, xb, keep ? keep + o : nullptr,
+                                keep ? kKeepBytes : kKeepNone, scale, s);
     for (int64_t j = 0; j < k; ++j) {
       p[o + j] = static_cast<scalar_t>(pb[j]);
       m[o + j] = static_cast<scalar_t>(mb[j]);
@@ -271,7 +380,6 @@ void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& step
       const Chunk& ch = chunks[c];
       const Slot& sl = slots[ch.slot];
       const int64_t n = ch.end - ch.begin;
-      const uint8_t* keep = mask_ptr(sl, ch.begin);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
                                       "masked_adam_cpu", [&] {
         using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -281,10 +389,15 @@ void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& step
         scalar_t* m = ptr<scalar_t>(sl.state[0]) + ch.begin;
         scalar_t* v = ptr<scalar_t>(sl.state[1]) + ch.begin;
         scalar_t* x = kAmsgrad ? ptr<scalar_t>(sl.state[2]) + ch.begin : nullptr;
+        const uint8_t* keep = keep_ptr(sl, ch.begin);
         if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-          adam_range<opmath_t, kAmsgrad>(n, p, g, m, v, x, keep, static_cast<opmath_t>(scale), s);
+          adam_range<opmath_t, kAmsgrad>(n, p, g, m, v, x, keep, keep_kind(sl),
+                                         static_cast<opmath_t>(scale), s);
         } else {
-          adam_reduced<scalar_t, kAmsgrad>(n, p, g, m, v, x, keep, static_cast<float>(scale), s);
+          for_keep_blocks(keep, keep_kind(sl), n, [&](int64_t o, int64_t k, const uint8_t* kb) {
+            adam_reduced<scalar_t, kAmsgrad>(k, p + o, g + o, m + o, v + o, x ? x + o : nullptr,
+                                             kb, static_cast<float>(scale), s);
+          });
         }
       });
     }

@@ -4,7 +4,9 @@
 // multi-tensor launcher of ops/common/multi_tensor.cuh, 64-bit indexed): each
 // element's weight, grad, state and mask are read once and weight and state
 // written once. Params, grads, states and masks share one memory layout, so a
-// chunk is a range of memory offsets. All scalars that live on the device
+// chunk is a range of memory offsets. A mask is bool (one byte per element) or
+// packed (bit i % 8 of byte i / 8 for memory offset i); the group's mask dtype
+// slot says which. All scalars that live on the device
 // (lr tensor, grad_scale, found_inf, Adam's step counters) are read by the
 // kernels: no host sync. Adam's counters are incremented by a tiny kernel first
 // (skipped, like the update, when found_inf is nonzero).
@@ -62,6 +64,20 @@ struct CommonArgs {
 
 __device__ __forceinline__ bool skip_step(const CommonArgs& a) { return a.found_inf.get() != 0.0; }
 
+// TensorGroup::dtype of a packed mask (uint8, 1 bit per element); a bool mask has kBool.
+constexpr int8_t kPackedMask = static_cast<int8_t>(at::ScalarType::Byte);
+
+// Whether element i (memory offset) is kept: no mask, a bool mask or a packed one.
+__device__ __forceinline__ bool kept(const uint8_t* mask, bool packed, int64_t i) {
+  if (mask == nullptr) return true;
+  return packed ? ((mask[i >> 3] >> (i & 7)) & 1) != 0 : mask[i] != 0;
+}
+
+void set_mask(const Slot& s, void*& ptr, int8_t& dtype) {
+  ptr = s.mask.defined() ? s.mask.data_ptr() : nullptr;
+  dtype = s.mask.defined() ? static_cast<int8_t>(s.mask.scalar_type()) : int8_t(-1);
+}
+
 // ------------------------------------------------------------------ SGD
 
 struct SgdHost {
@@ -84,7 +100,8 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(const cuda::TensorGroup<4
     scalar_t* p = static_cast<scalar_t*>(grp.ptr[0]);
     const scalar_t* g = static_cast<const scalar_t*>(grp.ptr[1]);
     scalar_t* buf = static_cast<scalar_t*>(grp.ptr[2]);
-    const bool* keep = static_cast<const bool*>(grp.ptr[3]);
+    const uint8_t* keep = static_cast<const uint8_t*>(grp.ptr[3]);
+    const bool packed = grp.dtype[3] == kPackedMask;
     const int64_t begin = chunks[c].start;
     const int64_t end = ::min(grp.numel, begin + kChunk);
     for (int64_t base = begin; base < end; base += int64_t(kThreads) * kIlp) {
@@ -97,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(const cuda::TensorGroup<4
         rp[u] = in ? static_cast<T>(p[i]) : T(0);
         rg[u] = in ? static_cast<T>(g[i]) : T(0);
         rb[u] = (in && kMode == kMomentum) ? static_cast<T>(buf[i]) : T(0);
-        rk[u] = in && (keep == nullptr || keep[i]);
+        rk[u] = in && kept(keep, packed, i);
       }
 #pragma unroll
       for (int u = 0; u < kIlp; ++u) {
@@ -165,7 +182,8 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(const cuda::TensorGroup<
     scalar_t* m = static_cast<scalar_t*>(grp.ptr[2]);
     scalar_t* v = static_cast<scalar_t*>(grp.ptr[3]);
     scalar_t* x = static_cast<scalar_t*>(grp.ptr[4]);
-    const bool* keep = static_cast<const bool*>(grp.ptr[5]);
+    const uint8_t* keep = static_cast<const uint8_t*>(grp.ptr[5]);
+    const bool packed = grp.dtype[5] == kPackedMask;
     const int64_t begin = chunks[c].start;
     const int64_t end = ::min(grp.numel, begin + kChunk);
     for (int64_t base = begin; base < end; base += int64_t(kThreads) * kIlp) {
@@ -180,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(const cuda::TensorGroup<
         rm[u] = in ? static_cast<T>(m[i]) : T(0);
         rv[u] = in ? static_cast<T>(v[i]) : T(0);
         rx[u] = (in && kAmsgrad) ? static_cast<T>(x[i]) : T(0);
-        rk[u] = in && (keep == nullptr || keep[i]);
+        rk[u] = in && kept(keep, packed, i);
       }
 #pragma unroll
       for (int u = 0; u < kIlp; ++u) {
@@ -286,7 +304,7 @@ void masked_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList
           g.ptr[0] = s.param.data_ptr();
           g.ptr[1] = s.grad.data_ptr();
           g.ptr[2] = s.state[0].defined() ? s.state[0].data_ptr() : nullptr;
-          g.ptr[3] = s.mask.defined() ? s.mask.data_ptr() : nullptr;
+          set_mask(s, g.ptr[3], g.dtype[3]);
         });
     const auto* groups = u.groups;
     const auto* chunks = u.chunks;
@@ -365,7 +383,7 @@ void masked_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
           g.ptr[2] = s.state[0].data_ptr();
           g.ptr[3] = s.state[1].data_ptr();
           g.ptr[4] = s.state[2].defined() ? s.state[2].data_ptr() : nullptr;
-          g.ptr[5] = s.mask.defined() ? s.mask.data_ptr() : nullptr;
+          set_mask(s, g.ptr[5], g.dtype[5]);
           g.ptr[6] = s.step.data_ptr();
         });
     const auto* groups = u.groups;
