@@ -144,11 +144,12 @@ def _case_format_only(mw, rnd):
     float mask per weight (written once) and the masked weight ``w * mask``. Any
     drop-in for torch.nn.utils.prune pays at least this (it bounds the speedup)."""
     def run(_):
+        held = []  # the format holds every mask and masked weight at once
         with torch.no_grad():
             for w in mw.weights:
                 mask = torch.empty_like(w).fill_(1.0)
-                masked = w * mask
-                del mask, masked
+                held.append((mask, w * mask))
+        return held
     return (lambda: None), run
 
 
