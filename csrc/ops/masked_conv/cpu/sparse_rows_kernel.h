@@ -3,30 +3,38 @@
 // `#pragma GCC target`. No includes here: the code must take the target of the
 // including region.
 //
-// out[j] (+)= sum_t w[t] * src[off[t] + j] for j in [j0, j0 + width), width a
-// multiple of 64 bytes: one output channel, one tile of its (padded) output
-// plane, the kept weights of one block of input channels. The accumulators stay
-// in registers while the weights stream by: one vector load and one fused
-// multiply-add per weight and 64 bytes of output.
+// One call: one output channel, one tile of NV vectors of its (padded) output
+// plane, the kept weights t = *cursor, ... whose column (input channel, kh, kw)
+// is below `limit` (the end of the current block of input channels):
+//   out[j] (+)= sum_t w[t] * src[col_off[col[t]] + j]
+// The NV accumulators stay in registers while the weights stream by: per kept
+// weight one column index, one offset, one broadcast and NV fused
+// multiply-adds with a memory operand. Columns ascend within a row, so the
+// block ends at the first column >= limit; the cursor is left there for the
+// next block. Unsigned compare: a negative (corrupt) column also stops the
+// walk, before it is used as an index, and the caller reports the row.
 
 typedef float vf __attribute__((vector_size(64)));
 typedef double vd __attribute__((vector_size(64)));
 
 template <typename V, typename T, int NV>
-static inline void rows_tile(const T* __restrict src, const int64_t* __restrict off,
-                             const T* __restrict w, int64_t ntaps, int64_t j0, T* __restrict out,
-                             bool add) {
+static void rows_tile(const T* __restrict src, const int32_t* __restrict col,
+                      const int32_t* __restrict col_off, const T* __restrict w, int64_t* cursor,
+                      int64_t end, uint32_t limit, T* __restrict out, bool add) {
   constexpr int kLanes = int(sizeof(V) / sizeof(T));
   V acc[NV];
   for (int v = 0; v < NV; ++v) {
     if (add) {
-      __builtin_memcpy(&acc[v], out + j0 + v * kLanes, sizeof(V));
+      __builtin_memcpy(&acc[v], out + v * kLanes, sizeof(V));
     } else {
       acc[v] = V{};
     }
   }
-  for (int64_t t = 0; t < ntaps; ++t) {
-    const T* p = src + off[t] + j0;
+  int64_t t = *cursor;
+  for (; t < end; ++t) {
+    const uint32_t c = static_cast<uint32_t>(col[t]);
+    if (c >= limit) break;
+    const T* p = src + col_off[c];
     const T wt = w[t];
     for (int v = 0; v < NV; ++v) {
       V x;
@@ -34,24 +42,20 @@ static inline void rows_tile(const T* __restrict src, const int64_t* __restrict 
       acc[v] += wt * x;
     }
   }
-  for (int v = 0; v < NV; ++v) __builtin_memcpy(out + j0 + v * kLanes, &acc[v], sizeof(V));
+  *cursor = t;
+  for (int v = 0; v < NV; ++v) __builtin_memcpy(out + v * kLanes, &acc[v], sizeof(V));
 }
 
-template <typename V, typename T>
-static void sparse_rows(const T* src, const int64_t* off, const T* w, int64_t ntaps, int64_t j0,
-                        int64_t width, T* out, bool add) {
-  constexpr int kLanes = int(sizeof(V) / sizeof(T));
-  const int64_t end = j0 + width;
-  for (; j0 + 4 * kLanes <= end; j0 += 4 * kLanes) rows_tile<V, T, 4>(src, off, w, ntaps, j0, out, add);
-  for (; j0 < end; j0 += kLanes) rows_tile<V, T, 1>(src, off, w, ntaps, j0, out, add);
-}
+template <typename T>
+using TileFn = void (*)(const T*, const int32_t*, const int32_t*, const T*, int64_t*, int64_t,
+                        uint32_t, T*, bool);
 
-static void sparse_rows_f32(const float* src, const int64_t* off, const float* w, int64_t ntaps,
-                            int64_t j0, int64_t width, float* out, bool add) {
-  sparse_rows<vf, float>(src, off, w, ntaps, j0, width, out, add);
-}
-
-static void sparse_rows_f64(const double* src, const int64_t* off, const double* w, int64_t ntaps,
-                            int64_t j0, int64_t width, double* out, bool add) {
-  sparse_rows<vd, double>(src, off, w, ntaps, j0, width, out, add);
-}
+// kTilesF32[nv] / kTilesF64[nv]: the kernel for a tile of nv vectors, 1..16.
+#define LTHFAST_TILES(V, T) \
+  { nullptr, rows_tile<V, T, 1>, rows_tile<V, T, 2>, rows_tile<V, T, 3>, rows_tile<V, T, 4>, \
+    rows_tile<V, T, 5>, rows_tile<V, T, 6>, rows_tile<V, T, 7>, rows_tile<V, T, 8>, \
+    rows_tile<V, T, 9>, rows_tile<V, T, 10>, rows_tile<V, T, 11>, rows_tile<V, T, 12>, \
+    rows_tile<V, T, 13>, rows_tile<V, T, 14>, rows_tile<V, T, 15>, rows_tile<V, T, 16> }
+static const TileFn<float> kTilesF32[17] = LTHFAST_TILES(vf, float);
+static const TileFn<double> kTilesF64[17] = LTHFAST_TILES(vd, double);
+#undef LTHFAST_TILES
