@@ -17,6 +17,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstdint>
 #include <vector>
@@ -52,6 +55,14 @@ namespace base {
 // tiles of nv vectors (1..16).
 template <typename T>
 using TileFn = base::TileFn<T>;
+using CopyFn = void (*)(const float*, int64_t, float*, int64_t);
+inline CopyFn copy_f32() {
+#ifdef LTHFAST_MULTIVERSION
+  if (__builtin_cpu_supports("avx512f")) return avx512::copy_strided_f32;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::copy_strided_f32;
+#endif
+  return base::copy_strided_f32;
+}
 template <typename T>
 struct Pick;
 template <>
@@ -97,6 +108,31 @@ int64_t max_vectors() {
   return v;
 }
 
+// Scratch buffers reused across calls by the calling thread: a fresh
+// allocation of this size is a fresh mmap, and its page faults cost as much as
+// the whole convolution at batch 1. Buffers above kKeepBytes are not kept.
+constexpr size_t kKeepBytes = size_t(64) << 20;
+template <typename T>
+T* workspace(int which, int64_t n) {
+  struct Buf {
+    std::unique_ptr<T[]> data;
+    size_t size = 0;
+  };
+  static thread_local Buf bufs[2];
+  Buf& b = bufs[which];
+  if (size_t(n) > b.size) {
+    b.data.reset(new T[size_t(n)]);
+    b.size = size_t(n);
+  }
+  T* ptr = b.data.get();
+  if (b.size * sizeof(T) > kKeepBytes) {  // too large to keep: freed on the next call
+    static thread_local std::unique_ptr<T[]> big[2];
+    big[which] = std::move(b.data);
+    b.size = 0;
+  }
+  return ptr;
+}
+
 void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& input,
                 int64_t out) {
   if (!bias.has_value() || !bias->defined()) return;
@@ -124,6 +160,9 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
                at::IntArrayRef ks, at::IntArrayRef stride, at::IntArrayRef padding,
                at::IntArrayRef dilation, int64_t groups, at::Tensor& out) {
   const char* op = "sparse_conv2d";
+  static const bool prof = std::getenv("LTHFAST_SPCONV_PROF") != nullptr;
+  auto T0 = std::chrono::steady_clock::now();
+  auto tick = [&](const char* what) { if (prof) { auto t = std::chrono::steady_clock::now(); fprintf(stderr, "%s %.1fus ", what, std::chrono::duration<double, std::micro>(t - T0).count()); T0 = t; } };
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Cout = out.size(1), OH = out.size(2), OW = out.size(3);
   const int64_t KH = ks[0], KW = ks[1], sh = stride[0], sw = stride[1];
@@ -149,48 +188,57 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   const int64_t L = OH * Wq, nvec = (L + lanes - 1) / lanes, Lr = nvec * lanes;
   // Reads run past a plane by at most (Lr - L) + (KW-1)*dw/sw; zeros there.
   const int64_t tail = Lr - L + Wq + lanes;
-  at::Tensor P_t = at::empty({N * per_sample + tail}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  acc_t* P = P_t.data_ptr<acc_t>();
+  acc_t* P = workspace<acc_t>(0, N * per_sample + tail);
   for (int64_t i = N * per_sample; i < N * per_sample + tail; ++i) P[i] = acc_t(0);
 
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const int64_t xs0 = input.stride(0), xs1 = input.stride(1), xs2 = input.stride(2), xs3 = input.stride(3);
-  at::parallel_for(0, N * C * nphases, 1, [&](int64_t b, int64_t e) {
-    std::vector<int64_t> phase_of(nphases);
-    for (int64_t f = 0; f < sh * sw; ++f)
-      if (slot[f] >= 0) phase_of[slot[f]] = f;
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t s = i % nphases, nc = i / nphases, phase = phase_of[s];
-      const int64_t n = nc / C, c = nc % C, fh = phase / sw, fw = phase % sw;
-      acc_t* dst = P + nc * per_channel + s * plane;
+  // Per used phase: its (fh, fw) and the columns q with 0 <= q*sw + fw - pw < W,
+  // [q0, q1) (zeros left and right of them).
+  struct Phase {
+    int64_t fh, fw, q0, q1;
+  };
+  std::vector<Phase> phases;
+  for (int64_t f = 0; f < sh * sw; ++f) {
+    if (slot[f] < 0) continue;
+    const int64_t fh = f / sw, fw = f % sw;
+    const int64_t lo = pw - fw, hi = W + pw - fw;  // q*sw >= lo, q*sw < hi
+    const int64_t q0 = std::min(Wq, lo <= 0 ? int64_t(0) : (lo + sw - 1) / sw);
+    const int64_t q1 = std::min(Wq, std::max(q0, hi <= 0 ? int64_t(0) : (hi + sw - 1) / sw));
+    phases.push_back({fh, fw, q0, q1});
+  }
+  const auto copy_f32 = cpu_rows::copy_f32();
+  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
       const scalar_t* src = x + n * xs0 + c * xs1;
-      for (int64_t r = 0; r < Hq; ++r) {
-        const int64_t ih = r * sh + fh - ph;
-        acc_t* drow = dst + r * Wq;
-        if (ih < 0 || ih >= H) {
-          for (int64_t q = 0; q < Wq; ++q) drow[q] = acc_t(0);
-          continue;
-        }
-        // Columns q with 0 <= q*sw + fw - pw < W are [q0, q1): zeros, a
-        // converting (strided) copy, zeros; no test per element.
-        const scalar_t* srow = src + ih * xs2;
-        const int64_t lo = pw - fw;  // q*sw >= lo
-        const int64_t q0 = std::min(Wq, lo <= 0 ? int64_t(0) : (lo + sw - 1) / sw);
-        const int64_t hi = W + pw - fw;  // q*sw < hi
-        const int64_t q1 = std::min(Wq, std::max(q0, hi <= 0 ? int64_t(0) : (hi + sw - 1) / sw));
-        const scalar_t* s0 = srow + (fw - pw) * xs3;
+      for (int64_t s = 0; s < nphases; ++s) {
+        const Phase& f = phases[s];
+        acc_t* dst = P + nc * per_channel + s * plane;
+        const scalar_t* s0 = src + (f.fw - pw) * xs3;
         const int64_t step = sw * xs3;
-        for (int64_t q = 0; q < q0; ++q) drow[q] = acc_t(0);
-        if (step == 1) {
-          for (int64_t q = q0; q < q1; ++q) drow[q] = static_cast<acc_t>(s0[q]);
-        } else {
-          for (int64_t q = q0; q < q1; ++q) drow[q] = static_cast<acc_t>(s0[q * step]);
+        for (int64_t r = 0, ih = f.fh - ph; r < Hq; ++r, ih += sh) {
+          acc_t* drow = dst + r * Wq;
+          if (ih < 0 || ih >= H) {
+            for (int64_t q = 0; q < Wq; ++q) drow[q] = acc_t(0);
+            continue;
+          }
+          const scalar_t* srow = s0 + ih * xs2;
+          for (int64_t q = 0; q < f.q0; ++q) drow[q] = acc_t(0);
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            copy_f32(srow + f.q0 * step, step, drow + f.q0, f.q1 - f.q0);
+          } else if (step == 1) {
+            for (int64_t q = f.q0; q < f.q1; ++q) drow[q] = static_cast<acc_t>(srow[q]);
+          } else {
+            for (int64_t q = f.q0; q < f.q1; ++q) drow[q] = static_cast<acc_t>(srow[q * step]);
+          }
+          for (int64_t q = f.q1; q < Wq; ++q) drow[q] = acc_t(0);
         }
-        for (int64_t q = q1; q < Wq; ++q) drow[q] = acc_t(0);
       }
     }
   });
 
+  tick("copy");
   // Offset in a group's planes of every column (in-channel of the group, kh, kw).
   const int64_t ncols = Cg * KK;
   std::vector<int32_t> col_off(ncols);
@@ -220,8 +268,7 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   const acc_t* vals = values_t.const_data_ptr<acc_t>();
   const int32_t* coff = col_off.data();
   const auto tiles = cpu_rows::Pick<acc_t>::get();
-  at::Tensor acc_buf = at::empty({N * Cout * Lr}, P_t.options());
-  acc_t* acc = acc_buf.data_ptr<acc_t>();
+  acc_t* acc = workspace<acc_t>(1, N * Cout * Lr);
   scalar_t* y = out.data_ptr<scalar_t>();
   const scalar_t* bptr = (bias.has_value() && bias->defined()) ? bias->const_data_ptr<scalar_t>() : nullptr;
   // Threads split (sample, chunk of output channels); a chunk stays within a
@@ -229,6 +276,7 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   const int64_t ochunk = std::max<int64_t>(1, std::min<int64_t>(Coutg, 16));
   const int64_t chunks_per_group = (Coutg + ochunk - 1) / ochunk;
   const int64_t chunks_per_sample = groups * chunks_per_group;
+  tick("setup");
   std::atomic<int64_t> bad_row{-1};
   at::parallel_for(0, N * chunks_per_sample, 1, [&](int64_t b, int64_t e) {
     int64_t cur[16];
@@ -264,6 +312,7 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
       }
     }
   });
+  tick("main"); if (prof) fprintf(stderr, "CB %ld nblocks %ld NV %ld ntiles %ld\n", CB, nblocks, NV, ntiles);
   TORCH_CHECK_VALUE(bad_row.load() < 0, op, ": colidx of row ", bad_row.load(),
                     " has column indices outside [0, ", ncols,
                     "): the packed weight does not fit this convolution");
