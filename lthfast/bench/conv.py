@@ -117,7 +117,7 @@ def _conv_case(shape, batch, sparsity, device, config) -> dict:
     med, median = _interleaved(fns, device, config.repeat, config.warmup)
     kind = kernel_class(tuple(shape["kernel"]), shape["groups"], shape["in"])
     real_sparsity = 1.0 - mask.float().mean().item()
-    auto_choice = "sparse" if use_sparse(device, x.dtype, kind, batch, real_sparsity) else "dense"
+    auto_choice = "sparse" if use_sparse(device, x.dtype, kind, batch, real_sparsity, tuple(w.shape)) else "dense"
     return {"layer": shape["layer"], "model": shape["model"], "kind": kind, "batch": batch,
             "sparsity": sparsity, "shape": {k: shape[k] for k in ("in", "out", "kernel", "stride",
                                                                  "padding", "dilation", "groups", "hw")},
@@ -167,7 +167,7 @@ def _layers_auto_runs_sparse(model, device) -> int:
         else:
             continue
         sparsity = 1.0 - m.mask.float().mean().item()
-        n += use_sparse(device, m.weight.dtype, kind, 1, sparsity)
+        n += use_sparse(device, m.weight.dtype, kind, 1, sparsity, tuple(m.weight.shape))
     return n
 
 

@@ -1,11 +1,12 @@
 """When `path="auto"` runs the sparse kernel instead of the dense one.
 
 ONE table, set from `lthfast bench conv` (bench/results/cpu-conv.txt): for each
-(device, dtype, kernel class, batch) the smallest weight sparsity (fraction of
+(device, dtype, kernel class, batch, fan-in) the smallest weight sparsity (fraction of
 pruned weights) at which the direct sparse kernel beat the library convolution
 on the masked weight. None: the sparse kernel never wins there (or was not
 measured) and auto stays dense. Rows are matched top to bottom; the first row
-whose device, dtype and kernel match and whose `batch<=` covers the batch wins.
+whose device, dtype and kernel match, whose `batch<=` covers the batch and whose
+`fan-in>=` the weight's fan-in reaches wins.
 """
 from __future__ import annotations
 
@@ -15,18 +16,19 @@ ANY = "*"
 
 # fmt: off
 # Measured: bench/results/cpu-conv.txt (resnet50 shapes, 1 thread, Xeon with
-# AVX-512) and, for linear, resnet50's fc (2048 -> 1000). "never": the sparse
-# kernel lost at every measured sparsity (1x1 convs: oneDNN's GEMM wins up to 98%).
-#  device  dtypes                    kernel      batch<=  min sparsity for sparse
+# AVX-512). fan-in = in_channels/groups * kh * kw (in_features for linear): the
+# sparse kernel's fixed cost per output value (writing it, copying the input)
+# is paid back by the multiply-adds it skips, which grow with the fan-in.
+#  device  dtypes                    kernel   batch<=  fan-in>=  min sparsity for sparse
 SPARSE_RULES = [
-    ("cpu",  ("float32", "float64"), "3x3",       8,      0.90),
-    ("cpu",  ("float32", "float64"), "kxk",       8,      0.80),   # resnet stem 7x7/2
-    ("cpu",  ("float32", "float64"), "1x1",       8,      None),
-    ("cpu",  ("float32", "float64"), "linear",    1,      0.90),
-    ("cpu",  ("float32", "float64"), "linear",    8,      0.95),
+    ("cpu",  ("float32", "float64"), "3x3",       8,        0,   0.90),
+    ("cpu",  ("float32", "float64"), "kxk",       8,        0,   0.80),   # resnet stem 7x7/2
+    ("cpu",  ("float32", "float64"), "1x1",       8,        0,   None),
+    ("cpu",  ("float32", "float64"), "linear",    1,        0,   0.90),
+    ("cpu",  ("float32", "float64"), "linear",    8,        0,   0.95),
     # Not measured -> dense: batch > 8, depthwise, fp16/bf16 on CPU (oneDNN's
     # AMX/AVX-512 bf16 kernels), and CUDA (no GPU where this table was made).
-    (ANY,    ANY,                    ANY,     10**9,      None),
+    (ANY,    ANY,                    ANY,     10**9,        0,   None),
 ]
 # fmt: on
 
@@ -45,16 +47,28 @@ def kernel_class(kernel_size, groups: int, in_channels: int) -> str:
     return "kxk"
 
 
-def min_sparsity(device: torch.device, dtype: torch.dtype, kind: str, batch: int) -> float | None:
+def fan_in(weight_shape) -> int:
+    """Weights per output value: in_channels/groups * kh * kw, or in_features."""
+    n = 1
+    for d in tuple(weight_shape)[1:]:
+        n *= int(d)
+    return n
+
+
+def min_sparsity(device: torch.device, dtype: torch.dtype, kind: str, batch: int,
+                 weight_shape=None) -> float | None:
+    """The table's smallest sparsity at which the sparse kernel runs (None: never).
+    Rows match top to bottom; without weight_shape the fan-in column is ignored."""
     name = str(dtype).replace("torch.", "")
-    for dev, dtypes, k, bmax, smin in SPARSE_RULES:
+    fin = None if weight_shape is None else fan_in(weight_shape)
+    for dev, dtypes, k, bmax, fmin, smin in SPARSE_RULES:
         if ((dev == ANY or dev == device.type) and (dtypes == ANY or name in dtypes)
-                and (k == ANY or k == kind) and batch <= bmax):
+                and (k == ANY or k == kind) and batch <= bmax and (fin is None or fin >= fmin)):
             return smin
     return None
 
 
 def use_sparse(device: torch.device, dtype: torch.dtype, kind: str, batch: int,
-               sparsity: float) -> bool:
-    smin = min_sparsity(device, dtype, kind, batch)
+               sparsity: float, weight_shape=None) -> bool:
+    smin = min_sparsity(device, dtype, kind, batch, weight_shape)
     return smin is not None and sparsity >= smin
