@@ -117,7 +117,10 @@ def _conv_case(shape, batch, sparsity, device, config) -> dict:
     med, median = _interleaved(fns, device, config.repeat, config.warmup)
     kind = kernel_class(tuple(shape["kernel"]), shape["groups"], shape["in"])
     real_sparsity = 1.0 - mask.float().mean().item()
-    auto_choice = "sparse" if use_sparse(device, x.dtype, kind, batch, real_sparsity, tuple(w.shape)) else "dense"
+    oh, ow = ((shape["hw"][i] + 2 * shape["padding"][i] - shape["dilation"][i] * (shape["kernel"][i] - 1)
+               - 1) // shape["stride"][i] + 1 for i in range(2))
+    auto_choice = ("sparse" if use_sparse(device, x.dtype, kind, batch, real_sparsity, tuple(w.shape),
+                                          oh * ow) else "dense")
     return {"layer": shape["layer"], "model": shape["model"], "kind": kind, "batch": batch,
             "sparsity": sparsity, "shape": {k: shape[k] for k in ("in", "out", "kernel", "stride",
                                                                  "padding", "dilation", "groups", "hw")},
@@ -157,17 +160,14 @@ def _e2e_case(name, sparsity, device, config) -> dict:
 
 
 def _layers_auto_runs_sparse(model, device) -> int:
-    """How many masked layers `auto` sends to the sparse kernel at batch 1."""
+    """How many masked layers `auto` sent to the sparse kernel in the timed runs
+    (the path each layer's weight cache recorded for its input shape)."""
+    from lthfast.ops import _weight_cache
     n = 0
     for m in model.modules():
-        if isinstance(m, lthfast.nn.MaskedConv2d):
-            kind = kernel_class(m.kernel_size, m.groups, m.in_channels)
-        elif isinstance(m, lthfast.nn.MaskedLinear):
-            kind = "linear"
-        else:
-            continue
-        sparsity = 1.0 - m.mask.float().mean().item()
-        n += use_sparse(device, m.weight.dtype, kind, 1, sparsity, tuple(m.weight.shape))
+        if isinstance(m, (lthfast.nn.MaskedConv2d, lthfast.nn.MaskedLinear)):
+            e = _weight_cache._CACHE.get(id(m.weight))
+            n += e is not None and any(v for k, v in e.choice.items() if k[-1] == "auto")
     return n
 
 

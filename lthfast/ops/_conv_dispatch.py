@@ -1,12 +1,13 @@
 """When `path="auto"` runs the sparse kernel instead of the dense one.
 
 ONE table, set from `lthfast bench conv` (bench/results/cpu-conv.txt): for each
-(device, dtype, kernel class, batch, fan-in) the smallest weight sparsity (fraction of
+(device, dtype, kernel class, batch, fan-in, output size) the smallest weight sparsity (fraction of
 pruned weights) at which the direct sparse kernel beat the library convolution
 on the masked weight. None: the sparse kernel never wins there (or was not
 measured) and auto stays dense. Rows are matched top to bottom; the first row
-whose device, dtype and kernel match, whose `batch<=` covers the batch and whose
-`fan-in>=` the weight's fan-in reaches wins.
+whose device, dtype and kernel match, whose `batch<=` covers the batch, whose
+`fan-in>=` the weight's fan-in reaches and whose `out px<=` covers the output
+plane wins.
 """
 from __future__ import annotations
 
@@ -15,20 +16,28 @@ import torch
 ANY = "*"
 
 # fmt: off
-# Measured: bench/results/cpu-conv.txt (resnet50 shapes, 1 thread, Xeon with
-# AVX-512). fan-in = in_channels/groups * kh * kw (in_features for linear): the
-# sparse kernel's fixed cost per output value (writing it, copying the input)
-# is paid back by the multiply-adds it skips, which grow with the fan-in.
-#  device  dtypes                    kernel   batch<=  fan-in>=  min sparsity for sparse
+# Measured: bench/results/cpu-conv.txt (every distinct Conv2d of resnet50 at
+# 224 px, sparsity 0.5-0.98, batch 1 and 8, 1 thread of an AVX-512 Xeon).
+# fan-in = in_channels/groups * kh * kw (in_features for linear); out px =
+# output pixels per sample (oh * ow; linear: 1). The sparse kernel pays a fixed
+# cost per output value and per input value (the padded input copy, the
+# output write) and gains the multiply-adds it skips (fan-in * sparsity per
+# output value): 1x1 convs on 56x56 planes stay dense unless the fan-in is
+# large and the batch 1, those on planes of 28x28 and less go sparse from 80%
+# (batch 1) / 90% (batch 8).
+#  device  dtypes                    kernel  batch<=  fan-in>=  out px<=  min sparsity
 SPARSE_RULES = [
-    ("cpu",  ("float32", "float64"), "3x3",       8,        0,   0.90),
-    ("cpu",  ("float32", "float64"), "kxk",       8,        0,   0.80),   # resnet stem 7x7/2
-    ("cpu",  ("float32", "float64"), "1x1",       8,        0,   None),
-    ("cpu",  ("float32", "float64"), "linear",    1,        0,   0.90),
-    ("cpu",  ("float32", "float64"), "linear",    8,        0,   0.95),
+    ("cpu",  ("float32", "float64"), "3x3",       8,        0,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "kxk",       8,        0,   10**9,   0.80),   # resnet stem 7x7/2
+    ("cpu",  ("float32", "float64"), "1x1",       1,        0,     784,   0.80),
+    ("cpu",  ("float32", "float64"), "1x1",       8,        0,     784,   0.90),
+    ("cpu",  ("float32", "float64"), "1x1",       1,      256,   10**9,   0.95),
+    ("cpu",  ("float32", "float64"), "1x1",       8,        0,   10**9,   None),   # layer1: 56x56
+    ("cpu",  ("float32", "float64"), "linear",    1,        0,   10**9,   0.90),
+    ("cpu",  ("float32", "float64"), "linear",    8,        0,   10**9,   0.95),
     # Not measured -> dense: batch > 8, depthwise, fp16/bf16 on CPU (oneDNN's
     # AMX/AVX-512 bf16 kernels), and CUDA (no GPU where this table was made).
-    (ANY,    ANY,                    ANY,     10**9,        0,   None),
+    (ANY,    ANY,                    ANY,     10**9,        0,   10**9,   None),
 ]
 # fmt: on
 
@@ -56,19 +65,21 @@ def fan_in(weight_shape) -> int:
 
 
 def min_sparsity(device: torch.device, dtype: torch.dtype, kind: str, batch: int,
-                 weight_shape=None) -> float | None:
+                 weight_shape=None, out_pixels: int | None = None) -> float | None:
     """The table's smallest sparsity at which the sparse kernel runs (None: never).
-    Rows match top to bottom; without weight_shape the fan-in column is ignored."""
+    Rows match top to bottom; a column whose value is not given (weight_shape,
+    out_pixels) is not checked."""
     name = str(dtype).replace("torch.", "")
     fin = None if weight_shape is None else fan_in(weight_shape)
-    for dev, dtypes, k, bmax, fmin, smin in SPARSE_RULES:
+    for dev, dtypes, k, bmax, fmin, pmax, smin in SPARSE_RULES:
         if ((dev == ANY or dev == device.type) and (dtypes == ANY or name in dtypes)
-                and (k == ANY or k == kind) and batch <= bmax and (fin is None or fin >= fmin)):
+                and (k == ANY or k == kind) and batch <= bmax and (fin is None or fin >= fmin)
+                and (out_pixels is None or out_pixels <= pmax)):
             return smin
     return None
 
 
 def use_sparse(device: torch.device, dtype: torch.dtype, kind: str, batch: int,
-               sparsity: float, weight_shape=None) -> bool:
-    smin = min_sparsity(device, dtype, kind, batch, weight_shape)
+               sparsity: float, weight_shape=None, out_pixels: int | None = None) -> bool:
+    smin = min_sparsity(device, dtype, kind, batch, weight_shape, out_pixels)
     return smin is not None and sparsity >= smin
