@@ -81,11 +81,12 @@ def _time(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def _interleaved(fns: dict, device, repeat: int, warmup: int, budget_s: float = 0.5) -> tuple[dict, dict]:
-    """(min, median) seconds of each callable, the methods run in turn so that load
-    on the machine hits them alike. At least `repeat` rounds, more (up to 25) while
-    a round is cheap, within about `budget_s`. Ratios use the minimum: on a loaded
-    machine it is the estimate least disturbed by other processes."""
+def _interleaved(fns: dict, device, repeat: int, warmup: int,
+                 budget_s: float = 0.5) -> tuple[dict, dict, dict]:
+    """(min, median, per-round list) seconds of each callable, the methods run in
+    turn so that load on the machine hits them alike. At least `repeat` rounds,
+    more (up to 25) while a round is cheap, within about `budget_s`. Tables show
+    the minimum; ratios are medians of per-round ratios (_paired)."""
     times = {k: [] for k in fns}
     with torch.no_grad():
         for _ in range(warmup):
@@ -98,7 +99,18 @@ def _interleaved(fns: dict, device, repeat: int, warmup: int, budget_s: float = 
                 times[k].append(t)
                 spent += t
             rounds += 1
-    return ({k: min(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in times.items()})
+    return ({k: min(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in times.items()},
+            times)
+
+
+def _paired(times: dict, num, den) -> float:
+    """Median over rounds of num time / den time (den: a method or a tuple of
+    methods, their per-round minimum). The methods of a round ran back to back,
+    so load on the shared machine hits both: steadier than a ratio of minima,
+    which pairs one method's luckiest round with another's."""
+    dens = den if isinstance(den, tuple) else (den,)
+    return statistics.median(times[num][i] / min(times[d][i] for d in dens)
+                             for i in range(len(times[num])))
 
 
 def _conv_case(shape, batch, sparsity, device, config) -> dict:
@@ -114,7 +126,7 @@ def _conv_case(shape, batch, sparsity, device, config) -> dict:
            "torch_premasked": lambda: F.conv2d(x, wm, None, **conf)}
     for p in ("dense", "sparse", "auto"):
         fns[p] = (lambda p=p: masked_conv2d(x, w, mask, None, **conf, path=p))
-    med, median = _interleaved(fns, device, config.repeat, config.warmup)
+    med, median, times = _interleaved(fns, device, config.repeat, config.warmup)
     kind = kernel_class(tuple(shape["kernel"]), shape["groups"], shape["in"])
     real_sparsity = 1.0 - mask.float().mean().item()
     oh, ow = ((shape["hw"][i] + 2 * shape["padding"][i] - shape["dilation"][i] * (shape["kernel"][i] - 1)
@@ -125,9 +137,15 @@ def _conv_case(shape, batch, sparsity, device, config) -> dict:
             "sparsity": sparsity, "shape": {k: shape[k] for k in ("in", "out", "kernel", "stride",
                                                                  "padding", "dilation", "groups", "hw")},
             "min_s": med, "median_s": median, "auto_choice": auto_choice,
-            "dense_vs_premasked": med["dense"] / med["torch_premasked"],
-            "sparse_speedup_vs_dense": med["dense"] / med["sparse"],
-            "auto_vs_best": med["auto"] / min(med["dense"], med["sparse"]),
+            "rounds": len(times["dense"]),
+            # ratios: medians of per-round ratios (see _paired); the ratios of
+            # the minima are kept as *_of_min
+            "dense_vs_premasked": _paired(times, "dense", "torch_premasked"),
+            "sparse_speedup_vs_dense": _paired(times, "dense", "sparse"),
+            "auto_vs_best": _paired(times, "auto", ("dense", "sparse")),
+            "dense_vs_premasked_of_min": med["dense"] / med["torch_premasked"],
+            "sparse_speedup_vs_dense_of_min": med["dense"] / med["sparse"],
+            "auto_vs_best_of_min": med["auto"] / min(med["dense"], med["sparse"]),
             "speedup_vs_torch_masked": med["torch_masked"] / min(med["auto"], med["sparse"], med["dense"])}
 
 
@@ -149,7 +167,7 @@ def _e2e_case(name, sparsity, device, config) -> dict:
     dense = copy.deepcopy(model)
     auto = lthfast.nn.sparsify(copy.deepcopy(model), masks, path="auto")
     sparse = lthfast.nn.sparsify(copy.deepcopy(model), masks, path="sparse")
-    med, median = _interleaved({"torch_masked_weights": lambda: dense(x), "lthfast_auto": lambda: auto(x),
+    med, median, _ = _interleaved({"torch_masked_weights": lambda: dense(x), "lthfast_auto": lambda: auto(x),
                                 "lthfast_sparse": lambda: sparse(x)}, device, config.repeat,
                                config.warmup, budget_s=3.0)
     n_sparse = _layers_auto_runs_sparse(auto, device)
