@@ -167,9 +167,9 @@ def _e2e_case(name, sparsity, device, config) -> dict:
     dense = copy.deepcopy(model)
     auto = lthfast.nn.sparsify(copy.deepcopy(model), masks, path="auto")
     sparse = lthfast.nn.sparsify(copy.deepcopy(model), masks, path="sparse")
-    med, median, _ = _interleaved({"torch_masked_weights": lambda: dense(x), "lthfast_auto": lambda: auto(x),
-                                "lthfast_sparse": lambda: sparse(x)}, device, config.repeat,
-                               config.warmup, budget_s=3.0)
+    med, median, _ = _interleaved({"torch_masked_weights": lambda: dense(x),
+                                   "lthfast_auto": lambda: auto(x), "lthfast_sparse": lambda: sparse(x)},
+                                  device, config.repeat, config.warmup, budget_s=3.0)
     n_sparse = _layers_auto_runs_sparse(auto, device)
     return {"model": name, "sparsity": sparsity, "min_s": med, "median_s": median,
             "auto_speedup": med["torch_masked_weights"] / med["lthfast_auto"],
