@@ -84,7 +84,7 @@ def _time(fn, device) -> float:
 def _interleaved(fns: dict, device, repeat: int, warmup: int,
                  budget_s: float = 0.5) -> tuple[dict, dict, dict]:
     """(min, median, per-round list) seconds of each callable, the methods run in
-    turn so that load on the machine hits them alike. At least `repeat` rounds,
+    turn (order rotating per round) so that load on the machine hits them alike. At least `repeat` rounds,
     more (up to 25) while a round is cheap, within about `budget_s`. Tables show
     the minimum; ratios are medians of per-round ratios (_paired)."""
     times = {k: [] for k in fns}
@@ -93,9 +93,12 @@ def _interleaved(fns: dict, device, repeat: int, warmup: int,
             for f in fns.values():
                 f()
         spent, rounds = 0.0, 0
+        names = list(fns)
         while rounds < repeat or (rounds < 25 and spent < budget_s):
-            for k, f in fns.items():
-                t = _time(f, device)
+            # the order rotates by one each round: a method that evicts the
+            # caches (the sparse path's scratch) does not always precede the same one
+            for k in names[rounds % len(names):] + names[:rounds % len(names)]:
+                t = _time(fns[k], device)
                 times[k].append(t)
                 spent += t
             rounds += 1
