@@ -1,15 +1,18 @@
 // CPU sparse convolution and sparse linear on weights compressed by sparse_pack.
 //
 // Convolution: the input is copied once into phase-split padded planes: for
-// stride (sh, sw) each channel becomes sh*sw planes P[ph][pw][r][q] =
-// padded_input[r*sh + ph][q*sw + pw], all of width Wq = OW + ((KW-1)*dw)/sw.
-// A kept weight at (c, kh, kw) then reads ONE contiguous range of its plane:
+// stride (sh, sw) each channel becomes (up to) sh*sw planes P[ph][pw][r][q] =
+// padded_input[r*sh + ph][q*sw + pw], of row pitch Wq >= OW + ((KW-1)*dw)/sw
+// (only the phases some tap reads are built). A kept weight at (c, kh, kw)
+// then reads ONE contiguous range of its plane:
 //   out[oh*Wq + ow] += w * P_c[(kh*dh)%sh][(kw*dw)%sw][(oh + (kh*dh)/sh)*Wq + ow + (kw*dw)/sw]
 // for the whole output plane at once (columns ow >= OW are computed and
 // dropped). So the work is (kept weights) x (output plane), vectorised along
-// it, with no index arithmetic in the inner loop. The plane is cut in tiles and
-// the input channels in blocks small enough for L1; threads split (sample,
-// block of output channels).
+// it, with no index arithmetic in the inner loop. The plane is held in up to
+// 16 vector registers (wider planes: equal tiles), the input channels are cut
+// in blocks whose rows fit L1, and threads split (sample, chunk of output
+// channels), one large chunk per thread so that every output channel of it
+// reads a block while it is in L1. Floor and measurements: docs/masked-conv.md.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
