@@ -149,3 +149,19 @@ def test_weight_cache_entry_goes_with_its_weight():
     import gc
     gc.collect()
     assert key not in _weight_cache._CACHE or _weight_cache._CACHE[key].ref() is not None
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse", "auto"])
+def test_fresh_temporary_masks_are_never_mistaken_for_a_dead_one(path):
+    # A temporary mask can come back with the id, data pointer and version of
+    # the previous (freed) one: the cache must still see a new mask.
+    x = torch.randn(1, 8, 10, 10)
+    w = torch.randn(8, 8, 3, 3)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for _ in range(40):
+            m = torch.rand(w.shape, generator=gen) > 0.5
+            want = F.conv2d(x, w * m, None, 1, 1)
+            got = masked_conv2d(x, w, m, None, 1, 1, path=path)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            del m
