@@ -133,9 +133,9 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                                 weight.shape)  # _weight_cache._stamp, inlined
                 and not (_grad_enabled() and (input.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad)))):
-            last = e.last  # (input shape, groups, path, sparse?) of the last checked call
-            sparse = (last[3] if last is not None and last[0] == input.shape
-                      and last[1] == groups and last[2] == path else None)
+            last = e.last.get(path)  # (input shape, groups, sparse?) of the last checked call
+            sparse = (last[2] if last is not None and last[0] == input.shape and last[1] == groups
+                      else None)
             try:
                 if sparse is False:
                     return F.conv2d(input, e.dense, bias, stride, padding, dilation, groups)
@@ -183,7 +183,7 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     # is used with one stride/padding in practice; another one is still
     # correct, only its path choice is that of the first).
     e.choice[(input.shape, groups, path)] = sparse
-    e.last = (input.shape, groups, path, sparse)
+    e.last[path] = (input.shape, groups, sparse)
     return out
 
 

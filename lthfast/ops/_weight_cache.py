@@ -47,7 +47,7 @@ class Entry:
         self.packed = None
         self.sparsity = None
         self.choice = {}  # (input shape, groups, path) -> True when the sparse kernel runs
-        self.last = None  # the last checked call: (input shape, groups, path, sparse)
+        self.last = {}  # path -> the last checked call with it: (input shape, groups, sparse)
 
     def fresh(self, weight: torch.Tensor, mask: torch.Tensor) -> bool:
         return self.mask_ref() is mask and self.stamp == _stamp(weight, mask)
