@@ -26,7 +26,7 @@ KERNEL_CASES = [
     (3, 16, 12, 10, 16, (3, 3), (2, 1), (1, 1), (1, 1), 16),   # depthwise, batch 3
     (1, 8, 20, 20, 8, (5, 5), (1, 1), (2, 2), (1, 1), 1),      # 5x5
     (4, 3, 30, 30, 16, (7, 7), (2, 2), (3, 3), (1, 1), 1),     # resnet stem, batch 4
-    (1, 8, 28, 28, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # 14x14 out: row pitch 15 -> 16, vector de-interleave
+    (1, 8, 28, 28, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # 14x14 out: pitch 15 -> 16, de-interleave
     (2, 5, 27, 29, 6, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # odd sizes, vector copy up to the tensor's end
     (1, 4, 13, 14, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),      # stride 1, pitch 16, vector row copy
 ]

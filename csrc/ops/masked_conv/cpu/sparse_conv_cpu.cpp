@@ -190,7 +190,9 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   // costs two of the two 512-bit load slots per cycle.
   const int64_t Wq0 = OW + (dw * (KW - 1)) / sw;
   const int64_t Wq_aligned = (Wq0 + lanes - 1) / lanes * lanes;
-  const int64_t Wq = ((OH * Wq_aligned + lanes - 1) / lanes <= (OH * Wq0 + lanes - 1) / lanes) ? Wq_aligned : Wq0;
+  const bool no_extra_vector =
+      (OH * Wq_aligned + lanes - 1) / lanes <= (OH * Wq0 + lanes - 1) / lanes;
+  const int64_t Wq = no_extra_vector ? Wq_aligned : Wq0;
   const int64_t plane = Hq * Wq, per_channel = nphases * plane, per_sample = C * per_channel;
   TORCH_CHECK_VALUE(Cg * per_channel < (int64_t(1) << 31), op, ": input of shape ", input.sizes(),
                     " is too large for the sparse path (use path=\"dense\")");
@@ -279,9 +281,11 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   const int64_t bytes_per_channel = nphases * (NV * lanes + halo) * int64_t(sizeof(acc_t));
   const int64_t nnz = colidx_t.numel();
   const double density = Cout * ncols > 0 ? double(nnz) / double(Cout * ncols) : 1.0;
+  const double taps_per_channel = std::max(density, 1e-9) * KK;
   const int64_t cb_taps =
-      static_cast<int64_t>(std::min<double>(double(Cg), double(kMinTaps) / (std::max(density, 1e-9) * KK))) + 1;
-  const int64_t CB = std::max<int64_t>(1, std::min<int64_t>(Cg, std::max(kL1Bytes / bytes_per_channel, cb_taps)));
+      static_cast<int64_t>(std::min<double>(double(Cg), double(kMinTaps) / taps_per_channel)) + 1;
+  const int64_t cb_l1 = kL1Bytes / bytes_per_channel;
+  const int64_t CB = std::max<int64_t>(1, std::min<int64_t>(Cg, std::max(cb_l1, cb_taps)));
   const int64_t nblocks = (Cg + CB - 1) / CB;
 
   const int64_t* rowptr = rowptr_t.const_data_ptr<int64_t>();
