@@ -34,8 +34,15 @@ def test_dispatch_table_lookup():
     assert kernel_class((3, 3), 1, 64) == "3x3" and kernel_class((1, 1), 1, 64) == "1x1"
     assert kernel_class((3, 3), 32, 32) == "depthwise" and kernel_class(None, 1, 8) == "linear"
     assert kernel_class((7, 7), 1, 3) == "kxk"
-    assert min_sparsity(cpu, torch.float32, "3x3", 1) == 0.9
+    assert min_sparsity(cpu, torch.float32, "3x3", 1) == 0.8
     assert use_sparse(cpu, torch.float32, "3x3", 1, 0.95) and not use_sparse(cpu, torch.float32, "3x3", 1, 0.5)
+    # 1x1: the output size and weight size columns (resnet layer1 56x56 stays dense)
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (256, 512, 1, 1), 14 * 14)
+    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (64, 64, 1, 1), 56 * 56)
+    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.99, (64, 256, 1, 1), 56 * 56)
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (128, 256, 1, 1), 56 * 56)
+    assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.9, (128, 256, 1, 1), 56 * 56)
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.798, (128, 256, 1, 1), 14 * 14)   # within the slack
     assert not use_sparse(cpu, torch.float32, "3x3", 64, 0.99)      # batch beyond the measured range
     assert not use_sparse(cpu, torch.bfloat16, "3x3", 1, 0.99)
     assert not use_sparse(cuda, torch.float32, "3x3", 1, 0.99)      # not measured on a GPU

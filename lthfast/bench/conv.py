@@ -81,24 +81,39 @@ def _time(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def _interleaved(fns: dict, device, repeat: int, warmup: int, budget_s: float = 0.5) -> tuple[dict, dict]:
-    """(min, median) seconds of each callable, the methods run in turn so that load
-    on the machine hits them alike. At least `repeat` rounds, more (up to 25) while
-    a round is cheap, within about `budget_s`. Ratios use the minimum: on a loaded
-    machine it is the estimate least disturbed by other processes."""
+def _interleaved(fns: dict, device, repeat: int, warmup: int,
+                 budget_s: float = 0.5) -> tuple[dict, dict, dict]:
+    """(min, median, per-round list) seconds of each callable, the methods run in
+    turn (order rotating per round) so that load on the machine hits them alike. At least `repeat` rounds,
+    more (up to 25) while a round is cheap, within about `budget_s`. Tables show
+    the minimum; ratios are medians of per-round ratios (_paired)."""
     times = {k: [] for k in fns}
     with torch.no_grad():
         for _ in range(warmup):
             for f in fns.values():
                 f()
         spent, rounds = 0.0, 0
+        names = list(fns)
         while rounds < repeat or (rounds < 25 and spent < budget_s):
-            for k, f in fns.items():
-                t = _time(f, device)
+            # the order rotates by one each round: a method that evicts the
+            # caches (the sparse path's scratch) does not always precede the same one
+            for k in names[rounds % len(names):] + names[:rounds % len(names)]:
+                t = _time(fns[k], device)
                 times[k].append(t)
                 spent += t
             rounds += 1
-    return ({k: min(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in times.items()})
+    return ({k: min(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in times.items()},
+            times)
+
+
+def _paired(times: dict, num, den) -> float:
+    """Median over rounds of num time / den time (den: a method or a tuple of
+    methods, their per-round minimum). The methods of a round ran back to back,
+    so load on the shared machine hits both: steadier than a ratio of minima,
+    which pairs one method's luckiest round with another's."""
+    dens = den if isinstance(den, tuple) else (den,)
+    return statistics.median(times[num][i] / min(times[d][i] for d in dens)
+                             for i in range(len(times[num])))
 
 
 def _conv_case(shape, batch, sparsity, device, config) -> dict:
@@ -114,17 +129,26 @@ def _conv_case(shape, batch, sparsity, device, config) -> dict:
            "torch_premasked": lambda: F.conv2d(x, wm, None, **conf)}
     for p in ("dense", "sparse", "auto"):
         fns[p] = (lambda p=p: masked_conv2d(x, w, mask, None, **conf, path=p))
-    med, median = _interleaved(fns, device, config.repeat, config.warmup)
+    med, median, times = _interleaved(fns, device, config.repeat, config.warmup)
     kind = kernel_class(tuple(shape["kernel"]), shape["groups"], shape["in"])
     real_sparsity = 1.0 - mask.float().mean().item()
-    auto_choice = "sparse" if use_sparse(device, x.dtype, kind, batch, real_sparsity) else "dense"
+    oh, ow = ((shape["hw"][i] + 2 * shape["padding"][i] - shape["dilation"][i] * (shape["kernel"][i] - 1)
+               - 1) // shape["stride"][i] + 1 for i in range(2))
+    auto_choice = ("sparse" if use_sparse(device, x.dtype, kind, batch, real_sparsity, tuple(w.shape),
+                                          oh * ow) else "dense")
     return {"layer": shape["layer"], "model": shape["model"], "kind": kind, "batch": batch,
             "sparsity": sparsity, "shape": {k: shape[k] for k in ("in", "out", "kernel", "stride",
                                                                  "padding", "dilation", "groups", "hw")},
             "min_s": med, "median_s": median, "auto_choice": auto_choice,
-            "dense_vs_premasked": med["dense"] / med["torch_premasked"],
-            "sparse_speedup_vs_dense": med["dense"] / med["sparse"],
-            "auto_vs_best": med["auto"] / min(med["dense"], med["sparse"]),
+            "rounds": len(times["dense"]),
+            # ratios: medians of per-round ratios (see _paired); the ratios of
+            # the minima are kept as *_of_min
+            "dense_vs_premasked": _paired(times, "dense", "torch_premasked"),
+            "sparse_speedup_vs_dense": _paired(times, "dense", "sparse"),
+            "auto_vs_best": _paired(times, "auto", ("dense", "sparse")),
+            "dense_vs_premasked_of_min": med["dense"] / med["torch_premasked"],
+            "sparse_speedup_vs_dense_of_min": med["dense"] / med["sparse"],
+            "auto_vs_best_of_min": med["auto"] / min(med["dense"], med["sparse"]),
             "speedup_vs_torch_masked": med["torch_masked"] / min(med["auto"], med["sparse"], med["dense"])}
 
 
@@ -146,9 +170,9 @@ def _e2e_case(name, sparsity, device, config) -> dict:
     dense = copy.deepcopy(model)
     auto = lthfast.nn.sparsify(copy.deepcopy(model), masks, path="auto")
     sparse = lthfast.nn.sparsify(copy.deepcopy(model), masks, path="sparse")
-    med, median = _interleaved({"torch_masked_weights": lambda: dense(x), "lthfast_auto": lambda: auto(x),
-                                "lthfast_sparse": lambda: sparse(x)}, device, config.repeat,
-                               config.warmup, budget_s=3.0)
+    med, median, _ = _interleaved({"torch_masked_weights": lambda: dense(x),
+                                   "lthfast_auto": lambda: auto(x), "lthfast_sparse": lambda: sparse(x)},
+                                  device, config.repeat, config.warmup, budget_s=3.0)
     n_sparse = _layers_auto_runs_sparse(auto, device)
     return {"model": name, "sparsity": sparsity, "min_s": med, "median_s": median,
             "auto_speedup": med["torch_masked_weights"] / med["lthfast_auto"],
@@ -157,17 +181,14 @@ def _e2e_case(name, sparsity, device, config) -> dict:
 
 
 def _layers_auto_runs_sparse(model, device) -> int:
-    """How many masked layers `auto` sends to the sparse kernel at batch 1."""
+    """How many masked layers `auto` sent to the sparse kernel in the timed runs
+    (the path each layer's weight cache recorded for its input shape)."""
+    from lthfast.ops import _weight_cache
     n = 0
     for m in model.modules():
-        if isinstance(m, lthfast.nn.MaskedConv2d):
-            kind = kernel_class(m.kernel_size, m.groups, m.in_channels)
-        elif isinstance(m, lthfast.nn.MaskedLinear):
-            kind = "linear"
-        else:
-            continue
-        sparsity = 1.0 - m.mask.float().mean().item()
-        n += use_sparse(device, m.weight.dtype, kind, 1, sparsity)
+        if isinstance(m, (lthfast.nn.MaskedConv2d, lthfast.nn.MaskedLinear)):
+            e = _weight_cache._CACHE.get(id(m.weight))
+            n += e is not None and any(v for k, v in e.choice.items() if k[-1] == "auto")
     return n
 
 

@@ -1,32 +1,44 @@
 """When `path="auto"` runs the sparse kernel instead of the dense one.
 
 ONE table, set from `lthfast bench conv` (bench/results/cpu-conv.txt): for each
-(device, dtype, kernel class, batch) the smallest weight sparsity (fraction of
+(device, dtype, kernel class, batch, weight size, output size) the smallest weight sparsity (fraction of
 pruned weights) at which the direct sparse kernel beat the library convolution
 on the masked weight. None: the sparse kernel never wins there (or was not
 measured) and auto stays dense. Rows are matched top to bottom; the first row
-whose device, dtype and kernel match and whose `batch<=` covers the batch wins.
+whose device, dtype and kernel match, whose `batch<=` covers the batch, whose
+`weights>=` the weight's element count reaches and whose `out px<=` covers the
+output plane wins.
 """
 from __future__ import annotations
 
 import torch
 
 ANY = "*"
+SPARSITY_SLACK = 0.005
 
 # fmt: off
-# Measured: bench/results/cpu-conv.txt (resnet50 shapes, 1 thread, Xeon with
-# AVX-512) and, for linear, resnet50's fc (2048 -> 1000). "never": the sparse
-# kernel lost at every measured sparsity (1x1 convs: oneDNN's GEMM wins up to 98%).
-#  device  dtypes                    kernel      batch<=  min sparsity for sparse
+# Measured: bench/results/cpu-conv.txt (every distinct Conv2d of resnet50 at
+# 224 px, sparsity 0.5-0.98, batch 1 and 8, 1 thread of an AVX-512 Xeon).
+# weights = the weight's element count (out * in/groups * kh * kw); out px =
+# output pixels per sample (oh * ow; linear: 1). The sparse kernel pays a fixed
+# cost per output and input value (the padded input copy, the output write)
+# and gains the multiply-adds it skips: 3x3 / 7x7 convs go sparse from 80%;
+# 1x1 convs on planes of 28x28 and less from 80% (batch 1) / 90% (batch 8); on
+# 56x56 planes (resnet layer1, layer2.0.conv1) only the larger weights do.
+#  device  dtypes                    kernel  batch<=  weights>=  out px<=  min sparsity
 SPARSE_RULES = [
-    ("cpu",  ("float32", "float64"), "3x3",       8,      0.90),
-    ("cpu",  ("float32", "float64"), "kxk",       8,      0.80),   # resnet stem 7x7/2
-    ("cpu",  ("float32", "float64"), "1x1",       8,      None),
-    ("cpu",  ("float32", "float64"), "linear",    1,      0.90),
-    ("cpu",  ("float32", "float64"), "linear",    8,      0.95),
+    ("cpu",  ("float32", "float64"), "3x3",       8,         0,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "kxk",       8,         0,   10**9,   0.80),   # resnet stem 7x7/2
+    ("cpu",  ("float32", "float64"), "1x1",       1,         0,     784,   0.80),
+    ("cpu",  ("float32", "float64"), "1x1",       8,         0,     784,   0.90),
+    ("cpu",  ("float32", "float64"), "1x1",       1,     32768,   10**9,   0.90),
+    ("cpu",  ("float32", "float64"), "1x1",       8,     32768,   10**9,   0.95),
+    ("cpu",  ("float32", "float64"), "1x1",       8,         0,   10**9,   None),   # 64-channel layer1
+    ("cpu",  ("float32", "float64"), "linear",    1,         0,   10**9,   0.90),
+    ("cpu",  ("float32", "float64"), "linear",    8,         0,   10**9,   0.95),
     # Not measured -> dense: batch > 8, depthwise, fp16/bf16 on CPU (oneDNN's
     # AMX/AVX-512 bf16 kernels), and CUDA (no GPU where this table was made).
-    (ANY,    ANY,                    ANY,     10**9,      None),
+    (ANY,    ANY,                    ANY,     10**9,         0,   10**9,   None),
 ]
 # fmt: on
 
@@ -45,16 +57,31 @@ def kernel_class(kernel_size, groups: int, in_channels: int) -> str:
     return "kxk"
 
 
-def min_sparsity(device: torch.device, dtype: torch.dtype, kind: str, batch: int) -> float | None:
+def numel(weight_shape) -> int:
+    n = 1
+    for d in tuple(weight_shape):
+        n *= int(d)
+    return n
+
+
+def min_sparsity(device: torch.device, dtype: torch.dtype, kind: str, batch: int,
+                 weight_shape=None, out_pixels: int | None = None) -> float | None:
+    """The table's smallest sparsity at which the sparse kernel runs (None: never).
+    Rows match top to bottom; a column whose value is not given (weight_shape,
+    out_pixels) is not checked."""
     name = str(dtype).replace("torch.", "")
-    for dev, dtypes, k, bmax, smin in SPARSE_RULES:
+    nw = None if weight_shape is None else numel(weight_shape)
+    for dev, dtypes, k, bmax, wmin, pmax, smin in SPARSE_RULES:
         if ((dev == ANY or dev == device.type) and (dtypes == ANY or name in dtypes)
-                and (k == ANY or k == kind) and batch <= bmax):
+                and (k == ANY or k == kind) and batch <= bmax and (nw is None or nw >= wmin)
+                and (out_pixels is None or out_pixels <= pmax)):
             return smin
     return None
 
 
 def use_sparse(device: torch.device, dtype: torch.dtype, kind: str, batch: int,
-               sparsity: float) -> bool:
-    smin = min_sparsity(device, dtype, kind, batch)
-    return smin is not None and sparsity >= smin
+               sparsity: float, weight_shape=None, out_pixels: int | None = None) -> bool:
+    smin = min_sparsity(device, dtype, kind, batch, weight_shape, out_pixels)
+    # A mask pruned "to 80%" lands at 0.799... as often as at 0.800...: the
+    # thresholds are measured points, so within SPARSITY_SLACK of one counts.
+    return smin is not None and sparsity >= smin - SPARSITY_SLACK

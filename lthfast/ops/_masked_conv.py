@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from lthfast import _ops
 from lthfast.ops import _conv_dispatch, _weight_cache
 
+_CACHE = _weight_cache._CACHE
+_is_compiling = torch.compiler.is_dynamo_compiling  # the slow path checks is_compiling()
+_grad_enabled = torch.is_grad_enabled
+
 PATHS = ("auto", "dense", "sparse")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -115,6 +119,31 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     "dense" or "sparse" (the sparse kernel runs only when no gradient is needed).
     Under torch.compile, "auto" is dense (the rule needs the mask's sparsity).
     """
+    # Fast path: eager inference with a weight and mask already seen and
+    # unchanged, for an input shape seen before (the checks below passed for
+    # them). Kept to a few attribute reads: on a 0.2 ms convolution each
+    # microsecond is 0.5%. The library call / sparse op checks the geometry
+    # itself; anything they reject goes through the full checks below, which
+    # raise the clear error.
+    if not _is_compiling():
+        e = _CACHE.get(id(weight))
+        if (e is not None and type(input) is torch.Tensor and type(padding) is not str
+                and e.mask_ref() is mask
+                and e.stamp == (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(),
+                                weight.shape)  # _weight_cache._stamp, inlined
+                and not (_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad)))):
+            last = e.last.get(path)  # (input shape, groups, sparse?) of the last checked call
+            sparse = (last[2] if last is not None and last[0] == input.shape and last[1] == groups
+                      else None)
+            try:
+                if sparse is False:
+                    return F.conv2d(input, e.dense, bias, stride, padding, dilation, groups)
+                if sparse and input.dtype == weight.dtype:
+                    return _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation,
+                                        groups)
+            except (RuntimeError, TypeError, ValueError):
+                pass
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
                                  _pair(dilation, "dilation"))
     _check_common("masked_conv2d", input, weight, mask, bias, path)
@@ -137,17 +166,34 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     sparse = path == "sparse"
     if path == "auto" and _ops.available():
         kind = _conv_dispatch.kernel_class(tuple(weight.shape[2:]), groups, input.shape[1])
+        out_px = 1
+        for i in range(2):
+            out_px *= (input.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1)
+                       - 1) // stride[i] + 1
         sparse = _conv_dispatch.use_sparse(input.device, input.dtype, kind, input.shape[0],
-                                           _weight_cache.sparsity(e, mask))
+                                           _weight_cache.sparsity(e, mask), tuple(weight.shape),
+                                           out_px)
     if sparse:
         _ops.require()
-        rowptr, colidx, values = _weight_cache.packed_weight(e, weight, mask)
-        out = torch.ops.lthfast.sparse_conv2d(input, rowptr, colidx, values, bias,
-                                              tuple(weight.shape[2:]), stride, padding, dilation,
-                                              groups)
-        return _like_input_format(out, input)
-    return F.conv2d(input, _weight_cache.masked_weight(e, weight, mask), bias, stride, padding,
-                    dilation, groups)
+        out = _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups)
+    else:
+        out = F.conv2d(input, _weight_cache.masked_weight(e, weight, mask), bias, stride, padding,
+                       dilation, groups)
+    # Validated: later calls with this input shape take the fast path (a weight
+    # is used with one stride/padding in practice; another one is still
+    # correct, only its path choice is that of the first).
+    e.choice[(input.shape, groups, path)] = sparse
+    e.last[path] = (input.shape, groups, sparse)
+    return out
+
+
+def _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups):
+    rowptr, colidx, values = _weight_cache.packed_weight(e, weight, mask)
+    out = torch.ops.lthfast.sparse_conv2d(input, rowptr, colidx, values, bias,
+                                          weight.shape[2:], _pair(stride, "stride"),
+                                          _pair(padding, "padding"), _pair(dilation, "dilation"),
+                                          groups)
+    return _like_input_format(out, input)
 
 
 def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
@@ -174,9 +220,12 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     if path == "auto" and _ops.available():
         batch = input.numel() // max(1, input.shape[-1])
         sparse = _conv_dispatch.use_sparse(input.device, input.dtype, "linear", batch,
-                                           _weight_cache.sparsity(e, mask))
+                                           _weight_cache.sparsity(e, mask), tuple(weight.shape))
     if sparse:
         _ops.require()
-        return torch.ops.lthfast.sparse_linear(input, *_weight_cache.packed_weight(e, weight, mask),
-                                               bias)
-    return F.linear(input, _weight_cache.masked_weight(e, weight, mask), bias)
+        out = torch.ops.lthfast.sparse_linear(input, *_weight_cache.packed_weight(e, weight, mask),
+                                              bias)
+    else:
+        out = F.linear(input, _weight_cache.masked_weight(e, weight, mask), bias)
+    e.choice[(input.shape, 1, path)] = sparse  # what ran (read by the benchmark)
+    return out

@@ -1,41 +1,63 @@
 """Per-weight cache of what the masked ops derive from (weight, mask): the masked
-dense weight, the compressed (CSR) sparse weight and the sparsity.
+dense weight, the compressed (CSR) sparse weight, the sparsity and the path
+`auto` chose per batch size.
 
-Entries are keyed by the weight tensor's identity (weakly: they go when the
-weight goes) and stamped with the weight's and mask's `_version` counters and
-data pointers, so any in-place update of either (an optimizer step, pruning,
-`.data =` assignment, load_state_dict) rebuilds them on next use, and nothing is
-rebuilt while neither changed.
+Entries are keyed by the weight tensor's id and hold only weak references to
+the weight (an entry goes when its weight goes) and to the mask it was made
+with, stamped with the weight's and mask's `_version` counters and data
+pointers and the weight's shape, so any in-place update of either (an
+optimizer step, pruning, `.data =` assignment, load_state_dict) or another
+mask object rebuilds them on next use, and nothing is rebuilt while neither
+changed. The lookup is a dict get, a weakref call and one tuple compare: it runs
+on every forward, and on small convolutions microseconds count.
 """
 from __future__ import annotations
 
-import torch
-from torch.utils.weak import WeakIdKeyDictionary
+import weakref
 
-_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+import torch
+
+_CACHE: dict[int, "Entry"] = {}
 
 
 def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple:
-    return (weight._version, weight.data_ptr(), weight.dtype, weight.shape,
-            id(mask), mask._version, mask.data_ptr(), mask.dtype)
+    # The mask object itself is checked through Entry.mask_ref: a temporary
+    # mask can come back with the id, address and version of a dead one.
+    return (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(), weight.shape)
+
+
+def _drop(key: int, ref) -> None:
+    e = _CACHE.get(key)
+    if e is not None and e.ref is ref:
+        del _CACHE[key]
 
 
 class Entry:
-    __slots__ = ("stamp", "dense", "packed", "sparsity")
+    __slots__ = ("ref", "mask_ref", "stamp", "dense", "packed", "sparsity", "choice", "last",
+                 "__weakref__")
 
-    def __init__(self, stamp):
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, stamp):
+        key = id(weight)
+        # The callback removes the entry as the weight dies, before its id can
+        # be reused: an entry found under id(weight) is that weight's.
+        self.ref = weakref.ref(weight, lambda r, key=key: _drop(key, r))
+        self.mask_ref = weakref.ref(mask)
         self.stamp = stamp
         self.dense = None
         self.packed = None
         self.sparsity = None
+        self.choice = {}  # (input shape, groups, path) -> True when the sparse kernel runs
+        self.last = {}  # path -> the last checked call with it: (input shape, groups, sparse)
+
+    def fresh(self, weight: torch.Tensor, mask: torch.Tensor) -> bool:
+        return self.mask_ref() is mask and self.stamp == _stamp(weight, mask)
 
 
 def entry(weight: torch.Tensor, mask: torch.Tensor) -> Entry:
-    stamp = _stamp(weight, mask)
-    e = _CACHE.get(weight)
-    if e is None or e.stamp != stamp:
-        e = Entry(stamp)
-        _CACHE[weight] = e
+    e = _CACHE.get(id(weight))
+    if e is None or not e.fresh(weight, mask):
+        e = Entry(weight, mask, _stamp(weight, mask))
+        _CACHE[id(weight)] = e
     return e
 
 

@@ -1,0 +1,167 @@
+"""The CPU sparse convolution kernel's own code paths (tile widths, channel
+blocks, stride phases, threads, scratch reuse) and masked_conv2d's fast path
+for an unchanged weight, against the reference and F.conv2d."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lthfast
+from lthfast.ops import masked_conv2d
+
+from _masked_conv_cases import assert_conv_close, conv_problem
+
+pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
+
+ops = torch.ops.lthfast
+
+# (N, C, H, W, Cout, kernel, stride, padding, dilation, groups), chosen for the kernel's paths.
+KERNEL_CASES = [
+    (1, 6, 3, 3, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),        # 3x3 output: a 1-vector tile
+    (1, 8, 5, 6, 7, (3, 3), (1, 1), (1, 1), (1, 1), 1),        # 2-3 vector tiles (4 / 2 accumulator sets)
+    (2, 4, 41, 39, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1),      # several tiles, last one shorter
+    (1, 300, 9, 9, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # many channel blocks
+    (2, 6, 17, 19, 8, (2, 2), (3, 3), (1, 0), (1, 1), 1),      # stride 3, kernel 2: unused phases
+    (1, 6, 16, 16, 8, (1, 1), (2, 2), (0, 0), (1, 1), 1),      # 1x1/2: one phase of four
+    (2, 6, 15, 16, 8, (3, 3), (2, 2), (2, 2), (2, 2), 2),      # dilation 2 with stride 2, grouped
+    (3, 16, 12, 10, 16, (3, 3), (2, 1), (1, 1), (1, 1), 16),   # depthwise, batch 3
+    (1, 8, 20, 20, 8, (5, 5), (1, 1), (2, 2), (1, 1), 1),      # 5x5
+    (4, 3, 30, 30, 16, (7, 7), (2, 2), (3, 3), (1, 1), 1),     # resnet stem, batch 4
+    (1, 8, 28, 28, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # 14x14 out: pitch 15 -> 16, de-interleave
+    (2, 5, 27, 29, 6, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # odd sizes, vector copy up to the tensor's end
+    (1, 4, 13, 14, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),      # stride 1, pitch 16, vector row copy
+]
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[str(c[:6]) for c in KERNEL_CASES])
+def test_kernel_paths_match_reference(case):
+    for seed, sparsity in enumerate((0.0, 0.6, 0.9, 0.99, 1.0)):
+        x, w, m, b, conf = conv_problem(case, sparsity=sparsity, seed=seed, bias=seed % 2 == 1)
+        out = masked_conv2d(x, w, m, b, **conf, path="sparse")
+        assert_conv_close(out, x, w, m, b, conf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_kernel_strided_copy_other_dtypes(dtype):
+    # stride 2 and non-contiguous rows go through the generic (converting) copy
+    for case in (KERNEL_CASES[4], KERNEL_CASES[6]):
+        x, w, m, b, conf = conv_problem(case, dtype=dtype, sparsity=0.8, seed=4)
+        try:
+            F.conv2d(x[:1], w, None, **conf)
+        except RuntimeError:
+            pytest.skip(f"F.conv2d has no CPU kernel for {dtype}")
+        assert_conv_close(masked_conv2d(x, w, m, b, **conf, path="sparse"), x, w, m, b, conf)
+
+
+def test_kernel_noncontiguous_and_channels_last_input_with_stride():
+    case = (2, 6, 15, 16, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1)
+    x, w, m, b, conf = conv_problem(case, sparsity=0.7, seed=6)
+    wide = torch.randn(2, 6, 15, 32)
+    xs = wide[..., ::2]                      # column stride 2 with conv stride 2
+    assert_conv_close(masked_conv2d(xs, w, m, b, **conf, path="sparse"), xs, w, m, b, conf)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    assert_conv_close(masked_conv2d(xl, w, m, b, **conf, path="sparse"), x, w, m, b, conf)
+
+
+def test_kernel_two_threads_and_scratch_reuse():
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            # a large call, a small one, a large one: the reused scratch buffers
+            # must not leak values from one call into the next
+            for case in (KERNEL_CASES[2], KERNEL_CASES[0], KERNEL_CASES[3], KERNEL_CASES[2]):
+                x, w, m, b, conf = conv_problem(case, sparsity=0.85, seed=threads)
+                assert_conv_close(masked_conv2d(x, w, m, b, **conf, path="sparse"), x, w, m, b, conf)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_kernel_rows_without_weights_in_some_blocks():
+    # only the first and the last input channel kept: every other channel block is empty
+    x, w, m, b, conf = conv_problem(KERNEL_CASES[3], sparsity=0.0, seed=7)
+    m[:] = False
+    m[:, 0, 1, 1] = True
+    m[::3, -1, 0, 2] = True
+    assert_conv_close(masked_conv2d(x, w, m, b, **conf, path="sparse"), x, w, m, b, conf)
+
+
+def test_kernel_rejects_corrupt_packs():
+    x, w, m, b, conf = conv_problem(KERNEL_CASES[1], sparsity=0.5, seed=8)
+    rp, ci, va = ops.sparse_pack(w, m)
+    args = (b, [3, 3], [1, 1], [1, 1], [1, 1], 1)
+    bad = ci.clone()
+    bad[len(bad) // 2] = -1
+    with pytest.raises(ValueError, match="column indices outside"):
+        ops.sparse_conv2d(x, rp, bad, va, *args)
+    rp_bad = rp.clone()
+    rp_bad[1] = rp_bad[2] + 1
+    with pytest.raises(ValueError, match="rowptr must ascend"):
+        ops.sparse_conv2d(x, rp_bad, ci, va, *args)
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse", "auto"])
+def test_fast_path_still_checks_and_follows_changes(path):
+    x, w, m, b, conf = conv_problem(KERNEL_CASES[1], sparsity=0.9, seed=9)
+    for _ in range(2):  # the second call takes the fast path
+        assert_conv_close(masked_conv2d(x, w, m, b, **conf, path=path), x, w, m, b, conf)
+    # different bias / no bias / another batch size on the warm entry
+    assert_conv_close(masked_conv2d(x, w, m, None, **conf, path=path), x, w, m, None, conf)
+    x3 = torch.randn(3, *x.shape[1:])
+    assert_conv_close(masked_conv2d(x3, w, m, b, **conf, path=path), x3, w, m, b, conf)
+    # bad input on a warm entry still gets the clear errors
+    with pytest.raises(ValueError, match="input has 5 channels"):
+        masked_conv2d(x[:, :5], w, m, b, **conf, path=path)
+    with pytest.raises(ValueError, match="4-D"):
+        masked_conv2d(x[0], w, m, b, **conf, path=path)
+    with pytest.raises(TypeError, match="input dtype"):
+        masked_conv2d(x.double(), w, m, b, **conf, path=path)
+    with pytest.raises(ValueError, match="padding"):
+        masked_conv2d(x, w, m, b, **{**conf, "padding": -1}, path=path)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        masked_conv2d(x, w, m, b[:2], **conf, path=path)
+    with pytest.raises(TypeError, match="padding"):
+        masked_conv2d(x, w, m, b, **{**conf, "padding": "same"}, path=path)
+    # gradients after warm inference calls: the autograd op, zero at pruned weights
+    wg = w.clone().requires_grad_()
+    masked_conv2d(x, wg, m, b, **conf, path=path)
+    with torch.no_grad():
+        masked_conv2d(x, wg, m, b, **conf, path=path)
+    masked_conv2d(x, wg, m, b, **conf, path=path).sum().backward()
+    assert (wg.grad[~m] == 0).all()
+    # in-place changes of weight and mask after the fast path ran
+    with torch.no_grad():
+        w.mul_(0.5)
+    assert_conv_close(masked_conv2d(x, w, m, b, **conf, path=path), x, w, m, b, conf)
+    m[0].logical_not_()
+    assert_conv_close(masked_conv2d(x, w, m, b, **conf, path=path), x, w, m, b, conf)
+    m2 = m.clone()
+    m2[1].logical_not_()                # another mask object for the same weight
+    assert_conv_close(masked_conv2d(x, w, m2, b, **conf, path=path), x, w, m2, b, conf)
+
+
+def test_weight_cache_entry_goes_with_its_weight():
+    from lthfast.ops import _weight_cache
+    x, w, m, b, conf = conv_problem(KERNEL_CASES[0], sparsity=0.5, seed=10)
+    masked_conv2d(x, w, m, b, **conf)
+    key = id(w)
+    assert key in _weight_cache._CACHE
+    del w
+    import gc
+    gc.collect()
+    assert key not in _weight_cache._CACHE or _weight_cache._CACHE[key].ref() is not None
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse", "auto"])
+def test_fresh_temporary_masks_are_never_mistaken_for_a_dead_one(path):
+    # A temporary mask can come back with the id, data pointer and version of
+    # the previous (freed) one: the cache must still see a new mask.
+    x = torch.randn(1, 8, 10, 10)
+    w = torch.randn(8, 8, 3, 3)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for _ in range(40):
+            m = torch.rand(w.shape, generator=gen) > 0.5
+            want = F.conv2d(x, w * m, None, 1, 1)
+            got = masked_conv2d(x, w, m, None, 1, 1, path=path)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            del m
