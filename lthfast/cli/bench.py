@@ -16,9 +16,11 @@ suites:
              fasterrcnn_resnet50_fpn and keypointrcnn_resnet50_fpn (random init): amount 0.2,
              then 0.2 of the remaining. torch.nn.utils.prune.global_unstructured vs
              lthfast.prune.global_unstructured vs lthfast.global_magnitude_masks vs
-             torch.cat+kthvalue (+ torch.cat+topk and cupy on CUDA). Wall time (median),
-             peak extra memory (CPU: resident set growth; CUDA: allocator peak), and time as a
-             multiple of the bandwidth floor (2 x weight bytes / measured copy bandwidth).
+             torch.cat+kthvalue (+ torch.cat+topk and cupy on CUDA), and torch's pruned format
+             alone (a float mask and w * mask per weight, no selection: the bound on any
+             drop-in). Wall time (median), peak extra memory (CPU: resident set growth; CUDA:
+             allocator peak), and time as a multiple of the bandwidth floor (2 x weight bytes /
+             measured copy bandwidth).
   ticket     lthfast.Ticket save/load time and file size (vs torch.save/torch.load of float and
              bool masks) and bit pack/unpack throughput (vs numpy, x bandwidth floor), on
              resnet50 and maskrcnn_resnet50_fpn masks at 80% sparsity
