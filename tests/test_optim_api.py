@@ -186,16 +186,22 @@ def test_grad_scale_and_found_inf_on_the_op_directly():
     torch.testing.assert_close(p.detach(), before - 0.5 * g)
 
 
-def _op_args(kind, dtype=torch.float32, with_masks=True, lr_tensor=False, scaler=False):
+def _bool_masks(ps, g):
+    """A bool mask in each param's layout, none for params[1]."""
+    return [None if i == 1 else torch.empty_like(p, dtype=torch.bool).copy_(
+        torch.rand(p.shape, generator=g) > 0.5) for i, p in enumerate(ps)]
+
+
+def _op_args(kind, dtype=torch.float32, with_masks=True, lr_tensor=False, scaler=False,
+             shapes=((4, 3, 2, 2), (7,), (0, 2)), make_masks=_bool_masks):
+    """Arguments of masked_sgd_ / masked_adam_ (params[0] channels_last);
+    make_masks(params, generator) gives the masks."""
     g = torch.Generator().manual_seed(0)
-    shapes = [(4, 3, 2, 2), (7,), (0, 2)]
     ps = [torch.randn(s, generator=g).to(dtype) for s in shapes]
     ps[0] = ps[0].contiguous(memory_format=torch.channels_last)
     gs = [torch.randn(s, generator=g).to(dtype) for s in shapes]
     like = [torch.empty_like(p).copy_(torch.randn(p.shape, generator=g)) for p in ps]
-    ms = [(torch.rand(p.shape, generator=g) > 0.5) if with_masks and i != 1 else None
-          for i, p in enumerate(ps)]
-    ms = [None if m is None else torch.empty_like(p, dtype=torch.bool).copy_(m) for p, m in zip(ps, ms)]
+    ms = make_masks(ps, g) if with_masks else [None] * len(ps)
     lr_t = torch.tensor(0.05) if lr_tensor else None
     gsc, fi = (torch.tensor(4.0), torch.tensor(0.0)) if scaler else (None, None)
     if kind == "sgd":

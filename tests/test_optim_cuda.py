@@ -96,19 +96,21 @@ def test_cuda_grad_scaler_skip_keeps_step_on_device():
     assert bool((model.weight.detach()[~mask] == 0).all())
 
 
+def _to_dev(x):
+    """x on the GPU with the same strides (lists element by element)."""
+    if isinstance(x, torch.Tensor):
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=DEV).copy_(x)
+    if isinstance(x, list):
+        return [_to_dev(y) for y in x]
+    return x
+
+
 def test_cuda_opcheck():
     from test_optim_api import _op_args
 
-    def to_dev(x):
-        if isinstance(x, torch.Tensor):
-            return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=DEV).copy_(x)
-        if isinstance(x, list):
-            return [to_dev(y) for y in x]
-        return x
-
     for kind, op in (("sgd", torch.ops.lthfast.masked_sgd_), ("adam", torch.ops.lthfast.masked_adam_)):
         for variant in (dict(), dict(scaler=True, dtype=torch.bfloat16, lr_tensor=True)):
-            torch.library.opcheck(op, tuple(to_dev(a) for a in _op_args(kind, **variant)))
+            torch.library.opcheck(op, tuple(_to_dev(a) for a in _op_args(kind, **variant)))
 
 
 # ---------------------------------------------------------------- packed masks
@@ -154,16 +156,9 @@ def test_cuda_packed_and_bool_masks_identical_and_match_cpu(kind, v, dtype):
 def test_cuda_opcheck_packed_masks():
     from test_optim_packed import _op_args_packed
 
-    def to_dev(x):
-        if isinstance(x, torch.Tensor):
-            return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=DEV).copy_(x)
-        if isinstance(x, list):
-            return [to_dev(y) for y in x]
-        return x
-
     for kind, op in (("sgd", torch.ops.lthfast.masked_sgd_), ("adam", torch.ops.lthfast.masked_adam_)):
         for variant in (dict(), dict(scaler=True, dtype=torch.bfloat16, lr_tensor=True)):
-            torch.library.opcheck(op, tuple(to_dev(a) for a in _op_args_packed(kind, **variant)))
+            torch.library.opcheck(op, tuple(_to_dev(a) for a in _op_args_packed(kind, **variant)))
 
 
 def test_cuda_packed_mask_on_cpu_is_a_clear_error():

@@ -117,25 +117,18 @@ def test_packed_and_bool_masks_give_identical_trajectories(kind, v, shape, cl, d
         torch.testing.assert_close(b, c, **tol)
 
 
-def _op_args_packed(kind, dtype=torch.float32, lr_tensor=False, scaler=False):
-    g = torch.Generator().manual_seed(0)
-    shapes = [(4, 3, 2, 2), (7,), (0, 2), (13, 5)]
-    ps = [torch.randn(s, generator=g).to(dtype) for s in shapes]
-    ps[0] = ps[0].contiguous(memory_format=torch.channels_last)
-    gs = [torch.randn(s, generator=g).to(dtype) for s in shapes]
-    like = [torch.empty_like(p).copy_(torch.randn(p.shape, generator=g)) for p in ps]
+def _packed_masks(ps, g):
+    """Packed masks (memory order), none for params[1], a bool one for params[3]."""
     ms = [None if i == 1 else pack_memory_order(torch.rand(p.shape, generator=g) > 0.5, p)
           for i, p in enumerate(ps)]
     ms[3] = torch.empty_like(ps[3], dtype=torch.bool).copy_(torch.rand(13, 5, generator=g) > 0.5)
-    lr_t = torch.tensor(0.05) if lr_tensor else None
-    gsc, fi = (torch.tensor(4.0), torch.tensor(0.0)) if scaler else (None, None)
-    if kind == "sgd":
-        return (ps, gs, like, ms, 0.1, lr_t, 0.9, 0.1, 0.01, False, False, False, gsc, fi)
-    sq = [x.abs() for x in like]
-    mx = [x.abs() * 2 for x in like]
-    steps = [torch.tensor(3.0) for _ in ps]
-    return (ps, gs, like, sq, mx, steps, ms, 0.1, lr_t, 0.9, 0.99, 0.01, 1e-8, True, False, True,
-            gsc, fi)
+    return ms
+
+
+def _op_args_packed(kind, **variant):
+    from test_optim_api import _op_args
+    return _op_args(kind, shapes=((4, 3, 2, 2), (7,), (0, 2), (13, 5)), make_masks=_packed_masks,
+                    **variant)
 
 
 @needs_c
