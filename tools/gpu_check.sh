@@ -2,22 +2,24 @@
 # The GPU checks of lthfast as one prepared script, for a session that is lent a GPU
 # (the `device` tool's `run`; its command runs in the repository root, results under $OUT).
 #
-#   bash tools/gpu_check.sh build test      # ~6 min: build for sm_90, smoke + sanitizers, CUDA tests
-#   bash tools/gpu_check.sh bench           # ~5 min, right after (the warm machine keeps the build)
-#   bash tools/gpu_check.sh imp             # bench imp_round (fasterrcnn_resnet50_fpn) and a short
-#                                           # `lthfast imp --device cuda --amp` (need pycocotools)
+#   bash tools/gpu_check.sh build test memcheck racecheck   # build for sm_90, smoke, CUDA tests,
+#                                                           # smoke under compute-sanitizer
+#   bash tools/gpu_check.sh bench     # right after, on the warm machine (it keeps the build)
+#   bash tools/gpu_check.sh imp       # a short `lthfast imp --device cuda --amp`
 #
-# Stages: build, test (tools/gpu_smoke.py plain and under compute-sanitizer memcheck /
-# racecheck, then tests/test_*_cuda.py), bench (threshold, optim, train_step, ticket, conv
-# --quick on cuda), imp (bench imp_round, lthfast imp --amp). Every stage has its own time
-# limit so one slow step cannot eat the lease. Output: $OUT/summary.txt (also printed last),
-# $OUT/logs.txt (every step's output, the bench tables included), $OUT/cuda-<suite>.json,
-# $OUT/imp-metrics.json. Only 8 files come back from one call: run bench and imp in separate
-# calls. Commit the JSON and tables under bench/results/.
+# Stages: build (pip install -e . for sm_90, lthfast info), test (tools/gpu_smoke.py: every
+# CUDA op against the CPU kernels; every test marked `cuda`; mask_counts; the build test),
+# memcheck / racecheck (the smoke script under compute-sanitizer), bench (threshold, optim,
+# conv --quick, train_step, imp_round, ticket on cuda, most wanted first), imp. Every step
+# has its own time limit so one slow step cannot eat the lease. Output: $OUT/summary.txt
+# (also printed last), $OUT/logs.txt (every step's output, the bench tables included),
+# $OUT/cuda-<suite>.json, $OUT/imp-metrics.json: at most 8 files come back from one call.
+# Commit the JSON and tables under bench/results/.
 #
-# pycocotools is not in the GPU image: for `imp`, carry it as a wheel (see the device
-# tool's README): here `python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
-# --implementation cp --platform manylinux_2_17_x86_64 -d .whl pycocotools`, then carry `.whl`.
+# pycocotools is not in the GPU image (bench imp_round and imp need it): carry it as a wheel
+# (see the device tool's README): here `python3 -m pip download --no-deps --only-binary=:all:
+# --python-version 3.12 --implementation cp --platform manylinux_2_17_x86_64 -d .whl
+# pycocotools`, then carry `.whl`.
 set -u
 OUT=${OUT:-/tmp/lthfast-gpu}
 mkdir -p "$OUT"
@@ -26,21 +28,23 @@ export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=$
 export PYTHONUNBUFFERED=1
 SUMMARY="$OUT/summary.txt"
 LOGS="$OUT/logs.txt"
+touch "$LOGS"
 
-# step NAME SECONDS CMD...: runs CMD under a time limit, appends its output to logs.txt
-# and one line (rc, seconds, last line) to summary.txt.
+# step NAME SECONDS CMD...: runs CMD under a time limit, its output straight into logs.txt
+# (so a call cut by its own limit still brings it back), and one line (rc, seconds, last
+# line of output) into summary.txt.
 step() {
   local name=$1 limit=$2
   shift 2
   local t0=$SECONDS
   echo "===== $name (limit ${limit}s): $*" >>"$LOGS"
-  timeout --kill-after=10 "$limit" "$@" >"$OUT/.step.log" 2>&1
+  local from
+  from=$(wc -l <"$LOGS")
+  timeout --kill-after=10 "$limit" "$@" >>"$LOGS" 2>&1
   local rc=$?
-  cat "$OUT/.step.log" >>"$LOGS"
   local last
-  last=$(grep -v '^\s*$' "$OUT/.step.log" | tail -1 | cut -c1-160)
+  last=$(tail -n +"$((from + 1))" "$LOGS" | grep -v '^\s*$' | tail -1 | cut -c1-160)
   printf '%-28s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$last" | tee -a "$SUMMARY"
-  rm -f "$OUT/.step.log"
   return $rc
 }
 
@@ -53,29 +57,52 @@ stage_build() {
 
 stage_test() {
   step smoke 120 "$PY" tools/gpu_smoke.py
-  step memcheck 180 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/gpu_smoke.py
-  step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/gpu_smoke.py
-  step cuda-tests 300 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_threshold_cuda.py \
-    tests/test_bitmask_cuda.py tests/test_optim_cuda.py tests/test_masked_conv_cuda.py \
-    tests/test_mask_counts.py
+  local par=()  # pytest-xdist and pytest-timeout where the image has them
+  "$PY" -c "import xdist" 2>/dev/null && par+=(-n 8)
+  "$PY" -c "import pytest_timeout" 2>/dev/null && par+=(--timeout 180)
+  step cuda-tests 240 "$PY" -m pytest -q -p no:cacheprovider -m cuda "${par[@]}" \
+    --tb=short -rf tests
+  LTHFAST_EXPECT_CUDA_BUILD=1 step mask-counts-build 90 "$PY" -m pytest -q -p no:cacheprovider \
+    --tb=short -rf tests/test_mask_counts.py tests/test_build.py::test_cuda_kernels_were_compiled
 }
 
+# compute-sanitizer on the smoke script, checking lthfast's own kernels only (all live in
+# namespace lthfast; torch's and cuDNN's run unchecked, which keeps this to minutes), with
+# torch's caching allocator off so that an out-of-bounds access lands outside an allocation.
+sanitize() {
+  local tool=$1 limit=$2 filt=()
+  compute-sanitizer --help 2>/dev/null | grep -q -- '--kernel-name ' && filt=(--kernel-name kns=lthfast)
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "$tool" "$limit" compute-sanitizer --tool "$tool" \
+    "${filt[@]}" --error-exitcode 9 --print-limit 20 "$PY" tools/gpu_smoke.py
+}
+
+stage_memcheck() { sanitize memcheck 180; }
+
+stage_racecheck() { sanitize racecheck 200; }
+
+_coco() {
+  if ! "$PY" -c "import pycocotools" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+}
+
+# Most wanted first: a step cut by the call's limit still leaves the earlier JSON in $OUT.
 stage_bench() {
-  for suite in threshold optim train_step ticket; do
-    step "bench-$suite" 150 "$PY" -m lthfast bench "$suite" --device cuda --json "$OUT/cuda-$suite.json"
-  done
-  step bench-conv 200 "$PY" -m lthfast bench conv --device cuda --quick --json "$OUT/cuda-conv.json"
+  _coco
+  step bench-threshold 150 "$PY" -m lthfast bench threshold --device cuda \
+    --json "$OUT/cuda-threshold.json"
+  step bench-optim 90 "$PY" -m lthfast bench optim --device cuda --json "$OUT/cuda-optim.json"
+  step bench-conv 150 "$PY" -m lthfast bench conv --device cuda --quick --json "$OUT/cuda-conv.json"
+  step bench-train_step 90 "$PY" -m lthfast bench train_step --device cuda \
+    --json "$OUT/cuda-train_step.json"
+  step bench-imp_round 120 "$PY" -m lthfast bench imp_round --device cuda \
+    --json "$OUT/cuda-imp_round.json"
+  step bench-ticket 60 "$PY" -m lthfast bench ticket --device cuda --json "$OUT/cuda-ticket.json"
 }
 
 stage_imp() {
-  if ! "$PY" -c "import pycocotools" 2>/dev/null; then
-    if ls .whl/*.whl >/dev/null 2>&1; then
-      "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
-  fi
-  step bench-imp_round 240 "$PY" -m lthfast bench imp_round --device cuda \
-    --json "$OUT/cuda-imp_round.json"
+  _coco
   step imp-amp 300 "$PY" -m lthfast imp --device cuda --amp --rounds 2 --iters 300 \
     --out "$OUT/imp-run" --quiet
   cp "$OUT/imp-run/metrics.json" "$OUT/imp-metrics.json" 2>/dev/null || true
@@ -85,8 +112,8 @@ stage_imp() {
 [ $# -gt 0 ] || set -- build test
 for s in "$@"; do
   case $s in
-    build | test | bench | imp) "stage_$s" ;;
-    *) echo "unknown stage $s (build, test, bench, imp)"; exit 2 ;;
+    build | test | memcheck | racecheck | bench | imp) "stage_$s" ;;
+    *) echo "unknown stage $s (build, test, memcheck, racecheck, bench, imp)"; exit 2 ;;
   esac
 done
 echo

@@ -22,6 +22,9 @@ from lthfast.magnitude import mask_counts
 from lthfast.ops import masked_conv2d, masked_linear
 
 DEV = os.environ.get("LTHFAST_SMOKE_DEVICE", "cuda")  # "cpu": a dry run of the script itself
+# float32 comparisons at float32 tolerance: no TF32 in cuDNN convolutions or matmuls.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 CHECKS: list = []
 
 
