@@ -82,6 +82,21 @@ def _nvidia_wheel_includes():
     return out
 
 
+def _shared_libstdcxx():
+    """Link the shared libstdc++ that torch itself uses, by name.
+
+    A g++ that cannot find libstdc++.so (seen: a CXX wrapper in a CUDA image whose
+    `-print-file-name=libstdc++.so` answers the bare name) links libstdc++.a into the
+    extension instead. Its private copy of the iostream / locale code then meets the
+    locale that the shared copy set up, and the first error message that formats a
+    number (`TORCH_CHECK(..., "masks[", i, "] ...")`) segfaults. Naming libstdc++.so.6
+    before g++'s implicit -lstdc++ resolves every libstdc++ symbol from the shared
+    library, so no archive member is pulled in; with a normal g++ this changes nothing."""
+    if not sys.platform.startswith("linux"):
+        return []
+    return ["-Wl,--push-state,--no-as-needed", "-l:libstdc++.so.6", "-Wl,--pop-state"]
+
+
 def _version():
     ns = {}
     with open(os.path.join(ROOT, "lthfast", "_version.py")) as f:
@@ -105,10 +120,11 @@ def extensions():
     cxx = ["-fvisibility=hidden", "-fno-math-errno"] + opt
     include_dirs = [os.path.join(ROOT, "csrc")]
     sources = cpp + ["csrc/python_module.cpp"]
+    link = _shared_libstdcxx()
     if not with_cuda:
         return [cpp_extension.CppExtension(
             "lthfast._C", sources, include_dirs=include_dirs, define_macros=defines,
-            extra_compile_args={"cxx": cxx})]
+            extra_compile_args={"cxx": cxx}, extra_link_args=link)]
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
@@ -120,7 +136,7 @@ def extensions():
     nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     return [cpp_extension.CUDAExtension(
         "lthfast._C", sources + cu, include_dirs=include_dirs, define_macros=defines,
-        extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)]
 
 
 setup(

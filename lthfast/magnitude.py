@@ -169,9 +169,11 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None):
     ties_left = torch.as_tensor(ties, dtype=torch.int64, device=device).clone()
     for i, s in enumerate(scores):
         want = dtype[i] if isinstance(dtype, (list, tuple)) else dtype
+        # Not `yield` inside no_grad: the caller would run with grad off until it resumes us.
         with torch.no_grad():
-            yield op(s, masks[i] if masks else None, threshold, ties_left,
-                     dtype=want if want in (torch.bool, s.dtype) else None)
+            mask = op(s, masks[i] if masks else None, threshold, ties_left,
+                      dtype=want if want in (torch.bool, s.dtype) else None)
+        yield mask
 
 
 def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> list[torch.Tensor]:

@@ -3,6 +3,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,23 @@ def test_build_info_and_ops_registered():
     assert info["version"] == lthfast.__version__
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lthfast::{op}", "CPU"), op
+
+
+@pytest.mark.skipif(shutil.which("ldd") is None, reason="needs ldd")
+def test_extension_uses_the_shared_libstdcxx():
+    """A static copy of libstdc++ inside lthfast._C crashes the first C++ error message
+    that formats a number (seen with a g++ that links libstdc++.a; setup.py names the
+    shared one). Checked on the ELF and by raising such an error in a fresh process."""
+    import lthfast._C as ext
+    out = subprocess.run(["ldd", ext.__file__], capture_output=True, text=True).stdout
+    assert "libstdc++.so.6" in out, out
+    code = ("import torch, lthfast\n"
+            "try:\n"
+            "    torch.ops.lthfast.mask_counts([torch.ones(3), torch.ones(3, dtype=torch.int64)])\n"
+            "except RuntimeError as e:\n"
+            "    print('raised', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "masks[1] has dtype Long" in r.stdout, (r.returncode, r.stderr[-2000:])
 
 
 @pytest.mark.skipif(not os.environ.get("LTHFAST_EXPECT_CUDA_BUILD"),

@@ -69,3 +69,20 @@ def test_threshold_mask_dtype_opcheck_and_errors():
                               {"dtype": dtype})
     with pytest.raises(RuntimeError, match="dtype=.*must be bool or the score's dtype"):
         torch.ops.lthfast.threshold_mask(w, None, t, torch.tensor(0), dtype=torch.float16)
+
+
+def test_mask_iterator_leaves_grad_mode_to_the_caller():
+    """The masks are made under no_grad, but the caller's code between masks (and after
+    a partly consumed iterator) runs in the caller's grad mode."""
+    ws = [torch.randn(6, 5), torch.randn(40)]
+    it = iter_global_magnitude_masks(ws, 0.5)
+    first = next(it)
+    assert torch.is_grad_enabled()
+    assert first.shape == (6, 5)
+    for _ in it:
+        assert torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    lin = torch.nn.Linear(3, 1)
+    it = iter_global_magnitude_masks([lin.weight], 0.5)
+    next(it)  # left suspended, never exhausted
+    assert lin(torch.randn(2, 3)).requires_grad

@@ -114,6 +114,27 @@ def test_float32_per_step_error_vs_float64(case):
             assert bool((err <= bound).all()), f"step {step} param {i}: max err {err.max()}"
 
 
+def _skip_if_torch_fused_is_not_fp32_math(case, dtype, ulp):
+    """The oracle below is torch's fused CPU optimizer, which computes in fp32 and rounds
+    once. Some torch releases get that wrong for reduced precision (torch 2.11's fused
+    SGD on fp16 is off by ~0.1 after one step); there the oracle itself is wrong."""
+    g = torch.Generator().manual_seed(0)
+    p32 = torch.randn(64, generator=g)
+    grad = torch.randn(64, generator=g)
+    low = p32.to(dtype).requires_grad_()
+    opt = torch_optimizer(case, [low], fused=True)
+    low.grad = grad.to(dtype)
+    opt.step()
+    wide = p32.to(dtype).double().requires_grad_()
+    opt = torch_optimizer(case, [wide])
+    wide.grad = grad.to(dtype).double()
+    opt.step()
+    err = (low.detach().double() - wide.detach()).abs().max().item()
+    if err > 2 * ulp * max(1.0, wide.detach().abs().max().item()):
+        pytest.skip(f"torch {torch.__version__}'s fused CPU {case[0] if isinstance(case, tuple) else 'SGD'} "
+                    f"on {dtype} is off from fp32 math by {err:.3g} after one step: no oracle")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", [SGD_OPTIONS[4], ADAM_OPTIONS[3], ADAM_OPTIONS[6]], ids=opt_id)
 def test_reduced_precision_matches_fp32_compute(case, dtype):
@@ -130,6 +151,7 @@ def test_reduced_precision_matches_fp32_compute(case, dtype):
                 t.mul_(m)
     theirs = torch_optimizer(case, twin, fused=True)
     ulp = {torch.float16: 2 ** -10, torch.bfloat16: 2 ** -7}[dtype]
+    _skip_if_torch_fused_is_not_fp32_math(case, dtype, ulp)
     for step in range(5):
         grads = random_grads(params, step)
         for p, gr in zip(params, grads):
