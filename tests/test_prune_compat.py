@@ -60,8 +60,20 @@ SCENARIOS = {
 }
 
 
+def _torch_fro_norm_over_3_dims_works():
+    """torch 2.11's torch.norm(p="fro", dim=(1, 2, 3)) raises (it sends more than two dims
+    to matrix_norm), so its own ln_structured(n="fro") fails on conv weights there."""
+    try:
+        torch.norm(torch.ones(2, 2, 2, 2), p="fro", dim=(1, 2, 3))
+    except RuntimeError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_single_prune_matches_torch(name):
+    if name == "ln_structured_fro" and not _torch_fro_norm_over_3_dims_works():
+        pytest.skip(f"torch {torch.__version__}'s own ln_structured(n='fro') fails on 4-D weights")
     run_both(SCENARIOS[name])
 
 

@@ -1,6 +1,6 @@
 """When `path="auto"` runs the sparse kernel instead of the dense one.
 
-ONE table, set from `lthfast bench conv` (bench/results/cpu-conv.txt): for each
+ONE table, set from `lthfast bench conv` (bench/results/cpu-conv.txt, cuda-conv.txt): for each
 (device, dtype, kernel class, batch, weight size, output size) the smallest weight sparsity (fraction of
 pruned weights) at which the direct sparse kernel beat the library convolution
 on the masked weight. None: the sparse kernel never wins there (or was not
@@ -36,8 +36,12 @@ SPARSE_RULES = [
     ("cpu",  ("float32", "float64"), "1x1",       8,         0,   10**9,   None),   # 64-channel layer1
     ("cpu",  ("float32", "float64"), "linear",    1,         0,   10**9,   0.90),
     ("cpu",  ("float32", "float64"), "linear",    8,         0,   10**9,   0.95),
+    # CUDA, measured (bench/results/cuda-conv.txt: NVIDIA H200, fp32, every resnet50
+    # Conv2d, batch 1 / 8 / 32, sparsity 0.5-0.98): the direct sparse kernel never beat
+    # cuDNN on the masked weight (at best 0.51x its speed, 7x7 at 98%; 0.1-0.3x typical).
+    ("cuda", ANY,                    ANY,     10**9,         0,   10**9,   None),
     # Not measured -> dense: batch > 8, depthwise, fp16/bf16 on CPU (oneDNN's
-    # AMX/AVX-512 bf16 kernels), and CUDA (no GPU where this table was made).
+    # AMX/AVX-512 bf16 kernels).
     (ANY,    ANY,                    ANY,     10**9,         0,   10**9,   None),
 ]
 # fmt: on
