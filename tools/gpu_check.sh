@@ -26,6 +26,7 @@ mkdir -p "$OUT"
 PY=${PY:-python3}
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # scripts under tools/ import this checkout
 SUMMARY="$OUT/summary.txt"
 LOGS="$OUT/logs.txt"
 touch "$LOGS"
@@ -53,6 +54,8 @@ stage_build() {
   step torch 30 "$PY" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
   step build 420 "$PY" -m pip install --no-build-isolation --no-deps -e .
   step info 60 "$PY" -m lthfast.info
+  # the extension must use the shared libstdc++ (a static copy crashed C++ error messages)
+  step libstdcxx 20 bash -c 'ldd lthfast/_C*.so | grep libstdc++'
 }
 
 stage_test() {
