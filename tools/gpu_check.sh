@@ -5,6 +5,7 @@
 #   bash tools/gpu_check.sh build test memcheck racecheck   # build for sm_90, smoke, CUDA tests,
 #                                                           # smoke under compute-sanitizer
 #   bash tools/gpu_check.sh bench     # right after, on the warm machine (it keeps the build)
+#   bash tools/gpu_check.sh profile   # host vs kernel time of the GPU paths (tools/gpu_profile.py)
 #   bash tools/gpu_check.sh imp       # a short `lthfast imp --device cuda --amp`
 #
 # Stages: build (pip install -e . for sm_90, lthfast info), test (tools/gpu_smoke.py: every
@@ -104,6 +105,11 @@ stage_bench() {
   step bench-ticket 60 "$PY" -m lthfast bench ticket --device cuda --json "$OUT/cuda-ticket.json"
 }
 
+# where the GPU paths spend their time (host vs kernels, launches): tools/gpu_profile.py
+stage_profile() {
+  step profile 180 "$PY" tools/gpu_profile.py
+}
+
 stage_imp() {
   _coco
   step imp-amp 300 "$PY" -m lthfast imp --device cuda --amp --rounds 2 --iters 300 \
@@ -115,8 +121,8 @@ stage_imp() {
 [ $# -gt 0 ] || set -- build test
 for s in "$@"; do
   case $s in
-    build | test | memcheck | racecheck | bench | imp) "stage_$s" ;;
-    *) echo "unknown stage $s (build, test, memcheck, racecheck, bench, imp)"; exit 2 ;;
+    build | test | memcheck | racecheck | bench | profile | imp) "stage_$s" ;;
+    *) echo "unknown stage $s (build, test, memcheck, racecheck, bench, profile, imp)"; exit 2 ;;
   esac
 done
 echo
