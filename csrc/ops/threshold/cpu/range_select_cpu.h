@@ -11,9 +11,12 @@
 //      none); unless below < k <= below + inside (a miss) or the inside keys
 //      exceed a bound, the radix path runs instead;
 //   3. the k-th key t and its ties are selected among the collected keys.
-// Masks then take one more pass (write_masks in threshold_cpu.cpp): two reads of
-// the weights in all. The result is bit for bit the radix path's. Extra memory:
-// the sample and the inside keys (bounded).
+// For masks (global_magnitude_masks) the pass of step 2 also writes every mask
+// byte it can already decide: 0 below lo or not eligible, 1 above hi, kPending
+// inside; only the ~1% pending bytes are resolved afterwards (resolve_code, which
+// reads the masks and those entries' keys): one read of the weights in all. The
+// result is bit for bit the radix path's. Extra memory: the sample and the inside
+// keys (bounded).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -85,14 +88,16 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
 // Step 2 over one chunk: the eligible keys below lo are counted and those inside
 // [lo, hi] stored at out[0..n) (out has room for the chunk plus one slot: the
 // compaction stores every key of a block that holds one at out[n], and n
-// advances only for the ones inside). Keys fit the signed type (top bit 0), and
-// signed compares vectorise on plain x86-64. Locals and __restrict: the stores
-// cannot alias the counters.
-template <typename key_t, typename scalar_t, typename M>
+// advances only for the ones inside). With kWrite, codes[j] (the mask byte of
+// memory offset j) gets 0 / 1 / kPending for below-or-not-eligible / above /
+// inside. Keys fit the signed type (top bit 0), and signed compares vectorise on
+// plain x86-64. Locals and __restrict: the stores cannot alias the counters.
+template <bool kWrite, typename key_t, typename scalar_t, typename M>
 __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict x,
                                                       const M* __restrict m, int64_t begin,
                                                       int64_t end, key_t lo, key_t hi,
-                                                      key_t* __restrict out, int64_t* below_out) {
+                                                      key_t* __restrict out, int64_t* below_out,
+                                                      uint8_t* __restrict codes) {
   using skey = std::make_signed_t<key_t>;
   const skey slo = static_cast<skey>(lo), shi = static_cast<skey>(hi);
   auto eligible = [&](int64_t j) -> uint32_t {
@@ -101,6 +106,10 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   auto inside = [&](int64_t j) -> uint32_t {
     const skey sk = static_cast<skey>(fast_key<key_t>(x[j]));
     return eligible(j) & uint32_t(sk >= slo) & uint32_t(sk <= shi);
+  };
+  // 0 / 1 / kPending, branch-free
+  auto code = [&](skey sk, uint32_t ok, uint32_t in) -> uint8_t {
+    return static_cast<uint8_t>((0u - ok) & (uint32_t(sk > shi) | (in * kPending)));
   };
   constexpr int64_t kBlock = 16;
   uint32_t below = 0;  // a chunk has 2^16 entries
@@ -112,7 +121,9 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
       const skey sk = static_cast<skey>(fast_key<key_t>(x[j + i]));
       const uint32_t ok = eligible(j + i);
       below += ok & uint32_t(sk < slo);
-      any |= ok & uint32_t(sk >= slo) & uint32_t(sk <= shi);
+      const uint32_t in = ok & uint32_t(sk >= slo) & uint32_t(sk <= shi);
+      any |= in;
+      if constexpr (kWrite) codes[j + i] = code(sk, ok, in);
     }
     if (!any) continue;
     for (int64_t i = 0; i < kBlock; ++i) {
@@ -122,7 +133,9 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   }
   for (; j < end; ++j) {
     const skey sk = static_cast<skey>(fast_key<key_t>(x[j]));
-    below += eligible(j) & uint32_t(sk < slo);
+    const uint32_t ok = eligible(j);
+    below += ok & uint32_t(sk < slo);
+    if constexpr (kWrite) codes[j] = code(sk, ok, inside(j));
     out[n] = fast_key<key_t>(x[j]);
     n += inside(j);
   }
@@ -130,18 +143,22 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   return n;
 }
 
-template <typename key_t>
+template <bool kWrite, typename key_t>
 int64_t count_collect(const Entry& e, int64_t begin, int64_t end, key_t lo, key_t hi, key_t* out,
                       int64_t* below) {
   int64_t n = 0;
+  uint8_t* codes = kWrite ? reinterpret_cast<uint8_t*>(e.out) : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_count_collect", [&] {
     const scalar_t* x = static_cast<const scalar_t*>(e.data);
     if (e.mask && e.mask_is_bool) {
-      n = count_collect_typed(x, static_cast<const uint8_t*>(e.mask), begin, end, lo, hi, out, below);
+      n = count_collect_typed<kWrite>(x, static_cast<const uint8_t*>(e.mask), begin, end, lo, hi,
+                                      out, below, codes);
     } else if (e.mask) {
-      n = count_collect_typed(x, static_cast<const scalar_t*>(e.mask), begin, end, lo, hi, out, below);
+      n = count_collect_typed<kWrite>(x, static_cast<const scalar_t*>(e.mask), begin, end, lo, hi,
+                                      out, below, codes);
     } else {
-      n = count_collect_typed(x, static_cast<const uint8_t*>(nullptr), begin, end, lo, hi, out, below);
+      n = count_collect_typed<kWrite>(x, static_cast<const uint8_t*>(nullptr), begin, end, lo, hi,
+                                      out, below, codes);
     }
   });
   return n;
@@ -166,8 +183,10 @@ Selection select_among(std::vector<key_t>& keys, int64_t rank) {
 }
 
 // Steps 1-3: the threshold key and ties of the k-th smallest eligible key; false
-// when the sample missed or too many keys fell inside (then nothing was decided).
-template <typename key_t>
+// when the sample missed or too many keys fell inside (then nothing was decided,
+// and with kWrite some mask bytes may hold codes: the caller rewrites them all).
+// With kWrite every mask byte is 0, 1 or kPending afterwards (resolve_code).
+template <typename key_t, bool kWrite = false>
 bool range_threshold(const Prepared& p, int64_t k, Selection& s) {
   Range r;
   if (!sample_range<key_t>(p, k, r)) return false;
@@ -183,7 +202,7 @@ bool range_threshold(const Prepared& p, int64_t k, Selection& s) {
     std::vector<key_t> scratch(static_cast<size_t>(kChunk) + 1);
     for (int64_t c = cb; c < ce && !overflow.load(std::memory_order_relaxed); ++c) {
       const Chunk& ch = p.chunks[c];
-      const int64_t n = count_collect<key_t>(p.entries[ch.entry], ch.begin, ch.end,
+      const int64_t n = count_collect<kWrite, key_t>(p.entries[ch.entry], ch.begin, ch.end,
                                              static_cast<key_t>(r.lo), static_cast<key_t>(r.hi),
                                              scratch.data(), &below[c]);
       mine.insert(mine.end(), scratch.begin(), scratch.begin() + n);

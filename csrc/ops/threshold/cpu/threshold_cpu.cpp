@@ -2,8 +2,8 @@
 // the order-preserving keys of |x| (threshold_common.h). Two paths, same result
 // bit for bit:
 //   - sampled range (range_select_cpu.h): large inputs, when a sample brackets
-//     the k-th key: one pass finds the threshold, one more writes the masks —
-//     two reads of the weights, both branch-free;
+//     the k-th key: one branch-free pass finds the threshold and writes every mask
+//     byte outside the sampled range; the ~1% inside are resolved from the masks;
 //   - radix (radix_select_cpu.h): histogram passes over 16-bit digits (31-bit
 //     keys: 16 + 15; 63-bit keys for fp64: 16 x 3 + 15), the last fused with
 //     writing the masks. Small inputs and sample misses.
@@ -29,31 +29,6 @@ namespace {
 
 using namespace cpu;
 
-// Every mask byte from the threshold key t, in one branch-free pass: 1 above t,
-// 0 below it (and where not eligible); ties get `tie`: 0 when every tie is
-// pruned, else kPending, decided afterwards in (tensor, row-major) order.
-template <typename key_t>
-struct WriteBody {
-  using skey = std::make_signed_t<key_t>;
-  skey t;
-  uint32_t tie;
-  uint8_t* out;
-  void operator()(int64_t j, key_t key, uint32_t ok) {
-    const skey sk = static_cast<skey>(key);
-    out[j] = static_cast<uint8_t>((0u - ok) & (uint32_t(sk > t) | (uint32_t(sk == t) * tie)));
-  }
-};
-
-template <typename key_t>
-void write_from_threshold(const Prepared& p, const Selection& s, uint8_t tie) {
-  using skey = std::make_signed_t<key_t>;
-  for_chunks(p, [&](int64_t, const Chunk& ch, const Entry& e) {
-    scan_keys<key_t>(e, ch.begin, ch.end,
-                     WriteBody<key_t>{static_cast<skey>(static_cast<key_t>(s.key)), tie,
-                                      reinterpret_cast<uint8_t*>(e.out)});
-  });
-}
-
 template <typename key_t>
 void write_masks(const Prepared& p, int64_t k) {
   if (k == 0) {
@@ -61,10 +36,9 @@ void write_masks(const Prepared& p, int64_t k) {
     return;
   }
   Selection s;
-  if (range_threshold<key_t>(p, k, s)) {
-    const bool ordered = s.n_ties < s.n_equal;  // some ties are kept: order decides which
-    write_from_threshold<key_t>(p, s, ordered ? kPending : 0);
-    if (ordered) resolve_code<key_t>(p, s, kPending);
+  if (range_threshold<key_t, /*kWrite=*/true>(p, k, s)) {
+    // the pass wrote 0 / 1 / kPending; only the bytes inside the sampled range are left
+    resolve_code<key_t>(p, s, kPending);
   } else {
     s = classify_and_select<key_t>(p, k);
     resolve_code<key_t>(p, s, kPending);
