@@ -83,6 +83,39 @@ def test_cache_follows_inplace_updates(path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_linear_cache_follows_updates_and_checks_repeat_calls(path):
+    """Repeat calls take the fast path; in-place updates, a new mask, a new storage,
+    another input shape and a gradient-needing call all still give the right answer,
+    and bad input on a repeat call still gets the clear error."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(6, 40, generator=gen)
+    w = torch.randn(33, 40, generator=gen)
+    m = torch.rand(w.shape, generator=gen) > 0.8
+    b = torch.randn(33, generator=gen)
+    for _ in range(2):
+        assert_linear_close(masked_linear(x, w, m, b, path=path), x, w, m, b)
+    with torch.no_grad():
+        w.mul_(-2.0)                    # an optimizer step
+    assert_linear_close(masked_linear(x, w, m, b, path=path), x, w, m, b)
+    m[0].logical_not_()                 # re-pruning in place
+    assert_linear_close(masked_linear(x, w, m, b, path=path), x, w, m, b)
+    m2 = m.clone()
+    m2[1].logical_not_()                # another mask object
+    assert_linear_close(masked_linear(x, w, m2, b, path=path), x, w, m2, b)
+    w.data = torch.randn_like(w)        # a new storage
+    assert_linear_close(masked_linear(x, w, m2, b, path=path), x, w, m2, b)
+    x3 = torch.randn(2, 3, 40, generator=gen)
+    assert_linear_close(masked_linear(x3, w, m2, b, path=path), x3, w, m2, b)
+    wg = w.detach().requires_grad_()
+    masked_linear(x, wg, m2, b, path=path).sum().backward()
+    assert bool((wg.grad[~m2] == 0).all())
+    with pytest.raises(TypeError, match="input dtype"):
+        masked_linear(x.double(), w, m2, b, path=path)
+    with pytest.raises(ValueError, match="in_features"):
+        masked_linear(torch.randn(6, 41), w, m2, b, path=path)
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_linear_matches_reference(path):
     gen = torch.Generator().manual_seed(11)
     for shape, dtype in (((5, 40), torch.float32), ((2, 3, 40), torch.float64), ((40,), torch.float32),
