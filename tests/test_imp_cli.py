@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from lthfast.cli import main
 
@@ -62,6 +63,21 @@ def test_tiny_classification_run_then_grow_it_with_resume(tmp_path, capsys):
     assert [r["round"] for r in rows2] == [0, 1, 2]
     assert rows2[:2] == rows
     assert rows2[2]["sparsity"] == pytest.approx(0.36, abs=1e-3)
+
+
+def test_same_seed_same_run(tmp_path, capsys):
+    """--seed fixes the whole run, initial weights included (torch's default generator
+    starts from a random seed in each process; here the global state simply differs)."""
+    rows = []
+    for run, noise in (("a", 123), ("b", 456)):
+        torch.manual_seed(noise)
+        assert main(["imp", *TINY, "--rounds", "1", "--out", str(tmp_path / run)]) == 0
+        got = json.loads((tmp_path / run / "metrics.json").read_text())
+        rows.append([{k: v for k, v in r.items() if "time" not in k and "second" not in k and not k.endswith("_s")
+                      and "per_iter" not in k} for r in got])
+    assert rows[0] == rows[1]
+    a = (tmp_path / "a" / "round_1" / "ticket.safetensors").read_bytes()
+    assert a == (tmp_path / "b" / "round_1" / "ticket.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("task, metric", [("detection", "bbox_AP"), ("segmentation", "segm_AP"),
