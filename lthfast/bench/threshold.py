@@ -28,6 +28,9 @@ from lthfast.cli._models import build_model, prunable_layers
 AMOUNT = 0.2
 ROUNDS = (1, 2)
 MODELS_FULL = ("resnet50", "fasterrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
+#: On a GPU also a model of >= 100M weights, the size the GPU bandwidth target names
+#: (wide_resnet101_2: 126.8M Conv/Linear weights).
+MODELS_CUDA = MODELS_FULL + ("wide_resnet101_2",)
 MODELS_QUICK = ("resnet18",)
 
 #: Targets (reported, never asserted): CPU lthfast_masks within this multiple of the
@@ -37,6 +40,12 @@ TARGET_FLOOR_MULTIPLE_CPU = 3.0
 TARGET_MODEL = "keypointrcnn_resnet50_fpn"
 TARGET_SPEEDUP = 40.0
 TARGET_PEAK_FRACTION = 0.10
+#: GPU targets: lthfast_masks at >= this fraction of the bandwidth floor on models of at
+#: least TARGET_GPU_MIN_WEIGHTS weights, and >= TARGET_GPU_VS_TOPK times faster than
+#: torch.cat + topk on every model.
+TARGET_GPU_FLOOR_FRACTION = 0.7
+TARGET_GPU_MIN_WEIGHTS = 100_000_000
+TARGET_GPU_VS_TOPK = 20.0
 
 
 @dataclass
@@ -240,7 +249,8 @@ def methods_for(device: torch.device) -> list[Method]:
 def run_suite(config, ctx) -> dict:
     """Runs every (model, round, method) case; `ctx` has "bandwidth" and "progress"."""
     device = config.device
-    models = config.models or (MODELS_QUICK if config.quick else MODELS_FULL)
+    models = config.models or (MODELS_QUICK if config.quick
+                               else MODELS_CUDA if device.type == "cuda" else MODELS_FULL)
     methods = methods_for(device)
     bw = ctx["bandwidth"]["bytes_per_s"]
     progress = ctx["progress"](len(models) * len(ROUNDS) * len(methods), "threshold")
@@ -288,7 +298,7 @@ def run_suite(config, ctx) -> dict:
     finally:
         progress.close()
     _add_ratios(out["cases"])
-    out["targets"] = _targets(out["cases"], device)
+    out["targets"] = _targets(out["cases"], device, out["models"])
     return out
 
 
@@ -300,7 +310,7 @@ def _add_ratios(cases: list[dict]) -> None:
         c["speedup_vs_baseline"] = (b / c["median_s"]) if (b and c["status"] == "ok") else None
 
 
-def _targets(cases: list[dict], device: torch.device) -> list[dict]:
+def _targets(cases: list[dict], device: torch.device, models: dict | None = None) -> list[dict]:
     targets = []
     for c in cases:
         if c["status"] != "ok":
@@ -310,6 +320,19 @@ def _targets(cases: list[dict], device: torch.device) -> list[dict]:
             targets.append({"what": f"{model} round {rnd}: lthfast_masks time / bandwidth floor",
                             "value": c["floor_multiple"], "limit": f"<= {TARGET_FLOOR_MULTIPLE_CPU}",
                             "met": c["floor_multiple"] <= TARGET_FLOOR_MULTIPLE_CPU})
+        if method == "lthfast_masks" and device.type == "cuda":
+            if (models or {}).get(model, {}).get("n_weights", 0) >= TARGET_GPU_MIN_WEIGHTS:
+                frac = 1.0 / c["floor_multiple"]
+                targets.append({"what": f"{model} round {rnd}: bandwidth floor / lthfast_masks time",
+                                "value": frac, "limit": f">= {TARGET_GPU_FLOOR_FRACTION}",
+                                "met": frac >= TARGET_GPU_FLOOR_FRACTION})
+            topk = next((f for f in cases if f["model"] == model and f["round"] == rnd
+                         and f["method"] == "torch_topk" and f["status"] == "ok"), None)
+            if topk is not None:
+                ratio = topk["median_s"] / c["median_s"]
+                targets.append({"what": f"{model} round {rnd}: torch.cat+topk time / lthfast_masks time",
+                                "value": ratio, "limit": f">= {TARGET_GPU_VS_TOPK}",
+                                "met": ratio >= TARGET_GPU_VS_TOPK})
         if model == TARGET_MODEL and method == "lthfast_prune":
             targets.append({"what": f"{model} round {rnd}: torch_prune time / lthfast_prune time",
                             "value": c["speedup_vs_baseline"], "limit": f">= {TARGET_SPEEDUP}",

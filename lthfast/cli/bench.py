@@ -13,7 +13,8 @@ same inputs, and prints a table of ratios; --json also writes every timing with 
 
 suites:
   threshold  one IMP pruning step on the Conv/Linear weights of resnet50,
-             fasterrcnn_resnet50_fpn and keypointrcnn_resnet50_fpn (random init): amount 0.2,
+             fasterrcnn_resnet50_fpn and keypointrcnn_resnet50_fpn (CUDA: also
+             wide_resnet101_2, 127M weights) (random init): amount 0.2,
              then 0.2 of the remaining. torch.nn.utils.prune.global_unstructured vs
              lthfast.prune.global_unstructured vs lthfast.global_magnitude_masks vs
              torch.cat+kthvalue (+ torch.cat+topk and cupy on CUDA), and torch's pruned format
