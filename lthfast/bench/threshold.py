@@ -310,7 +310,7 @@ def _add_ratios(cases: list[dict]) -> None:
         c["speedup_vs_baseline"] = (b / c["median_s"]) if (b and c["status"] == "ok") else None
 
 
-def _targets(cases: list[dict], device: torch.device, models: dict | None = None) -> list[dict]:
+def _targets(cases: list[dict], device: torch.device, models: dict) -> list[dict]:
     targets = []
     for c in cases:
         if c["status"] != "ok":
@@ -321,7 +321,7 @@ def _targets(cases: list[dict], device: torch.device, models: dict | None = None
                             "value": c["floor_multiple"], "limit": f"<= {TARGET_FLOOR_MULTIPLE_CPU}",
                             "met": c["floor_multiple"] <= TARGET_FLOOR_MULTIPLE_CPU})
         if method == "lthfast_masks" and device.type == "cuda":
-            if (models or {}).get(model, {}).get("n_weights", 0) >= TARGET_GPU_MIN_WEIGHTS:
+            if models[model]["n_weights"] >= TARGET_GPU_MIN_WEIGHTS:
                 frac = 1.0 / c["floor_multiple"]
                 targets.append({"what": f"{model} round {rnd}: bandwidth floor / lthfast_masks time",
                                 "value": frac, "limit": f">= {TARGET_GPU_FLOOR_FRACTION}",

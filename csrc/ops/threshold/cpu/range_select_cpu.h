@@ -134,10 +134,11 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   for (; j < end; ++j) {
     const skey sk = static_cast<skey>(fast_key<key_t>(x[j]));
     const uint32_t ok = eligible(j);
+    const uint32_t in = ok & uint32_t(sk >= slo) & uint32_t(sk <= shi);
     below += ok & uint32_t(sk < slo);
-    if constexpr (kWrite) codes[j] = code(sk, ok, inside(j));
+    if constexpr (kWrite) codes[j] = code(sk, ok, in);
     out[n] = fast_key<key_t>(x[j]);
-    n += inside(j);
+    n += in;
   }
   *below_out = below;
   return n;
