@@ -97,6 +97,26 @@ def _shared_libstdcxx():
     return ["-Wl,--push-state,--no-as-needed", "-l:libstdc++.so.6", "-Wl,--pop-state"]
 
 
+def _openmp():
+    """(compile flags, link flags) that make at::parallel_for run on torch's threads.
+
+    ATen's OpenMP backend inlines `#pragma omp parallel` into the extension's own
+    code: compiled without -fopenmp, every at::parallel_for silently runs on one
+    thread. The extension links the OpenMP runtime that torch itself loaded
+    (torch/lib/libgomp*.so*, by file name), so there is one runtime and one thread
+    pool in the process; only where torch has no copy of its own does -fopenmp pick
+    the compiler's (the same soname torch's libtorch_cpu asks for)."""
+    if not torch._C.has_openmp or not sys.platform.startswith("linux"):
+        return [], []
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    bundled = sorted(glob.glob(os.path.join(lib, "libgomp*.so*")))
+    if bundled:
+        return ["-fopenmp"], ["-Wl,--push-state,--no-as-needed",
+                              "-L" + lib, "-l:" + os.path.basename(bundled[0]),
+                              "-Wl,--pop-state"]
+    return ["-fopenmp"], ["-fopenmp"]
+
+
 def _version():
     ns = {}
     with open(os.path.join(ROOT, "lthfast", "_version.py")) as f:
@@ -117,10 +137,11 @@ def extensions():
     # (C++17 up to torch 2.12, C++20 from 2.13).
     # -fno-math-errno: sqrt never sets errno, so loops with sqrt vectorise (the CPU
     # Adam step runs ~20% faster); no lthfast code reads errno after math calls.
-    cxx = ["-fvisibility=hidden", "-fno-math-errno"] + opt
+    omp_cxx, omp_link = _openmp()
+    cxx = ["-fvisibility=hidden", "-fno-math-errno"] + omp_cxx + opt
     include_dirs = [os.path.join(ROOT, "csrc")]
     sources = cpp + ["csrc/python_module.cpp"]
-    link = _shared_libstdcxx()
+    link = _shared_libstdcxx() + omp_link
     if not with_cuda:
         return [cpp_extension.CppExtension(
             "lthfast._C", sources, include_dirs=include_dirs, define_macros=defines,

@@ -83,3 +83,33 @@ def test_cmake_build_for_cpp_users(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     r = subprocess.run([str(build / "lthfast_cpp_smoke")], capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not torch._C.has_openmp or torch.get_num_threads() < 2,
+                    reason="needs torch's OpenMP backend and >= 2 threads")
+def test_kernels_run_on_more_than_one_thread():
+    """ATen's OpenMP backend inlines `#pragma omp parallel` into the extension: built
+    without -fopenmp, every at::parallel_for runs on the calling thread alone (it
+    did until stop 11). In a fresh process, a large threshold and a fused optimizer
+    step must spend CPU time on threads other than the caller's. (CPU time, not
+    wall time: this holds however loaded the machine is.)"""
+    code = (
+        "import time, torch, lthfast\n"
+        "x = torch.randn(1 << 23)\n"
+        "p, g = torch.randn(1 << 23), torch.randn(1 << 23)\n"
+        "keep = torch.rand(1 << 23) > 0.5\n"
+        "def other_cpu(f):\n"
+        "    time.sleep(0.3)  # idle OpenMP workers stop spinning\n"
+        "    c0, t0 = time.process_time(), time.thread_time()\n"
+        "    for _ in range(3): f()\n"
+        "    c, t = time.process_time() - c0, time.thread_time() - t0\n"
+        "    return (c - t) / max(t, 1e-9)\n"
+        "print(other_cpu(lambda: torch.ops.lthfast.global_threshold([x], [], 1 << 21)))\n"
+        "print(other_cpu(lambda: torch.ops.lthfast.masked_sgd_([p], [g], [], [keep], 0.1, None, "
+        "0.0, 0.0, 0.0, False, False, False, None, None)))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    shares = [float(v) for v in r.stdout.split()]
+    # one thread alone: ~0; two threads splitting the work: ~1
+    assert all(s > 0.3 for s in shares), shares
