@@ -239,15 +239,21 @@ LARGE = 2_600_000  # above the size where the CPU kernel samples a key range fir
 
 
 @pytest.mark.parametrize("values", ["normal", "ties", "special"])
-@pytest.mark.parametrize("case", ["fp32", "mixed16", "fp64", "channels_last", "masked", "float_mask"])
+@pytest.mark.parametrize("case", ["fp32", "fp16", "mixed16", "fp64", "channels_last", "masked",
+                                  "float_mask"])
 def test_large_inputs_sampled_range_path(values, case):
     """Large inputs take the sampled-range path (or fall back to radix when the
-    sample misses / a sub-range is too full, e.g. heavy ties): same masks."""
+    sample misses / a sub-range is too full, e.g. heavy ties): same masks. fp16 in
+    row-major tensors: many ties straddle the threshold and are resolved from the
+    collected keys alone; with a transposed tensor (mixed16) by walking the masks."""
     g = torch.Generator().manual_seed(hash((values, case)) % 2**31)
     n = LARGE
     if case == "fp32":
         tensors = [make_tensor((n // 2,), torch.float32, "contiguous", values, g),
                    make_tensor((n // 2,), torch.float32, "contiguous", values, g)]
+    elif case == "fp16":
+        tensors = [make_tensor((n // 2,), torch.float16, "contiguous", values, g),
+                   make_tensor((n // 4, 2), torch.float16, "contiguous", values, g)]
     elif case == "mixed16":
         tensors = [make_tensor((n // 2,), torch.float16, "contiguous", values, g),
                    make_tensor((n // 4, 2), torch.bfloat16, "transposed", values, g),

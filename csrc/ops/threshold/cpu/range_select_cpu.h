@@ -13,10 +13,11 @@
 //   3. the k-th key t and its ties are selected among the collected keys.
 // For masks (global_magnitude_masks) the pass of step 2 also writes every mask
 // byte it can already decide: 0 below lo or not eligible, 1 above hi, kPending
-// inside; only the ~1% pending bytes are resolved afterwards (resolve_code, which
-// reads the masks and those entries' keys): one read of the weights in all. The
-// result is bit for bit the radix path's. Extra memory: the sample and the inside
-// keys (bounded).
+// inside, and records where each inside key is (its offset in its chunk); only
+// those ~1% bytes are written afterwards, from the collected keys alone
+// (resolve_collected): one read of the weights in all, no second walk over the
+// masks. The result is bit for bit the radix path's. Extra memory: the sample
+// and the inside keys with their offsets (bounded).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -90,13 +91,15 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
 // compaction stores every key of a block that holds one at out[n], and n
 // advances only for the ones inside). With kWrite, codes[j] (the mask byte of
 // memory offset j) gets 0 / 1 / kPending for below-or-not-eligible / above /
-// inside. Keys fit the signed type (top bit 0), and signed compares vectorise on
-// plain x86-64. Locals and __restrict: the stores cannot alias the counters.
+// inside, and pos[i] the offset of out[i] from `begin` (a chunk has 2^16
+// entries). Keys fit the signed type (top bit 0), and signed compares vectorise
+// on plain x86-64. Locals and __restrict: the stores cannot alias the counters.
 template <bool kWrite, typename key_t, typename scalar_t, typename M>
 __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict x,
                                                       const M* __restrict m, int64_t begin,
                                                       int64_t end, key_t lo, key_t hi,
-                                                      key_t* __restrict out, int64_t* below_out,
+                                                      key_t* __restrict out,
+                                                      uint16_t* __restrict pos, int64_t* below_out,
                                                       uint8_t* __restrict codes) {
   using skey = std::make_signed_t<key_t>;
   const skey slo = static_cast<skey>(lo), shi = static_cast<skey>(hi);
@@ -128,6 +131,7 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
     if (!any) continue;
     for (int64_t i = 0; i < kBlock; ++i) {
       out[n] = fast_key<key_t>(x[j + i]);
+      if constexpr (kWrite) pos[n] = static_cast<uint16_t>(j + i - begin);
       n += inside(j + i);
     }
   }
@@ -138,6 +142,7 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
     below += ok & uint32_t(sk < slo);
     if constexpr (kWrite) codes[j] = code(sk, ok, in);
     out[n] = fast_key<key_t>(x[j]);
+    if constexpr (kWrite) pos[n] = static_cast<uint16_t>(j - begin);
     n += in;
   }
   *below_out = below;
@@ -146,20 +151,21 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
 
 template <bool kWrite, typename key_t>
 int64_t count_collect(const Entry& e, int64_t begin, int64_t end, key_t lo, key_t hi, key_t* out,
-                      int64_t* below) {
+                      uint16_t* pos, int64_t* below) {
+  static_assert(kChunk <= (int64_t(1) << 16), "offsets in a chunk are stored as uint16");
   int64_t n = 0;
   uint8_t* codes = kWrite ? reinterpret_cast<uint8_t*>(e.out) : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_count_collect", [&] {
     const scalar_t* x = static_cast<const scalar_t*>(e.data);
     if (e.mask && e.mask_is_bool) {
       n = count_collect_typed<kWrite>(x, static_cast<const uint8_t*>(e.mask), begin, end, lo, hi,
-                                      out, below, codes);
+                                      out, pos, below, codes);
     } else if (e.mask) {
       n = count_collect_typed<kWrite>(x, static_cast<const scalar_t*>(e.mask), begin, end, lo, hi,
-                                      out, below, codes);
+                                      out, pos, below, codes);
     } else {
       n = count_collect_typed<kWrite>(x, static_cast<const uint8_t*>(nullptr), begin, end, lo, hi,
-                                      out, below, codes);
+                                      out, pos, below, codes);
     }
   });
   return n;
@@ -183,47 +189,123 @@ Selection select_among(std::vector<key_t>& keys, int64_t rank) {
   return s;
 }
 
+// The keys inside the sampled range, per thread in the order its chunks ran,
+// with (kWrite) their offsets in their chunk; slices[c] is chunk c's part.
+template <typename key_t>
+struct Collected {
+  struct Slice {
+    int thread = 0;
+    int64_t first = 0, count = 0;
+  };
+  std::vector<std::vector<key_t>> keys;
+  std::vector<std::vector<uint16_t>> pos;
+  std::vector<Slice> slices;
+};
+
 // Steps 1-3: the threshold key and ties of the k-th smallest eligible key; false
 // when the sample missed or too many keys fell inside (then nothing was decided,
 // and with kWrite some mask bytes may hold codes: the caller rewrites them all).
-// With kWrite every mask byte is 0, 1 or kPending afterwards (resolve_code).
+// With kWrite every mask byte is 0, 1 or kPending afterwards, and `c` says where
+// the pending ones are (resolve_collected).
 template <typename key_t, bool kWrite = false>
-bool range_threshold(const Prepared& p, int64_t k, Selection& s) {
+bool range_threshold(const Prepared& p, int64_t k, Selection& s, Collected<key_t>* c = nullptr) {
   Range r;
   if (!sample_range<key_t>(p, k, r)) return false;
   int64_t total = 0;
   for (const Entry& e : p.entries) total += e.numel;
   const size_t bound = static_cast<size_t>(std::max<int64_t>(int64_t(1) << 20, total / 32));
   const int nthreads = std::max(1, at::get_num_threads());
-  std::vector<std::vector<key_t>> found(nthreads);  // per thread, in no particular order
+  Collected<key_t> local;
+  Collected<key_t>& col = c ? *c : local;
+  col.keys.assign(nthreads, {});
+  col.pos.assign(kWrite ? nthreads : 0, {});
+  col.slices.assign(p.chunks.size(), {});
   std::vector<int64_t> below(p.chunks.size(), 0);
+  std::atomic<size_t> inside_so_far{0};
   std::atomic<bool> overflow{false};
   at::parallel_for(0, static_cast<int64_t>(p.chunks.size()), 1, [&](int64_t cb, int64_t ce) {
-    std::vector<key_t>& mine = found[at::get_thread_num()];
+    const int t = at::get_thread_num();
+    std::vector<key_t>& mine = col.keys[t];
     std::vector<key_t> scratch(static_cast<size_t>(kChunk) + 1);
-    for (int64_t c = cb; c < ce && !overflow.load(std::memory_order_relaxed); ++c) {
-      const Chunk& ch = p.chunks[c];
+    std::vector<uint16_t> scratch_pos(kWrite ? static_cast<size_t>(kChunk) + 1 : 0);
+    for (int64_t ci = cb; ci < ce && !overflow.load(std::memory_order_relaxed); ++ci) {
+      const Chunk& ch = p.chunks[ci];
       const int64_t n = count_collect<kWrite, key_t>(p.entries[ch.entry], ch.begin, ch.end,
-                                             static_cast<key_t>(r.lo), static_cast<key_t>(r.hi),
-                                             scratch.data(), &below[c]);
+                                                     static_cast<key_t>(r.lo),
+                                                     static_cast<key_t>(r.hi), scratch.data(),
+                                                     scratch_pos.data(), &below[ci]);
+      col.slices[ci] = {t, static_cast<int64_t>(mine.size()), n};
       mine.insert(mine.end(), scratch.begin(), scratch.begin() + n);
-      if (mine.size() > bound) overflow.store(true, std::memory_order_relaxed);
+      if constexpr (kWrite) {
+        col.pos[t].insert(col.pos[t].end(), scratch_pos.begin(), scratch_pos.begin() + n);
+      }
+      if (inside_so_far.fetch_add(n, std::memory_order_relaxed) + n > bound) {
+        overflow.store(true, std::memory_order_relaxed);
+      }
     }
   });
   if (overflow.load()) return false;
   r.below = 0;
   for (int64_t b : below) r.below += b;
   size_t inside = 0;
-  for (const auto& f : found) inside += f.size();
+  for (const auto& f : col.keys) inside += f.size();
   r.inside = static_cast<int64_t>(inside);
   if (!(r.below < k && k <= r.below + r.inside) || inside > bound) return false;
   std::vector<key_t> keys;
   keys.reserve(inside);
-  for (auto& f : found) {
+  for (auto& f : col.keys) {
     keys.insert(keys.end(), f.begin(), f.end());
-    std::vector<key_t>().swap(f);
+    if (!kWrite) std::vector<key_t>().swap(f);
   }
   s = select_among(keys, k - r.below);
+  return true;
+}
+
+// Writes the pending mask bytes that range_threshold<kWrite> left, from the
+// collected keys and offsets alone: key > t kept, key < t pruned, key == t
+// pruned while ties last (the first n_ties in (tensor, row-major) order: chunk
+// order, and offset order inside a chunk, which is row-major order when the
+// tensor is). False (nothing written) when ties straddle the threshold in a
+// tensor whose memory order is not row-major: resolve_code walks those.
+template <typename key_t>
+bool resolve_collected(const Prepared& p, const Selection& s, const Collected<key_t>& col) {
+  const key_t t = static_cast<key_t>(s.key);
+  const bool ordered_ties = s.n_ties != s.n_equal;
+  if (ordered_ties) {
+    for (const Entry& e : p.entries) {
+      if (!e.row_major) return false;
+    }
+  }
+  const int64_t nchunks = static_cast<int64_t>(p.chunks.size());
+  std::vector<int64_t> ties_before;  // eligible ties in earlier chunks
+  if (ordered_ties) {
+    ties_before.assign(nchunks + 1, 0);
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const auto& sl = col.slices[c];
+      const key_t* keys = col.keys[sl.thread].data() + sl.first;
+      int64_t n = 0;
+      for (int64_t i = 0; i < sl.count; ++i) n += keys[i] == t;
+      ties_before[c + 1] = ties_before[c] + n;
+    }
+  }
+  for_chunks(p, [&](int64_t c, const Chunk& ch, const Entry& e) {
+    const auto& sl = col.slices[c];
+    const key_t* keys = col.keys[sl.thread].data() + sl.first;
+    const uint16_t* pos = col.pos[sl.thread].data() + sl.first;
+    uint8_t* out = reinterpret_cast<uint8_t*>(e.out) + ch.begin;
+    if (!ordered_ties) {
+      for (int64_t i = 0; i < sl.count; ++i) out[pos[i]] = keys[i] > t;
+      return;
+    }
+    int64_t seen = ties_before[c];
+    for (int64_t i = 0; i < sl.count; ++i) {
+      if (keys[i] == t) {
+        out[pos[i]] = seen++ >= s.n_ties;
+      } else {
+        out[pos[i]] = keys[i] > t;
+      }
+    }
+  });
   return true;
 }
 

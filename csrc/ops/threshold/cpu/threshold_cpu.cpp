@@ -36,9 +36,10 @@ void write_masks(const Prepared& p, int64_t k) {
     return;
   }
   Selection s;
-  if (range_threshold<key_t, /*kWrite=*/true>(p, k, s)) {
+  Collected<key_t> inside;
+  if (range_threshold<key_t, /*kWrite=*/true>(p, k, s, &inside)) {
     // the pass wrote 0 / 1 / kPending; only the bytes inside the sampled range are left
-    resolve_code<key_t>(p, s, kPending);
+    if (!resolve_collected<key_t>(p, s, inside)) resolve_code<key_t>(p, s, kPending);
   } else {
     s = classify_and_select<key_t>(p, k);
     resolve_code<key_t>(p, s, kPending);
