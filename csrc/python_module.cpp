@@ -22,6 +22,13 @@ static pybind11::dict build_info() {
   d["version"] = LTHFAST_VERSION;
   d["torch_version"] = LTHFAST_TORCH_VERSION;
   d["cpu"] = true;
+  // Built with -fopenmp (every C++ source has the same flags): at::parallel_for
+  // in the CPU kernels runs on torch's OpenMP threads, not on the caller alone.
+#ifdef _OPENMP
+  d["openmp"] = true;
+#else
+  d["openmp"] = false;
+#endif
 #ifdef LTHFAST_WITH_CUDA
   d["cuda"] = true;
   d["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." +

@@ -61,6 +61,9 @@ def collect() -> dict:
         "torch_runtime_cuda": torch.version.cuda,
         "torch_built_against": build.get("torch_version"),
         "cpu_kernels": compiled and bool(build.get("cpu", True)) and any(o["cpu"] for o in ops),
+        "cpu_openmp": build.get("openmp"),
+        "torch_openmp": bool(torch._C.has_openmp),
+        "cpu_threads": torch.get_num_threads(),
         "cuda_kernels": compiled and bool(build.get("cuda")) and any(o["cuda"] for o in ops),
         "cuda_version": build.get("cuda_version"),
         "cuda_archs": build.get("cuda_archs"),
@@ -80,6 +83,18 @@ def _archs(archs) -> str:
     if isinstance(archs, str):
         return archs
     return " ".join(str(a) for a in archs)
+
+
+def _cpu_threads(info: dict) -> str:
+    """How many threads the CPU kernels run on (torch.set_num_threads sets it)."""
+    if not info["cpu_kernels"]:
+        return ""
+    if info["cpu_openmp"] or not info["torch_openmp"]:
+        return f" (on {info['cpu_threads']} threads: torch.get_num_threads())"
+    if info["cpu_openmp"] is False:
+        return ("  WARNING: built without OpenMP, so the CPU kernels run on one thread; "
+                "rebuild lthfast")
+    return ""
 
 
 def format_report(info: dict) -> str:
@@ -112,7 +127,7 @@ def format_report(info: dict) -> str:
         row("built against", "n/a (not built)")
 
     add("kernels")
-    row("CPU", _yes_no(info["cpu_kernels"]))
+    row("CPU", _yes_no(info["cpu_kernels"]) + _cpu_threads(info))
     if info["cuda_kernels"]:
         row("CUDA", f"yes (CUDA {info['cuda_version'] or '?'}; archs {_archs(info['cuda_archs'])})")
     elif info["compiled"]:
@@ -122,7 +137,7 @@ def format_report(info: dict) -> str:
         row("CUDA", "no (not built)")
     extra = {k: v for k, v in info["build"].items()
              if k not in ("version", "torch_version", "cpu", "cuda", "cuda_version", "cuda_archs",
-                          "compiled", "error")}
+                          "compiled", "error", "openmp")}
     for k, v in sorted(extra.items()):
         row(k, v)
 

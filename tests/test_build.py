@@ -17,6 +17,8 @@ def test_build_info_and_ops_registered():
     info = lthfast.build_info()
     assert info["compiled"], info
     assert info["version"] == lthfast.__version__
+    if sys.platform.startswith("linux"):  # setup.py builds with OpenMP wherever torch has it
+        assert info["openmp"] == torch._C.has_openmp, info
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lthfast::{op}", "CPU"), op
 

@@ -80,8 +80,18 @@ def test_info(capsys):
         assert needle in out
     if _ops.available():
         assert "global_magnitude_masks" in out and "global_threshold" in out
+        assert f"on {torch.get_num_threads()} threads" in out
     else:
         assert "NOT BUILT" in out
+
+
+def test_info_warns_about_a_build_without_openmp(monkeypatch, capsys):
+    from lthfast import info
+    facts = info.collect()
+    if not facts["cpu_kernels"] or not facts["torch_openmp"]:
+        pytest.skip("needs the compiled CPU kernels and a torch with OpenMP")
+    facts["cpu_openmp"] = False
+    assert "built without OpenMP, so the CPU kernels run on one thread" in info.format_report(facts)
 
 
 def test_info_json(capsys):

@@ -28,21 +28,41 @@ def test_conv_suite_pieces():
     assert "layer3.x" in text and "measured rule" in text and "auto ran" in text
 
 
-def test_dispatch_table_lookup():
+@pytest.fixture
+def threads():
+    """Sets torch's CPU thread count for one test (the table has rows per thread count)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_dispatch_table_lookup(threads):
     from lthfast.ops._conv_dispatch import kernel_class, min_sparsity, use_sparse
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert kernel_class((3, 3), 1, 64) == "3x3" and kernel_class((1, 1), 1, 64) == "1x1"
     assert kernel_class((3, 3), 32, 32) == "depthwise" and kernel_class(None, 1, 8) == "linear"
     assert kernel_class((7, 7), 1, 3) == "kxk"
-    assert min_sparsity(cpu, torch.float32, "3x3", 1) == 0.8
-    assert use_sparse(cpu, torch.float32, "3x3", 1, 0.95) and not use_sparse(cpu, torch.float32, "3x3", 1, 0.5)
-    # 1x1: the output size and weight size columns (resnet layer1 56x56 stays dense)
-    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (256, 512, 1, 1), 14 * 14)
+    for n in (1, 2, 16):
+        threads(n)
+        assert min_sparsity(cpu, torch.float32, "3x3", 1) == 0.8
+        assert use_sparse(cpu, torch.float32, "3x3", 1, 0.95) and not use_sparse(cpu, torch.float32, "3x3", 1, 0.5)
+        assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (256, 512, 1, 1), 14 * 14)
+        assert use_sparse(cpu, torch.float32, "1x1", 1, 0.798, (128, 256, 1, 1), 14 * 14)   # within the slack
+        assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.99, (64, 64, 1, 1), 56 * 56)
+        assert not use_sparse(cpu, torch.float32, "3x3", 64, 0.99)      # batch beyond the measured range
+        assert not use_sparse(cpu, torch.bfloat16, "3x3", 1, 0.99)
+    # 1x1 on resnet layer1's 56x56 planes: on one thread dense wins for the small weights
+    threads(1)
     assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (64, 64, 1, 1), 56 * 56)
     assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.99, (64, 256, 1, 1), 56 * 56)
     assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (128, 256, 1, 1), 56 * 56)
     assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.9, (128, 256, 1, 1), 56 * 56)
-    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.798, (128, 256, 1, 1), 14 * 14)   # within the slack
-    assert not use_sparse(cpu, torch.float32, "3x3", 64, 0.99)      # batch beyond the measured range
-    assert not use_sparse(cpu, torch.bfloat16, "3x3", 1, 0.99)
+    # ... with two threads (or more) the sparse kernel splits output channels over them
+    # and gains more than oneDNN on these convs
+    threads(2)
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (64, 64, 1, 1), 56 * 56)
+    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (64, 64, 1, 1), 56 * 56)
+    assert use_sparse(cpu, torch.float32, "1x1", 8, 0.8, (128, 256, 1, 1), 56 * 56)
+    assert use_sparse(cpu, torch.float32, "1x1", 8, 0.9, (256, 64, 1, 1), 56 * 56)
+    assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.8, (256, 64, 1, 1), 56 * 56)
     assert not use_sparse(cuda, torch.float32, "3x3", 1, 0.99)      # measured on an H200: cuDNN always wins

@@ -1,13 +1,14 @@
 """When `path="auto"` runs the sparse kernel instead of the dense one.
 
-ONE table, set from `lthfast bench conv` (bench/results/cpu-conv.txt, cuda-conv.txt): for each
-(device, dtype, kernel class, batch, weight size, output size) the smallest weight sparsity (fraction of
-pruned weights) at which the direct sparse kernel beat the library convolution
-on the masked weight. None: the sparse kernel never wins there (or was not
+ONE table, set from `lthfast bench conv` (bench/results/cpu-conv*.txt, cuda-conv.txt): for each
+(device, dtype, kernel class, CPU threads, batch, weight size, output size) the smallest weight
+sparsity (fraction of pruned weights) at which the direct sparse kernel beat the library
+convolution on the masked weight. None: the sparse kernel never wins there (or was not
 measured) and auto stays dense. Rows are matched top to bottom; the first row
-whose device, dtype and kernel match, whose `batch<=` covers the batch, whose
+whose device, dtype and kernel match, whose `threads>=` the thread count reaches
+(torch.get_num_threads(), CPU only), whose `batch<=` covers the batch, whose
 `weights>=` the weight's element count reaches and whose `out px<=` covers the
-output plane wins.
+output plane wins. A layer's path is chosen at its first call with an input shape.
 """
 from __future__ import annotations
 
@@ -17,32 +18,44 @@ ANY = "*"
 SPARSITY_SLACK = 0.005
 
 # fmt: off
-# Measured: bench/results/cpu-conv.txt (every distinct Conv2d of resnet50 at
-# 224 px, sparsity 0.5-0.98, batch 1 and 8, 1 thread of an AVX-512 Xeon).
+# Measured on a 2-core AVX-512 Xeon: every distinct Conv2d of resnet50 at 224 px,
+# sparsity 0.5-0.98, batch 1 and 8; 2 threads: bench/results/cpu-conv-2threads.txt
+# (rows threads>=2, also used with more threads), 1 thread: cpu-conv.txt.
 # weights = the weight's element count (out * in/groups * kh * kw); out px =
 # output pixels per sample (oh * ow; linear: 1). The sparse kernel pays a fixed
 # cost per output and input value (the padded input copy, the output write)
 # and gains the multiply-adds it skips: 3x3 / 7x7 convs go sparse from 80%;
-# 1x1 convs on planes of 28x28 and less from 80% (batch 1) / 90% (batch 8); on
-# 56x56 planes (resnet layer1, layer2.0.conv1) only the larger weights do.
-#  device  dtypes                    kernel  batch<=  weights>=  out px<=  min sparsity
+# 1x1 convs from 80-90%, except the small 64-channel ones on 56x56 planes
+# (resnet layer1) at batch 8, and, on one thread, at batch 1 too. With two
+# threads the sparse kernel splits output channels over the threads and gains
+# more than oneDNN does on these small convs, so more 1x1 rows go sparse.
+#  device  dtypes                    kernel threads>= batch<= weights>= out px<= min sparsity
 SPARSE_RULES = [
-    ("cpu",  ("float32", "float64"), "3x3",       8,         0,   10**9,   0.80),
-    ("cpu",  ("float32", "float64"), "kxk",       8,         0,   10**9,   0.80),   # resnet stem 7x7/2
-    ("cpu",  ("float32", "float64"), "1x1",       1,         0,     784,   0.80),
-    ("cpu",  ("float32", "float64"), "1x1",       8,         0,     784,   0.90),
-    ("cpu",  ("float32", "float64"), "1x1",       1,     32768,   10**9,   0.90),
-    ("cpu",  ("float32", "float64"), "1x1",       8,     32768,   10**9,   0.95),
-    ("cpu",  ("float32", "float64"), "1x1",       8,         0,   10**9,   None),   # 64-channel layer1
-    ("cpu",  ("float32", "float64"), "linear",    1,         0,   10**9,   0.90),
-    ("cpu",  ("float32", "float64"), "linear",    8,         0,   10**9,   0.95),
+    ("cpu",  ("float32", "float64"), "3x3",       2,      8,        0,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "kxk",       2,      8,        0,   10**9,   0.80),   # resnet stem 7x7/2
+    ("cpu",  ("float32", "float64"), "1x1",       2,      1,        0,     784,   0.80),
+    ("cpu",  ("float32", "float64"), "1x1",       2,      1,    32768,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "1x1",       2,      1,        0,   10**9,   0.90),   # 64-channel layer1
+    ("cpu",  ("float32", "float64"), "1x1",       2,      8,        0,     784,   0.90),
+    ("cpu",  ("float32", "float64"), "1x1",       2,      8,    32768,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "1x1",       2,      8,    16384,   10**9,   0.90),   # 64<->256 layer1
+    ("cpu",  ("float32", "float64"), "1x1",       2,      8,        0,   10**9,   None),   # 64->64 layer1
+    ("cpu",  ("float32", "float64"), "3x3",       1,      8,        0,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "kxk",       1,      8,        0,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "1x1",       1,      1,        0,     784,   0.80),
+    ("cpu",  ("float32", "float64"), "1x1",       1,      8,        0,     784,   0.90),
+    ("cpu",  ("float32", "float64"), "1x1",       1,      1,    32768,   10**9,   0.90),
+    ("cpu",  ("float32", "float64"), "1x1",       1,      8,    32768,   10**9,   0.95),
+    ("cpu",  ("float32", "float64"), "1x1",       1,      8,        0,   10**9,   None),   # 64-channel layer1
+    ("cpu",  ("float32", "float64"), "linear",    1,      1,        0,   10**9,   0.90),
+    ("cpu",  ("float32", "float64"), "linear",    1,      8,        0,   10**9,   0.95),
     # CUDA, measured (bench/results/cuda-conv.txt: NVIDIA H200, fp32, every resnet50
     # Conv2d, batch 1 / 8 / 32, sparsity 0.5-0.98): the direct sparse kernel never beat
     # cuDNN on the masked weight (at best 0.51x its speed, 7x7 at 98%; 0.1-0.3x typical).
-    ("cuda", ANY,                    ANY,     10**9,         0,   10**9,   None),
+    ("cuda", ANY,                    ANY,         1,  10**9,        0,   10**9,   None),
     # Not measured -> dense: batch > 8, depthwise, fp16/bf16 on CPU (oneDNN's
     # AMX/AVX-512 bf16 kernels).
-    (ANY,    ANY,                    ANY,     10**9,         0,   10**9,   None),
+    (ANY,    ANY,                    ANY,         1,  10**9,        0,   10**9,   None),
 ]
 # fmt: on
 
@@ -70,15 +83,16 @@ def numel(weight_shape) -> int:
 
 def min_sparsity(device: torch.device, dtype: torch.dtype, kind: str, batch: int,
                  weight_shape=None, out_pixels: int | None = None) -> float | None:
-    """The table's smallest sparsity at which the sparse kernel runs (None: never).
-    Rows match top to bottom; a column whose value is not given (weight_shape,
-    out_pixels) is not checked."""
+    """The table's smallest sparsity at which the sparse kernel runs (None: never),
+    for torch's current CPU thread count. Rows match top to bottom; a column whose
+    value is not given (weight_shape, out_pixels) is not checked."""
     name = str(dtype).replace("torch.", "")
     nw = None if weight_shape is None else numel(weight_shape)
-    for dev, dtypes, k, bmax, wmin, pmax, smin in SPARSE_RULES:
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    for dev, dtypes, k, tmin, bmax, wmin, pmax, smin in SPARSE_RULES:
         if ((dev == ANY or dev == device.type) and (dtypes == ANY or name in dtypes)
-                and (k == ANY or k == kind) and batch <= bmax and (nw is None or nw >= wmin)
-                and (out_pixels is None or out_pixels <= pmax)):
+                and (k == ANY or k == kind) and threads >= tmin and batch <= bmax
+                and (nw is None or nw >= wmin) and (out_pixels is None or out_pixels <= pmax)):
             return smin
     return None
 

@@ -54,13 +54,14 @@ void for_each_key(const Entry& e, int64_t begin, int64_t end, const F& f) {
   });
 }
 
-// Calls f(key, eligible) for memory offsets first, first + step, ... of e: one
-// dtype dispatch per entry (the sampled-range path samples every step-th key).
+// Calls f(key, eligible) for memory offsets first, first + step, ... below end
+// of e: one dtype dispatch per call (the sampled-range path samples every
+// step-th key).
 template <typename key_t, typename F>
-void for_each_key_strided(const Entry& e, int64_t first, int64_t step, const F& f) {
+void for_each_key_strided(const Entry& e, int64_t first, int64_t end, int64_t step, const F& f) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_sample_keys", [&] {
     const scalar_t* x = static_cast<const scalar_t*>(e.data);
-    for (int64_t j = first; j < e.numel; j += step) {
+    for (int64_t j = first; j < end; j += step) {
       uint32_t ok = 1;
       if (e.mask && e.mask_is_bool) {
         ok = static_cast<const uint8_t*>(e.mask)[j] != 0;

@@ -65,16 +65,28 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
   for (const Entry& e : p.entries) n += e.numel;
   if (n < 8 * kSample) return false;  // small inputs: the radix passes are cheap
   const int64_t stride = n / kSample;
+  // Every stride-th entry of the concatenation, the eligible ones, gathered per
+  // chunk on all threads (the strided loads miss the cache: they are the cost).
+  std::vector<int64_t> base(p.entries.size(), 0);  // offset of each entry in the concatenation
+  for (size_t i = 1; i < p.entries.size(); ++i) base[i] = base[i - 1] + p.entries[i - 1].numel;
+  const int nthreads = std::max(1, at::get_num_threads());
+  std::vector<std::vector<key_t>> part(nthreads);
+  at::parallel_for(0, static_cast<int64_t>(p.chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+    std::vector<key_t>& mine = part[at::get_thread_num()];
+    mine.reserve(mine.size() + static_cast<size_t>((ce - cb) * kChunk / stride + 1));
+    for (int64_t c = cb; c < ce; ++c) {
+      const Chunk& ch = p.chunks[c];
+      const int64_t g = base[ch.entry] + ch.begin;  // global index of the chunk's start
+      const int64_t first = ch.begin + (g % stride == 0 ? 0 : stride - g % stride);
+      for_each_key_strided<key_t>(p.entries[ch.entry], first, ch.end, stride,
+                                  [&](key_t key, uint32_t ok) {
+                                    if (ok) mine.push_back(key);
+                                  });
+    }
+  });
   std::vector<key_t> sample;
   sample.reserve(kSample + 1);
-  int64_t base = 0;  // every stride-th entry of the concatenation, eligible ones
-  for (const Entry& e : p.entries) {
-    const int64_t first = base % stride == 0 ? 0 : stride - base % stride;
-    for_each_key_strided<key_t>(e, first, stride, [&](key_t key, uint32_t ok) {
-      if (ok) sample.push_back(key);
-    });
-    base += e.numel;
-  }
+  for (auto& v : part) sample.insert(sample.end(), v.begin(), v.end());
   const int64_t m = static_cast<int64_t>(sample.size());
   if (m < 1024) return false;
   // The eligible count is not known yet: each sample stands for `stride` entries.
