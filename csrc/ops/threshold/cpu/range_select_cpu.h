@@ -12,8 +12,8 @@
 //      exceed a bound, the radix path runs instead;
 //   3. the k-th key t and its ties are selected among the collected keys.
 // For masks (global_magnitude_masks) the pass of step 2 also writes every mask
-// byte it can already decide: 0 below lo or not eligible, 1 above hi, kPending
-// inside, and records where each inside key is (its offset in its chunk); only
+// byte it can already decide (0 below lo or not eligible, 1 above hi; 0 for now
+// inside) and records where each inside key is (its offset in its chunk); only
 // those ~1% bytes are written afterwards, from the collected keys alone
 // (resolve_collected): one read of the weights in all, no second walk over the
 // masks. The result is bit for bit the radix path's. Extra memory: the sample
@@ -98,15 +98,37 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
   return true;
 }
 
+// The fp32 key without NaN canonicalisation. Every NaN's raw key is above the
+// +Inf key, so against a range [lo, hi] with hi <= the +Inf key it compares as
+// the canonical key does (and no key inside such a range is a NaN): the hot
+// loop then spends one AND per key instead of four ops.
+constexpr uint32_t kInfKey32 = 0x7F800000u;  // key32(+Inf); every NaN's raw key is above it
+
+inline uint32_t raw_key32(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b & 0x7FFFFFFFu;
+}
+
+template <bool kRaw, typename key_t, typename scalar_t>
+inline key_t hot_key(scalar_t x) {
+  if constexpr (kRaw) {
+    return raw_key32(x);
+  } else {
+    return fast_key<key_t>(x);
+  }
+}
+
 // Step 2 over one chunk: the eligible keys below lo are counted and those inside
 // [lo, hi] stored at out[0..n) (out has room for the chunk plus one slot: the
 // compaction stores every key of a block that holds one at out[n], and n
 // advances only for the ones inside). With kWrite, codes[j] (the mask byte of
-// memory offset j) gets 0 / 1 / kPending for below-or-not-eligible / above /
-// inside, and pos[i] the offset of out[i] from `begin` (a chunk has 2^16
-// entries). Keys fit the signed type (top bit 0), and signed compares vectorise
-// on plain x86-64. Locals and __restrict: the stores cannot alias the counters.
-template <bool kWrite, typename key_t, typename scalar_t, typename M>
+// memory offset j) gets 1 above hi, else 0 (inside too, decided later), and
+// pos[i] the offset of out[i] from `begin` (a chunk has 2^16 entries). kRaw:
+// fp32 keys without NaN canonicalisation (a finite range, see raw_key32). Keys
+// fit the signed type (top bit 0), and signed compares vectorise on plain
+// x86-64. Locals and __restrict: the stores cannot alias the counters.
+template <bool kWrite, bool kRaw, typename key_t, typename scalar_t, typename M>
 __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict x,
                                                       const M* __restrict m, int64_t begin,
                                                       int64_t end, key_t lo, key_t hi,
@@ -122,10 +144,8 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
     const skey sk = static_cast<skey>(fast_key<key_t>(x[j]));
     return eligible(j) & uint32_t(sk >= slo) & uint32_t(sk <= shi);
   };
-  // 0 / 1 / kPending, branch-free
-  auto code = [&](skey sk, uint32_t ok, uint32_t in) -> uint8_t {
-    return static_cast<uint8_t>((0u - ok) & (uint32_t(sk > shi) | (in * kPending)));
-  };
+  // 1 = kept (eligible and above the range), branch-free
+  auto code = [&](skey sk, uint32_t ok) -> uint8_t { return static_cast<uint8_t>(ok & uint32_t(sk > shi)); };
   constexpr int64_t kBlock = 16;
   uint32_t below = 0;  // a chunk has 2^16 entries
   int64_t n = 0;
@@ -133,12 +153,12 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   for (; j + kBlock <= end; j += kBlock) {
     uint32_t any = 0;
     for (int64_t i = 0; i < kBlock; ++i) {
-      const skey sk = static_cast<skey>(fast_key<key_t>(x[j + i]));
+      const skey sk = static_cast<skey>(hot_key<kRaw, key_t>(x[j + i]));
       const uint32_t ok = eligible(j + i);
       below += ok & uint32_t(sk < slo);
       const uint32_t in = ok & uint32_t(sk >= slo) & uint32_t(sk <= shi);
       any |= in;
-      if constexpr (kWrite) codes[j + i] = code(sk, ok, in);
+      if constexpr (kWrite) codes[j + i] = code(sk, ok);
     }
     if (!any) continue;
     for (int64_t i = 0; i < kBlock; ++i) {
@@ -152,7 +172,7 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
     const uint32_t ok = eligible(j);
     const uint32_t in = ok & uint32_t(sk >= slo) & uint32_t(sk <= shi);
     below += ok & uint32_t(sk < slo);
-    if constexpr (kWrite) codes[j] = code(sk, ok, in);
+    if constexpr (kWrite) codes[j] = code(sk, ok);
     out[n] = fast_key<key_t>(x[j]);
     if constexpr (kWrite) pos[n] = static_cast<uint16_t>(j - begin);
     n += in;
@@ -169,16 +189,26 @@ int64_t count_collect(const Entry& e, int64_t begin, int64_t end, key_t lo, key_
   uint8_t* codes = kWrite ? reinterpret_cast<uint8_t*>(e.out) : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_count_collect", [&] {
     const scalar_t* x = static_cast<const scalar_t*>(e.data);
-    if (e.mask && e.mask_is_bool) {
-      n = count_collect_typed<kWrite>(x, static_cast<const uint8_t*>(e.mask), begin, end, lo, hi,
-                                      out, pos, below, codes);
-    } else if (e.mask) {
-      n = count_collect_typed<kWrite>(x, static_cast<const scalar_t*>(e.mask), begin, end, lo, hi,
-                                      out, pos, below, codes);
-    } else {
-      n = count_collect_typed<kWrite>(x, static_cast<const uint8_t*>(nullptr), begin, end, lo, hi,
-                                      out, pos, below, codes);
+    auto run = [&](auto raw) {
+      constexpr bool kRaw = decltype(raw)::value;
+      if (e.mask && e.mask_is_bool) {
+        n = count_collect_typed<kWrite, kRaw>(x, static_cast<const uint8_t*>(e.mask), begin, end,
+                                              lo, hi, out, pos, below, codes);
+      } else if (e.mask) {
+        n = count_collect_typed<kWrite, kRaw>(x, static_cast<const scalar_t*>(e.mask), begin, end,
+                                              lo, hi, out, pos, below, codes);
+      } else {
+        n = count_collect_typed<kWrite, kRaw>(x, static_cast<const uint8_t*>(nullptr), begin,
+                                              end, lo, hi, out, pos, below, codes);
+      }
+    };
+    if constexpr (std::is_same_v<key_t, uint32_t> && std::is_same_v<scalar_t, float>) {
+      if (hi <= kInfKey32) {
+        run(std::true_type{});
+        return;
+      }
     }
+    run(std::false_type{});
   });
   return n;
 }
@@ -217,8 +247,8 @@ struct Collected {
 // Steps 1-3: the threshold key and ties of the k-th smallest eligible key; false
 // when the sample missed or too many keys fell inside (then nothing was decided,
 // and with kWrite some mask bytes may hold codes: the caller rewrites them all).
-// With kWrite every mask byte is 0, 1 or kPending afterwards, and `c` says where
-// the pending ones are (resolve_collected).
+// With kWrite every mask byte is 0 or 1 afterwards, and `c` says which ones are
+// still undecided (resolve_collected).
 template <typename key_t, bool kWrite = false>
 bool range_threshold(const Prepared& p, int64_t k, Selection& s, Collected<key_t>* c = nullptr) {
   Range r;
@@ -271,6 +301,18 @@ bool range_threshold(const Prepared& p, int64_t k, Selection& s, Collected<key_t
   }
   s = select_among(keys, k - r.below);
   return true;
+}
+
+// Sets every mask byte that range_threshold<kWrite> left undecided to `code`
+// (for resolve_code, which finds them by value).
+template <typename key_t>
+void mark_pending(const Prepared& p, const Collected<key_t>& col, uint8_t code) {
+  for_chunks(p, [&](int64_t c, const Chunk& ch, const Entry& e) {
+    const auto& sl = col.slices[c];
+    const uint16_t* pos = col.pos[sl.thread].data() + sl.first;
+    uint8_t* out = reinterpret_cast<uint8_t*>(e.out) + ch.begin;
+    for (int64_t i = 0; i < sl.count; ++i) out[pos[i]] = code;
+  });
 }
 
 // Writes the pending mask bytes that range_threshold<kWrite> left, from the

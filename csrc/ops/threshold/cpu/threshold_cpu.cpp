@@ -38,8 +38,11 @@ void write_masks(const Prepared& p, int64_t k) {
   Selection s;
   Collected<key_t> inside;
   if (range_threshold<key_t, /*kWrite=*/true>(p, k, s, &inside)) {
-    // the pass wrote 0 / 1 / kPending; only the bytes inside the sampled range are left
-    if (!resolve_collected<key_t>(p, s, inside)) resolve_code<key_t>(p, s, kPending);
+    // the pass decided every byte but those inside the sampled range
+    if (!resolve_collected<key_t>(p, s, inside)) {
+      mark_pending<key_t>(p, inside, kPending);
+      resolve_code<key_t>(p, s, kPending);
+    }
   } else {
     s = classify_and_select<key_t>(p, k);
     resolve_code<key_t>(p, s, kPending);
