@@ -71,18 +71,13 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
   for (size_t i = 1; i < p.entries.size(); ++i) base[i] = base[i - 1] + p.entries[i - 1].numel;
   const int nthreads = std::max(1, at::get_num_threads());
   std::vector<std::vector<key_t>> part(nthreads);
-  at::parallel_for(0, static_cast<int64_t>(p.chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+  for_chunks(p, [&](int64_t, const Chunk& ch, const Entry& e) {
     std::vector<key_t>& mine = part[at::get_thread_num()];
-    mine.reserve(mine.size() + static_cast<size_t>((ce - cb) * kChunk / stride + 1));
-    for (int64_t c = cb; c < ce; ++c) {
-      const Chunk& ch = p.chunks[c];
-      const int64_t g = base[ch.entry] + ch.begin;  // global index of the chunk's start
-      const int64_t first = ch.begin + (g % stride == 0 ? 0 : stride - g % stride);
-      for_each_key_strided<key_t>(p.entries[ch.entry], first, ch.end, stride,
-                                  [&](key_t key, uint32_t ok) {
-                                    if (ok) mine.push_back(key);
-                                  });
-    }
+    const int64_t g = base[ch.entry] + ch.begin;  // global index of the chunk's start
+    const int64_t first = ch.begin + (g % stride == 0 ? 0 : stride - g % stride);
+    for_each_key_strided<key_t>(e, first, ch.end, stride, [&](key_t key, uint32_t ok) {
+      if (ok) mine.push_back(key);
+    });
   });
   std::vector<key_t> sample;
   sample.reserve(kSample + 1);
@@ -265,25 +260,27 @@ bool range_threshold(const Prepared& p, int64_t k, Selection& s, Collected<key_t
   std::vector<int64_t> below(p.chunks.size(), 0);
   std::atomic<size_t> inside_so_far{0};
   std::atomic<bool> overflow{false};
-  at::parallel_for(0, static_cast<int64_t>(p.chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+  // per thread: room for one chunk's inside keys (+1 slot, see count_collect_typed)
+  std::vector<std::vector<key_t>> scratch(nthreads);
+  std::vector<std::vector<uint16_t>> scratch_pos(nthreads);
+  for_chunks(p, [&](int64_t ci, const Chunk& ch, const Entry& e) {
+    if (overflow.load(std::memory_order_relaxed)) return;
     const int t = at::get_thread_num();
     std::vector<key_t>& mine = col.keys[t];
-    std::vector<key_t> scratch(static_cast<size_t>(kChunk) + 1);
-    std::vector<uint16_t> scratch_pos(kWrite ? static_cast<size_t>(kChunk) + 1 : 0);
-    for (int64_t ci = cb; ci < ce && !overflow.load(std::memory_order_relaxed); ++ci) {
-      const Chunk& ch = p.chunks[ci];
-      const int64_t n = count_collect<kWrite, key_t>(p.entries[ch.entry], ch.begin, ch.end,
-                                                     static_cast<key_t>(r.lo),
-                                                     static_cast<key_t>(r.hi), scratch.data(),
-                                                     scratch_pos.data(), &below[ci]);
-      col.slices[ci] = {t, static_cast<int64_t>(mine.size()), n};
-      mine.insert(mine.end(), scratch.begin(), scratch.begin() + n);
-      if constexpr (kWrite) {
-        col.pos[t].insert(col.pos[t].end(), scratch_pos.begin(), scratch_pos.begin() + n);
-      }
-      if (inside_so_far.fetch_add(n, std::memory_order_relaxed) + n > bound) {
-        overflow.store(true, std::memory_order_relaxed);
-      }
+    if (scratch[t].empty()) {
+      scratch[t].resize(static_cast<size_t>(kChunk) + 1);
+      if (kWrite) scratch_pos[t].resize(static_cast<size_t>(kChunk) + 1);
+    }
+    const int64_t n = count_collect<kWrite, key_t>(e, ch.begin, ch.end, static_cast<key_t>(r.lo),
+                                                   static_cast<key_t>(r.hi), scratch[t].data(),
+                                                   scratch_pos[t].data(), &below[ci]);
+    col.slices[ci] = {t, static_cast<int64_t>(mine.size()), n};
+    mine.insert(mine.end(), scratch[t].begin(), scratch[t].begin() + n);
+    if constexpr (kWrite) {
+      col.pos[t].insert(col.pos[t].end(), scratch_pos[t].begin(), scratch_pos[t].begin() + n);
+    }
+    if (inside_so_far.fetch_add(n, std::memory_order_relaxed) + n > bound) {
+      overflow.store(true, std::memory_order_relaxed);
     }
   });
   if (overflow.load()) return false;

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -58,11 +59,28 @@ struct Selection {
   int64_t n_equal = 0;  // eligible entries equal to t
 };
 
+// Runs f(i) for every i in [0, n) on torch's threads, handing the items out one
+// at a time from an atomic counter instead of in equal static halves: on a
+// machine shared with other jobs, a thread that gets less CPU takes fewer items
+// rather than holding the others at the barrier. f may keep per-thread state
+// by at::get_thread_num(); items run in no particular order.
+template <typename F>
+void parallel_items(int64_t n, const F& f) {
+  if (n <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(std::max(1, at::get_num_threads()), n);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      f(i);
+    }
+  });
+}
+
 template <typename F>
 void for_chunks(const Prepared& p, const F& f) {
-  at::parallel_for(0, static_cast<int64_t>(p.chunks.size()), 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) f(c, p.chunks[c], p.entries[p.chunks[c].entry]);
-  });
+  parallel_items(static_cast<int64_t>(p.chunks.size()),
+                 [&](int64_t c) { f(c, p.chunks[c], p.entries[p.chunks[c].entry]); });
 }
 
 // Calls f(j, key) for every mask byte equal to `code` in memory offsets
