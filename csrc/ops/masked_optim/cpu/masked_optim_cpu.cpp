@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/common/parallel_items.h"
 #include "ops/masked_optim/masked_optim_args.h"
 #include "ops/masked_optim/update_math.h"
 
@@ -190,33 +191,31 @@ template <int kMode, bool kNesterov>
 void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, double dampening,
                 double weight_decay, bool maximize, double scale) {
   const std::vector<Chunk> chunks = make_chunks(slots);
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      const Chunk& ch = chunks[c];
-      const Slot& sl = slots[ch.slot];
-      const int64_t n = ch.end - ch.begin;
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
-                                      "masked_sgd_cpu", [&] {
-        using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        const SgdScalars<opmath_t> s{static_cast<opmath_t>(-lr), static_cast<opmath_t>(momentum),
-                                     static_cast<opmath_t>(1.0 - dampening),
-                                     static_cast<opmath_t>(weight_decay),
-                                     static_cast<opmath_t>(maximize ? -1.0 : 1.0)};
-        scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
-        const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
-        scalar_t* buf = kMode == kNoMomentum ? nullptr : ptr<scalar_t>(sl.state[0]) + ch.begin;
-        const uint8_t* keep = keep_ptr(sl, ch.begin);
-        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-          sgd_range<opmath_t, kMode, kNesterov>(n, p, g, buf, keep, keep_kind(sl),
-                                                static_cast<opmath_t>(scale), s);
-        } else {
-          for_keep_blocks(keep, keep_kind(sl), n, [&](int64_t o, int64_t k, const uint8_t* kb) {
-            sgd_reduced<scalar_t, kMode, kNesterov>(k, p + o, g + o, buf ? buf + o : nullptr, kb,
-                                                    static_cast<float>(scale), s);
-          });
-        }
-      });
-    }
+  parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+    const Chunk& ch = chunks[c];
+    const Slot& sl = slots[ch.slot];
+    const int64_t n = ch.end - ch.begin;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
+                                    "masked_sgd_cpu", [&] {
+      using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      const SgdScalars<opmath_t> s{static_cast<opmath_t>(-lr), static_cast<opmath_t>(momentum),
+                                   static_cast<opmath_t>(1.0 - dampening),
+                                   static_cast<opmath_t>(weight_decay),
+                                   static_cast<opmath_t>(maximize ? -1.0 : 1.0)};
+      scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
+      const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
+      scalar_t* buf = kMode == kNoMomentum ? nullptr : ptr<scalar_t>(sl.state[0]) + ch.begin;
+      const uint8_t* keep = keep_ptr(sl, ch.begin);
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        sgd_range<opmath_t, kMode, kNesterov>(n, p, g, buf, keep, keep_kind(sl),
+                                              static_cast<opmath_t>(scale), s);
+      } else {
+        for_keep_blocks(keep, keep_kind(sl), n, [&](int64_t o, int64_t k, const uint8_t* kb) {
+          sgd_reduced<scalar_t, kMode, kNesterov>(k, p + o, g + o, buf ? buf + o : nullptr, kb,
+                                                  static_cast<float>(scale), s);
+        });
+      }
+    });
   });
 }
 
@@ -375,32 +374,30 @@ template <bool kAmsgrad>
 void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& steps,
                  const AdamHost& host, double scale) {
   const std::vector<Chunk> chunks = make_chunks(slots);
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      const Chunk& ch = chunks[c];
-      const Slot& sl = slots[ch.slot];
-      const int64_t n = ch.end - ch.begin;
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
-                                      "masked_adam_cpu", [&] {
-        using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        const AdamScalars<opmath_t> s = host.at_step<opmath_t>(steps[ch.slot]);
-        scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
-        const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
-        scalar_t* m = ptr<scalar_t>(sl.state[0]) + ch.begin;
-        scalar_t* v = ptr<scalar_t>(sl.state[1]) + ch.begin;
-        scalar_t* x = kAmsgrad ? ptr<scalar_t>(sl.state[2]) + ch.begin : nullptr;
-        const uint8_t* keep = keep_ptr(sl, ch.begin);
-        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-          adam_range<opmath_t, kAmsgrad>(n, p, g, m, v, x, keep, keep_kind(sl),
-                                         static_cast<opmath_t>(scale), s);
-        } else {
-          for_keep_blocks(keep, keep_kind(sl), n, [&](int64_t o, int64_t k, const uint8_t* kb) {
-            adam_reduced<scalar_t, kAmsgrad>(k, p + o, g + o, m + o, v + o, x ? x + o : nullptr,
-                                             kb, static_cast<float>(scale), s);
-          });
-        }
-      });
-    }
+  parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+    const Chunk& ch = chunks[c];
+    const Slot& sl = slots[ch.slot];
+    const int64_t n = ch.end - ch.begin;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
+                                    "masked_adam_cpu", [&] {
+      using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      const AdamScalars<opmath_t> s = host.at_step<opmath_t>(steps[ch.slot]);
+      scalar_t* p = ptr<scalar_t>(sl.param) + ch.begin;
+      const scalar_t* g = ptr<scalar_t>(sl.grad) + ch.begin;
+      scalar_t* m = ptr<scalar_t>(sl.state[0]) + ch.begin;
+      scalar_t* v = ptr<scalar_t>(sl.state[1]) + ch.begin;
+      scalar_t* x = kAmsgrad ? ptr<scalar_t>(sl.state[2]) + ch.begin : nullptr;
+      const uint8_t* keep = keep_ptr(sl, ch.begin);
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        adam_range<opmath_t, kAmsgrad>(n, p, g, m, v, x, keep, keep_kind(sl),
+                                       static_cast<opmath_t>(scale), s);
+      } else {
+        for_keep_blocks(keep, keep_kind(sl), n, [&](int64_t o, int64_t k, const uint8_t* kb) {
+          adam_reduced<scalar_t, kAmsgrad>(k, p + o, g + o, m + o, v + o, x ? x + o : nullptr,
+                                           kb, static_cast<float>(scale), s);
+        });
+      }
+    });
   });
 }
 

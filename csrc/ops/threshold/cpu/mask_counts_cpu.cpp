@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/common/parallel_items.h"
+
 namespace lthfast {
 namespace threshold {
 namespace {
@@ -99,10 +101,8 @@ at::Tensor mask_counts_cpu(at::TensorList masks) {
     }
   }
   std::vector<int64_t> ones(chunks.size(), 0), others(chunks.size(), 0);
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      count_item(items[chunks[c].item], chunks[c].begin, chunks[c].end, ones[c], others[c]);
-    }
+  parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+    count_item(items[chunks[c].item], chunks[c].begin, chunks[c].end, ones[c], others[c]);
   });
   at::Tensor out = at::zeros({static_cast<int64_t>(masks.size()), 2}, at::dtype(at::kLong));
   int64_t* o = out.data_ptr<int64_t>();
