@@ -57,6 +57,8 @@ stage_build() {
   step info 60 "$PY" -m lthfast.info
   # the extension must use the shared libstdc++ (a static copy crashed C++ error messages)
   step libstdcxx 20 bash -c 'ldd lthfast/_C*.so | grep libstdc++'
+  # built with OpenMP (else every CPU kernel runs on one thread), one runtime in the process
+  step openmp 60 "$PY" -c 'import torch, lthfast; assert lthfast.build_info()["openmp"] == torch._C.has_openmp, lthfast.build_info(); print([l.split()[-1] for l in open("/proc/self/maps") if "gomp" in l and "r-xp" in l])'
 }
 
 stage_test() {
