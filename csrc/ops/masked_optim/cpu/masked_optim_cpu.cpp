@@ -67,6 +67,16 @@ std::vector<Chunk> make_chunks(const std::vector<Slot>& slots) {
   return chunks;
 }
 
+// f(chunk, its slot, its length) for every chunk of the slots, on torch's threads.
+template <typename F>
+void for_each_chunk(const std::vector<Slot>& slots, const F& f) {
+  const std::vector<Chunk> chunks = make_chunks(slots);
+  parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+    const Chunk& ch = chunks[c];
+    f(ch, slots[ch.slot], ch.end - ch.begin);
+  });
+}
+
 // keep[0, 8 * nbytes) = the bits of packed[0, nbytes) as bytes 0/1, LSB first.
 // Per byte, branch-free and table-free: replicate it into the 8 bytes of a
 // word, keep bit j in byte j, then turn each nonzero byte into 1.
@@ -190,11 +200,7 @@ void sgd_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* buf, const
 template <int kMode, bool kNesterov>
 void sgd_chunks(const std::vector<Slot>& slots, double lr, double momentum, double dampening,
                 double weight_decay, bool maximize, double scale) {
-  const std::vector<Chunk> chunks = make_chunks(slots);
-  parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
-    const Chunk& ch = chunks[c];
-    const Slot& sl = slots[ch.slot];
-    const int64_t n = ch.end - ch.begin;
+  for_each_chunk(slots, [&](const Chunk& ch, const Slot& sl, int64_t n) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
                                     "masked_sgd_cpu", [&] {
       using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -373,11 +379,7 @@ void adam_reduced(int64_t n, scalar_t* p, const scalar_t* g, scalar_t* m, scalar
 template <bool kAmsgrad>
 void adam_chunks(const std::vector<Slot>& slots, const std::vector<double>& steps,
                  const AdamHost& host, double scale) {
-  const std::vector<Chunk> chunks = make_chunks(slots);
-  parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
-    const Chunk& ch = chunks[c];
-    const Slot& sl = slots[ch.slot];
-    const int64_t n = ch.end - ch.begin;
+  for_each_chunk(slots, [&](const Chunk& ch, const Slot& sl, int64_t n) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sl.param.scalar_type(),
                                     "masked_adam_cpu", [&] {
       using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;

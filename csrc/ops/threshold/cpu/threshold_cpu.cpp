@@ -3,7 +3,8 @@
 // bit for bit:
 //   - sampled range (range_select_cpu.h): large inputs, when a sample brackets
 //     the k-th key: one branch-free pass finds the threshold and writes every mask
-//     byte outside the sampled range; the ~1% inside are resolved from the masks;
+//     byte outside the sampled range; the ~1% inside are written from the keys
+//     and offsets that pass collected;
 //   - radix (radix_select_cpu.h): histogram passes over 16-bit digits (31-bit
 //     keys: 16 + 15; 63-bit keys for fp64: 16 x 3 + 15), the last fused with
 //     writing the masks. Small inputs and sample misses.
