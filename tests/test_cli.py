@@ -94,6 +94,25 @@ def test_info_warns_about_a_build_without_openmp(monkeypatch, capsys):
     assert "built without OpenMP, so the CPU kernels run on one thread" in info.format_report(facts)
 
 
+def test_missing_vision_extra_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    # pyproject's `vision` extra is optional: without torchvision `lthfast imp` says what
+    # to install instead of a traceback (sys.modules[name] = None makes imports fail).
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    assert main(["imp", "--iters", "1", "--quiet", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "needs torchvision, which is not installed" in err
+    assert "pip install 'lthfast[vision]'" in err and "Traceback" not in err
+
+
+def test_other_missing_modules_keep_their_traceback(monkeypatch):
+    def boom(args):
+        import lthfast_no_such_module  # noqa: F401
+
+    monkeypatch.setattr("lthfast.cli.info.run", boom)
+    with pytest.raises(ModuleNotFoundError):
+        main(["info"])
+
+
 def test_info_json(capsys):
     assert main(["info", "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)

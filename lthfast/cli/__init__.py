@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The `vision` extra (pyproject.toml): what the detection / classification commands
+# import lazily. pip name for each module.
+_OPTIONAL = {"torchvision": "torchvision  (or: pip install 'lthfast[vision]')",
+             "pycocotools": "pycocotools  (or: pip install 'lthfast[vision]')",
+             "matplotlib": "matplotlib  (or: pip install 'lthfast[vision]')"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line `argv` (default: sys.argv[1:]) and returns the exit status."""
     parser = build_parser()
@@ -61,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"lthfast {args.command}: error: {e}", file=sys.stderr, flush=True)
         return e.code
+    except ModuleNotFoundError as e:
+        if e.name not in _OPTIONAL:  # a real bug: keep the traceback
+            raise
+        print(f"lthfast {args.command}: error: this command needs {e.name}, which is not "
+              f"installed; install it with: pip install {_OPTIONAL[e.name]}",
+              file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print(f"lthfast {args.command}: interrupted", file=sys.stderr, flush=True)
         return 130
