@@ -7,10 +7,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace lthfast {
 namespace threshold {
 
@@ -70,23 +66,6 @@ inline Normalized normalize_inputs(at::TensorList scores, at::TensorList masks, 
   return n;
 }
 
-// Large CPU outputs: ask for transparent huge pages before the first touch. A
-// fresh 60 MB mask otherwise costs ~15k page faults, as much time as a pass over
-// the weights; with 2 MB pages it costs a few hundred. Advisory only.
-inline void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const size_t bytes = t.numel() * t.element_size();
-  if (!t.device().is_cpu() || bytes < 2 * kHuge) return;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
-
 // threshold_mask's arguments (CPU and CUDA): the score and optional mask as
 // normalize_inputs checks them, and the 0-dim threshold / ties_left tensors.
 inline Normalized normalize_threshold_mask_args(const at::Tensor& score, at::TensorList masks,
@@ -121,7 +100,6 @@ inline at::ScalarType output_dtype(const at::Tensor& score, const Normalized& n,
 // Output keep-mask for a score: same strides as a dense score.
 inline at::Tensor empty_mask_like(const at::Tensor& dense_score) {
   at::Tensor out = at::empty_like(dense_score, dense_score.options().dtype(at::kBool));
-  advise_huge_pages(out);
   return out;
 }
 

@@ -112,7 +112,6 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
   const at::Tensor& d = n.scores[0];
   const at::ScalarType out_type = output_dtype(d, n, dtype, op);
   at::Tensor out = at::empty_like(d, d.options().dtype(out_type));
-  advise_huge_pages(out);
   Entry e;
   e.data = d.data_ptr();
   e.mask = masks.empty() ? nullptr : n.masks[0].data_ptr();
