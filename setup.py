@@ -134,7 +134,7 @@ def extensions():
         ("LTHFAST_TORCH_VERSION", '"%s"' % torch.__version__),
     ]
     # No -std flag: torch's BuildExtension picks the standard its headers need
-    # (C++17 up to torch 2.12, C++20 from 2.13).
+    # (C++17 or C++20; torch 2.12 to 2.15 all ask for C++20).
     # -fno-math-errno: sqrt never sets errno, so loops with sqrt vectorise (the CPU
     # Adam step runs ~20% faster); no lthfast code reads errno after math calls.
     omp_cxx, omp_link = _openmp()

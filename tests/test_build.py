@@ -1,6 +1,7 @@
 """The build: what was compiled, and the CMake build for C++ users."""
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,23 @@ def test_cuda_kernels_were_compiled():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lthfast::{op}", "CUDA"), op
 
 
+def _nvcc_release(nvcc):
+    """'13.0' from `nvcc --version`, or None."""
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+def _cuda_h_release(include):
+    """'13.2' from CUDA_VERSION (13020) in include/cuda.h, or None."""
+    try:
+        with open(os.path.join(include, "cuda.h")) as f:
+            m = re.search(r"#define\s+CUDA_VERSION\s+(\d+)", f.read())
+    except OSError:
+        return None
+    return f"{int(m.group(1)) // 1000}.{int(m.group(1)) % 1000 // 10}" if m else None
+
+
 def _cuda_root_shim(tmp_path):
     """libtorch's CMake config of a CUDA build of torch insists on finding a CUDA
     toolkit (nvcc, headers, cudart) even for a CPU-only consumer. Where the toolkit
@@ -58,10 +76,22 @@ def _cuda_root_shim(tmp_path):
     wheel = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu[0-9]*"))
     if torch.version.cuda is None or not nvcc or not wheel:
         return []
+    include = os.path.join(wheel[0], "include")
+    release = _nvcc_release(nvcc)
+    if _cuda_h_release(include) != release:
+        # e.g. torch 2.15's wheels carry CUDA 13.2 headers, the machine's nvcc is 13.0:
+        # torch's cuda.cmake refuses the pair. Use a toolkit's headers that match nvcc.
+        toolkits = ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+        include = next((os.path.join(t, "include") for t in toolkits
+                        if _cuda_h_release(os.path.join(t, "include")) == release), None)
+        if include is None:
+            pytest.skip(f"nvcc is CUDA {release} but torch's CUDA headers are "
+                        f"{_cuda_h_release(os.path.join(wheel[0], 'include'))}, and no toolkit "
+                        "under /usr/local has headers that match nvcc")
     root = tmp_path / "cuda"
     (root / "lib64").mkdir(parents=True)
     os.symlink(os.path.dirname(nvcc), root / "bin")
-    os.symlink(os.path.join(wheel[0], "include"), root / "include")
+    os.symlink(include, root / "include")
     for lib in glob.glob(os.path.join(wheel[0], "lib", "*.so.*")):
         name = os.path.basename(lib)
         os.symlink(lib, root / "lib64" / name)

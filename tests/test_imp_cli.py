@@ -39,14 +39,27 @@ def test_bad_arguments_are_named(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_nproc_reruns_the_command_it_was_given(monkeypatch):
+    # main(argv) from Python: torchrun must get this argv, not the process's sys.argv
+    import lthfast.imp.ddp as ddp
+    got = []
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(ddp, "spawn", lambda n, argv: got.append((n, argv)) or 0)
+    assert main(["imp", "--nproc", "2", "--iters", "3"]) == 0
+    assert got == [(2, ["imp", "--nproc", "2", "--iters", "3"])]
+
+
 def test_resume_of_nothing(tmp_path, capsys):
     assert main(["imp", "--resume", str(tmp_path / "none")]) == 2
     assert "no run there" in capsys.readouterr().err
 
 
 def test_tiny_classification_run_then_grow_it_with_resume(tmp_path, capsys):
+    pytest.importorskip("torchvision")
     out = tmp_path / "run"
+    threads = torch.get_num_threads()
     assert main(["imp", *TINY, "--rounds", "1", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # --threads 1 was for the run only
     printed = capsys.readouterr().out
     assert "sparsity" in printed and "top1" in printed and "report.html" in printed
     rows = json.loads((out / "metrics.json").read_text())
@@ -68,6 +81,7 @@ def test_tiny_classification_run_then_grow_it_with_resume(tmp_path, capsys):
 def test_same_seed_same_run(tmp_path, capsys):
     """--seed fixes the whole run, initial weights included (torch's default generator
     starts from a random seed in each process; here the global state simply differs)."""
+    pytest.importorskip("torchvision")
     rows = []
     for run, noise in (("a", 123), ("b", 456)):
         torch.manual_seed(noise)
@@ -83,6 +97,7 @@ def test_same_seed_same_run(tmp_path, capsys):
 @pytest.mark.parametrize("task, metric", [("detection", "bbox_AP"), ("segmentation", "segm_AP"),
                                           ("keypoints", "keypoints_AP")])
 def test_tiny_detection_task_runs_end_to_end(task, metric, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torchvision")
     pytest.importorskip("pycocotools")
     monkeypatch.setenv("LTHFAST_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / task

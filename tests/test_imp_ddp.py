@@ -10,6 +10,7 @@ import sys
 import pytest
 
 pytest.importorskip("lthfast.optim")
+pytest.importorskip("torchvision")  # the vision extra
 
 
 def test_two_gloo_processes_run_imp(tmp_path):

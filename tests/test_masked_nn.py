@@ -58,6 +58,7 @@ def test_padding_modes_and_same():
 
 
 def test_sparsify_resnet_and_densify_back():
+    pytest.importorskip("torchvision")
     from torchvision.models import resnet18
     torch.manual_seed(0)
     model = resnet18(num_classes=10).eval()
@@ -115,6 +116,7 @@ def test_sparsify_errors_leave_model_unchanged():
 
 
 def test_sparsified_detector_gives_same_detections():
+    pytest.importorskip("torchvision")
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     torch.manual_seed(0)

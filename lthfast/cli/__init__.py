@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. for `imp --nproc`
+    # A command's --threads is for that command, not for a Python caller of main()
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     try:
         return int(args.func(args) or 0)
     except CLIError as e:
@@ -80,3 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `lthfast prune ... | head`
         return 0
+    finally:
+        if threads is not None and sys.modules["torch"].get_num_threads() != threads:
+            sys.modules["torch"].set_num_threads(threads)

@@ -179,7 +179,7 @@ def _print_table(rows: list[dict], task: str, file=None) -> None:
 def run(args) -> int:
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from lthfast.imp.ddp import spawn
-        return spawn(args.nproc, sys.argv[1:])
+        return spawn(args.nproc, getattr(args, "argv", sys.argv[1:]))
     from lthfast.imp.jobs import JobError, build_job, settings_from_args
     try:
         settings = settings_from_args(args)
