@@ -78,6 +78,29 @@ def test_rounds_prune_the_remaining_fraction_and_write_the_run(tmp_path):
     assert (tmp_path / "pruned_params.txt").read_text().split() == names
 
 
+def test_layer_collapse_is_reported():
+    # the last layer's weights are tiny, so one global threshold takes all of them
+    model = tiny_net()
+    with torch.no_grad():
+        model[-1].weight.mul_(1e-6)
+    names, train_fn, eval_fn = job(model)
+    lines = []
+    res = run_imp(model, names, train_fn=train_fn, eval_fn=eval_fn,
+                  config=IMPConfig(rounds=2, rate=0.5, rewind="init"), log=lines.append)
+    assert [r["collapsed_layers"] for r in res.rows] == [0, 1, 1]
+    warned = [m for m in lines if "layer collapse" in m]
+    assert len(warned) == 1 and "round 1" in warned[0] and "6.weight" in warned[0]
+
+
+def test_report_cells_read_like_the_cli():
+    from lthfast.imp.report import html_table
+    table = html_table([{"round": 1, "sparsity": 0.5, "sparsity_fpn": 0.19166, "bbox_AP": 31.5123,
+                         "bbox_APl": float("nan"), "segm_AP50": 40.0, "train_time_s": 9.7312,
+                         "rewind": None}])
+    cells = [c.split("</td>")[0] for c in table.split("<td>")[1:]]
+    assert cells == ["1", "50.00%", "19.17%", "31.5", "–", "40.0", "9.731", "–"]
+
+
 def test_target_sparsity_sets_the_per_round_rate():
     cfg = IMPConfig(rounds=3, target=0.8)
     assert cfg.expected_sparsity(3) == pytest.approx(0.8)

@@ -21,9 +21,10 @@ With no arguments it runs the built-in demo: a small Faster R-CNN (resnet18-FPN)
 synthetic `shapes` dataset, sized to finish in about 10 minutes on a 2-core CPU.
 
 RUN_DIR holds config.json, metrics.json / metrics.csv (one row per round: sparsity,
-per-scope sparsity, every AP, times), round_R/ticket.safetensors (the masks of each round;
-load with lthfast.Ticket.load), pruned_params.txt (the exact pruned set), checkpoint.pt
-and report.html (sparsity-vs-AP curve, per-layer sparsity)."""
+per-scope sparsity, collapsed_layers (tensors pruned to nothing), every AP, times),
+round_R/ticket.safetensors (the masks of each round; load with lthfast.Ticket.load),
+pruned_params.txt (the exact pruned set), checkpoint.pt and report.html (sparsity-vs-AP
+curve, per-layer sparsity)."""
 
 _EPILOG = """\
 examples:

@@ -122,6 +122,11 @@ def plain(x):
     return str(x)
 
 
+def _collapsed(ticket) -> list[str]:
+    """Names of the tensors that have no kept weight left."""
+    return [n for n, k in ticket.kept_by_name().items() if k == 0]
+
+
 def snapshot(model: nn.Module) -> dict:
     """A deep CPU copy of the model's state_dict (the rewind point)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -204,6 +209,7 @@ class IMP:
         rows, ticket = state["rows"], state["ticket"]
         for r in range(state["next_round"], cfg.rounds + 1):
             t_prune = time.perf_counter()
+            collapsed_before = _collapsed(ticket)
             if r > 0:
                 ticket = ticket.prune(self.model, cfg.per_round_rate(), layerwise=cfg.layerwise)
                 _check_same_ticket_on_all_ranks(ticket)
@@ -214,6 +220,12 @@ class IMP:
                     self.model.load_state_dict(state["rewind"])
             ticket.apply(self.model)
             t_prune = time.perf_counter() - t_prune  # prune + rewind + mask: IMP's own overhead
+            collapsed = _collapsed(ticket)
+            if set(collapsed) - set(collapsed_before):
+                new = [n for n in collapsed if n not in collapsed_before]
+                self.log(f"warning: round {r} prunes every weight of {', '.join(new)} (layer "
+                         "collapse: nothing flows through it any more); --layerwise, a scope "
+                         "without it or a lower --rate avoid that")
             seed = cfg.seed * 1000 + r
             _seed_everything(seed)
 
@@ -238,7 +250,7 @@ class IMP:
             metrics = self.eval_fn(self.model, ctx) or {}
             t_eval = time.perf_counter() - t0
             row = {"round": r, "sparsity": sparsity, **group_sparsity(ticket, self.group_of),
-                   **metrics, "prune_time_s": t_prune, "train_time_s": t_train,
+                   "collapsed_layers": len(collapsed), **metrics, "prune_time_s": t_prune, "train_time_s": t_train,
                    "eval_time_s": t_eval,
                    **{f"train_{k}": v for k, v in train_stats.items()
                       if isinstance(v, (int, float))}}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
+import re
 
 from lthfast.imp.rundir import RunDir, write_text
 
@@ -62,6 +64,15 @@ def layer_rows(ticket) -> list[dict]:
     return out
 
 
+def _coarse_scope(name: str) -> str:
+    """backbone / fpn / rpn / roi_heads / head for torchvision detectors, else "other"."""
+    try:
+        from lthfast.detection.scopes import scope_of
+    except ImportError:
+        return "other"
+    return scope_of(name)
+
+
 def plot_layers(rows: list[dict], title: str) -> str | None:
     import matplotlib
     matplotlib.use("Agg")
@@ -69,18 +80,36 @@ def plot_layers(rows: list[dict], title: str) -> str | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(rows) + 2), 3.4))
-    ax.bar(range(len(rows)), [100 * r["sparsity"] for r in rows], color="tab:blue")
+    groups = [_coarse_scope(r["name"]) for r in rows]
+    heights = [100 * r["sparsity"] for r in rows]
+    if len(set(groups)) > 1:  # a detector: one colour per part (backbone, fpn, rpn, ...)
+        for g in dict.fromkeys(groups):
+            xs = [i for i, gg in enumerate(groups) if gg == g]
+            ax.bar(xs, [heights[i] for i in xs], label=g)
+        ax.legend(fontsize=8, loc="upper left", ncol=len(set(groups)))
+        ax.set_ylim(0, 112)  # room for the legend above 100%
+        ax.set_yticks(range(0, 101, 20))
+    else:
+        ax.bar(range(len(rows)), heights, color="tab:blue")
+        ax.set_ylim(0, 100)
     ax.set_xlabel("layer (model order; see the table below)")
     ax.set_ylabel("pruned (%)")
-    ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
+def _fmt(v, col: str = "") -> str:
+    """A cell as people read it: sparsities (fractions) as percentages, AP (already
+    in percent, COCO style) with one decimal, other floats with 4 significant digits."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"  # e.g. AP over a size range with no ground truth
+    if isinstance(v, float) and math.isfinite(v):
+        if "sparsity" in col and 0.0 <= v <= 1.0:
+            return f"{100 * v:.2f}%"
+        if re.search(r"(^|_)AP(\d+|[sml])?($|_)", col):
+            return f"{v:.1f}"
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
     return html.escape(str(v))
 
@@ -93,7 +122,7 @@ def html_table(rows: list[dict], cols: list[str] | None = None) -> str:
         for r in rows:
             cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (dict, list))]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''), c)}</td>" for c in cols) + "</tr>"
                    for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
