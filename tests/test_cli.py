@@ -162,6 +162,16 @@ def test_prune_resnet18_save_and_reload(tmp_path, capsys):
 
 
 @needs_torchvision
+def test_prune_warns_about_layers_pruned_to_nothing(capsys):
+    _needs_prune()
+    assert main(["prune", "resnet18", "--amount", "0.9999", "--no-table"]) == 0
+    err = capsys.readouterr().err
+    assert "(layer collapse: nothing flows through it)" in err and "conv1" in err
+    assert main(["prune", "resnet18", "--amount", "0.2", "--no-table"]) == 0
+    assert "layer collapse" not in capsys.readouterr().err
+
+
+@needs_torchvision
 def test_prune_state_dict_checkpoint_with_arch(tmp_path, capsys):
     _needs_prune()
     import torchvision

@@ -166,6 +166,10 @@ def run(args) -> int:
           f"{100 * (n_weights - kept_total) / n_all:.2f}% of all {n_all:,} parameters")
     print(f"pruning time:     {seconds * 1e3:.1f} ms ({how}, {device}, "
           f"lthfast.prune.{'l1_unstructured' if args.layerwise else 'global_unstructured'})")
+    collapsed = [r[0] for r in rows if r[0] != "total" and r[3] == 0]
+    if collapsed:
+        eprint(f"warning: every weight of {', '.join(collapsed)} is pruned (layer collapse: "
+               "nothing flows through it); --layerwise or a lower --amount avoids that")
 
     if args.save:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
