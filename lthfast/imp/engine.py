@@ -224,8 +224,8 @@ class IMP:
             if set(collapsed) - set(collapsed_before):
                 new = [n for n in collapsed if n not in collapsed_before]
                 self.log(f"warning: round {r} prunes every weight of {', '.join(new)} (layer "
-                         "collapse: nothing flows through it any more); --layerwise, a scope "
-                         "without it or a lower --rate avoid that")
+                         "collapse: nothing flows through it any more); layer-wise pruning, a "
+                         "scope without it or a lower rate avoid that")
             seed = cfg.seed * 1000 + r
             _seed_everything(seed)
 
@@ -250,8 +250,8 @@ class IMP:
             metrics = self.eval_fn(self.model, ctx) or {}
             t_eval = time.perf_counter() - t0
             row = {"round": r, "sparsity": sparsity, **group_sparsity(ticket, self.group_of),
-                   "collapsed_layers": len(collapsed), **metrics, "prune_time_s": t_prune, "train_time_s": t_train,
-                   "eval_time_s": t_eval,
+                   "collapsed_layers": len(collapsed), **metrics, "prune_time_s": t_prune,
+                   "train_time_s": t_train, "eval_time_s": t_eval,
                    **{f"train_{k}": v for k, v in train_stats.items()
                       if isinstance(v, (int, float))}}
             row = plain(row)
