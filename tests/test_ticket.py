@@ -225,6 +225,12 @@ def test_report_on_resnet18():
     assert all(r["applied"] for r in rows) and rows[0]["module"] == "Conv2d"
     text = t.format_report(model)
     assert "layer4.1.conv2.weight" in text and "total" in text and "90.00%" in text
+    assert ("layer collapse" in text) == any(r["kept"] == 0 for r in rows)
+    fresh = torchvision.models.resnet18()
+    with torch.no_grad():  # a layer pruned to nothing is named under the table
+        fresh.fc.weight.mul_(1e-6)
+    collapsed = Ticket.from_model(fresh, 0.5).format_report()
+    assert collapsed.splitlines()[-1] == "layer collapse (no weight kept): fc.weight"
 
 
 def test_from_pruned_and_to_pruned_roundtrip():
