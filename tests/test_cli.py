@@ -85,7 +85,7 @@ def test_info(capsys):
         assert "NOT BUILT" in out
 
 
-def test_info_warns_about_a_build_without_openmp(monkeypatch, capsys):
+def test_info_warns_about_a_build_without_openmp():
     from lthfast import info
     facts = info.collect()
     if not facts["cpu_kernels"] or not facts["torch_openmp"]:

@@ -229,7 +229,9 @@ def test_report_on_resnet18():
     fresh = torchvision.models.resnet18()
     with torch.no_grad():  # a layer pruned to nothing is named under the table
         fresh.fc.weight.mul_(1e-6)
-    collapsed = Ticket.from_model(fresh, 0.5).format_report()
+    half = Ticket.from_model(fresh, 0.5)
+    assert half.collapsed() == ["fc.weight"] and t.collapsed() == []
+    collapsed = half.format_report()
     assert collapsed.splitlines()[-1] == "layer collapse (no weight kept): fc.weight"
 
 

@@ -122,11 +122,6 @@ def plain(x):
     return str(x)
 
 
-def _collapsed(ticket) -> list[str]:
-    """Names of the tensors that have no kept weight left."""
-    return [n for n, k in ticket.kept_by_name().items() if k == 0]
-
-
 def snapshot(model: nn.Module) -> dict:
     """A deep CPU copy of the model's state_dict (the rewind point)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -209,7 +204,7 @@ class IMP:
         rows, ticket = state["rows"], state["ticket"]
         for r in range(state["next_round"], cfg.rounds + 1):
             t_prune = time.perf_counter()
-            collapsed_before = _collapsed(ticket)
+            collapsed_before = ticket.collapsed()
             if r > 0:
                 ticket = ticket.prune(self.model, cfg.per_round_rate(), layerwise=cfg.layerwise)
                 _check_same_ticket_on_all_ranks(ticket)
@@ -220,9 +215,9 @@ class IMP:
                     self.model.load_state_dict(state["rewind"])
             ticket.apply(self.model)
             t_prune = time.perf_counter() - t_prune  # prune + rewind + mask: IMP's own overhead
-            collapsed = _collapsed(ticket)
-            if set(collapsed) - set(collapsed_before):
-                new = [n for n in collapsed if n not in collapsed_before]
+            collapsed = ticket.collapsed()
+            new = [n for n in collapsed if n not in collapsed_before]
+            if new:
                 self.log(f"warning: round {r} prunes every weight of {', '.join(new)} (layer "
                          "collapse: nothing flows through it any more); layer-wise pruning, a "
                          "scope without it or a lower rate avoid that")

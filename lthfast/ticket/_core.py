@@ -165,6 +165,10 @@ class Ticket:
         n = self.numel(name)
         return 1.0 - self.kept(name) / n if n else 0.0
 
+    def collapsed(self) -> list[str]:
+        """Names of the non-empty tensors with no kept weight (layer collapse)."""
+        return [n for n in self._names if self._kept[n] == 0 and self.numel(n) > 0]
+
     def sparsity_by_name(self) -> dict[str, float]:
         return {n: self.sparsity(n) for n in self._names}
 

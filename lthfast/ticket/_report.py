@@ -62,7 +62,7 @@ def format_rows(table: list[dict], ticket) -> str:
     rule = "-" * len(fmt(head))
     title = f"Ticket round {ticket.round}: {len(table)} tensors, sparsity {100 * ticket.sparsity():.2f}%"
     out = [title, fmt(head), rule, *map(fmt, lines), rule, fmt(total)]
-    collapsed = [r["name"] for r in table if r["kept"] == 0 and r["params"] > 0]
+    collapsed = ticket.collapsed()
     if collapsed:  # nothing flows through these layers any more
         out.append(f"layer collapse (no weight kept): {', '.join(collapsed)}")
     return "\n".join(out)

@@ -99,8 +99,7 @@ inline at::ScalarType output_dtype(const at::Tensor& score, const Normalized& n,
 
 // Output keep-mask for a score: same strides as a dense score.
 inline at::Tensor empty_mask_like(const at::Tensor& dense_score) {
-  at::Tensor out = at::empty_like(dense_score, dense_score.options().dtype(at::kBool));
-  return out;
+  return at::empty_like(dense_score, dense_score.options().dtype(at::kBool));
 }
 
 // Moves masks computed on the normalised (dense) scores into each original's

@@ -174,7 +174,9 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
     return eligible(j) & uint32_t(sk >= slo) & uint32_t(sk <= shi);
   };
   // 1 = kept (eligible and above the range), branch-free
-  auto code = [&](skey sk, uint32_t ok) -> uint8_t { return static_cast<uint8_t>(ok & uint32_t(sk > shi)); };
+  auto code = [&](skey sk, uint32_t ok) -> uint8_t {
+    return static_cast<uint8_t>(ok & uint32_t(sk > shi));
+  };
   constexpr int64_t kBlock = 16;
   uint32_t below = 0;  // a chunk has 2^16 entries
   int64_t n = 0;
