@@ -16,6 +16,7 @@ def _masks(device, g):
     special = torch.tensor([0.0, -0.0, 1.0, 0.5, -1.0, float("nan"), float("inf"), 1.0, 2.0])
     out = [special, special.to(torch.float16), special.to(torch.bfloat16), special.to(torch.float64),
            torch.rand(70_000, generator=g) > 0.3,                     # several chunks, bool
+           torch.rand(150_000, generator=g).mul(3).floor().div(2),   # several chunks: 0, 0.5, 1
            (torch.rand(3, 5, 7, 11, generator=g) > 0.5).float().contiguous(
                memory_format=torch.channels_last),
            (torch.rand(40, 30, generator=g) > 0.5).double()[:, ::3],  # a strided view
@@ -39,9 +40,14 @@ def test_mask_counts_opcheck(device):
     torch.library.opcheck(torch.ops.lthfast.mask_counts, (_masks(device, g),))
 
 
-def test_mask_counts_bad_input_names_the_mask():
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_counts_bad_input_names_the_mask(device):
     with pytest.raises(RuntimeError, match=r"masks\[1\] has dtype Long"):
-        torch.ops.lthfast.mask_counts([torch.ones(3), torch.ones(3, dtype=torch.int64)])
+        torch.ops.lthfast.mask_counts([torch.ones(3, device=device),
+                                       torch.ones(3, dtype=torch.int64, device=device)])
+    if device == "cuda":
+        with pytest.raises(RuntimeError, match=r"masks\[1\] is on cpu, expected cuda"):
+            torch.ops.lthfast.mask_counts([torch.ones(3, device=device), torch.ones(3)])
     assert mask_counts([]).shape == (0, 2)
 
 

@@ -61,8 +61,12 @@ def _threshold():
 @check("mask_counts (= CPU)")
 def _mask_counts():
     g = torch.Generator().manual_seed(1)
-    ms = [torch.tensor([0.0, 1.0, 0.5, float("nan")]), torch.rand(9000, generator=g) > 0.5,
-          (torch.rand(30, 40, generator=g) > 0.5).half()]
+    special = torch.tensor([0.0, -0.0, 1.0, 0.5, -1.0, float("nan"), float("inf")])
+    big = (torch.rand(200_000, generator=g) > 0.5).float()  # several chunks
+    big[torch.randint(0, big.numel(), (500,), generator=g)] = 0.5
+    ms = [special, special.half(), special.bfloat16(), special.double(), big, big > 0,
+          (torch.rand(30, 40, generator=g) > 0.5).half().t(), torch.zeros(0),
+          (torch.rand(60, 50, generator=g) > 0.5).double()[:, ::3]]  # a strided view
     assert torch.equal(mask_counts([m.to(DEV) for m in ms]).cpu(), mask_counts(ms))
 
 
