@@ -41,8 +41,16 @@ from lthfast.prune.validate import (  # torch's private helper names, for code t
 
 
 def _compute_norm(t, n, dim):
-    """Per-channel L``n`` norms along ``dim`` (torch.nn.utils.prune's private helper name)."""
-    return _compute_norm_impl(t, n, dim % t.dim())
+    """Per-channel L``n`` norms along ``dim`` (torch.nn.utils.prune's private helper name).
+    A bad ``dim`` raises what torch's raises: IndexError below -t.dim(), ValueError above."""
+    ndim = t.dim()
+    if dim < 0:
+        if dim < -ndim:
+            raise IndexError(f"dim={dim} is out of range for a tensor with {ndim} dims")
+        dim += ndim
+    if dim >= ndim:
+        raise ValueError(f"dim={dim} is out of range for a tensor with {ndim} dims")
+    return _compute_norm_impl(t, n, dim)
 
 
 __all__ = [

@@ -168,7 +168,7 @@ class BasePruningMethod(TorchBase):
         Parameter again, holding the masked values; ``_orig`` and ``_mask`` go away."""
         name = self._bound_name(module)
         if name + "_orig" not in module._parameters or name + "_mask" not in module._buffers:
-            raise validate.PruningStateError(
+            raise validate.MissingPruningStateError(
                 f"{type(module).__name__} has no {name}_orig parameter and {name}_mask buffer "
                 "to remove")
         with torch.no_grad():

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 
 from lthfast.prune import validate
-from lthfast.prune._state import Snapshot, TorchContainer, find_hook
+from lthfast.prune._state import Snapshot, TorchBase, TorchContainer, find_hook
 from lthfast.prune.base import combine_masks, uses_stock_compute_mask
 from lthfast.magnitude import iter_global_magnitude_masks, mask_counts
 from lthfast.prune.methods import CustomFromMask, L1Unstructured, _kernel_can_take
@@ -37,10 +37,18 @@ def _targets(parameters, importance_scores):
         raise ValueError("parameters is empty: pass at least one (module, name) pair")
     targets, seen, device = [], set(), None
     for i, entry in enumerate(entries):
-        if not (isinstance(entry, (tuple, list)) and len(entry) == 2
-                and isinstance(entry[0], torch.nn.Module)):
-            raise TypeError(f"parameters[{i}]={entry!r} is not a (module, name) pair")
-        module, name = entry
+        # unpacked as torch does; errors keep the classes torch raises
+        # (TypeError / ValueError on unpacking, AttributeError on a non-module)
+        try:
+            module, name = entry
+        except ValueError:
+            raise validate.PairLengthError(
+                f"parameters[{i}]={entry!r} is not a (module, name) pair") from None
+        except TypeError:
+            raise TypeError(f"parameters[{i}]={entry!r} is not a (module, name) pair") from None
+        if not isinstance(module, torch.nn.Module):
+            raise validate.ArgumentKindError(
+                f"parameters[{i}][0] is a {type(module).__name__}, not a torch.nn.Module")
         if (id(module), name) in seen:
             raise ValueError(
                 f"parameters[{i}] repeats ({type(module).__name__}, {name!r}): list each "
@@ -145,11 +153,13 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, g
         kwargs["generator"] = generator
     method = pruning_method(**kwargs)
     method._tensor_name = "temp"
-    kind = getattr(method, "PRUNING_TYPE", None)
+    kind = method.PRUNING_TYPE  # none: AttributeError, as in torch
     if kind != "unstructured":
         raise TypeError(
             f"global_unstructured needs a method with PRUNING_TYPE 'unstructured'; "
             f"{getattr(pruning_method, '__name__', pruning_method)} has {kind!r}")
+    if not isinstance(method, TorchBase):  # torch's PruningContainer refuses it too
+        raise TypeError(f"{type(method).__name__} is not a BasePruningMethod subclass")
 
     modules = {id(m): m for m, _, _, _ in targets}
     snapshots = [Snapshot(m, [n for mm, n, _, _ in targets if mm is m]) for m in modules.values()]

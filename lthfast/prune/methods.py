@@ -115,11 +115,11 @@ class L1Unstructured(BasePruningMethod):
 L1Unstructured._stock_compute_mask = L1Unstructured.compute_mask
 
 
-def _structured_setup(method, t):
+def _structured_setup(method, t, bool_ok=False):
     validate.check_structured(t)
     dim = validate.normalize_dim(t, method.dim)
     n_channels = t.shape[dim]
-    return dim, n_channels, validate.count_to_prune(method.amount, n_channels)
+    return dim, n_channels, validate.count_to_prune(method.amount, n_channels, bool_ok=bool_ok)
 
 
 def _channel_mask(t, dim, channels):
@@ -184,11 +184,13 @@ class LnStructured(BasePruningMethod):
         self.dim = dim
 
     def compute_mask(self, t, default_mask):
-        dim, n_channels, k = _structured_setup(self, t)
-        if k == 0:
-            return default_mask
+        dim, n_channels, k = _structured_setup(self, t, bool_ok=True)  # torch takes True as 1
+        # norms and topk before the k == 0 shortcut, as in torch: a bad `n` (or a
+        # norm of the wrong shape, or a dtype it rejects) raises for amount=0 too
         norms = _channel_norms(t, self.n, dim)
         kept = torch.topk(norms, k=n_channels - k, largest=True).indices
+        if k == 0:
+            return default_mask
         mask = _channel_mask(t, dim, kept)
         mask *= default_mask.to(dtype=mask.dtype)
         return mask
@@ -205,8 +207,9 @@ class CustomFromMask(BasePruningMethod):
     PRUNING_TYPE = "global"
 
     def __init__(self, mask):
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        if not isinstance(mask, torch.Tensor):  # also an AttributeError, as torch's later one
+            raise validate.ArgumentKindError(
+                f"mask must be a torch.Tensor, got {type(mask).__name__}")
         self.mask = mask
 
     def compute_mask(self, t, default_mask):

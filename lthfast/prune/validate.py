@@ -35,9 +35,25 @@ class NotPrunedError(AttributeError, AssertionError):
     """A pruning method was used on a module before ``apply`` bound it to a tensor."""
 
 
+class MissingPruningStateError(PruningStateError, AttributeError):
+    """``remove`` found a hook but no ``name_orig`` / ``name_mask``; also an
+    ``AttributeError``, which torch raises when it looks them up."""
+
+
+class ArgumentKindError(TypeError, AttributeError):
+    """An argument is not a tensor / module where one is needed. A ``TypeError``;
+    also an ``AttributeError``, which torch raises when it uses the object."""
+
+
+class PairLengthError(TypeError, ValueError):
+    """A ``global_unstructured`` entry is not a pair; also a ``ValueError``, which
+    torch raises when it unpacks it."""
+
+
 # --------------------------------------------------------------------- amount
 def check_amount(amount) -> None:
-    """An int is a count (>= 0); a float is a fraction in [0, 1]. Bools count as ints."""
+    """An int is a count (>= 0); a float is a fraction in [0, 1]. Bools count as ints
+    here (as in torch); ``count_to_prune`` refuses True where torch fails on it."""
     if not isinstance(amount, numbers.Real):
         raise TypeError(
             f"amount={amount!r} has type {type(amount).__name__}: pass an int (how many to "
@@ -51,24 +67,32 @@ def check_amount(amount) -> None:
         raise ValueError(f"amount={amount} is not a fraction in [0, 1] (nor a non-negative int)")
 
 
-def count_to_prune(amount, n_available: int) -> int:
+def count_to_prune(amount, n_available: int, *, bool_ok: bool = False) -> int:
     """How many of ``n_available`` units ``amount`` prunes: an int as is, a float as
-    ``round(amount * n_available)`` (Python's half-to-even rounding)."""
+    ``round(amount * n_available)`` (Python's half-to-even rounding, computed in the
+    amount's own type as torch does: a numpy float32 rounds its float32 product).
+
+    ``amount=True``: torch hands it to topk / kthvalue as ``k``, which reject a bool,
+    so it is a TypeError unless ``bool_ok`` (LnStructured, where torch uses it as 1).
+    """
     check_amount(amount)
     if isinstance(amount, numbers.Integral):
         k = int(amount)
         if k > n_available:
             raise ValueError(
                 f"amount={amount} is more than the {n_available} units that can still be pruned")
+        if amount is True and not bool_ok:
+            raise TypeError(f"amount={amount!r} is a bool: pass an int (how many to prune) or a "
+                            "float in [0, 1]")
         return k
-    return int(round(float(amount) * n_available))
+    return int(round(amount * n_available))
 
 
 # ----------------------------------------------------------------- structure
 def normalize_dim(t: torch.Tensor, dim) -> int:
     """``dim`` as a non-negative index into ``t``'s dims; IndexError when out of range."""
     ndim = t.dim()
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+    if not isinstance(dim, numbers.Integral):  # a bool is an int to torch too
         raise TypeError(f"dim={dim!r} must be an int")
     if not -ndim <= dim < ndim:
         raise IndexError(
@@ -87,7 +111,7 @@ def check_structured(t: torch.Tensor) -> None:
 
 def check_same_shape(scores, like: torch.Tensor, what: str, where: str) -> None:
     if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(scores).__name__}")
+        raise ArgumentKindError(f"{what} must be a torch.Tensor, got {type(scores).__name__}")
     if scores.shape != like.shape:
         raise PruningShapeError(
             f"{what} has shape {tuple(scores.shape)} but {where} has shape {tuple(like.shape)}; "
@@ -157,4 +181,6 @@ def _validate_structured_pruning(t) -> None:
 
 
 def _validate_pruning_dim(t, dim) -> None:
-    normalize_dim(t, dim)
+    # torch's helper checks only the upper bound (t.shape[dim] catches the rest)
+    if dim >= t.dim():
+        raise IndexError(f"dim={dim} is out of range for a tensor with {t.dim()} dims")
