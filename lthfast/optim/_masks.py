@@ -20,9 +20,10 @@ from lthfast import bitmask
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_params(name: str, groups: Iterable[dict]) -> None:
-    """Dense real floating-point parameters only (the kernels' contract)."""
-    index = 0
+def check_params(name: str, groups: Iterable[dict], start: int = 0) -> None:
+    """Dense real floating-point parameters only (the kernels' contract); `start`:
+    the index of the first one, for the messages."""
+    index = start
     for group in groups:
         for p in group["params"]:
             if p.layout != torch.strided:
@@ -213,17 +214,43 @@ class MaskedOptimizerMixin:
         return self._ticket
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)  # type: ignore[misc]
         if not hasattr(self, "_masks"):
-            return  # during __init__: _init_masks handles every group
+            return super().add_param_group(param_group)  # type: ignore[misc]  # __init__
         name = type(self).__name__
-        check_params(name, [self.param_groups[-1]])
-        if self._ticket is not None:
+        if isinstance(param_group, dict) and "params" in param_group:
+            # checked before torch appends the group: a bad group must change nothing
+            params = param_group["params"]
+            if not isinstance(params, (torch.Tensor, set)):
+                param_group = {**param_group, "params": list(params)}  # a generator runs once
+            if not isinstance(params, set):
+                check_params(name, [{"params": [params] if isinstance(params, torch.Tensor)
+                                     else param_group["params"]}],
+                             start=sum(len(g["params"]) for g in self.param_groups))
+        super().add_param_group(param_group)  # type: ignore[misc]
+        if self._ticket is None:
+            return
+        try:
             new = resolve_masks(name, self.param_groups, ticket=self._ticket,
                                 only=self.param_groups[-1]["params"])
-            for p, m in new.items():
-                zero_pruned(p, m, {})
-            self._masks.update(new)
+        except Exception:
+            self.param_groups.pop()  # the ticket's mask was unusable: group not added
+            raise
+        for p, m in new.items():
+            zero_pruned(p, m, {})
+        self._masks.update(new)
+
+    def __getstate__(self) -> dict:
+        # torch.optim.Optimizer pickles defaults/state/param_groups only; without the masks
+        # a deepcopy or torch.save'd optimizer would fail (or stop masking) on its next step
+        state = super().__getstate__()  # type: ignore[misc]
+        state["_masks"] = self._masks  # keyed by the same Parameters as `state`: copied together
+        state["_ticket"] = self._ticket
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self.__dict__.setdefault("_masks", {})  # pickled before masks were pickled
+        self.__dict__.setdefault("_ticket", None)
 
     def _align_state(self, keys: tuple[str, ...]) -> None:
         """After load_state_dict: per-entry state in the parameter's layout, Adam's

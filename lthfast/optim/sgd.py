@@ -75,11 +75,16 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
                     self._call([p for p, _, _ in old], [g for _, g, _ in old],
                                [b for _, _, b in old], args, False, grad_scale, found_inf)
                 if new:
-                    # zeros, not empty: a step skipped by GradScaler leaves a valid buffer
+                    # zeros, not empty: state never holds uninitialized memory
                     bufs = [torch.zeros_like(p, memory_format=torch.preserve_format)
                             for p, _, _ in new]
                     self._call([p for p, _, _ in new], [g for _, g, _ in new], bufs, args, True,
                                grad_scale, found_inf)
+                    # GradScaler skipped this first step: keep no buffer, as torch.optim.SGD
+                    # (not stepped then), so the next step is the first (buf = grad, no
+                    # dampening). Read (one sync on GPU) only on a parameter's first step.
+                    if found_inf is not None and bool(found_inf):
+                        continue
                     for (p, _, _), b in zip(new, bufs):
                         self.state[p]["momentum_buffer"] = b
         return loss

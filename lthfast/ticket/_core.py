@@ -14,7 +14,7 @@ from lthfast._version import __version__
 from lthfast.magnitude import amount_to_count, global_magnitude_masks
 from lthfast.ticket import _file, _interop, _report
 from lthfast.ticket._binding import Bindings
-from lthfast.ticket._select import check_parameter, select_parameters
+from lthfast.ticket._select import check_parameter, named_parameters, select_parameters
 
 
 class Ticket:
@@ -222,12 +222,15 @@ class Ticket:
         ticket does not cover)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model is a {type(model).__name__}, not a torch.nn.Module")
-        params = dict(model.named_parameters())
-        missing, mismatched, hooked, unsupported = [], [], [], []
+        params = named_parameters(model)  # tied parameters under each of their names
+        missing, mismatched, hooked, unsupported, tied = [], [], [], [], []
+        name_of: dict[int, str] = {}
         for n in self._names:
             p = params.get(n)
             if p is None:
                 (hooked if n + "_orig" in params else missing).append(n)
+            elif id(p) in name_of:  # two masks for one tensor: which one would hold?
+                tied.append(f"{name_of[id(p)]} and {n}")
             elif tuple(p.shape) != self._shapes[n]:
                 mismatched.append(f"{n}: ticket {self._shapes[n]}, model {tuple(p.shape)}")
             else:
@@ -235,15 +238,19 @@ class Ticket:
                     check_parameter(n, p)
                 except (TypeError, ValueError) as e:
                     unsupported.append(str(e))
+            if p is not None:
+                name_of.setdefault(id(p), n)
         extra = []
         if strict:
             try:
-                extra = [n for n, _ in select_parameters(model) if n not in self._shapes]
+                extra = [n for n, p in select_parameters(model) if id(p) not in name_of]
             except (ValueError, TypeError):  # no / unsupported default-scope weights
                 extra = []
         problems = []
         if missing:
-            problems.append(f"missing from the model: {missing}")
+            problems.append(f"missing from the model: {missing}{_prefix_hint(missing, params)}")
+        if tied:
+            problems.append(f"names of one tied parameter (keep one of them): {tied}")
         if hooked:
             problems.append(f"pruned with torch.nn.utils.prune hooks in the model (remove the "
                             f"reparametrization first, or use to_pruned): {hooked}")
@@ -341,6 +348,19 @@ class Ticket:
 
     def format_report(self, model: nn.Module | None = None) -> str:
         return _report.format_rows(self.report(model), self)
+
+
+def _prefix_hint(missing: list[str], params: dict) -> str:
+    """DataParallel / DistributedDataParallel name every parameter "module.<name>": say so
+    when that prefix is all that differs."""
+    p = "module."
+    if all(n.startswith(p) and n[len(p):] in params for n in missing):
+        return (" (the ticket was made on a DataParallel/DistributedDataParallel-wrapped model: "
+                "apply it to the wrapped model, whose parameters are the same tensors)")
+    if all(p + n in params for n in missing):
+        return (" (the model is wrapped in DataParallel/DistributedDataParallel: pass "
+                "model.module, whose parameters are the same tensors)")
+    return ""
 
 
 def _magnitude_masks(named, amount, masks, layerwise):

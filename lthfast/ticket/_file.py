@@ -136,6 +136,10 @@ def _parse(blob: bytes):
         sparsity = float(md["sparsity"])
     except ValueError:
         raise _Bad("metadata 'round', 'crc32' or 'sparsity' is not a number") from None
+    if round_ < 0:  # checked here so that the error names the file
+        raise _Bad(f"metadata 'round' is {round_}, not a non-negative int")
+    if md.get("layerwise", "0") not in ("0", "1"):  # absent in files written before it existed
+        raise _Bad(f"metadata 'layerwise' is {md.get('layerwise')!r}, not '0' or '1'")
     data = memoryview(blob)[8 + hlen:]
     if zlib.crc32(data) != crc:
         raise _Bad("its data fails the CRC-32 check (corrupted or truncated)")

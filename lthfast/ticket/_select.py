@@ -23,29 +23,42 @@ def _as_patterns(exclude, what="exclude") -> list[str]:
         return []
     if isinstance(exclude, str):
         return [exclude]
-    patterns = list(exclude)
+    try:
+        patterns = list(exclude)
+    except TypeError:
+        kinds = ("parameter names or a callable (name, param, module) -> bool" if what == "scope"
+                 else "parameter names or glob patterns")
+        raise TypeError(f"{what} must be {kinds}, got {exclude!r}") from None
     for p in patterns:
         if not isinstance(p, str):
             raise TypeError(f"{what} must hold parameter names or glob patterns (str), got {p!r}")
     return patterns
 
 
+def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every name of every parameter, tied ones under each of their names (weight tying:
+    a decoder Linear's weight that is the embedding's weight is "decoder.weight" too)."""
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
 def select_parameters(model: nn.Module, scope=None, exclude=None) -> list[tuple[str, nn.Parameter]]:
-    """``[(name, parameter)]`` in ``model.named_parameters()`` order.
+    """``[(name, parameter)]`` in ``model.named_parameters()`` order, one name per tensor.
 
     scope: None (the ``weight`` of every Conv2d/ConvTranspose2d/Linear), an
     iterable of parameter names, or a callable ``(name, param, module) -> bool``.
-    exclude: names or fnmatch glob patterns to leave out.
+    exclude: names or fnmatch glob patterns to leave out. A tied parameter is seen under
+    every name it has; it is selected once (the first selected name), and excluded if
+    any of its names is.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model is a {type(model).__name__}, not a torch.nn.Module")
     patterns = _as_patterns(exclude)
-    params = dict(model.named_parameters())
+    params = named_parameters(model)
     if scope is None:
-        chosen = [n for n, _ in model.named_parameters()
+        chosen = [n for n in params
                   if n.rpartition(".")[2] == "weight" and isinstance(_module_of(model, n), DEFAULT_TYPES)]
     elif callable(scope):
-        chosen = [n for n, p in model.named_parameters() if scope(n, p, _module_of(model, n))]
+        chosen = [n for n, p in params.items() if scope(n, p, _module_of(model, n))]
     else:
         wanted = _as_patterns(scope, "scope")
         missing = [n for n in wanted if n not in params]
@@ -53,11 +66,16 @@ def select_parameters(model: nn.Module, scope=None, exclude=None) -> list[tuple[
             raise ValueError(f"scope names parameters the model does not have: {missing}")
         wanted_set = set(wanted)
         chosen = [n for n in params if n in wanted_set]
-    chosen = [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if not chosen:
+    excluded = {id(p) for n, p in params.items() if any(fnmatch.fnmatchcase(n, q) for q in patterns)}
+    out, seen = [], set()
+    for n in chosen:
+        p = params[n]
+        if id(p) not in excluded and id(p) not in seen:  # a tied tensor is pruned once
+            seen.add(id(p))
+            out.append((n, p))
+    if not out:
         raise ValueError("no parameter is selected (check scope= and exclude=): a ticket needs at "
                          "least one parameter")
-    out = [(n, params[n]) for n in chosen]
     for n, p in out:
         check_parameter(n, p)
     return out
