@@ -15,12 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lthfast.ops import PATHS, masked_conv2d, masked_linear
+from lthfast.ops import PATHS, _weight_cache, masked_conv2d, masked_linear
 
 
 def _sparsity_repr(mask: torch.Tensor) -> str:
+    if mask.device.type == "meta":  # no values to count (a model built on the meta device)
+        return "sparsity=?"
     n = mask.numel()
     return f"sparsity={1.0 - int(torch.count_nonzero(mask)) / n if n else 0.0:.4f}"
+
+
+def _train(module: nn.Module, mode: bool) -> nn.Module:
+    # Writes through `weight.data` (rewinding, old-style training loops) bypass
+    # the version counter the weight cache trusts: a mode switch drops it.
+    _weight_cache.forget(module.weight)
+    return nn.Module.train(module, mode)
 
 
 def _check_path(path: str) -> str:
@@ -39,6 +48,8 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() == 3:  # unbatched (C, H, W), which nn.Conv2d takes too
+            return self.forward(input.unsqueeze(0)).squeeze(0)
         padding = self.padding
         if self.padding_mode != "zeros" or isinstance(padding, str):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
@@ -46,6 +57,9 @@ class MaskedConv2d(nn.Conv2d):
             padding = 0
         return masked_conv2d(input, self.weight, self.mask, self.bias, self.stride, padding,
                              self.dilation, self.groups, path=self.path)
+
+    def train(self, mode: bool = True):
+        return _train(self, mode)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {_sparsity_repr(self.mask)}, path={self.path!r}"
@@ -61,6 +75,9 @@ class MaskedLinear(nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return masked_linear(input, self.weight, self.mask, self.bias, path=self.path)
+
+    def train(self, mode: bool = True):
+        return _train(self, mode)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {_sparsity_repr(self.mask)}, path={self.path!r}"
@@ -78,6 +95,12 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
     for attr in ("_parameters", "_buffers", "_modules"):
         setattr(new, attr, getattr(module, attr).copy())
     new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    if getattr(module, "_compiled_call_impl", None) is not None:
+        # module.compile() compiled the OLD module's bound _call_impl: keeping it
+        # would run the old forward (the mask ignored).
+        new._compiled_call_impl = None
+        warnings.warn(f"{cls.__name__} replaces a module that had .compile() called on it: "
+                      "call .compile() on the new module again", stacklevel=3)
     return new
 
 
@@ -96,73 +119,109 @@ def _set_child(model: nn.Module, name: str, child: nn.Module) -> None:
     setattr(parent, attr, child)
 
 
+def _replace(model: nn.Module, new_of: dict[int, nn.Module]) -> nn.Module:
+    """Puts new_of[id(m)] at EVERY place module m is reachable (a module used twice is
+    one object under two names; named_modules() alone would give only the first)."""
+    root = new_of.get(id(model), model)
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if name and id(module) in new_of:
+            _set_child(root, name, new_of[id(module)])
+    return root
+
+
+def _unknown_hint(params: dict, unknown: list[str]) -> str:
+    for key in unknown:
+        prefix = key[: -len("weight")]
+        if prefix + "weight_orig" in params:
+            return (f"; {key!r} is pruned with torch.nn.utils.prune (weight_orig): "
+                    "prune.remove(module, 'weight') first")
+        if any(n.startswith(prefix + "parametrizations.weight.") for n in params):
+            return (f"; {key!r} is parametrized: "
+                    "torch.nn.utils.parametrize.remove_parametrizations first")
+    return ""
+
+
 def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module:
     """Swaps every nn.Conv2d / nn.Linear whose weight has a mask for MaskedConv2d /
     MaskedLinear holding it (as a bool buffer on the weight's device); returns the model.
 
     ticket_or_masks: {parameter name ("layer1.0.conv1.weight"): mask} or a Ticket.
-    Masks of other parameters (e.g. ConvTranspose2d weights) are left alone with a
-    warning. Everything is checked before the first module is swapped: on error
-    the model is unchanged.
+    A module used at several places is swapped at all of them; modules sharing a
+    masked weight (tied) all get its mask. A layer that is already masked gets
+    the new mask and path. Masks of other parameters (e.g. ConvTranspose2d weights,
+    subclasses of nn.Conv2d / nn.Linear, whose forward may differ) are left alone
+    with a warning. Everything is checked before the first module is swapped: on
+    error the model is unchanged.
     """
     _check_path(path)
     masks = _masks_of(ticket_or_masks)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     unknown = sorted(set(masks) - set(params))
     if unknown:
         raise ValueError(f"sparsify: masks name parameters the model does not have: {unknown[:5]}"
-                         + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
-    swaps, skipped = [], []
-    for name, module in model.named_modules():
+                         + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+                         + _unknown_hint(params, unknown))
+    skipped = [key for key in masks if not (key.endswith(".weight") or key == "weight")]
+    by_weight: dict[int, tuple[str, torch.Tensor]] = {}  # a tied weight: one mask
+    for key in masks:
+        if key in skipped:
+            continue
+        first = by_weight.setdefault(id(params[key]), (key, masks[key]))
+        if first[0] != key and not (isinstance(masks[key], torch.Tensor) and torch.equal(
+                masks[key].to(first[1].device, torch.bool), first[1].to(torch.bool))):
+            raise ValueError(f"sparsify: {first[0]!r} and {key!r} are one (tied) tensor but their "
+                             "masks differ")
+    plan, buffers = {}, {}  # id(module) -> (module, class, key); id(weight) -> mask buffer
+    seen = set()
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = module._parameters.get("weight")
+        if weight is None or id(weight) not in by_weight or id(module) in seen:
+            continue
+        seen.add(id(module))
         key = f"{name}.weight" if name else "weight"
-        if key not in masks:
-            continue
-        cls = _MASKED_OF.get(type(module))
+        cls = _MASKED_OF.get(type(module)) or (type(module) if type(module) in _DENSE_OF else None)
         if cls is None:
-            if not isinstance(module, tuple(_DENSE_OF)):
-                skipped.append(key)
+            skipped.append(key)
             continue
-        mask = masks[key]
+        mask = by_weight[id(weight)][1]
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"sparsify: mask of {key!r} must be a tensor, got {type(mask).__name__}")
-        if mask.shape != module.weight.shape:
+        if mask.shape != weight.shape:
             raise ValueError(f"sparsify: mask of {key!r} has shape {tuple(mask.shape)}, the weight "
-                             f"has {tuple(module.weight.shape)}")
+                             f"has {tuple(weight.shape)}")
         if mask.dtype != torch.bool and not (mask.is_floating_point() and
                                              bool(((mask == 0) | (mask == 1)).all())):
             raise TypeError(f"sparsify: mask of {key!r} must be bool (or 0/1 floats), got {mask.dtype}")
-        swaps.append((name, module, cls, mask))
-    for key in masks:
-        if key.endswith(".weight") or key == "weight":
-            continue
-        skipped.append(key)
+        if id(weight) not in buffers:
+            # Not an inference tensor even inside inference_mode: it has to be versioned.
+            with torch.inference_mode(False):
+                buffers[id(weight)] = mask.detach().to(device=weight.device, dtype=torch.bool,
+                                                       copy=True)
+        plan[id(module)] = (module, cls, key)
     if skipped:
-        warnings.warn(f"sparsify: {len(skipped)} masks are not of nn.Conv2d/nn.Linear weights and "
-                      f"were not applied: {skipped[:5]}", stacklevel=2)
-    for name, module, cls, mask in swaps:
-        new = _retype(module, cls)
+        warnings.warn(f"sparsify: {len(skipped)} masks are not of nn.Conv2d/nn.Linear weights (or "
+                      f"are of subclasses) and were not applied: {skipped[:5]}", stacklevel=2)
+    new_of = {}
+    for module, cls, _ in plan.values():
+        new = module if type(module) is cls else _retype(module, cls)
         new.path = path
-        new.register_buffer("mask", mask.detach().to(device=module.weight.device, dtype=torch.bool,
-                                                     copy=True))
-        if name:
-            _set_child(model, name, new)
-        else:
-            model = new
-    return model
+        new.register_buffer("mask", buffers[id(module.weight)])
+        if new is not module:
+            new_of[id(module)] = new
+    return _replace(model, new_of)
 
 
 def densify(model: nn.Module) -> nn.Module:
     """Swaps every MaskedConv2d / MaskedLinear back to nn.Conv2d / nn.Linear with the
     mask applied to the weight in place (pruned weights become 0); returns the model."""
-    swaps = [(name, m) for name, m in model.named_modules() if type(m) in _DENSE_OF]
-    for name, module in swaps:
+    new_of = {}
+    for module in model.modules():  # each module once, wherever it is used
+        if type(module) not in _DENSE_OF:
+            continue
         new = _retype(module, _DENSE_OF[type(module)])
         mask = new._buffers.pop("mask")
         new.__dict__.pop("path", None)
         with torch.no_grad():
             new.weight.masked_fill_(~mask.to(torch.bool), 0)
-        if name:
-            _set_child(model, name, new)
-        else:
-            model = new
-    return model
+        new_of[id(module)] = new
+    return _replace(model, new_of)

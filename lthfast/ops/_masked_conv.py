@@ -20,9 +20,11 @@ from lthfast.ops import _conv_dispatch, _weight_cache
 _CACHE = _weight_cache._CACHE
 _is_compiling = torch.compiler.is_dynamo_compiling  # the slow path checks is_compiling()
 _grad_enabled = torch.is_grad_enabled
+_any_autocast = torch._C._is_any_autocast_enabled  # one C call; the per-device check is slower
 
 PATHS = ("auto", "dense", "sparse")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")  # others: is_autocast_enabled raises
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -97,6 +99,22 @@ def _check_conv(input, weight, groups, stride, padding, dilation) -> None:
                              f"smaller than the dilated kernel ({kh}, {kw}) (dilation {dilation})")
 
 
+def _autocast_args(input, *tensors):
+    """(input, *tensors) cast as autocast casts F.conv2d's / F.linear's (floats but
+    float64, on autocast's device, to its dtype): the lthfast ops have no autocast
+    kernel, and without this a bf16 activation meets a float32 weight. None when
+    autocast is off for the input's device."""
+    if not isinstance(input, torch.Tensor) or input.device.type not in _AUTOCAST_DEVICES:
+        return None
+    dev = input.device.type
+    if not torch.is_autocast_enabled(dev):
+        return None
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                 and t.dtype != torch.float64 and t.device.type == dev else t
+                 for t in (input, *tensors))
+
+
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -119,11 +137,15 @@ def _repeat_call(input, weight, mask, bias, path: str, groups: int):
     if _is_compiling():
         return None, None
     e = _CACHE.get(id(weight))
-    if (e is None or type(input) is not torch.Tensor or e.mask_ref() is not mask
-            or e.stamp != (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(),
-                           weight.shape)  # _weight_cache._stamp, inlined
-            or (_grad_enabled() and (input.requires_grad or weight.requires_grad
-                                     or (bias is not None and bias.requires_grad)))):
+    if e is None or type(input) is not torch.Tensor or e.mask_ref() is not mask:
+        return None, None
+    try:
+        if (e.stamp != (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(),
+                        weight.shape)  # _weight_cache._stamp, inlined
+                or (_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                         or (bias is not None and bias.requires_grad)))):
+            return None, None
+    except RuntimeError:  # an inference tensor: no _version (never cached)
         return None, None
     last = e.last.get(path)  # (input shape, groups, sparse?) of the last checked call
     if last is None or last[0] != input.shape or last[1] != groups:
@@ -140,7 +162,13 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     grad_weight is exactly 0 where the mask is 0). path: "auto" (measured rule),
     "dense" or "sparse" (the sparse kernel runs only when no gradient is needed).
     Under torch.compile, "auto" is dense (the rule needs the mask's sparsity).
+    Under autocast it computes in autocast's dtype, as F.conv2d does.
     """
+    if _any_autocast():
+        cast = _autocast_args(input, weight, mask, bias)
+        if cast is not None:
+            with torch.autocast(input.device.type, enabled=False):
+                return masked_conv2d(*cast, stride, padding, dilation, groups, path)
     if type(padding) is not str:
         e, sparse = _repeat_call(input, weight, mask, bias, path, groups)
         try:
@@ -205,6 +233,11 @@ def _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups
 def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                   bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
     """`F.linear(input, weight * mask, bias)`, faster; same paths as masked_conv2d."""
+    if _any_autocast():
+        cast = _autocast_args(input, weight, mask, bias)
+        if cast is not None:
+            with torch.autocast(input.device.type, enabled=False):
+                return masked_linear(*cast, path)
     e, sparse = _repeat_call(input, weight, mask, bias, path, 1)
     try:
         if sparse is False:

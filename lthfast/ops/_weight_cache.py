@@ -10,19 +10,29 @@ optimizer step, pruning, `.data =` assignment, load_state_dict) or another
 mask object rebuilds them on next use, and nothing is rebuilt while neither
 changed. The lookup is a dict get, a weakref call and one tuple compare: it runs
 on every forward, and on small convolutions microseconds count.
+
+Writes the version counter does not see: fused optimizer kernels (torch's
+`fused=True`, lthfast.optim's Masked*) do not bump `_version`, so every
+optimizer step drops the entries of its parameters (a global step hook);
+inference tensors have no version counter, so they are never cached; writes
+through `weight.data` are invisible too: `forget(weight)` or `clear()` after
+them (MaskedConv2d / MaskedLinear also forget on `.train()` / `.eval()`).
 """
 from __future__ import annotations
 
 import weakref
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 _CACHE: dict[int, "Entry"] = {}
 
 
-def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple:
+def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
     # The mask object itself is checked through Entry.mask_ref: a temporary
     # mask can come back with the id, address and version of a dead one.
+    if weight.is_inference() or mask.is_inference():
+        return None  # no version counter (reading _version raises): never fresh
     return (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(), weight.shape)
 
 
@@ -50,7 +60,8 @@ class Entry:
         self.last = {}  # path -> the last checked call with it: (input shape, groups, sparse)
 
     def fresh(self, weight: torch.Tensor, mask: torch.Tensor) -> bool:
-        return self.mask_ref() is mask and self.stamp == _stamp(weight, mask)
+        return (self.stamp is not None and self.mask_ref() is mask
+                and self.stamp == _stamp(weight, mask))
 
 
 def entry(weight: torch.Tensor, mask: torch.Tensor) -> Entry:
@@ -83,5 +94,20 @@ def sparsity(e: Entry, mask: torch.Tensor) -> float:
     return e.sparsity
 
 
+def forget(weight: torch.Tensor) -> None:
+    """Drops what was derived from `weight` (after a write `_version` misses)."""
+    _CACHE.pop(id(weight), None)
+
+
 def clear() -> None:
     _CACHE.clear()
+
+
+def _forget_stepped(optimizer, args, kwargs) -> None:
+    if _CACHE:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                _CACHE.pop(id(p), None)
+
+
+register_optimizer_step_post_hook(_forget_stepped)
