@@ -101,7 +101,8 @@ def _sizes(groups) -> str:
         data = {r.label: apb.ap_by_size(r) for r in runs}
         out.append(f"<h3>{html.escape(task)}</h3>" + img(apb.plot_ap_by_size(data), "AP by size"))
         out.append(html_table([{"run": k, **row} for k, rows in data.items() for row in rows],
-                              ["run", "round", "sparsity", "AP", "small", "medium", "large"]))
+                              ["run", "round", "sparsity", "AP", "small", "medium", "large"],
+                              ap_cols=("small", "medium", "large")))
     return "".join(out) if len(out) > 1 else ""
 
 
@@ -117,7 +118,7 @@ def _categories(runs) -> str:
                     + img(apb.plot_ap_by_category(
                         table, title=f"{r.label}: AP per category, most frequent first",
                         xlabel="category (training annotations)", count_key="train_annotations"),
-                        "AP by frequency") + html_table(table))
+                        "AP by frequency") + html_table(table, ap_cols=("drop",)))
 
         def diff(r=r):
             table = apb.ap_by_difficulty(r)
@@ -125,7 +126,7 @@ def _categories(runs) -> str:
                     + img(apb.plot_ap_by_category(
                         table, title=f"{r.label}: AP per category, easiest (dense AP) first",
                         xlabel="category (ranked by the dense round's AP)"), "AP by difficulty")
-                    + html_table(table))
+                    + html_table(table, ap_cols=("drop",)))
         out += [_guard(f"{r.label}: by frequency", freq), _guard(f"{r.label}: by difficulty", diff)]
     return "".join(out) if len(out) > 1 else ""
 
@@ -191,7 +192,7 @@ def _layers(runs) -> str:
         for j, name in enumerate(names):
             row = {"index": j, "name": name, "shape": first[j]["shape"], "params": first[j]["params"]}
             for label, s in grp.items():
-                row[f"{label}: pruned"] = s[j]["sparsity"]
+                row[f"{label}: sparsity"] = s[j]["sparsity"]
                 row[f"{label}: zero kernels"] = s[j]["zero_kernels"]
                 row[f"{label}: zero channels"] = s[j]["zero_channels"]
             rows.append(row)
@@ -252,7 +253,7 @@ def _perturbation(runs) -> str:
             table = pt.table(test)
             out.append(f"<h3>{html.escape(r.label)}, round {test['round']}</h3>"
                        + img(plot_perturbation(table, test["metric"], r.label), "perturbation")
-                       + html_table(table))
+                       + html_table(table, ap_cols=(test["metric"], "change vs ticket")))
     if not found:
         out.append(_note("no perturbation test saved; run `lthfast perturb RUN_DIR` to add one."))
     return "".join(out)

@@ -85,6 +85,10 @@ def load_run(path: str, *, label: str | None = None, allow_running: bool = True)
             raise RunError(msg.replace("; only its finished rounds are used",
                                        "; wait for it to finish"))
         warnings.warn(msg, RunningWarning, stacklevel=2)
+    elif status.get("state") in ("failed", "interrupted"):
+        warnings.warn(f"run {path} stopped before its last round ({status['state']}: "
+                      f"{status.get('error', '?')}); only its finished rounds are used "
+                      f"(`lthfast imp --resume {path}` continues it)", RunningWarning, stacklevel=2)
     if not rows:
         raise RunError(f"run {path} is empty: no round finished yet (metrics.json has no rows; "
                        f"status {status.get('state')!r})")

@@ -19,7 +19,7 @@ expected IoU of random masks with the same per-layer sparsities."""
 
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="IoU of the kept weights of two tickets, per layer",
-                       description=__doc__.splitlines()[0], epilog=_EPILOG,
+                       description=__doc__, epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", metavar="TICKET", help="a ticket .safetensors file or a run directory")
     p.add_argument("b", metavar="TICKET", help="the other ticket (file or run directory)")

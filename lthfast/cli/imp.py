@@ -75,24 +75,29 @@ def add_parser(sub) -> None:
     p = sub.add_parser("imp", help="iterative magnitude pruning (find lottery tickets)",
                        description=_DESCRIPTION, epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Every default is None (or False): the real ones come from lthfast.imp.jobs, so that
+    # --resume can tell a flag given on the command line from one left out.
     g = p.add_argument_group("what to prune")
-    g.add_argument("--task", choices=TASKS, default="detection",
+    g.add_argument("--task", choices=TASKS, default=None,
                    help="detection (boxes), segmentation (Mask R-CNN), keypoints (Keypoint "
                         "R-CNN) or classification (default: detection)")
     g.add_argument("--model", metavar="NAME",
                    help="torchvision model name, e.g. fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, "
                         "resnet50; small CPU defaults: fasterrcnn_resnet18_fpn, maskrcnn_resnet18_fpn, "
                         "keypointrcnn_resnet18_fpn, resnet18")
-    g.add_argument("--data", default="shapes", metavar="SPEC",
+    g.add_argument("--data", default=None, metavar="SPEC",
                    help="shapes (built-in synthetic COCO-format data), coco:PATH (COCO layout), "
                         "or for classification folder:PATH (ImageFolder) (default: shapes). An image "
                         "that fails to decode stops the run with an error naming the file (the last "
                         "round's checkpoint stays valid: fix or remove it, then --resume)")
     g.add_argument("--scope", default=None, metavar="PRESET",
-                   help="which weights to prune (detection): all, backbone, fpn, rpn, roi_heads, or "
-                        "a preset such as paper; default: paper. Printed and saved with the run")
+                   help="which weights to prune. Detection tasks: all, backbone, fpn, rpn, "
+                        "roi_heads, ... (combine with +) or the preset paper (default: paper). "
+                        "Classification: all (default) or features (all but the last Linear). "
+                        "Printed and saved with the run")
     g.add_argument("--weights", metavar="PATH",
-                   help="local checkpoint to start from (torchvision detection state_dict)")
+                   help="local checkpoint to start from (a torchvision detection state_dict; "
+                        "with --task classification, a classifier state_dict)")
     g.add_argument("--backbone-weights", metavar="PATH",
                    help="local ImageNet classifier state_dict mapped onto the detection backbone")
     g.add_argument("--ticket", metavar="PATH",
@@ -124,7 +129,8 @@ def add_parser(sub) -> None:
     t.add_argument("--lr", type=float, default=None,
                    help="peak learning rate of SGD with momentum 0.9 (default: 0.02)")
     t.add_argument("--warmup", type=_nonneg_int, default=None,
-                   help="linear warm-up iterations (default: 50 detection, 20 classification)")
+                   help="linear warm-up iterations (default: 50 of 300 detection, 20 of 200 "
+                        "classification; scaled with --iters, i.e. --iters / 6 and / 10)")
     t.add_argument("--lr-steps", type=_steps, default=None, metavar="I,J",
                    help="iterations at which the learning rate drops 10x, e.g. 200,260 (default "
                         "for detection: 5/6 of --iters; classification uses cosine decay)")
@@ -138,7 +144,7 @@ def add_parser(sub) -> None:
     t.add_argument("--device", default=None, metavar="DEV",
                    help="cpu or cuda (default: cuda when a GPU is visible, else cpu)")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    t.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
+    t.add_argument("--seed", type=int, default=None, help="seed of everything (default: 0)")
     t.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice)")
     o = p.add_argument_group("output")
@@ -150,7 +156,9 @@ def add_parser(sub) -> None:
                    help="every N iterations of round 0, save the mask round 1 would get if "
                         "training stopped there (round_0/early_bird/); `lthfast report` then "
                         "plots how early the ticket is found")
-    o.add_argument("--quiet", action="store_true", help="no progress bars; log lines only")
+    o.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no per-round lines (warnings, errors and the "
+                        "final table still print)")
     o.add_argument("--nproc", type=_positive_int, default=None,
                    help="start this many data-parallel processes (DDP; gloo on CPU, nccl on GPU)")
     p.set_defaults(func=run)
@@ -187,4 +195,14 @@ def run(args) -> int:
         job = build_job(settings)
     except (JobError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e), code=2) from None
-    return job.run_and_print(_print_table)
+    try:
+        return job.run_and_print(_print_table)
+    except (OSError, ValueError, FloatingPointError) as e:
+        # user-facing failures mid-run (an unreadable image, a diverged loss, a bad
+        # checkpoint to resume): one line, and how to go on; other errors keep the traceback
+        from lthfast.imp.rundir import RunDir
+        hint = ""
+        if RunDir(settings.out).exists():
+            hint = (f"; finished rounds are kept in {settings.out}: fix the cause, then "
+                    f"`lthfast imp --resume {settings.out}`")
+        raise CLIError(f"{e}{hint}", code=1) from None

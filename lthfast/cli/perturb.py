@@ -20,7 +20,7 @@ weights of every layer swapped)."""
 
 def add_parser(sub) -> None:
     p = sub.add_parser("perturb", help="retrain perturbed masks of a ticket and compare AP",
-                       description=__doc__.splitlines()[0], epilog=_EPILOG,
+                       description=__doc__, epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished lthfast imp run")
     p.add_argument("--round", type=int, default=None, help="the round whose ticket (default: last)")

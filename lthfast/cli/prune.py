@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="torchvision model name (see --list-models) or checkpoint path")
+    p.add_argument("--model", dest="model_flag", metavar="NAME",
+                   help="the same as MODEL (as in `lthfast imp --model NAME`)")
     p.add_argument("--amount", type=amount_arg, metavar="FRACTION",
                    help="fraction of the Conv/Linear weights to prune, in [0, 1] (required)")
     p.add_argument("--arch", metavar="NAME",
@@ -84,6 +86,11 @@ def _list_models() -> int:
 
 
 def _check_args(args) -> None:
+    if args.model_flag is not None:
+        if args.model is not None and args.model != args.model_flag:
+            raise CLIError(f"MODEL {args.model!r} and --model {args.model_flag!r} disagree; "
+                           "give one of them", code=2)
+        args.model = args.model_flag
     if args.model is None:
         raise CLIError("MODEL is required (a torchvision model name or a checkpoint path); "
                        "see `lthfast prune --help`", code=2)

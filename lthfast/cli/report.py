@@ -21,7 +21,7 @@ its finished rounds and a warning."""
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="HTML page comparing IMP runs (AP breakdowns, overlap, ...)",
-                       description=__doc__.splitlines()[0], epilog=_EPILOG,
+                       description=__doc__, epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of lthfast imp")
     p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")

@@ -145,7 +145,9 @@ def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, 
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (a log file got every redraw)
+        bar = tqdm(total=iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
+                   disable=None)
     losses, sums = [], {}
     t0 = time.perf_counter()
     devices = [device.index or 0] if device.type == "cuda" else []

@@ -82,7 +82,11 @@ def read_state_dict(spec, *, name: str, backbone: bool) -> tuple[dict, str]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from None
+        # torch's own message is a page long and suggests weights_only=False: keep its gist
+        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        detail = detail[0] if detail else ""
+        raise WeightsError(f"cannot read weights file {path}: not a state_dict saved with "
+                           f"torch.save ({type(e).__name__}: {detail[:200]})") from None
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

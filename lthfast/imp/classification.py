@@ -89,14 +89,21 @@ def load_classification_data(spec: str, *, n_train: int | None, n_val: int | Non
 def build_classifier(name: str, num_classes: int, *, weights: str | None = None) -> nn.Module:
     """A torchvision classifier with random init (or a local state_dict file)."""
     import torchvision
-    try:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    except ValueError as e:
-        raise ValueError(f"unknown classification model {name!r}: {e}") from None
+    valid = torchvision.models.list_models(module=torchvision.models)  # classifiers only
+    if name not in valid:
+        raise ValueError(f"unknown classification model {name!r}; valid names: {', '.join(valid)}")
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if weights:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        from lthfast.detection.weights import WeightsError, read_state_dict
+        if not os.path.exists(weights):  # a name would mean a download: not for classifiers
+            raise WeightsError(f"weights file {weights} does not exist")
+        state, _ = read_state_dict(weights, name=name, backbone=False)  # clear errors
         own = model.state_dict()
         fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not fit:
+            raise WeightsError(f"--weights {weights}: no tensor fits {name} (keys start with "
+                               f"{sorted({k.split('.')[0] for k in state})[:6]}); is it a "
+                               f"state_dict of {name}?")
         model.load_state_dict(fit, strict=False)
         skipped = sorted(set(own) - set(fit))
         if skipped:

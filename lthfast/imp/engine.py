@@ -25,7 +25,7 @@ from torch import nn
 
 from lthfast.imp import checkpoint as ckpt
 from lthfast.imp.config import IMPConfig
-from lthfast.imp.rundir import RunDir
+from lthfast.imp.rundir import RunDir, write_json
 
 
 @dataclass
@@ -193,13 +193,28 @@ class IMP:
         if st is None:  # killed before the first round finished: start over
             return self._fresh_state()
         self.model.load_state_dict(st["trained"])
+        if self.main:  # config.json says what the run now does (a grown run: its new rounds)
+            write_json(self.run.file("config.json"), {**self.run.config(), **self.meta,
+                                                      "schedule": self.config.to_dict()})
         self.log(f"resuming {self.run.path} after round {st['next_round'] - 1}")
         return st
 
     # ------------------------------------------------------------------ loop
     def run_rounds(self, resume: bool = False) -> IMPResult:
-        cfg = self.config
         state = self._resume_state() if resume else self._fresh_state()
+        try:
+            return self._rounds(state)
+        except BaseException as e:
+            # status.json said "running" for ever after an error or Ctrl-C; the last
+            # finished round's checkpoint stays valid for --resume
+            if self.run is not None and self.main:
+                done = state["rows"][-1]["round"] if state["rows"] else -1
+                state_name = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                self.run.set_status(state_name, done, error=f"{type(e).__name__}: {e}"[:500])
+            raise
+
+    def _rounds(self, state: dict) -> IMPResult:
+        cfg = self.config
         rewind = cfg.rewind_point
         rows, ticket = state["rows"], state["ticket"]
         for r in range(state["next_round"], cfg.rounds + 1):

@@ -57,7 +57,7 @@ RESUME_MAY_CHANGE = ("rounds", "device", "quiet", "threads", "resume", "out")
 
 CLASSIFICATION_DEFAULTS = dict(model="resnet18", image_size=32, n_train=2000, n_val=500,
                                iters=200, batch_size=32, lr=0.02, warmup=20, rounds=3,
-                               rewind="init", rate=0.2)
+                               rewind="init", rate=0.2, scope="all")
 
 
 def task_defaults(task: str) -> dict:
@@ -76,28 +76,66 @@ def task_defaults(task: str) -> dict:
     return out
 
 
+def _resume_settings(given: dict) -> Settings:
+    path = given["resume"]
+    run = RunDir(path)
+    if not run.exists():
+        raise JobError(f"--resume {path}: no run there (no config.json)")
+    try:
+        saved = run.config().get("settings")
+    except (ValueError, AttributeError) as e:
+        raise JobError(f"--resume {path}: config.json is not readable ({e})") from None
+    if not isinstance(saved, dict):
+        raise JobError(f"--resume {path}: not a run of `lthfast imp` (config.json has no "
+                       "settings); continue a run of the Python API with run_imp(..., resume=True)")
+    # None / False: not on the command line (the parser's defaults are None for that)
+    changed = [k for k, v in given.items() if k not in RESUME_MAY_CHANGE and v is not None
+               and v is not False and saved.get(k, getattr(Settings(), k)) != _absolute(k, v)]
+    if changed:
+        flags = ", ".join("--" + c.replace("_", "-") for c in changed)
+        raise JobError("--resume continues a run with its saved settings; these flags would "
+                       f"change its results: {flags}")
+    if given.get("out") and os.path.abspath(given["out"]) != os.path.abspath(path):
+        raise JobError(f"--out {given['out']} with --resume {path}: a resumed run stays in its "
+                       "own directory; leave out --out (or copy the run first)")
+    rounds = given.get("rounds")
+    if rounds is not None and rounds != saved.get("rounds"):
+        done = len(run.read_metrics()) - 1
+        if rounds < done:
+            raise JobError(f"--rounds {rounds}: {path} has already finished round {done}; "
+                           "--rounds can grow a run, not shrink it")
+        if saved.get("target") is not None:
+            raise JobError(f"--rounds {rounds}: {path} prunes to --target {saved['target']} "
+                           f"over --rounds {saved.get('rounds')} (the rate per round follows "
+                           "from both); more rounds would change that rate: start a new run")
+    merged = {**saved, **{k: given[k] for k in RESUME_MAY_CHANGE if given.get(k) is not None}}
+    merged["out"] = path
+    return Settings(**{k: v for k, v in merged.items() if k in Settings.__dataclass_fields__})
+
+
+def _absolute(key: str, value):
+    """An input file as an absolute path: config.json keeps it, and --resume from another
+    working directory must find the same file (names such as DEFAULT stay as they are)."""
+    if key in ("weights", "backbone_weights", "ticket") and value and os.path.exists(value):
+        return os.path.abspath(value)
+    if key == "data" and isinstance(value, str):
+        kind, sep, path = value.partition(":")
+        if sep and kind in ("coco", "folder") and os.path.exists(path):
+            return f"{kind}:{os.path.abspath(path)}"
+    return value
+
+
 def settings_from_args(args) -> Settings:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
              if hasattr(args, f.name)}
     if given.get("resume"):
-        run = RunDir(given["resume"])
-        if not run.exists():
-            raise JobError(f"--resume {given['resume']}: no run there (no config.json)")
-        saved = run.config().get("settings", {})
-        changed = [k for k, v in given.items() if k not in RESUME_MAY_CHANGE and v is not None
-                   and v is not False and v != getattr(Settings(), k) and saved.get(k) != v]
-        if changed:
-            raise JobError("--resume continues a run with its saved settings; these flags would "
-                           f"change its results: {', '.join('--' + c.replace('_', '-') for c in changed)}")
-        merged = {**saved, **{k: given[k] for k in RESUME_MAY_CHANGE if given.get(k) is not None}}
-        merged["out"] = given["resume"]
-        return Settings(**{k: v for k, v in merged.items() if k in Settings.__dataclass_fields__})
-    s = Settings(**given)
+        return _resume_settings(given)
+    s = Settings(**{k: v for k, v in given.items() if v is not None})  # the rest: defaults
     if s.ticket and s.rounds is None:
         s.rounds = 0  # --ticket alone: train with the transferred mask fixed
     defaults = task_defaults(s.task)
     rewind_given, iters_given = s.rewind is not None, s.iters is not None
-    steps_given = s.lr_steps is not None
+    steps_given, warmup_given = s.lr_steps is not None, s.warmup is not None
     if s.data != "shapes":  # sizes of the built-in data; real data keeps the model's resize
         for k in ("n_train", "n_val", "image_size"):
             defaults.pop(k, None)
@@ -113,12 +151,53 @@ def settings_from_args(args) -> Settings:
     if not steps_given and iters_given and defaults.get("iters"):
         # likewise the learning-rate drop (at 250 of 300 iterations in the demo)
         s.lr_steps = [round(x * s.iters / defaults["iters"]) for x in s.lr_steps or ()]
+    if not warmup_given and iters_given and defaults.get("iters"):
+        # and the warm-up: 50 of 300 iterations kept a short run (--iters 20) below its peak lr
+        s.warmup = round(s.warmup * s.iters / defaults["iters"])
+    for key in ("weights", "backbone_weights", "ticket", "data"):
+        setattr(s, key, _absolute(key, getattr(s, key)))
     if s.device is None:
         s.device = "cuda" if torch.cuda.is_available() else "cpu"
     if s.out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         s.out = os.path.join("runs", f"imp-{s.task}-{s.model}-{stamp}")
+    if _run_differs(s, RunDir(s.out)) == []:
+        # the same command again (a second `make demo`, or after Ctrl-C): go on with that run
+        from lthfast.cli._common import eprint
+        eprint(f"lthfast imp: {s.out} holds a run with these settings: continuing it (as with "
+               f"--resume {s.out}); delete the folder to start over")
+        return _resume_settings({**{k: given.get(k) for k in RESUME_MAY_CHANGE},
+                                 "resume": s.out, "out": None})
+    check_new_run_dir(s.out, _run_differs(s, RunDir(s.out)))
     return s
+
+
+def _run_differs(s: Settings, run: RunDir) -> list | None:
+    """The flags whose values differ from those `run` was made with ([]: the same run up
+    to what --resume may change; None: no `lthfast imp` run there)."""
+    try:
+        saved = run.config().get("settings") if run.exists() else None
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    return ["--" + k.replace("_", "-") for k, v in dataclasses.asdict(s).items()
+            if k not in RESUME_MAY_CHANGE and saved.get(k) != v]
+
+
+def check_new_run_dir(out: str, differs: list | None = None) -> None:
+    """A fresh run writes only into a new or empty folder: an earlier run there would be
+    overwritten file by file (its extra rounds' tickets left behind), other files mixed in.
+    `differs`: the flags in which an earlier run there differs, for the message."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise JobError(f"--out {out}: is a file, not a run directory; give a new folder")
+    if RunDir(out).exists():
+        why = f" made with other {', '.join(differs)}" if differs else ""
+        raise JobError(f"--out {out}: holds an earlier run{why}; continue it as it was with "
+                       f"--resume {out}, or give another --out")
+    if os.path.isdir(out) and os.listdir(out):
+        raise JobError(f"--out {out}: the folder exists and is not empty; give a new or "
+                       "empty folder for the run directory")
 
 
 def check_settings(s: Settings) -> IMPConfig:
@@ -159,10 +238,17 @@ class Job:
     def run_and_print(self, print_table) -> int:
         from lthfast.cli._common import eprint
         s = self.settings
-        log = (lambda m: None) if (s.quiet or not ddp.is_main()) else eprint
+        # --quiet drops progress lines, not warnings (layer collapse, report not written)
+        if not ddp.is_main():
+            log = lambda m: None  # noqa: E731
+        elif s.quiet:
+            log = lambda m: eprint(m) if m.startswith("warning:") else None  # noqa: E731
+        else:
+            log = eprint
         if ddp.is_main():
             eprint(self.describe)
-        printed = []
+        # a resumed run's tables start with the rounds it had already finished
+        printed = RunDir(s.out).read_metrics() if s.resume else []
 
         def on_round(row):
             printed.append(row)

@@ -100,21 +100,23 @@ def plot_layers(rows: list[dict], title: str) -> str | None:
     return _png(fig)
 
 
-def _fmt(v, col: str = "") -> str:
+def _fmt(v, col: str = "", ap: bool = False) -> str:
     """A cell as people read it: sparsities (fractions) as percentages, AP (already
-    in percent, COCO style) with one decimal, other floats with 4 significant digits."""
+    in percent, COCO style: columns named like bbox_AP50 or "AP r2", or listed in
+    `ap`) with one decimal, other floats with 4 significant digits."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"  # e.g. AP over a size range with no ground truth
     if isinstance(v, float) and math.isfinite(v):
         if "sparsity" in col and 0.0 <= v <= 1.0:
             return f"{100 * v:.2f}%"
-        if re.search(r"(^|_)AP(\d+|[sml])?($|_)", col):
+        if ap or re.search(r"(^|_)AP(\d+|[sml]| r\d+)?($|_)", col):
             return f"{v:.1f}"
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
     return html.escape(str(v))
 
 
-def html_table(rows: list[dict], cols: list[str] | None = None) -> str:
+def html_table(rows: list[dict], cols: list[str] | None = None, *, ap_cols=()) -> str:
+    """`ap_cols`: columns that hold AP (%) under other names (e.g. small / medium / large)."""
     if not rows:
         return "<p>(no rows)</p>"
     if cols is None:
@@ -122,7 +124,7 @@ def html_table(rows: list[dict], cols: list[str] | None = None) -> str:
         for r in rows:
             cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (dict, list))]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''), c)}</td>" for c in cols) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''), c, c in ap_cols)}</td>" for c in cols) + "</tr>"
                    for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

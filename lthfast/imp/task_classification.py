@@ -21,6 +21,10 @@ def prunable(model: nn.Module, scope: str) -> list[str]:
     return [f"{n}.weight" for n in layers]
 
 
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
 def build(s, device):
     from lthfast.optim import MaskedSGD
     s.scope = s.scope or "all"
@@ -44,6 +48,7 @@ def build(s, device):
         return ddp.on_main(evaluate_classifier, model, val_set, device=device)
 
     describe = (f"lthfast imp: classification, {s.model} ({len(classes)} classes) on {s.data}, "
-                f"{len(names)} pruned weight tensors ({s.scope}), {s.rounds} pruned rounds of "
-                f"{s.iters} iterations, rewind {s.rewind}, device {device}, run dir {s.out}")
+                f"{len(names)} pruned weight tensors ({s.scope}), {s.rounds} pruned "
+                f"round{_s(s.rounds)} of {s.iters} iterations, rewind {s.rewind}, device "
+                f"{device}\nrun directory: {s.out}")
     return model, names, train_fn, eval_fn, None, describe

@@ -8,6 +8,10 @@ from lthfast.imp import ddp
 EVAL_BATCH = 8
 
 
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
 def build(s, device):
     from lthfast.detection import data as det_data
     from lthfast.detection.evaluate import evaluate as det_evaluate
@@ -51,7 +55,7 @@ def build(s, device):
 
     describe = (f"lthfast imp: {s.task}, {s.model} on {s.data} ({len(train_set)} train / "
                 f"{len(val_set)} val images), scope {s.scope}: {len(names)} pruned weight tensors, "
-                f"a dense round and {s.rounds} pruned rounds of {s.iters} iterations (batch "
-                f"{s.batch_size}, lr {s.lr}), "
+                f"a dense round and {s.rounds} pruned round{_s(s.rounds)} of {s.iters} "
+                f"iterations (batch {s.batch_size}, lr {s.lr}), "
                 f"rewind {s.rewind}, device {device}\nrun directory: {s.out}")
     return model, names, train_fn, eval_fn, det_scopes.scope_of, describe
