@@ -19,13 +19,3 @@ def medium_root(tmp_path_factory):
     """Enough objects to check the size and class distributions."""
     return make_shapes(tmp_path_factory.mktemp("shapes") / "medium", n_train=150, n_val=2,
                        image_size=128, seed=0)
-
-
-@pytest.fixture(autouse=False)
-def one_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads only add spin-waiting."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -1,4 +1,6 @@
 """Shared cases and checks of the masked convolution tests (CPU and CUDA)."""
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -51,3 +53,21 @@ def assert_linear_close(out, x, w, mask, b):
     base = (same - wide).abs().max().item() if wide.numel() else 0.0
     assert out.shape == wide.shape and out.dtype == x.dtype
     assert err <= 2 * base + eps, f"error {err} vs torch's {base} (eps {eps})"
+
+
+def random_masks(model, sparsity=0.8, seed=0):
+    """{name: bool mask} for every 2-D / 4-D weight of `model`, about `sparsity` pruned."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.rand(p.shape, generator=gen) >= sparsity
+            for name, p in model.named_parameters()
+            if name.endswith("weight") and p.dim() in (2, 4)}
+
+
+def masked_copy(model, masks):
+    """A deep copy of `model` with the pruned weights zeroed (the dense reference)."""
+    dense = copy.deepcopy(model)
+    params = dict(dense.named_parameters())
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].masked_fill_(~m, 0)
+    return dense

@@ -6,7 +6,6 @@ import torch
 pytest.importorskip("torchvision")
 
 from lthfast.detection import DEFAULT_MODELS, WeightsError, build_model, model_names  # noqa: E402
-from tests._detection_fixtures import one_thread  # noqa: E402,F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

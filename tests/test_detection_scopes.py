@@ -5,7 +5,6 @@ pytest.importorskip("torchvision")
 from torch import nn  # noqa: E402
 
 from lthfast.detection import PRESETS, SCOPES, build_model, prunable_names, scope_of  # noqa: E402
-from tests._detection_fixtures import one_thread  # noqa: E402,F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ from torch import nn
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-from tests._detection_fixtures import one_thread, tiny_root  # noqa: E402,F401
+from tests._detection_fixtures import tiny_root  # noqa: E402,F401
 
 pytestmark = [pytestmark, pytest.mark.usefixtures("one_thread")]
 from lthfast.detection import (DEFAULT_MODELS, batch_indices, build_model_for, evaluate,  # noqa: E402

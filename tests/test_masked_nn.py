@@ -7,24 +7,9 @@ from torch import nn
 
 import lthfast
 from lthfast.nn import MaskedConv2d, MaskedLinear, densify, sparsify
+from _masked_conv_cases import masked_copy, random_masks
 
 pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
-
-
-def _random_masks(model, sparsity=0.8, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return {name: torch.rand(p.shape, generator=gen) >= sparsity
-            for name, p in model.named_parameters()
-            if name.endswith("weight") and p.dim() in (2, 4)}
-
-
-def _masked_copy(model, masks):
-    dense = copy.deepcopy(model)
-    params = dict(dense.named_parameters())
-    with torch.no_grad():
-        for name, m in masks.items():
-            params[name].masked_fill_(~m, 0)
-    return dense
 
 
 def test_modules_drop_in():
@@ -62,8 +47,8 @@ def test_sparsify_resnet_and_densify_back():
     from torchvision.models import resnet18
     torch.manual_seed(0)
     model = resnet18(num_classes=10).eval()
-    masks = _random_masks(model, 0.9)
-    dense = _masked_copy(model, masks)
+    masks = random_masks(model, 0.9)
+    dense = masked_copy(model, masks)
     params_before = {n: p for n, p in model.named_parameters()}
     sp = sparsify(model, masks)
     assert all(p is params_before[n] for n, p in sp.named_parameters())  # shared, not copied
@@ -123,8 +108,8 @@ def test_sparsified_detector_gives_same_detections():
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
     model = FasterRCNN(backbone, num_classes=3, min_size=96, max_size=96,
                        rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50).eval()
-    masks = _random_masks(model, 0.85, seed=1)
-    dense = _masked_copy(model, masks)
+    masks = random_masks(model, 0.85, seed=1)
+    dense = masked_copy(model, masks)
     sp = sparsify(model, masks, path="sparse")
     n_masked = sum(isinstance(m, (MaskedConv2d, MaskedLinear)) for m in sp.modules())
     assert n_masked == len(masks)

@@ -14,25 +14,11 @@ from torch import nn
 
 import lthfast
 from lthfast.nn import MaskedConv2d, MaskedLinear, densify, sparsify
+from _masked_conv_cases import masked_copy, random_masks
 from lthfast.ops import _weight_cache, masked_conv2d, masked_linear
 
 pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
 PATHS = ("dense", "sparse", "auto")
-
-
-def _masks(model, sparsity=0.8, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return {n: torch.rand(p.shape, generator=gen) >= sparsity
-            for n, p in model.named_parameters() if n.endswith("weight") and p.dim() in (2, 4)}
-
-
-def _masked_copy(model, masks):
-    dense = copy.deepcopy(model)
-    params = dict(dense.named_parameters())
-    with torch.no_grad():
-        for n, m in masks.items():
-            params[n].masked_fill_(~m, 0)
-    return dense
 
 
 def _set_path(model, path):
@@ -64,7 +50,7 @@ def _small_model():
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 6, 1),
                           nn.Flatten(), nn.Linear(6 * 5 * 5, 3))
-    masks = _masks(model, 0.85)
+    masks = random_masks(model, 0.85)
     return model, masks
 
 
@@ -117,7 +103,7 @@ def test_random_conv_matches_masked_nn_conv2d(seed, one_thread):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_after_sparsify(dtype):
     model, masks = _small_model()
-    dense = _masked_copy(model, masks).eval().to(dtype)
+    dense = masked_copy(model, masks).eval().to(dtype)
     sp = sparsify(model, masks).eval().to(dtype)
     assert sp[0].mask.dtype == torch.bool
     x = torch.randn(2, 4, 5, 5, dtype=dtype)
@@ -157,22 +143,13 @@ def _model_params(names):
     return [pytest.param(n, marks=pytest.mark.slow) if MODELS[n][2] else n for n in names]
 
 
-@pytest.fixture
-def one_thread():
-    # Small convs on a shared 2-core machine: a second thread only adds contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("name", _model_params(MODELS))
 def test_torchvision_models_eval_equal_dense_masked(name, one_thread):
     kw, shape, _ = MODELS[name]
     torch.manual_seed(0)
     model = _tv(name, **kw).eval()
-    masks = _masks(model, 0.8)
-    dense = _masked_copy(model, masks)
+    masks = random_masks(model, 0.8)
+    dense = masked_copy(model, masks)
     gen = torch.Generator().manual_seed(1)
     x = ([torch.rand(s, generator=gen) for s in shape] if isinstance(shape, list)
          else torch.randn(shape, generator=gen))
@@ -196,8 +173,8 @@ def test_torchvision_train_gradients(name, one_thread):
     kw, shape, _ = MODELS[name]
     torch.manual_seed(0)
     model = _tv(name, **kw).train()
-    masks = _masks(model, 0.8)
-    dense = _masked_copy(model, masks)
+    masks = random_masks(model, 0.8)
+    dense = masked_copy(model, masks)
     sp = sparsify(model, masks)
     x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(1))
     for m in (dense, sp):
@@ -277,7 +254,7 @@ def test_weight_and_mask_writes_after_sparsify():
 def test_inference_mode():
     """Regression: inference tensors have no version counter; reading it raised."""
     model, masks = _small_model()
-    ref = _masked_copy(model, masks).eval()
+    ref = masked_copy(model, masks).eval()
     x = torch.randn(2, 4, 5, 5)
     with torch.inference_mode():
         sp = sparsify(model, masks).eval()  # mask buffers made here
@@ -305,8 +282,8 @@ def test_autocast(dtype):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3),
                           nn.Flatten(), nn.Linear(6 * 3 * 3, 3), nn.ReLU(), nn.Linear(3, 2))
-    masks = _masks(model, 0.7)
-    dense = _masked_copy(model, masks)
+    masks = random_masks(model, 0.7)
+    dense = masked_copy(model, masks)
     sp = sparsify(model, masks)
     x = torch.randn(2, 4, 5, 5)
     with torch.autocast("cpu", dtype=dtype):
@@ -331,7 +308,7 @@ def test_autocast(dtype):
 
 def test_compile_fullgraph_with_autocast():
     model, masks = _small_model()
-    ref = _masked_copy(model, masks).eval()
+    ref = masked_copy(model, masks).eval()
     sp = sparsify(model, masks).eval()
     torch._dynamo.reset()
     compiled = torch.compile(sp, fullgraph=True, backend="aot_eager")
@@ -353,7 +330,7 @@ def test_module_used_twice_and_tied_weights():
     b.weight = a.weight
     model = nn.Sequential(conv, nn.ReLU(), conv, nn.Flatten(1, 2), a, b)
     masks = {"0.weight": torch.rand(3, 3, 3, 3) > 0.5, "4.weight": torch.rand(4, 4) > 0.5}
-    ref = _masked_copy(model, masks)
+    ref = masked_copy(model, masks)
     assert ref[0] is ref[2] and ref[4].weight is ref[5].weight
     sp = sparsify(model, masks)
     assert sp[0] is sp[2] and isinstance(sp[0], MaskedConv2d)
@@ -383,11 +360,11 @@ def test_sparsify_again_takes_the_new_mask():
     x = torch.randn(2, 4, 5, 5)
     with torch.no_grad():
         sp.eval()(x)
-        masks2 = _masks(sp, 0.95, seed=5)
+        masks2 = random_masks(sp, 0.95, seed=5)
         masks2 = {k: masks2[k.replace(".mask", ".weight")] for k in masks}
         sp = sparsify(sp, masks2, path="sparse")
         assert all(m.path == "sparse" for m in sp.modules() if isinstance(m, (MaskedConv2d, MaskedLinear)))
-        _assert_same(sp(x), _masked_copy(densify(copy.deepcopy(sp)), masks2)(x))
+        _assert_same(sp(x), masked_copy(densify(copy.deepcopy(sp)), masks2)(x))
         assert torch.equal(sp[0].mask, masks2["0.weight"])
 
 
@@ -398,7 +375,7 @@ class _Doubling(nn.Conv2d):
 
 def test_subclasses_and_wrapped_weights_are_not_swapped_silently():
     model = nn.Sequential(_Doubling(3, 4, 3), nn.Linear(2, 2), nn.Conv2d(4, 4, 1))
-    masks = _masks(model)
+    masks = random_masks(model)
     with pytest.warns(UserWarning, match=r"subclasses.*0\.weight"):
         sparsify(model, masks)
     assert type(model[0]) is _Doubling and isinstance(model[2], MaskedConv2d)
@@ -418,8 +395,8 @@ def test_hooks_and_compiled_children():
     calls = []
     handle = model[0].register_forward_hook(lambda mod, i, o: calls.append(type(mod)))
     model[1].compile(backend="eager")
-    masks = _masks(model, 0.5)
-    ref = _masked_copy(model, masks)
+    masks = random_masks(model, 0.5)
+    ref = masked_copy(model, masks)
     with pytest.warns(UserWarning, match="compile"):
         sparsify(model, masks)
     x = torch.randn(1, 3, 5, 5)
@@ -433,7 +410,7 @@ def test_hooks_and_compiled_children():
 
 def test_copies_and_state_dicts():
     model, masks = _small_model()
-    dense = _masked_copy(model, masks).eval()
+    dense = masked_copy(model, masks).eval()
     sp = sparsify(model, masks).eval()
     x = torch.randn(2, 4, 5, 5)
     with torch.no_grad():
@@ -458,8 +435,8 @@ def test_channels_last_model_and_bias_free():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
                           nn.Conv2d(8, 8, 3, groups=8, padding=1, bias=False), nn.Conv2d(8, 4, 1))
-    masks = _masks(model, 0.85)
-    ref = _masked_copy(model, masks).eval()
+    masks = random_masks(model, 0.85)
+    ref = masked_copy(model, masks).eval()
     sp = sparsify(model, masks).eval().to(memory_format=torch.channels_last)
     x = torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last)
     with torch.no_grad():

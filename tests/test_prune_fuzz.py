@@ -479,15 +479,6 @@ def run_scenario(seed: int, n_steps: int = 8):
     return log, None
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP start-up / spin costs on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_fuzz_against_torch(one_thread):
     outcomes = {}
     for seed in range(100):
