@@ -157,6 +157,9 @@ def format_report(info: dict) -> str:
         devs = [d for d, k in (("CPU", "cpu"), ("CUDA", "cuda")) if o[k]]
         fake = {True: "  +fake", False: "", None: ""}[o["fake"]]
         add(f"  {o['name']:<{width}}  {' '.join(devs) or 'no kernels'}{fake}")
+    if not info["cuda_kernels"] and any(o["cuda"] for o in info["ops"]):
+        # the dense masked conv / linear ops are C++ on ATen: cuDNN runs them on a GPU
+        add("  (CUDA above without CUDA kernels: ops written on ATen, which run on a GPU too)")
     return "\n".join(lines)
 
 
