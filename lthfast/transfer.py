@@ -72,6 +72,18 @@ def classifier_name_to_backbone(name: str) -> str:
     return BACKBONE_PREFIX + _strip(name)
 
 
+def _backbone_target(name: str, params) -> str:
+    """Target of classifier layer `name`: `backbone.body.<name>`, else (if the model has it)
+    `backbone.body.<name minus its first part>`: a MobileNet classifier's body is `features.*`
+    while the detector's body is that Sequential itself (`backbone.body.0.0.weight`), the same
+    rule `--backbone-weights` uses, so a ticket maps wherever the weights do."""
+    dst = classifier_name_to_backbone(name)
+    rest = _strip(name).split(".", 1)
+    if dst not in params and len(rest) == 2 and BACKBONE_PREFIX + rest[1] in params:
+        return BACKBONE_PREFIX + rest[1]
+    return dst
+
+
 def detect_kind(ticket, model: nn.Module) -> str:
     names = [_strip(n) for n in ticket.names()]
     has_body = any(n.startswith(BACKBONE_PREFIX) for n, _ in model.named_parameters())
@@ -110,7 +122,7 @@ def transfer_ticket(ticket, model: nn.Module, *, names=None, kind: str = "auto")
     params = dict(model.named_parameters())
     mapping, unmapped, mismatch = {}, [], []
     for src in ticket.names():
-        dst = classifier_name_to_backbone(src) if kind == "classifier->backbone" else _strip(src)
+        dst = _backbone_target(src, params) if kind == "classifier->backbone" else _strip(src)
         p = params.get(dst)
         if p is None:
             unmapped.append(src)

@@ -148,6 +148,11 @@ class CocoDataset(torch.utils.data.Dataset):
         info = self.coco.imgs[image_id]
         image = self._read_image(info)
         h, w = image.shape[-2:]
+        # boxes, masks (annToMask) and keypoints are in the JSON's pixel frame: an image of
+        # another size would silently train on misplaced targets (masks of the wrong size)
+        if (info.get("height", h), info.get("width", w)) != (h, w):
+            raise ValueError(f"image {self.image_dir / info['file_name']} (id {image_id}) is {w}x{h} "
+                             f"pixels but {self.ann_file.name} says {info.get('width')}x{info.get('height')}")
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]

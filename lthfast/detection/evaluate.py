@@ -54,6 +54,16 @@ def _to_coco_results(output: dict, image_id: int, label_to_cat_id: dict, iou_typ
     return res
 
 
+def _empty_results(coco):
+    """A pycocotools result object with no detection (for the images/categories of `coco`)."""
+    from pycocotools.coco import COCO
+    dt = COCO()
+    dt.dataset = {"images": list(coco.dataset["images"]), "categories": list(coco.dataset["categories"]),
+                  "annotations": []}
+    dt.createIndex()
+    return dt
+
+
 def _precision_reductions(E, names: dict) -> tuple[dict, dict]:
     """Per-category AP (IoU .50:.95, all areas, max dets) and per-category per-area AP from
     COCOeval's accumulated precision array [T, R, K, A, M]."""
@@ -120,19 +130,17 @@ def evaluate(model, dataset, *, task: str, device="cpu", batch_size: int = 4, pr
         stats_names = _STAT_NAMES[iou]
         cat_ids = sorted(names) if iou != "keypoints" else \
             sorted(c for c, cat in dataset.coco.cats.items() if cat.get("keypoints"))
-        if not results:  # nothing predicted: AP 0 (NaN where there is no ground truth)
-            for s in stats_names:
-                metrics[f"{iou}_{s}"] = 0.0
-            per_category[iou] = {names[c]: 0.0 for c in cat_ids}
-            per_category_area[iou] = {names[c]: {a: 0.0 for a in AREAS[1:]} for c in cat_ids}
-            continue
         # one field per IoU type, as loadRes expects: with a "bbox" present it would take the
         # detection's area (used for the area ranges) from the box instead of the mask/keypoints
         field = {"segm": "segmentation"}.get(iou, iou)
         fields = ("image_id", "category_id", "score", field)
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            dt = dataset.coco.loadRes([{k: r[k] for k in fields} for r in results])
+            # no detections at all: loadRes fails on [], so evaluate an empty result set --
+            # AP 0 where there is ground truth, NaN where there is none (e.g. APl), exactly as
+            # for a model that does detect something (a hard-coded 0 made APl 0 here, NaN there)
+            dt = dataset.coco.loadRes([{k: r[k] for k in fields} for r in results]) if results \
+                else _empty_results(dataset.coco)
             E = COCOeval(dataset.coco, dt, iouType=iou)
             E.params.imgIds = list(dataset.ids)
             E.params.catIds = cat_ids

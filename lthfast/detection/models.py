@@ -142,7 +142,8 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
             torch_kw["weights_backbone"] = None
         model = builder(weights=None, num_classes=num_classes, **torch_kw)
         if pretrained:  # as torchvision does for pre-trained backbones: frozen BN, 3 stages train
-            _freeze_batchnorm(model.backbone)
+            if not name.endswith("_v2"):  # the v2 builders keep trainable BatchNorm2d (body and FPN)
+                _freeze_batchnorm(model.backbone)
             _freeze_resnet_stages(model.backbone.body, 3 if trainable is None else trainable)
     report = {}
     if "weights" in files:
@@ -159,16 +160,34 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
 
 
 def _freeze_resnet_stages(body: nn.Module, trainable_layers: int) -> None:
-    if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    if not isinstance(trainable_layers, int) or trainable_layers < 0:
+        raise ValueError(f"trainable_layers must be an int >= 0, got {trainable_layers!r}")
     names = [n for n, _ in body.named_children()]
-    if "layer4" not in names:  # not a resnet body: only BN is frozen
+    if "layer4" not in names:  # MobileNet body (features.0 ... features.16)
+        _freeze_mobilenet_stages(body, trainable_layers)
         return
+    if trainable_layers > 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
     train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:
         train.append("bn1")
     for n, p in body.named_parameters():
         if not any(n.startswith(t) for t in train):
+            p.requires_grad_(False)
+
+
+def _freeze_mobilenet_stages(body: nn.Module, trainable_layers: int) -> None:
+    """torchvision's rule for MobileNet detection bodies: stages start at block 0, every
+    strided (`_is_cn`) block and the last block; the last `trainable_layers` stages train.
+    (Without it a pre-trained MobileNet body trained all its layers, unlike torchvision.)"""
+    blocks = list(body.children())
+    stages = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+    if trainable_layers > len(stages):
+        raise ValueError(f"trainable_layers must be in 0..{len(stages)} for this MobileNet body, "
+                         f"got {trainable_layers}")
+    freeze_before = len(blocks) if trainable_layers == 0 else stages[len(stages) - trainable_layers]
+    for b in blocks[:freeze_before]:
+        for p in b.parameters():
             p.requires_grad_(False)
 
 
