@@ -64,10 +64,15 @@ def _per_category(rows: list[dict], iou: str) -> dict[int, dict[str, float]]:
     return out
 
 
-def _category_table(rows, iou, order: list[str], extra: dict[str, dict]) -> list[dict]:
+def _category_table(rows, iou, order: list[str], extra: dict[str, dict],
+                    rank_key=None) -> list[dict]:
+    """Categories in `order`; `rank_key(cat)` (lower = first) gives tied categories one
+    shared rank (1, 1, 3, ...): equal counts / equal dense AP are not ranked apart."""
     per = _per_category(rows, iou)
     table = []
-    for rank, cat in enumerate(order, 1):
+    keys = [rank_key(c) if rank_key else i for i, c in enumerate(order)]
+    for i, cat in enumerate(order):
+        rank = 1 + sum(1 for k in keys if k < keys[i])
         d = {"rank": rank, "category": cat, **{k: v[cat] for k, v in extra.items()}}
         for rnd, pc in per.items():
             d[f"AP r{rnd}"] = pc.get(cat, float("nan"))
@@ -76,27 +81,32 @@ def _category_table(rows, iou, order: list[str], extra: dict[str, dict]) -> list
 
 
 def ap_by_frequency(run_or_rows, counts: dict[str, int], iou: str | None = None) -> list[dict]:
-    """Categories sorted by training-set frequency (most annotations first): rank,
-    category, train_annotations, `AP r<round>` for every round."""
+    """Categories sorted by training-set frequency (most annotations first; equal counts
+    by name, sharing one rank): rank, category, train_annotations, `AP r<round>` for
+    every round."""
     rows = _rows_of(run_or_rows)
     iou = iou or default_iou(rows)
     cats = list(_per_category(rows, iou)[int(rows[0]["round"])])
     missing = [c for c in cats if c not in counts]
     if missing:
         raise ValueError(f"no training-set count for categories {missing}")
-    order = sorted(cats, key=lambda c: (-counts[c], c))
-    return _category_table(rows, iou, order, {"train_annotations": counts})
+    order = sorted(cats, key=lambda c: (-counts[c], c))  # ties: by name, a stable order
+    return _category_table(rows, iou, order, {"train_annotations": counts},
+                           rank_key=lambda c: -counts[c])
 
 
 def ap_by_difficulty(run_or_rows, iou: str | None = None) -> list[dict]:
-    """Categories ranked by the dense round's AP (rank 1 = easiest): rank, category,
-    dense_AP, `AP r<round>` per round, and drop (dense AP - last round's AP)."""
+    """Categories ranked by the dense round's AP (rank 1 = easiest; equal APs share a
+    rank, listed by name; NaN last): rank, category, dense_AP, `AP r<round>` per round,
+    and drop (dense AP - last round's AP)."""
     rows = _rows_of(run_or_rows)
     iou = iou or default_iou(rows)
     per = _per_category(rows, iou)
     dense = per[min(per)]
-    order = sorted(dense, key=lambda c: (-(dense[c] if finite(dense[c]) else -math.inf), c))
-    table = _category_table(rows, iou, order, {"dense_AP": dense})
+    def hardness(c):  # NaN (no validation objects) ranks last
+        return -(dense[c] if finite(dense[c]) else -math.inf)
+    order = sorted(dense, key=lambda c: (hardness(c), c))
+    table = _category_table(rows, iou, order, {"dense_AP": dense}, rank_key=hardness)
     last = per[max(per)]
     for d in table:
         d["drop"] = d["dense_AP"] - last.get(d["category"], float("nan"))
@@ -164,10 +174,10 @@ def plot_ap_by_category(table: list[dict], *, title: str, xlabel: str,
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=45 if len(table) > 4 else 0, ha="right" if len(table) > 4 else "center",
                        fontsize=8)
+    if any(not finite(d[k]) for d in table for k in round_keys):  # before set_xlabel
+        xlabel += "; gaps: no validation objects of that category"
     ax.set_xlabel(xlabel)
     ax.set_ylabel("AP (%)")
-    if any(not finite(d[k]) for d in table for k in round_keys):
-        xlabel += "; gaps: no validation objects of that category"
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="IMP round")

@@ -5,21 +5,56 @@ from __future__ import annotations
 from lthfast.analysis._plot import plt, png
 
 
-def layer_stats(ticket) -> list[dict]:
+# ConvTranspose2d weights of torchvision's detectors: (in, out / groups, kH, kW), so their
+# output channels are dim 1, not dim 0 (a ticket alone does not know the module type)
+TRANSPOSED = ("roi_heads.mask_predictor.conv5_mask.weight",
+              "roi_heads.keypoint_predictor.kps_score_lowres.weight")
+
+
+def _transposed(model) -> dict[str, int]:
+    """{weight name: groups} of the transposed convs of `model` (an nn.Module, an iterable
+    of names, or None: the torchvision detector names in TRANSPOSED)."""
+    if model is None:
+        return dict.fromkeys(TRANSPOSED, 1)
+    if hasattr(model, "named_modules"):
+        import torch.nn as nn
+        return {f"{n}.weight" if n else "weight": m.groups for n, m in model.named_modules()
+                if isinstance(m, nn.modules.conv._ConvTransposeNd)}
+    return dict.fromkeys(model, 1)
+
+
+def _zero_out_channels(mask, groups: int | None) -> tuple[int, int]:
+    """(fully pruned output channels, output channels); `groups` for a transposed conv."""
+    if groups is None:  # Conv / Linear: (out, in / groups, ...)
+        return int((~mask.reshape(mask.shape[0], -1).any(dim=1)).sum()), mask.shape[0]
+    # (in, out / groups, ...): output channel g * (out / groups) + j reads the in / groups
+    # inputs of group g through column j
+    m = mask.reshape(groups, mask.shape[0] // groups, mask.shape[1], -1)
+    kept = m.any(dim=3).any(dim=1)  # (groups, out / groups)
+    return int((~kept).sum()), kept.numel()
+
+
+def layer_stats(ticket, transposed=None) -> list[dict]:
     """One dict per tensor: name, shape, params, kept, sparsity, zero_kernels (conv:
     (out, in) kernels with no weight kept), zero_channels (output channels / linear
-    rows with no weight kept), out_channels."""
+    rows with no weight kept), out_channels (0 for 1-D tensors, e.g. biases: they have
+    no channels to prune). `transposed`: the model (or the names of its ConvTranspose
+    weights, whose output channels are dim 1); default: torchvision's detector names."""
+    tr = _transposed(transposed)
     out = []
     for r in ticket.report():
         mask = ticket[r["name"]]
-        zero_ch = 0
-        if mask.dim() >= 2 and mask.numel():
-            zero_ch = int((~mask.reshape(mask.shape[0], -1).any(dim=1)).sum())
+        zero_ch, out_ch = 0, 0
+        if mask.dim() >= 2:
+            if mask.numel():
+                zero_ch, out_ch = _zero_out_channels(mask, tr.get(r["name"]) if mask.dim() > 2
+                                                     else None)
+            else:
+                out_ch = mask.shape[1] * tr[r["name"]] if r["name"] in tr else mask.shape[0]
         out.append({"name": r["name"], "shape": "×".join(map(str, r["shape"])),
                     "params": r["params"], "kept": r["kept"], "sparsity": r["sparsity"],
                     "zero_kernels": r["zero_slices"] if r["slice_kind"] == "kernels" else 0,
-                    "zero_channels": zero_ch,
-                    "out_channels": mask.shape[0] if mask.dim() >= 2 else 0})
+                    "zero_channels": zero_ch, "out_channels": out_ch})
     return out
 
 

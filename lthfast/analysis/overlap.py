@@ -73,7 +73,9 @@ def random_iou(sparsity_a: float, sparsity_b: float) -> float:
 
 def early_bird(run) -> list[dict]:
     """IoU of every round's mask with the run's final ticket: one dict per round
-    (round, sparsity, iou_with_final, chance_iou). Round 0 is dense (IoU = final density)."""
+    (round, sparsity, iou_with_final, chance_iou). Round 0 is dense (IoU = final density).
+    IMP masks are nested, so iou_with_final = (1 - final sparsity) / (1 - sparsity): the
+    mask-stability question is early_bird_iterations'."""
     if isinstance(run, str):
         from lthfast.analysis.runs import load_run
         run = load_run(run)
@@ -125,7 +127,7 @@ def plot_early_bird(runs: dict[str, list[dict]]) -> str | None:
     return _plot_iou_curves({k: v for k, v in runs.items() if len(v) > 1}, "round",
                             xlabel="IMP round (0 = dense)",
                             ylabel="IoU of kept weights with the final ticket",
-                            title="Early-bird stability: how soon the final mask is found",
+                            title="Each round's mask vs the final ticket (nested: IoU = kept ratio)",
                             integer_ticks=True)
 
 
@@ -136,9 +138,11 @@ def _plot_iou_curves(runs: dict[str, list[dict]], x: str, *, xlabel: str, ylabel
         return None
     p = plt()
     fig, ax = p.subplots(figsize=(6.5, 4))
-    for label, rows in runs.items():
+    markers = "osD^vP*X"  # runs with equal curves (same schedule) stay visible
+    for i, (label, rows) in enumerate(runs.items()):
         xs = [r[x] for r in rows]
-        line, = ax.plot(xs, [r["iou_with_final"] for r in rows], marker="o", label=label)
+        line, = ax.plot(xs, [r["iou_with_final"] for r in rows], marker=markers[i % 8],
+                        markersize=max(3, 8 - 2 * i), label=label)
         ax.plot(xs, [r["chance_iou"] for r in rows], ls="--", color=line.get_color(),
                 alpha=0.6, label=f"{label}: random masks (chance)")
     if integer_ticks:
@@ -148,7 +152,7 @@ def _plot_iou_curves(runs: dict[str, list[dict]], x: str, *, xlabel: str, ylabel
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: never on a curve
     fig.tight_layout()
     return png(fig)
 

@@ -83,18 +83,25 @@ def parse_kinds(text) -> list[str]:
 
 def retrain_perturbed(model, ticket, train_fn, eval_fn, *, kinds=KINDS, rewind_state=None,
                       start_iter: int = 0, seed: int = 0, round_index: int = 0,
-                      log=None) -> list[dict]:
+                      mask_seed: int | None = None, log=None) -> list[dict]:
     """Retrains `model` from `rewind_state` (default: its current weights) once per
     perturbation kind with that mask fixed, via the IMP engine's `train_fn(ctx)` /
-    `eval_fn(model, ctx)` contract. Returns one row per kind: kind, sparsity, IoU with
-    the ticket, the eval metrics and train time. `model` ends with the last kind's weights."""
+    `eval_fn(model, ctx)` contract. Training is seeded as the IMP engine seeds round
+    `round_index` of a run with `seed`, so the ticket's own row is the fair baseline;
+    the random / swapped masks are `perturbed(ticket, kind, seed=mask_seed)` (default:
+    `seed`), whatever the order of `kinds`. Returns one row per kind: kind, mask_seed,
+    sparsity, IoU with the ticket, the eval metrics and train time. `model` ends with the
+    last kind's weights."""
     from lthfast.imp.engine import RoundContext, _seed_everything, plain, snapshot
     kinds = parse_kinds(kinds)
     start = snapshot(model) if rewind_state is None else rewind_state
     ticket.check(model)
+    # one mask seed for every kind (not seed + position): `--kinds random` and
+    # `--kinds complement,random` retrain the same random mask, reproducible by hand
+    mask_seed = seed if mask_seed is None else int(mask_seed)
     rows = []
-    for i, kind in enumerate(kinds):
-        mask = perturbed(ticket, kind, seed=seed + i)
+    for kind in kinds:
+        mask = perturbed(ticket, kind, seed=mask_seed)
         model.load_state_dict(start)
         mask.apply(model)
         _seed_everything(seed * 1000 + round_index)
@@ -106,7 +113,7 @@ def retrain_perturbed(model, ticket, train_fn, eval_fn, *, kinds=KINDS, rewind_s
         train_fn(ctx)
         t_train = time.perf_counter() - t0
         metrics = eval_fn(model, ctx) or {}
-        rows.append(plain({"kind": kind, "sparsity": mask.sparsity(),
+        rows.append(plain({"kind": kind, "mask_seed": mask_seed, "sparsity": mask.sparsity(),
                            "iou_with_ticket": mask.iou(ticket)["overall"], **metrics,
                            "train_time_s": t_train}))
     return rows
@@ -124,7 +131,8 @@ def _job_of_run(run):
 def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: int = 0,
                  write: bool = True, log=None) -> dict:
     """The perturbation test on the ticket of `round` (default: the last) of the run in
-    `run_dir`. Returns {"round", "metric", "ticket": the run's own row, "results": [rows]}
+    `run_dir`; `seed` draws the random / swapped masks (retraining uses the run's own
+    seed, as its round did). Returns {"round", "metric", "ticket": the run's own row, "results": [rows]}
     and (write=True) merges it into RUN_DIR/perturbation.json."""
     from lthfast.analysis.runs import RunError, load_run
     from lthfast.imp.config import Rewind
@@ -150,7 +158,7 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
     start_iter = rewind.iteration if rewind.kind == "iter" else 0
     rows = retrain_perturbed(job.model, ticket, job.train_fn, job.eval_fn, kinds=kinds,
                              rewind_state=payload["rewind"], start_iter=start_iter,
-                             seed=s.seed, round_index=r, log=log)
+                             seed=s.seed, round_index=r, mask_seed=seed, log=log)
     own = next(x for x in run.rows if int(x["round"]) == r)
     metric = metric_key(own)
     result = {"round": r, "metric": metric, "ticket": {"kind": "ticket", "sparsity": own["sparsity"],
@@ -188,7 +196,8 @@ def table(test: dict) -> list[dict]:
     out = []
     for row in [test["ticket"], *test["results"]]:
         v = row.get(metric)
-        out.append({"mask": row["kind"], "sparsity": row["sparsity"],
+        out.append({"mask": row["kind"], "mask seed": row.get("mask_seed", ""),
+                    "sparsity": row["sparsity"],
                     "IoU with ticket": row.get("iou_with_ticket"), metric: v,
                     "change vs ticket": (v - base) if isinstance(v, (int, float)) and
                     isinstance(base, (int, float)) else ""})

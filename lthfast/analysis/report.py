@@ -163,8 +163,11 @@ def _overlap(runs) -> str:
 def _early_bird(runs) -> str:
     data = {r.label: ov.early_bird(r) for r in runs}
     out = "<h2>Early-bird stability</h2>" + _note(
-        "IoU of the mask of each round with the run's final ticket: a curve near 1 early "
-        "means the ticket is found early.")
+        "IoU of the mask of each round with the run's final ticket. IMP masks are nested (a "
+        "pruned weight stays pruned), so this IoU is fixed by the sparsities: "
+        "(1 - final sparsity) / (1 - round sparsity); whether the mask itself is found "
+        "early shows in the masks drawn during dense training (lthfast imp "
+        "--early-bird-every N), below when saved.")
     out += (img(ov.plot_early_bird(data), "early-bird stability")
             + html_table([{"run": k, **row} for k, rows in data.items() for row in rows]))
     iters = {r.label: ov.early_bird_iterations(r) for r in runs}
@@ -219,7 +222,7 @@ def _layerwise(runs) -> str:
                     + html_table([{"overall IoU": res["iou"], "sparsity": res["sparsity"]}])
                     + html_table([{"index": j, **d} for j, d in enumerate(res["layers"])]))
         out.append(_guard(r.label, one))
-    out.append(_layerwise_run_pairs(runs))
+    out.append(_guard("layer-wise vs global runs", lambda: _layerwise_run_pairs(runs)))
     return "".join(out)
 
 
@@ -294,10 +297,16 @@ def build_report(paths: list[str], out: str, *, labels: list[str] | None = None,
         notes.append("these runs are of different tasks (" + ", ".join(
             f"{r.label}: {r.task}" for r in runs) + "): accuracy and AP are compared within each "
             "task only; mask overlap is over the layers the tickets share")
+    # every section that reads tickets or metrics is guarded: a run with a round's ticket
+    # missing (copied without its round_R folders, an older layout) loses that section,
+    # not the whole page
     sections = ["".join(f"<p style='color:#a40'><b>warning:</b> {html.escape(n)}</p>" for n in notes),
-                _overview(runs), _curves(groups), _sizes(groups), _categories(runs),
-                _overlap(runs), _early_bird(runs), _layers(runs), _layerwise(runs),
-                _perturbation(runs)]
+                _overview(runs), _guard("Sparsity vs accuracy", lambda: _curves(groups)),
+                _guard("AP by object size", lambda: _sizes(groups)), _categories(runs),
+                _guard("Mask overlap", lambda: _overlap(runs)),
+                _guard("Early-bird stability", lambda: _early_bird(runs)),
+                _guard("Per-layer structure", lambda: _layers(runs)), _layerwise(runs),
+                _guard("Perturbation tests", lambda: _perturbation(runs))]
     from lthfast.imp.rundir import write_text
     write_text(out, page(title or f"lthfast report: {len(runs)} run(s)", sections))
     return out, notes

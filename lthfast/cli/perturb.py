@@ -26,7 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--round", type=int, default=None, help="the round whose ticket (default: last)")
     p.add_argument("--kinds", default="complement,random,swap10",
                    help="comma-separated perturbations (default: complement,random,swap10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random masks (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random and swapped masks (default: 0); retraining "
+                        "uses the run's own seed, as its round did")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -42,9 +44,16 @@ def run(args) -> int:
         raise CLIError(str(e), code=2) from None
     metric = res["metric"]
     rows = [[d["mask"], f"{100 * d['sparsity']:.1f}%", f"{d['IoU with ticket']:.3f}",
-             f"{d[metric]:.2f}" if isinstance(d[metric], (int, float)) else "-",
-             f"{d['change vs ticket']:+.2f}" if isinstance(d["change vs ticket"], float) else ""]
+             _num(d[metric], "{:.2f}"), _num(d["change vs ticket"], "{:+.2f}")]
             for d in table(res)]
     print(format_table(["mask", "sparsity", "IoU with ticket", metric, "change"], rows))
-    print(f"\nsaved in {args.run_dir}/perturbation.json (shown by lthfast report)")
+    print(f"\nrandom / swapped masks drawn with --seed {args.seed}; saved in "
+          f"{args.run_dir}/perturbation.json (shown by lthfast report)")
     return 0
+
+
+def _num(v, fmt: str) -> str:
+    """A metric cell: '-' where there is none or it is NaN (a diverged retrain), not 'nan'."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        return "-"
+    return fmt.format(v)
