@@ -46,10 +46,14 @@ def _restore_rng(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save(run: RunDir, *, round_index: int, model, ticket, rewind, rows, objects: dict) -> None:
+def save(run: RunDir, *, round_index: int, model, ticket, rewind, rows, objects: dict,
+         ticket_digest: str | None = None) -> None:
+    """`ticket_digest`: of the round's ticket file, so that a resume can tell that the
+    file is the one this checkpoint was written with."""
     payload = {
         "format": FORMAT,
         "round": round_index,
+        "ticket_digest": ticket_digest,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "rewind": rewind,
         "rows": rows,
@@ -80,4 +84,5 @@ def load(run: RunDir, ticket_cls) -> dict | None:
     _restore_rng(payload["rng"])
     return {"next_round": r + 1, "rows": list(payload["rows"]), "ticket": ticket,
             "trained": payload["model"], "rewind": payload["rewind"],
+            "ticket_digest": payload.get("ticket_digest"),
             "optimizer": payload.get("optimizer"), "scheduler": payload.get("scheduler")}

@@ -55,7 +55,10 @@ class IMPConfig:
     ``rate`` of the weights still unpruned (global magnitude, or per layer with
     ``layerwise``), rewinds and trains again. ``target`` instead sets the sparsity
     reached after the last round: the per-round rate is then
-    ``1 - (1 - target) ** (1 / rounds)`` (``rounds=1`` is one-shot pruning).
+    ``1 - (1 - target) ** (1 / rounds)`` (``rounds=1`` is one-shot pruning). With
+    global pruning the engine turns that into counts, so that the last round ends at
+    exactly ``round(target * n)`` pruned of the ``n`` weights round 0 trained (per-round
+    rounding does not add up); layer-wise, each tensor gets the per-round rate.
     """
 
     rounds: int = 3

@@ -60,12 +60,24 @@ def wrap(model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Modul
 
 
 def on_main(fn, *args, **kwargs):
-    """Runs fn on rank 0 and gives its (picklable) result to every rank."""
+    """Runs fn on rank 0 and gives its (picklable) result to every rank. An error in fn
+    is raised on every rank (the others would otherwise wait in the broadcast)."""
     if not active() or world_size() == 1:
         return fn(*args, **kwargs)
-    box = [fn(*args, **kwargs) if is_main() else None]
+    box, error = [None], None
+    if is_main():
+        try:
+            box = [("ok", fn(*args, **kwargs))]
+        except Exception as e:
+            error = e
+            box = [("error", f"{type(e).__name__}: {e}"[:1000])]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    if error is not None:
+        raise error
+    kind, value = box[0]
+    if kind == "error":
+        raise RuntimeError(f"rank 0 failed in {getattr(fn, '__name__', fn)}: {value}")
+    return value
 
 
 def shutdown() -> None:
@@ -94,12 +106,19 @@ def spawn(nproc: int, argv: list[str]) -> int:
 
 def on_main_first(fn, *args, **kwargs):
     """Runs fn on rank 0, then on the other ranks (e.g. rank 0 writes a dataset to
-    disk that the others then read)."""
+    disk that the others then read). An error on rank 0 is raised on every rank."""
     if not active() or world_size() == 1:
         return fn(*args, **kwargs)
     if is_main():
-        out = fn(*args, **kwargs)
-        dist.barrier()
+        try:
+            out = fn(*args, **kwargs)
+        except Exception as e:
+            dist.broadcast_object_list([f"{type(e).__name__}: {e}"[:1000]], src=0)
+            raise
+        dist.broadcast_object_list([None], src=0)
         return out
-    dist.barrier()
+    box = [None]
+    dist.broadcast_object_list(box, src=0)  # waits for rank 0, as a barrier did
+    if box[0] is not None:
+        raise RuntimeError(f"rank 0 failed in {getattr(fn, '__name__', fn)}: {box[0]}")
     return fn(*args, **kwargs)

@@ -37,7 +37,12 @@ class RoundContext:
     an optimizer that keeps the ticket's pruned weights at zero, e.g.
     `lthfast.optim.MaskedSGD(model.parameters(), ..., ticket=ctx.ticket)`. It may
     put its optimizer and scheduler in `ctx.objects` ("optimizer", "scheduler") to
-    have their state saved in the round's checkpoint.
+    have their state saved in the round's checkpoint (a record: a resumed run does
+    not hand it back, so build the optimizer and scheduler afresh in every round;
+    state that `train_fn` carries from one round to the next is lost on resume).
+    Before each call the engine puts every module back in the train/eval mode it
+    had when the run started (an `eval_fn` that calls `model.eval()` does not leak
+    into the next round, and a resumed run trains in the same modes).
     """
 
     round: int
@@ -112,7 +117,7 @@ def plain(x):
     if isinstance(x, (list, tuple)):
         return [plain(v) for v in x]
     if isinstance(x, torch.Tensor) and x.numel() == 1:
-        return x.item()
+        return plain(x.item())  # a NaN tensor too becomes null (JSON has no NaN)
     if isinstance(x, float) and not math.isfinite(x):
         return None  # undefined metrics (e.g. APl with no large objects): null in JSON
     if isinstance(x, (bool, int, float, str)) or x is None:
@@ -127,13 +132,67 @@ def snapshot(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+# Columns the engine writes before eval_fn's metrics (and sparsity_<group> with group_of).
+# A metric with one of these names used to overwrite them silently ("round": resume then
+# read the wrong round). The *_time_s columns come after the metrics: the engine's win.
+RESERVED_COLUMNS = ("round", "sparsity", "collapsed_layers")
+# Schedule settings a resumed run keeps (its results depend on them); `rounds` may grow.
+FIXED_ON_RESUME = ("rate", "target", "layerwise", "rewind", "seed")
+
+
+def _raise_on_all_ranks(error: BaseException | None, where: str) -> None:
+    """Raises `error` here and a RuntimeError naming it on every other rank. With DDP a
+    failure on one rank only (rank 0 evaluates and writes) left the others waiting in
+    their next collective; every rank calls this at the same point instead."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if error is not None:
+            raise error
+        return
+    msg = None if error is None else f"{type(error).__name__}: {error}"[:1000]
+    msgs = [None] * dist.get_world_size()
+    dist.all_gather_object(msgs, msg)
+    if error is not None:
+        raise error
+    failed = [(i, m) for i, m in enumerate(msgs) if m is not None]
+    if failed:
+        i, m = failed[0]
+        raise RuntimeError(f"rank {i} failed {where}: {m}")
+
+
+def _check_names(model: nn.Module, names) -> list[str]:
+    if isinstance(names, str) or not names:
+        raise ValueError("IMP needs a non-empty list of parameter names to prune, got "
+                         f"{names!r}")
+    names = list(names)
+    # remove_duplicate=False: a tied parameter may be named by any of its names (as in Ticket)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"parameters to prune not found in the model: {missing[:5]}"
+                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    first: dict[int, str] = {}
+    twice = []
+    for n in names:
+        other = first.setdefault(id(params[n]), n)
+        if other != n:
+            twice.append(f"{other} and {n}")
+    if twice:  # the ticket would hold one of them, pruned_params.txt both
+        raise ValueError(f"`names` names one parameter twice (tied weights or a repeated "
+                         f"name): {twice}; keep one name per parameter")
+    return names
+
+
 class IMP:
     """Iterative magnitude pruning of `model` over the parameters `names`.
 
-    `train_fn(ctx: RoundContext) -> dict` trains one round; `eval_fn(model, ctx) ->
-    dict` returns metrics (floats; nested dicts go to metrics.json only).
+    `train_fn(ctx: RoundContext) -> dict | None` trains one round; `eval_fn(model,
+    ctx) -> dict | None` returns metrics (numbers; nested dicts and lists go to
+    metrics.json only; NaN / inf are written as null). A metric may not be named like a
+    column the engine writes before it (`RESERVED_COLUMNS`, `sparsity_<group>`);
+    train_fn's numbers (tensors too) appear as `train_<key>`.
     `group_of(name) -> str` adds a sparsity column per group. `out` is the run
-    directory (None: nothing written); `meta` is saved in config.json.
+    directory (None: nothing written); a fresh run refuses one that already holds a
+    run (continue that with `resume=True`). `meta` is saved in config.json.
     `log(str)` prints progress lines; `on_round(row)` is called after each round.
     `initial_ticket` (over exactly `names`) replaces the dense start: round 0 trains
     with that mask fixed and later rounds prune further from it (ticket transfer).
@@ -146,14 +205,7 @@ class IMP:
                  on_round: Callable[[dict], None] | None = None, initial_ticket=None,
                  early_bird_every: int | None = None):
         from lthfast.ticket import Ticket
-        if not names:
-            raise ValueError("IMP needs at least one parameter to prune; `names` is empty")
-        params = dict(model.named_parameters())
-        missing = [n for n in names if n not in params]
-        if missing:
-            raise ValueError(f"parameters to prune not found in the model: {missing[:5]}"
-                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-        self.model, self.names, self.config = model, list(names), config
+        self.model, self.names, self.config = model, _check_names(model, names), config
         self.train_fn, self.eval_fn, self.group_of = train_fn, eval_fn, group_of
         self.meta = dict(meta or {})
         self.log = log or (lambda s: None)
@@ -171,33 +223,128 @@ class IMP:
             if set(initial_ticket.names()) != set(self.names):
                 raise ValueError("initial_ticket must cover exactly the pruned parameters `names`")
             initial_ticket.check(model)
+        # train/eval mode of every module now: put back before each round's training
+        self._modes = [(n, m.training) for n, m in model.named_modules()]
 
     # ------------------------------------------------------------------ state
-    def _fresh_state(self) -> dict:
+    def _fresh_state(self, *, over_old_attempt: bool = False) -> dict:
         cfg = self.config
+        error = None
+        if self.run is not None and self.main and not over_old_attempt and (
+                self.run.exists() or os.path.exists(self.run.file(ckpt.CHECKPOINT))):
+            # it would have been overwritten file by file, and a resume after a kill in
+            # round 0 would have gone on from the old run's checkpoint
+            error = FileExistsError(
+                f"{self.run.path} already holds an IMP run: continue it with resume=True "
+                "(more rounds grow it), or give another `out`")
+        _raise_on_all_ranks(error, "checking the run directory")
         ticket = (self.initial_ticket if self.initial_ticket is not None
                   else self._Ticket.dense(self.model, scope=self.names))
         rewind = cfg.rewind_point
         state = {"next_round": 0, "rows": [], "ticket": ticket, "trained": None,
-                 "rewind": snapshot(self.model) if rewind.kind in ("init", "pretrained") else None}
+                 "rewind": snapshot(self.model) if rewind.kind in ("init", "pretrained") else None,
+                 "saved_round": -1, "kept0": ticket.kept()}
         if self.run is not None and self.main:
             self.run.start({"schedule": cfg.to_dict(), **self.meta,
                             "pruned_params": len(self.names)}, self.names)
         return state
 
+    def _check_resumable(self) -> None:
+        """The run in `out` was made with this schedule and these parameters."""
+        cfg, run = self.config, self.run
+        try:
+            sched = run.config().get("schedule") or {}
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"cannot resume {run.path}: config.json is not readable ({e})") from None
+        changed = [f"{k}={sched[k]!r} (now {getattr(cfg, k)!r})" for k in FIXED_ON_RESUME
+                   if k in sched and sched[k] != getattr(cfg, k)]
+        if cfg.target is not None and "rounds" in sched and sched["rounds"] != cfg.rounds:
+            changed.append(f"rounds={sched['rounds']!r} (now {cfg.rounds!r}; with a target "
+                           "sparsity the rate per round follows from the rounds)")
+        if changed:
+            raise ValueError(f"cannot resume {run.path}: it was made with {', '.join(changed)}; "
+                             "resume with the run's own settings (only `rounds` may grow)")
+        try:
+            with open(run.file("pruned_params.txt"), encoding="utf-8") as f:
+                saved = [line for line in f.read().splitlines() if line]
+        except FileNotFoundError:
+            return
+        if set(saved) != set(self.names):
+            a, b = set(saved), set(self.names)
+            raise ValueError(f"cannot resume {run.path}: it prunes other parameters (only in the "
+                             f"run: {sorted(a - b)[:5]}, only in `names`: {sorted(b - a)[:5]})")
+
+    def _check_model_matches(self, trained: dict) -> None:
+        own = self.model.state_dict()
+        missing = [k for k in trained if k not in own]
+        extra = [k for k in own if k not in trained]
+        shapes = [f"{k}: run {tuple(v.shape)}, model {tuple(own[k].shape)}"
+                  for k, v in trained.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if missing or extra or shapes:
+            raise ValueError(f"cannot resume {self.run.path}: the model differs from the run's "
+                             f"(only in the run: {missing[:5]}, only in the model: {extra[:5]}, "
+                             f"other shapes: {shapes[:5]})")
+
     def _resume_state(self) -> dict:
         if self.run is None or not self.run.exists():
             raise FileNotFoundError("nothing to resume: the run directory "
                                     f"{None if self.run is None else self.run.path!r} has no config.json")
-        st = ckpt.load(self.run, self._Ticket)
+        st, error = None, None
+        try:  # every rank checks (before rank 0 rewrites config.json) and all agree
+            self._check_resumable()
+            st = ckpt.load(self.run, self._Ticket)
+            if st is not None:
+                self._check_model_matches(st["trained"])
+                if st.get("ticket_digest") not in (None, ticket_digest(st["ticket"])):
+                    raise ValueError(f"cannot resume {self.run.path}: "
+                                     f"{self.run.ticket_path(st['next_round'] - 1)} is not the "
+                                     "ticket its checkpoint was written with")
+                done = st["next_round"] - 1
+                if self.config.rounds < done:
+                    raise ValueError(f"cannot resume {self.run.path} with rounds="
+                                     f"{self.config.rounds}: it has already finished round "
+                                     f"{done} (rounds can grow a run, not shrink it)")
+                st["ticket"].check(self.model)
+        except (ValueError, OSError) as e:
+            error = e
+        _raise_on_all_ranks(error, f"resuming {self.run.path}")
         if st is None:  # killed before the first round finished: start over
-            return self._fresh_state()
+            return self._fresh_state(over_old_attempt=True)
         self.model.load_state_dict(st["trained"])
+        st["saved_round"] = st["next_round"] - 1
+        st["kept0"] = None  # read from round 0's ticket when a target schedule needs it
         if self.main:  # config.json says what the run now does (a grown run: its new rounds)
             write_json(self.run.file("config.json"), {**self.run.config(), **self.meta,
                                                       "schedule": self.config.to_dict()})
-        self.log(f"resuming {self.run.path} after round {st['next_round'] - 1}")
+            self.run.set_status("running", st["saved_round"])
+        self.log(f"resuming {self.run.path} after round {st['saved_round']}")
         return st
+
+    def _amount(self, r: int, ticket, state: dict):
+        """What round r prunes. A target schedule prunes counts, so that after round r
+        exactly round(s_r * kept0) of the kept0 weights round 0 trained are pruned, with
+        s_r = target in the last round (rounding no longer adds up over the rounds; the
+        last round matches one-shot pruning to the target). Layer-wise: the rate."""
+        cfg = self.config
+        if cfg.target is None or cfg.layerwise:
+            return cfg.per_round_rate()
+        if state.get("kept0") is None:
+            path = self.run.ticket_path(0) if self.run is not None else None
+            state["kept0"] = (self._Ticket.load(path).kept() if path and os.path.exists(path)
+                              else ticket.numel())
+        kept0 = state["kept0"]
+        s = float(cfg.target) if r >= cfg.rounds else cfg.expected_sparsity(r)
+        want = round(s * kept0) - (kept0 - ticket.kept())
+        return min(max(int(want), 0), ticket.kept())
+
+    def _restore_modes(self) -> None:
+        """Every module back in the train/eval mode it had when the run started (pre-order:
+        a parent's train() also sets its children, which are then corrected)."""
+        modules = dict(self.model.named_modules())
+        for name, mode in self._modes:
+            m = modules.get(name)
+            if m is not None and m.training != mode:
+                m.train(mode)
 
     # ------------------------------------------------------------------ loop
     def run_rounds(self, resume: bool = False) -> IMPResult:
@@ -206,22 +353,27 @@ class IMP:
             return self._rounds(state)
         except BaseException as e:
             # status.json said "running" for ever after an error or Ctrl-C; the last
-            # finished round's checkpoint stays valid for --resume
+            # round whose checkpoint was written stays valid for --resume
             if self.run is not None and self.main:
-                done = state["rows"][-1]["round"] if state["rows"] else -1
                 state_name = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-                self.run.set_status(state_name, done, error=f"{type(e).__name__}: {e}"[:500])
+                try:
+                    self.run.set_status(state_name, state["saved_round"],
+                                        error=f"{type(e).__name__}: {e}"[:500])
+                except OSError:  # a full disk must not hide the original error
+                    pass
             raise
 
     def _rounds(self, state: dict) -> IMPResult:
         cfg = self.config
         rewind = cfg.rewind_point
         rows, ticket = state["rows"], state["ticket"]
-        for r in range(state["next_round"], cfg.rounds + 1):
+        first = state["next_round"]
+        for r in range(first, cfg.rounds + 1):
             t_prune = time.perf_counter()
             collapsed_before = ticket.collapsed()
             if r > 0:
-                ticket = ticket.prune(self.model, cfg.per_round_rate(), layerwise=cfg.layerwise)
+                ticket = ticket.prune(self.model, self._amount(r, ticket, state),
+                                      layerwise=cfg.layerwise)
                 _check_same_ticket_on_all_ranks(ticket)
                 if rewind.kind != "none":
                     if state["rewind"] is None:
@@ -243,7 +395,7 @@ class IMP:
                 if _r == 0 and rewind.kind == "iter" and i == rewind.iteration:
                     state["rewind"] = snapshot(model)
                 if _r == 0 and self.early_bird_every and i % self.early_bird_every == 0:
-                    self._save_early_bird(i, model, _ticket)
+                    self._save_early_bird(i, model, _ticket, state)
 
             start = rewind.iteration if (r > 0 and rewind.kind == "iter") else 0
             if r == 0 and rewind.kind == "iter" and rewind.iteration == 0:
@@ -253,40 +405,67 @@ class IMP:
             sparsity = ticket.sparsity()
             self.log(f"round {r}/{cfg.rounds}: sparsity {100 * sparsity:.1f}%, training "
                      f"from iteration {start}")
+            self._restore_modes()
             t0 = time.perf_counter()
-            train_stats = self.train_fn(ctx) or {}
+            train_stats = _as_metrics(self.train_fn(ctx), "train_fn")
             t_train = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            metrics = self.eval_fn(self.model, ctx) or {}
-            t_eval = time.perf_counter() - t0
-            row = {"round": r, "sparsity": sparsity, **group_sparsity(ticket, self.group_of),
-                   "collapsed_layers": len(collapsed), **metrics, "prune_time_s": t_prune,
-                   "train_time_s": t_train, "eval_time_s": t_eval,
-                   **{f"train_{k}": v for k, v in train_stats.items()
-                      if isinstance(v, (int, float))}}
-            row = plain(row)
-            rows.append(row)
-            if self.run is not None and self.main:
-                ticket.meta.update({"round": r})
-                os.makedirs(os.path.dirname(self.run.ticket_path(r)), exist_ok=True)
-                ticket.save(self.run.ticket_path(r))
-                ckpt.save(self.run, round_index=r, model=self.model, ticket=ticket,
-                          rewind=state["rewind"], rows=rows, objects=ctx.objects)
-                self.run.write_metrics(rows)
-                self.run.set_status("running" if r < cfg.rounds else "complete", r)
-                self._write_report()
-            self.on_round(row)
-        if self.run is not None and self.main and not rows:
-            self.run.set_status("complete", -1)
+            if r == 0 and rewind.kind == "iter" and state["rewind"] is None and cfg.rounds > 0:
+                # said now, not after evaluating and pruning (and a resume that fails again)
+                raise RuntimeError(
+                    f"rewind {rewind}: train_fn never called ctx.on_iter({rewind.iteration}, "
+                    f"model) in round 0, so there is no late-resetting point (it must call "
+                    "ctx.on_iter(i, model) after its i-th iteration, and run at least "
+                    f"{rewind.iteration} iterations)")
+            error = None
+            try:  # rank 0 evaluates and writes: a failure there must reach every rank
+                t0 = time.perf_counter()
+                metrics = _as_metrics(self.eval_fn(self.model, ctx), "eval_fn")
+                t_eval = time.perf_counter() - t0
+                groups = group_sparsity(ticket, self.group_of)
+                clash = [k for k in metrics if str(k) in RESERVED_COLUMNS or str(k) in groups]
+                if clash:
+                    raise ValueError(f"eval_fn returned {clash}: the engine writes these "
+                                     "columns itself; rename the metric")
+                row = {"round": r, "sparsity": sparsity, **groups,
+                       "collapsed_layers": len(collapsed), **metrics, "prune_time_s": t_prune,
+                       "train_time_s": t_train, "eval_time_s": t_eval,
+                       # plain first: a tensor loss was dropped; NaN stays a (null) column
+                       **{f"train_{k}": v for k, v in plain(train_stats).items()
+                          if v is None or isinstance(v, (int, float))}}
+                row = plain(row)
+                if self.run is not None and self.main:
+                    ticket.meta.update({"round": r})
+                    os.makedirs(os.path.dirname(self.run.ticket_path(r)), exist_ok=True)
+                    ticket.save(self.run.ticket_path(r))
+                    ckpt.save(self.run, round_index=r, model=self.model, ticket=ticket,
+                              rewind=state["rewind"], rows=rows + [row], objects=ctx.objects,
+                              ticket_digest=ticket_digest(ticket))
+                rows.append(row)
+                state["saved_round"] = r
+                if self.run is not None and self.main:
+                    self.run.write_metrics(rows)
+                    self.run.set_status("running" if r < cfg.rounds else "complete", r)
+                    self._write_report()
+                self.on_round(row)
+            except Exception as e:
+                error = e
+            _raise_on_all_ranks(error, f"in round {r}")
+        if first > cfg.rounds and self.run is not None and self.main:
+            # nothing left to train: the last run may have stopped after writing the
+            # checkpoint but before metrics.json / status.json; bring them up to date
+            self.run.write_metrics(rows)
+            self.run.set_status("complete", state["saved_round"])
+            self._write_report()
         return IMPResult(rows=rows, ticket=ticket,
                          run_dir=None if self.run is None else self.run.path)
 
-    def _save_early_bird(self, i: int, model: nn.Module, ticket) -> None:
+    def _save_early_bird(self, i: int, model: nn.Module, ticket, state: dict) -> None:
         """The mask round 1 would get if round 0 stopped after iteration i (early-bird
         analysis: lthfast.analysis.early_bird_iterations compares it with round 1's)."""
         if self.run is None or not self.main or self.config.rounds < 1:
             return
-        early = ticket.prune(model, self.config.per_round_rate(), layerwise=self.config.layerwise)
+        early = ticket.prune(model, self._amount(1, ticket, state),
+                             layerwise=self.config.layerwise)
         early.meta.update({"iteration": i})
         path = self.run.file("round_0", "early_bird", f"iter_{i:07d}.safetensors")
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -298,6 +477,16 @@ class IMP:
             write_run_report(self.run.path)
         except Exception as e:  # a report problem must not lose the run
             self.log(f"warning: report.html not written: {type(e).__name__}: {e}")
+
+
+def _as_metrics(x, who: str) -> dict:
+    """train_fn / eval_fn results: a dict, or None for none ({**0.5} failed obscurely)."""
+    if x is None:
+        return {}
+    if not isinstance(x, dict):
+        raise TypeError(f"{who} must return a dict of metrics (or None), got "
+                        f"{type(x).__name__} {x!r:.80}")
+    return x
 
 
 def run_imp(model: nn.Module, names: list[str], *, train_fn, eval_fn, config: IMPConfig,
