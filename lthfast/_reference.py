@@ -72,7 +72,8 @@ def global_magnitude_masks(scores, masks, k):
     out, start = [], 0
     for s in scores:
         n = s.numel()
-        out.append(keep[start:start + n].view(s.shape).to(s.device))
+        # empty_like: the kernels' layout (a dense score's strides, e.g. channels_last)
+        out.append(torch.empty_like(s, dtype=torch.bool).copy_(keep[start:start + n].view(s.shape)))
         start += n
     return out
 
@@ -91,7 +92,7 @@ def threshold_mask(score, mask, threshold, ties_left, dtype=None):
     ties_left -= n
     if dtype is None:
         dtype = torch.bool if mask is None else mask.dtype
-    return keep.view(score.shape).to(dtype)
+    return torch.empty_like(score, dtype=dtype).copy_(keep.view(score.shape))  # score's strides
 
 
 def mask_counts(masks):

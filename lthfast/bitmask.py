@@ -60,7 +60,8 @@ def unpack_bits_into(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Writes the mask ``packed`` holds into the bool tensor ``out`` (any strides); returns out."""
     _check_packed(packed)
     if not isinstance(out, torch.Tensor) or out.dtype != torch.bool:
-        raise TypeError("out must be a torch.bool tensor")
+        got = out.dtype if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"out must be a torch.bool tensor, got {got}")
     if packed.numel() != packed_nbytes(out.numel()):
         raise ValueError(f"packed has {packed.numel()} bytes but out {tuple(out.shape)} needs "
                          f"{packed_nbytes(out.numel())}")

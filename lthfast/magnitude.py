@@ -51,6 +51,8 @@ def _check_masks(masks, tensors, what: str = "masks") -> list[torch.Tensor]:
     for i, (m, t) in enumerate(zip(masks, tensors)):
         if not isinstance(m, torch.Tensor):
             raise TypeError(f"{what}[{i}] is a {type(m).__name__}, not a torch.Tensor")
+        if m.layout != torch.strided:  # else count_nonzero / the kernels fail obscurely
+            raise ValueError(f"{what}[{i}] has layout {m.layout}; only dense (strided) masks are supported")
         if m.dtype != torch.bool and m.dtype != t.dtype:
             raise TypeError(
                 f"{what}[{i}] has dtype {m.dtype}; masks must be torch.bool (True = kept) or "
@@ -75,6 +77,8 @@ def mask_counts(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     """int64 [len(masks), 2], on the masks' device: per mask (bool or float), the
     entries equal to 1 and the entries that are neither 0 nor 1 (NaN included).
     One pass over the masks, no temporaries."""
+    if isinstance(masks, torch.Tensor):  # one mask, not its rows (list() would split dim 0)
+        masks = [masks]
     masks = list(masks)
     if not masks or _ops.use_reference():  # (an empty list cannot be dispatched)
         return _reference.mask_counts(masks)
@@ -93,10 +97,13 @@ def amount_to_count(amount, n_remaining: int, *, name: str = "amount") -> int:
             raise ValueError(
                 f"{name}={amount} must be between 0 and the number of unpruned entries ({n_remaining})")
         return amount
-    amount = float(amount)
-    if math.isnan(amount) or not 0.0 <= amount <= 1.0:
-        raise ValueError(f"{name}={amount} must be a float in [0, 1] or a non-negative int")
-    return round(amount * n_remaining)
+    value = float(amount)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value} must be a float in [0, 1] or a non-negative int")
+    # The product in the amount's own type, as torch.nn.utils.prune (and lthfast.prune):
+    # a numpy float32 rounds its float32 product (0.7 * 5 -> 3.5 -> 4, not 3.4999... -> 3).
+    # Clamped: a float32 product of a count above 2^24 may round past it.
+    return min(int(round(amount * n_remaining)), n_remaining)
 
 
 def global_magnitude_threshold(tensors, k: int, *, masks=None) -> tuple[float, int]:
@@ -135,6 +142,22 @@ def _scores_of(tensors, importance):
     return scores
 
 
+def _masks_for_scores(masks, scores):
+    # The kernels take masks that are bool or of the *score's* dtype: a float mask of
+    # the weights' dtype (documented) next to importance scores of another dtype goes
+    # in as `mask != 0` (the same eligibility: nonzero = kept).
+    return [m if m.dtype in (torch.bool, s.dtype) else m != 0 for m, s in zip(masks, scores)]
+
+
+def _in_layout_of(mask, tensor, score):
+    # The kernels give a mask the score's strides; with importance scores laid out
+    # unlike the weights, the mask follows the weight (as documented).
+    if score is tensor or score.stride() == tensor.stride():
+        return mask
+    out = torch.empty_like(tensor, dtype=mask.dtype)
+    return mask if out.stride() == mask.stride() else out.copy_(mask)
+
+
 def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None, n_remaining=None,
                                 dtype=None):
     """Yields the same keep-masks as :func:`global_magnitude_masks`, one tensor at a
@@ -151,6 +174,8 @@ def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
     if n_remaining is None:
         n_remaining = count_remaining(tensors, masks)
     k = amount_to_count(amount, n_remaining)
+    mask_dtypes = [m.dtype for m in masks]
+    masks = _masks_for_scores(masks, scores)
     if _ops.use_reference():
         t, ties = _reference.global_threshold(scores, masks, k)
         op = _reference.threshold_mask
@@ -159,20 +184,28 @@ def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
         with torch.no_grad():
             t, ties = torch.ops.lthfast.global_threshold(scores, masks, k)
         op = torch.ops.lthfast.threshold_mask
-    return _yield_masks(op, scores, masks, t, ties, dtype)
+    return _yield_masks(op, scores, masks, t, ties, dtype, mask_dtypes, tensors)
 
 
-def _yield_masks(op, scores, masks, t, ties, dtype=None):
+def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors=None):
     # k == 0 gives (0.0, 0): nothing is below 0.0 and no tie is pruned.
     device = scores[0].device
     threshold = torch.as_tensor(t, dtype=torch.float64, device=device)
     ties_left = torch.as_tensor(ties, dtype=torch.int64, device=device).clone()
     for i, s in enumerate(scores):
         want = dtype[i] if isinstance(dtype, (list, tuple)) else dtype
+        if want not in (torch.bool, s.dtype):
+            want = mask_dtypes[i] if mask_dtypes else torch.bool
         # Not `yield` inside no_grad: the caller would run with grad off until it resumes us.
         with torch.no_grad():
+            # the op writes bool or the score's dtype; a float mask of the weights' dtype
+            # (importance scores of another dtype) is converted here
             mask = op(s, masks[i] if masks else None, threshold, ties_left,
-                      dtype=want if want in (torch.bool, s.dtype) else None)
+                      dtype=want if want in (torch.bool, s.dtype) else torch.bool)
+            if mask.dtype != want:
+                mask = mask.to(want)
+            if tensors is not None:
+                mask = _in_layout_of(mask, tensors[i], s)
         yield mask
 
 
@@ -191,8 +224,11 @@ def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> l
     masks = _check_masks(masks, tensors)
     scores = _scores_of(tensors, importance)
     k = amount_to_count(amount, count_remaining(tensors, masks))
+    masks = _masks_for_scores(masks, scores)
     if _ops.use_reference():
-        return _reference.global_magnitude_masks(scores, masks, k)
-    _ops.require()
-    with torch.no_grad():
-        return list(torch.ops.lthfast.global_magnitude_masks(scores, masks, k))
+        out = _reference.global_magnitude_masks(scores, masks, k)
+    else:
+        _ops.require()
+        with torch.no_grad():
+            out = list(torch.ops.lthfast.global_magnitude_masks(scores, masks, k))
+    return [_in_layout_of(m, t, s) for m, t, s in zip(out, tensors, scores)]
