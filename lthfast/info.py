@@ -90,7 +90,8 @@ def _cpu_threads(info: dict) -> str:
     if not info["cpu_kernels"]:
         return ""
     if info["cpu_openmp"] or not info["torch_openmp"]:
-        return f" (on {info['cpu_threads']} threads: torch.get_num_threads())"
+        n = info["cpu_threads"]
+        return f" (on {n} thread{'' if n == 1 else 's'}: torch.get_num_threads())"
     if info["cpu_openmp"] is False:
         return ("  WARNING: built without OpenMP, so the CPU kernels run on one thread; "
                 "rebuild lthfast")

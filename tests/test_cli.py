@@ -80,7 +80,7 @@ def test_info(capsys):
         assert needle in out
     if _ops.available():
         assert "global_magnitude_masks" in out and "global_threshold" in out
-        assert f"on {torch.get_num_threads()} threads" in out
+        assert f"on {torch.get_num_threads()} thread" in out
     else:
         assert "NOT BUILT" in out
 

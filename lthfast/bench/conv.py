@@ -1,13 +1,15 @@
 """The `conv` suite: masked convolution, lthfast's dense / sparse / auto paths vs
 `F.conv2d(x, w * mask)` in the same run.
 
-Per distinct Conv2d shape of torchvision resnet50 (224x224 input; with --full also
-the maskrcnn_resnet50_fpn heads), at sparsities 0.5 / 0.8 / 0.9 / 0.95 / 0.98 and
+Per distinct Conv2d shape of torchvision resnet50 (224x224 input; with
+`--models maskrcnn_resnet50_fpn`, not --quick, also that model's heads at 512x512;
+other --models names are refused by `lthfast bench conv`), at sparsities
+0.5 / 0.8 / 0.9 / 0.95 / 0.98 and
 batch 1 and 8 (CPU) or 1 / 8 / 32 (CUDA), methods interleaved call by call:
   torch_masked     F.conv2d(x, w * mask)          (the baseline: masks every call)
   torch_premasked  F.conv2d(x, w_masked)          (the floor of the dense path)
   dense / sparse / auto   lthfast.ops.masked_conv2d(..., path=...)
-End to end: resnet50 (and with --full fasterrcnn_resnet50_fpn) eval, batch 1,
+End to end: resnet50 (and, without --quick, fasterrcnn_resnet50_fpn) eval, batch 1,
 global magnitude masks at 80% / 95%: the dense model with masked weights vs the
 sparsified model (auto, and every layer sparse).
 """

@@ -15,7 +15,9 @@ def format_conv(res: dict) -> str:
     rows = []
     for c in res["cases"]:
         if c["status"] != "ok":
-            rows.append([c["layer"], c["batch"], c["sparsity"], "ERROR", c["error"][:50]] + [""] * 6)
+            # the same columns as an ok row: layer, shape, batch, sparsity, then the times
+            rows.append([c["layer"], "", c["batch"], c["sparsity"], "ERROR", c["error"][:50]]
+                        + [""] * 5)
             continue
         s, m = c["shape"], c["min_s"]
         desc = (f"{s['in']}->{s['out']} {s['kernel'][0]}x{s['kernel'][1]}/{s['stride'][0]}"

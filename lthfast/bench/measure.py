@@ -3,8 +3,11 @@
 CPU memory is the growth of the resident set size during the call: before each
 timed call the freed heap is returned to the OS (malloc_trim), the kernel's peak
 RSS counter is reset (/proc/self/clear_refs = 5), and afterwards the peak
-(VmHWM) minus the RSS before the call is the peak extra memory. Memory the call
-allocates but never touches is not counted (it costs no RAM). Linux-only; the
+(VmHWM) minus the RSS before the call is the peak extra memory. What the result
+still holds is the RSS growth after the freed heap is returned to the OS again
+(malloc_trim after the call too: memory the call freed but malloc kept cached is
+not "held"). Memory the call allocates but never touches is not counted (it
+costs no RAM). Linux-only; the
 probe reports None elsewhere. CUDA memory comes from torch.cuda's allocator
 statistics (memory allocated through other allocators, e.g. cupy's, is not seen).
 """
@@ -76,6 +79,10 @@ class CpuMemoryProbe:
         if not self.available:
             return None, None
         peak = _read_status_kb("VmHWM") or 0
+        if self._trim is not None:
+            # freed but cached by malloc is not held by the result (the call's working
+            # memory, e.g. per-layer temporaries that came from the heap)
+            self._trim(0)
         rss = _read_status_kb("VmRSS") or 0
         return max(0, peak - self._rss0), max(0, rss - self._rss0)
 

@@ -21,6 +21,19 @@ class BenchConfig:
     warmup: int = 1
     models: tuple[str, ...] | None = None  # override a suite's default models
 
+    def __post_init__(self):
+        if not isinstance(self.device, torch.device):
+            object.__setattr__(self, "device", torch.device(self.device))
+        for name, low in (("repeat", 1), ("warmup", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"BenchConfig.{name} must be an integer >= {low}, got {v!r}")
+        if self.models is not None:
+            object.__setattr__(self, "models", tuple(self.models))
+            if not self.models:
+                raise ValueError("BenchConfig.models is empty: give model names or None "
+                                 "(the suites' defaults)")
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -65,6 +78,15 @@ def config_from_env(environ=None) -> BenchConfig:
     env = os.environ if environ is None else environ
     quick = env.get("LTHFAST_BENCH_QUICK", "") not in ("", "0")
     models = tuple(m.strip() for m in env.get("LTHFAST_BENCH_MODELS", "").split(",") if m.strip())
-    return BenchConfig(device=torch.device(env.get("LTHFAST_BENCH_DEVICE", "cpu")), quick=quick,
-                       repeat=int(env.get("LTHFAST_BENCH_ROUNDS", "1" if quick else "3")),
+    device = env.get("LTHFAST_BENCH_DEVICE", "cpu").strip() or "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"LTHFAST_BENCH_DEVICE={device!r}: expected cpu or cuda")
+    rounds = env.get("LTHFAST_BENCH_ROUNDS", "").strip() or ("1" if quick else "3")
+    try:
+        repeat = int(rounds)
+    except ValueError:
+        repeat = 0
+    if repeat < 1:
+        raise ValueError(f"LTHFAST_BENCH_ROUNDS={rounds!r}: expected a positive integer")
+    return BenchConfig(device=torch.device(device), quick=quick, repeat=repeat,
                        warmup=1, models=models or None)

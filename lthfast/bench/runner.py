@@ -65,8 +65,24 @@ def failures(result: dict) -> list[str]:
     out = []
     for name, res in result["suites"].items():
         if res.get("status") == "error":
-            out.append(f"{name}: {res['error']}")
-        for c in res.get("cases", ()):
+            out.append(f"{name}: {res.get('error', '?')}")
+        # each suite names its cases by its own keys (threshold: model/round/method; ticket:
+        # model/op/method; optim: model/optimizer/method; conv: layer/batch/sparsity, and
+        # its end-to-end cases under "e2e")
+        for c in (*res.get("cases", ()), *res.get("e2e", ())):
             if c.get("status") == "error":
-                out.append(f"{name} {c['model']} round {c['round']} {c['method']}: {c['error']}")
+                out.append(f"{name} {_case_name(c)}: {c.get('error', '?')}")
     return out
+
+
+_CASE_KEYS = ("model", "layer", "round", "op", "optimizer", "batch", "sparsity", "method")
+
+
+def _case_name(case: dict) -> str:
+    parts = []
+    for k in _CASE_KEYS:
+        if k in case:
+            v = case[k]
+            parts.append(str(v) if k in ("model", "layer", "method", "op", "optimizer")
+                         else f"{k} {v}")
+    return " ".join(parts) or "a case"

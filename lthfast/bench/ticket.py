@@ -6,9 +6,11 @@ Cases per model (same masks, same run):
   save    torch.save of the float masks torch.nn.utils.prune keeps (weight_mask
           buffers), torch.save of bool masks (baseline), Ticket.save
   load    torch.load(weights_only=True) of each file (baseline: bool masks), Ticket.load
-  pack    bool masks -> bits: numpy.packbits (baseline) and torch reference vs
-          lthfast.bitmask.pack_bits; floor = (n + n/8) bytes / copy bandwidth
-  unpack  bits -> bool masks: numpy.unpackbits (baseline) vs lthfast.bitmask.unpack_bits
+  pack    bool masks -> bits: numpy.packbits (the CPU baseline) and the torch reference
+          (the CUDA baseline: numpy is host-only) vs lthfast.bitmask.pack_bits;
+          floor = (n + n/8) bytes / copy bandwidth
+  unpack  bits -> bool masks: numpy.unpackbits (CPU baseline), the torch reference (CUDA
+          baseline) vs lthfast.bitmask.unpack_bits
 File sizes are reported with the target: ticket file <= weights / 8 bytes + 1%.
 """
 from __future__ import annotations
@@ -29,6 +31,12 @@ MODELS_QUICK = ("resnet18",)
 TARGET_SIZE = 1.01  # ticket file bytes / (weights / 8)
 BASELINES = {"save": "torch_save_bool", "load": "torch_load_bool", "pack": "numpy_packbits",
              "unpack": "numpy_unpackbits"}
+#: numpy is host-only: on a GPU the torch reference is the pack/unpack baseline
+BASELINES_CUDA = {**BASELINES, "pack": "torch_reference_pack", "unpack": "torch_reference_unpack"}
+
+
+def baselines_for(device: torch.device) -> dict:
+    return BASELINES_CUDA if torch.device(device).type == "cuda" else BASELINES
 LABELS = {
     "torch_save_float": "torch.save float masks (prune's weight_mask)",
     "torch_save_bool": "torch.save bool masks",
@@ -40,6 +48,7 @@ LABELS = {
     "torch_reference_pack": "torch reference pack",
     "lthfast_pack": "lthfast pack_bits",
     "numpy_unpackbits": "numpy.unpackbits (little)",
+    "torch_reference_unpack": "torch reference unpack",
     "lthfast_unpack": "lthfast unpack_bits",
 }
 
@@ -70,6 +79,8 @@ def _cases(ticket, masks, folder, device):
         ("pack", "lthfast_pack", none, lambda _: [bitmask.pack_bits(m) for m in bool_masks.values()], None),
         ("unpack", "numpy_unpackbits", none,
          lambda _: [__import__("numpy").unpackbits(p, bitorder="little") for p in np_packed.values()], None),
+        ("unpack", "torch_reference_unpack", none,
+         lambda _: [ref.unpack_bits(packed[n], masks[n].shape) for n in names], None),
         ("unpack", "lthfast_unpack", none, lambda _: [ticket[n] for n in names], None),
     ]
     if device.type == "cuda":  # numpy is host-only
@@ -81,9 +92,11 @@ def run_suite(config, ctx) -> dict:
     device = config.device
     models = config.models or (MODELS_QUICK if config.quick else MODELS_FULL)
     bw = ctx["bandwidth"]["bytes_per_s"]
-    out = {"status": "ok", "sparsity": SPARSITY, "baselines": BASELINES, "methods": LABELS,
+    baselines = baselines_for(device)
+    out = {"status": "ok", "sparsity": SPARSITY, "baselines": baselines, "methods": LABELS,
            "models": {}, "cases": []}
-    progress = ctx["progress"](len(models) * len(LABELS), "ticket")
+    n_cases = len(LABELS) - (2 if device.type == "cuda" else 0)  # no numpy cases on a GPU
+    progress = ctx["progress"](len(models) * n_cases, "ticket")
     try:
         for name in models:
             progress.note(f"building {name} (random init) on {device}")
@@ -111,11 +124,13 @@ def run_suite(config, ctx) -> dict:
                         if op in ("pack", "unpack"):
                             case["floor_s"] = (n + n / 8) / bw  # read + write once
                             case["floor_multiple"] = m.median_s / case["floor_s"]
-                    progress.done(f"{name} {op} {method}: {case.get('median_s', 0) * 1e3:.1f} ms")
+                    progress.done(f"{name} {op} {method}: " + (
+                        f"{case['median_s'] * 1e3:.1f} ms" if case["status"] == "ok"
+                        else f"ERROR {case['error']}"))
                     out["cases"].append(case)
     finally:
         progress.close()
-    _add_ratios(out["cases"])
+    _add_ratios(out["cases"], baselines)
     out["targets"] = [
         {"what": f"{c['model']}: ticket file bytes / (weights / 8)", "value": c["file_bytes_per_weight_bit"],
          "limit": f"<= {TARGET_SIZE}", "met": c["file_bytes_per_weight_bit"] <= TARGET_SIZE}
@@ -123,9 +138,9 @@ def run_suite(config, ctx) -> dict:
     return out
 
 
-def _add_ratios(cases) -> None:
+def _add_ratios(cases, baselines=BASELINES) -> None:
     base = {(c["model"], c["op"]): c["median_s"] for c in cases
-            if c["status"] == "ok" and c["method"] == BASELINES[c["op"]]}
+            if c["status"] == "ok" and c["method"] == baselines[c["op"]]}
     for c in cases:
         b = base.get((c["model"], c["op"]))
         c["speedup_vs_baseline"] = b / c["median_s"] if b and c["status"] == "ok" else None
@@ -153,7 +168,8 @@ def format_ticket(res: dict) -> str:
     table = format_table(["model", "op", "method", "median ms", "vs base", "file", "file/(w/8)", "x floor"],
                          rows, align="lllrrrrr")
     lines = [f"ticket: masks at {100 * res['sparsity']:.0f}% sparsity; 'vs base' = baseline time / "
-             "method time (baseline: torch.save/load of bool masks, numpy pack/unpackbits); "
+             "method time (baseline: torch.save/load of bool masks; pack/unpack: "
+             f"{res.get('baselines', BASELINES)['pack']} / {res.get('baselines', BASELINES)['unpack']}); "
              "'x floor' = time / ((n + n/8) bytes / copy bandwidth)", table]
     for t in res.get("targets", ()):
         lines.append(f"target {t['what']} {t['limit']}: {t['value']:.4f} ({'met' if t['met'] else 'NOT met'})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import sys
 import time
 from typing import Callable, Iterable, Sequence
@@ -157,6 +158,12 @@ def check_writable_target(path: str | os.PathLike, what: str) -> None:
         raise CLIError(f"{what} {path!r}: directory {directory!r} does not exist")
     if not os.access(directory, os.W_OK):
         raise CLIError(f"{what} {path!r}: directory {directory!r} is not writable")
+    try:  # os.access says yes to root even where nothing can be created (/proc, read-only mounts)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".lthfast-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CLIError(f"{what} {path!r}: cannot create a file in {directory!r} ({e.strerror})") from None
 
 
 def resolve_device(name: str):
