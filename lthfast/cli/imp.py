@@ -87,7 +87,10 @@ def add_parser(sub) -> None:
                         "keypointrcnn_resnet18_fpn, resnet18")
     g.add_argument("--data", default=None, metavar="SPEC",
                    help="shapes (built-in synthetic COCO-format data), coco:PATH (COCO layout), "
-                        "or for classification folder:PATH (ImageFolder) (default: shapes). An image "
+                        "or for classification folder:PATH (ImageFolder) (default: shapes). COCO "
+                        "annotation files are checked before training: a malformed entry stops the "
+                        "run naming the file and the entry. Training uses the images with at least "
+                        "one box (as torchvision's reference scripts), evaluation every image. An image "
                         "that fails to decode stops the run with an error naming the file (the last "
                         "round's checkpoint stays valid: fix or remove it, then --resume)")
     g.add_argument("--scope", default=None, metavar="PRESET",
@@ -99,7 +102,13 @@ def add_parser(sub) -> None:
                    help="local checkpoint to start from (a torchvision detection state_dict; "
                         "with --task classification, a classifier state_dict)")
     g.add_argument("--backbone-weights", metavar="PATH",
-                   help="local ImageNet classifier state_dict mapped onto the detection backbone")
+                   help="local ImageNet classifier state_dict mapped onto the detection backbone. "
+                        "With --weights or --backbone-weights a detector's backbone trains as "
+                        "torchvision's does from pre-trained weights: its first stages (conv1, "
+                        "layer1) stay frozen, the last 3 train, BatchNorm is frozen (not in *_v2 "
+                        "models); without either, every layer trains from random init. (The "
+                        "number of trainable stages is set in Python: "
+                        "lthfast.detection.build_model(..., trainable_layers=K))")
     g.add_argument("--ticket", metavar="PATH",
                    help="start from this ticket (.safetensors) instead of the dense model: a "
                         "classifier ticket (resnet names) goes onto the detection backbone, a "
@@ -149,7 +158,8 @@ def add_parser(sub) -> None:
                    help="CPU threads for torch (default: torch's choice)")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="RUN_DIR", default=None,
-                   help="run directory (default: runs/imp-TASK-MODEL-TIMESTAMP)")
+                   help="run directory (default: runs/imp-TASK-MODEL-TIMESTAMP; with DDP, rank "
+                        "0's timestamp, the same folder for every process)")
     o.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the run in RUN_DIR with its saved settings (--rounds may grow it)")
     o.add_argument("--early-bird-every", type=_positive_int, default=None, metavar="N",

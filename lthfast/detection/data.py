@@ -38,23 +38,184 @@ def check_task(task: str) -> str:
     return task
 
 
-def _load_coco(path: Path):
+def _load_coco(path: Path, task: str = "detection"):
     try:
         from pycocotools.coco import COCO
     except ImportError:
         raise ImportError("COCO data needs pycocotools: `pip install pycocotools`") from None
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"annotation file {path} is not valid JSON: {e}") from None
-    missing = [k for k in ("images", "annotations", "categories") if k not in doc]
-    if not isinstance(doc, dict) or missing:
-        raise ValueError(f"annotation file {path} is not COCO format (missing {missing or 'a dict'})")
+    _validate_coco(doc, path, task)
     coco = COCO()
     coco.dataset = doc
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+
+
+class _Problems:
+    """Collects what is wrong in an annotation file; `raise_if_any` names the first few."""
+
+    SHOWN = 5
+
+    def __init__(self, path):
+        self.path, self.items, self.count = path, [], 0
+
+    def add(self, where: str, what: str) -> None:
+        self.count += 1
+        if len(self.items) < self.SHOWN:
+            self.items.append(f"{where}: {what}")
+
+    def raise_if_any(self) -> None:
+        if not self.count:
+            return
+        more = f"; and {self.count - len(self.items)} more" if self.count > len(self.items) else ""
+        raise ValueError(f"annotation file {self.path} is not valid COCO ({self.count} problem"
+                         f"{'' if self.count == 1 else 's'}): " + "; ".join(self.items) + more)
+
+
+def _where(section: str, i: int, entry) -> str:
+    ident = entry.get("id") if isinstance(entry, dict) else None
+    return f"{section}[{i}]" + (f" (id {ident!r})" if ident is not None else "")
+
+
+def _validate_coco(doc, path, task: str) -> None:
+    """Checks everything the loader, pycocotools' index / annToMask and COCOeval read, so a
+    malformed file fails here with the file and the bad entry named, not with a KeyError /
+    IndexError from pycocotools (possibly only at evaluation, after a round of training).
+    A missing `iscrowd` is set to 0 (what the loader assumes)."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"annotation file {path} is not COCO format (a {type(doc).__name__}, "
+                         "not a dict with 'images', 'annotations' and 'categories')")
+    missing = [k for k in ("images", "annotations", "categories") if k not in doc]
+    if missing:
+        raise ValueError(f"annotation file {path} is not COCO format (missing {missing})")
+    for k in ("images", "annotations", "categories"):
+        if not isinstance(doc[k], list):
+            raise ValueError(f"annotation file {path}: {k!r} must be a list, got a "
+                             f"{type(doc[k]).__name__}")
+    if not doc["images"]:
+        raise ValueError(f"annotation file {path} has no images")
+    if not doc["categories"]:
+        raise ValueError(f"annotation file {path} has no categories")
+    bad = _Problems(path)
+    images = {}
+    for i, im in enumerate(doc["images"]):
+        w = _where("images", i, im)
+        if not isinstance(im, dict):
+            bad.add(w, f"not a dict ({im!r:.60})")
+            continue
+        if not _is_int(im.get("id")):
+            bad.add(w, f"'id' must be an int, got {im.get('id')!r}")
+            continue
+        if im["id"] in images:
+            bad.add(w, f"duplicate image id {im['id']}")
+        images[im["id"]] = im
+        if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            bad.add(w, f"'file_name' must be a non-empty string, got {im.get('file_name')!r}")
+        for k in ("width", "height"):
+            if k in im and not (_is_int(im[k]) and im[k] > 0):
+                bad.add(w, f"{k!r} must be a positive int, got {im[k]!r}")
+            elif k not in im and task == "segmentation":
+                bad.add(w, f"no {k!r} (segmentation masks are drawn at the image size)")
+    cats, kpt_len = {}, None
+    for i, c in enumerate(doc["categories"]):
+        w = _where("categories", i, c)
+        if not isinstance(c, dict):
+            bad.add(w, f"not a dict ({c!r:.60})")
+            continue
+        if not _is_int(c.get("id")):
+            bad.add(w, f"'id' must be an int, got {c.get('id')!r}")
+            continue
+        if c["id"] in cats:
+            bad.add(w, f"duplicate category id {c['id']}")
+        cats[c["id"]] = c
+        if not isinstance(c.get("name"), str):
+            bad.add(w, f"'name' must be a string, got {c.get('name')!r}")
+        if "keypoints" in c and not (isinstance(c["keypoints"], list)
+                                     and all(isinstance(n, str) for n in c["keypoints"])):
+            bad.add(w, f"'keypoints' must be a list of keypoint names, got {c['keypoints']!r:.80}")
+        elif c.get("keypoints") and kpt_len is None:
+            kpt_len = 3 * len(c["keypoints"])  # the loader's K: the first keypoint category's
+    bad.raise_if_any()
+    ann_ids = set()
+    for i, a in enumerate(doc["annotations"]):
+        w = _where("annotations", i, a)
+        if not isinstance(a, dict):
+            bad.add(w, f"not a dict ({a!r:.60})")
+            continue
+        if "id" not in a:
+            bad.add(w, "no 'id' (pycocotools indexes annotations by id)")
+        elif not _is_int(a["id"]):
+            bad.add(w, f"'id' must be an int, got {a['id']!r}")
+        elif a["id"] in ann_ids:
+            bad.add(w, f"duplicate annotation id {a['id']!r}")
+        else:
+            ann_ids.add(a["id"])
+        if a.get("image_id") not in images or not _is_int(a.get("image_id")):
+            bad.add(w, f"'image_id' {a.get('image_id')!r} is not the id of an entry of 'images'")
+        if a.get("category_id") not in cats or not _is_int(a.get("category_id")):
+            bad.add(w, f"'category_id' {a.get('category_id')!r} is not the id of an entry of "
+                       f"'categories' (ids: {sorted(cats)[:10]}{' ...' if len(cats) > 10 else ''})")
+        box = a.get("bbox")
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(map(_is_num, box)):
+            bad.add(w, f"'bbox' must be 4 finite numbers [x, y, width, height], got {box!r:.80}")
+        elif box[2] < 0 or box[3] < 0:
+            bad.add(w, f"'bbox' {box!r} has a negative {'width' if box[2] < 0 else 'height'} "
+                       "(COCO boxes are [x, y, width, height])")
+        if not _is_num(a.get("area")) or a["area"] < 0:
+            bad.add(w, f"'area' must be a number >= 0, got {a.get('area')!r} (COCOeval sorts "
+                       "objects into small / medium / large by it)")
+        if "iscrowd" not in a:
+            a["iscrowd"] = 0
+        elif a["iscrowd"] not in (0, 1):
+            bad.add(w, f"'iscrowd' must be 0 or 1, got {a['iscrowd']!r}")
+        if task == "segmentation":
+            why = _segmentation_problem(a.get("segmentation", None))
+            if why:
+                bad.add(w, why)
+        if task == "keypoints":
+            if kpt_len is None:
+                break  # CocoDataset says: no category with keypoints
+            kp = a.get("keypoints")
+            if not isinstance(kp, list) or len(kp) != kpt_len:
+                n = len(kp) if isinstance(kp, list) else None
+                bad.add(w, f"'keypoints' must be a list of {kpt_len} numbers ({kpt_len // 3} keypoints "
+                           f"x (x, y, visibility)), got " + ("none" if kp is None else
+                                                             f"{n} values" if n is not None else repr(kp)))
+            elif not _is_int(a.get("num_keypoints")) or a["num_keypoints"] < 0:
+                bad.add(w, f"'num_keypoints' must be an int >= 0, got {a.get('num_keypoints')!r}")
+    bad.raise_if_any()
+
+
+def _segmentation_problem(seg) -> str | None:
+    """Why pycocotools' annToMask cannot draw `seg` (None when it can)."""
+    if seg is None:
+        return "no 'segmentation' (the segmentation task trains on masks)"
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        if "counts" not in seg or not isinstance(size, list) or len(size) != 2 \
+                or not all(_is_int(x) and x > 0 for x in size):
+            return f"RLE 'segmentation' needs 'counts' and 'size' [height, width], got {seg!r:.80}"
+        return None  # its size is checked against the image's when the image is read
+    if not isinstance(seg, list) or not seg:
+        return f"'segmentation' must be polygons (a non-empty list of [x1, y1, x2, y2, ...]) " \
+               f"or an RLE dict, got {seg!r:.60}"
+    for p in seg:
+        if not isinstance(p, list) or len(p) < 6 or len(p) % 2:
+            return (f"'segmentation' polygon {p!r:.60} must be a flat list of an even number "
+                    ">= 6 of coordinates (3 or more x, y points)")
+    return None
 
 
 def _find_split(root: Path, split: str, task: str) -> tuple[Path, Path]:
@@ -79,14 +240,21 @@ class CocoDataset(torch.utils.data.Dataset):
 
     Category ids become labels unchanged when they are all in 1..1000 (COCO's own ids, so
     torchvision COCO checkpoints match: `num_classes` = 91 for COCO), else 1..C in id order.
-    `drop_empty` (the default for the train split) drops images without usable annotations.
+    The annotation file is checked first: a malformed one (a missing 'images' /
+    'annotations' / 'categories', no images, a bbox that is not 4 numbers or has a negative
+    size, an image_id or category_id that names no entry, no 'area', for segmentation a
+    missing or unusable 'segmentation', for keypoints keypoints of the wrong length) raises
+    one ValueError naming the file and the bad entries. `drop_empty` (the default of
+    `load_dataset` for the train split, as torchvision's reference scripts do) drops images
+    with no non-crowd box over 1 px wide and high (for keypoints: with a labelled keypoint);
+    the val split keeps them (their detections count as false positives in COCO AP).
     An image that fails to decode stops loading with an error naming the file.
     """
 
     def __init__(self, ann_file, image_dir, *, task: str, transforms=None, drop_empty: bool = False):
         self.task = check_task(task)
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
-        self.coco = _load_coco(self.ann_file)
+        self.coco = _load_coco(self.ann_file, self.task)
         self.transforms = transforms
         cats = sorted(self.coco.cats.values(), key=lambda c: c["id"])
         if not cats:
@@ -105,6 +273,11 @@ class CocoDataset(torch.utils.data.Dataset):
             self.keypoint_names = list(kcats[0]["keypoints"])
             self.num_keypoints = len(self.keypoint_names)
             sig = kcats[0].get("oks_sigmas")
+            if sig is not None and (not isinstance(sig, list) or len(sig) != self.num_keypoints
+                                    or not all(_is_num(x) and x > 0 for x in sig)):
+                raise ValueError(f"annotation file {self.ann_file}: category {kcats[0]['id']} "
+                                 f"({kcats[0]['name']!r}): 'oks_sigmas' must be {self.num_keypoints} "
+                                 f"positive numbers (one per keypoint), got {sig!r:.80}")
             if sig is None:
                 sig = [s / 10 for s in _COCO_SIGMAS] if self.num_keypoints == 17 else \
                     [_DEFAULT_SIGMA] * self.num_keypoints
@@ -113,7 +286,10 @@ class CocoDataset(torch.utils.data.Dataset):
         if drop_empty:
             self.ids = [i for i in self.ids if self._usable(self.coco.imgToAnns.get(i, []))]
             if not self.ids:
-                raise ValueError(f"{self.ann_file}: no image has usable annotations for task {task}")
+                raise ValueError(f"{self.ann_file}: none of its {len(self.coco.imgs)} images has a "
+                                 f"usable annotation for task {task} (a non-crowd box over 1 px "
+                                 "wide and high" + (" with a labelled keypoint" if task == "keypoints"
+                                                     else "") + "), so there is nothing to train on")
 
     def _usable(self, anns) -> bool:
         ok = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 1 and a["bbox"][3] > 1]
@@ -153,6 +329,13 @@ class CocoDataset(torch.utils.data.Dataset):
         if (info.get("height", h), info.get("width", w)) != (h, w):
             raise ValueError(f"image {self.image_dir / info['file_name']} (id {image_id}) is {w}x{h} "
                              f"pixels but {self.ann_file.name} says {info.get('width')}x{info.get('height')}")
+        if self.task == "segmentation":  # masks (and COCOeval's crowd regions) at the image size
+            for a in self.coco.imgToAnns.get(image_id, []):
+                seg = a["segmentation"]
+                if isinstance(seg, dict) and list(seg["size"]) != [h, w]:
+                    raise ValueError(f"{self.ann_file.name}: annotation id {a['id']} (image id "
+                                     f"{image_id}) has an RLE 'segmentation' of size {seg['size']} "
+                                     f"but its image {info['file_name']} is [height, width] {[h, w]}")
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
@@ -216,7 +399,9 @@ def load_dataset(spec: str, split: str, *, task: str, root_cache=None, transform
             raise TypeError(f"options {sorted(shapes_kw)} only apply to the shapes dataset")
         root = Path(spec[5:]).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"COCO folder {root} does not exist (from data spec {spec!r})")
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise FileNotFoundError(f"COCO folder {root} {what} (from data spec {spec!r}; give the "
+                                    "folder that holds annotations/)")
     else:
         raise ValueError(f"unknown data spec {spec!r}; valid: 'shapes' or 'coco:PATH'")
     ann, img = _find_split(root, split, task)

@@ -4,6 +4,7 @@ detectors (`*_resnet18_fpn`) that train on a 2-core CPU for the built-in demo.""
 from __future__ import annotations
 
 import inspect
+import warnings
 
 from torch import nn
 
@@ -103,8 +104,12 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
     `model.lthfast_weights_report`. A torchvision weights name ("DEFAULT", "COCO_V1") is
     downloaded when the machine has network, else one error says to pass a local file.
     `image_size` sets the transform's min/max size (the small models default to 128).
-    `kw` go to the torchvision builder / model class (e.g. `num_keypoints`,
-    `trainable_layers`, `fpn_channels`, `box_detections_per_img`).
+    `kw` go to the torchvision builder / model class (e.g. `num_keypoints`, `fpn_channels`,
+    `box_detections_per_img`). `trainable_layers` (torchvision's `trainable_backbone_layers`,
+    either name) is how many backbone stages train when starting from pre-trained weights
+    (default 3, with frozen BatchNorm except in the `*_v2` models); without `weights` /
+    `backbone_weights` it has no effect, as in torchvision: every layer trains and a
+    UserWarning names the value (a value out of range is an error either way).
     """
     check_task(task)
     if not isinstance(name, str) or name not in model_names():
@@ -129,15 +134,16 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
     if backbone_weights is not None:
         files["backbone_weights"] = read_state_dict(backbone_weights, name=name, backbone=True)
     torch_kw = dict(kw)
+    trainable = _trainable_layers_arg(torch_kw)
     if name in SMALL_MODELS:
-        model = _small_model(name, num_classes, image_size or 128, pretrained, **torch_kw)
+        model = _small_model(name, num_classes, image_size or 128, pretrained,
+                             trainable_layers=trainable if pretrained else None, **torch_kw)
     else:
         import torchvision
         builder = torchvision.models.get_model_builder(name)
         if image_size is not None:
             torch_kw.setdefault("min_size", image_size)
             torch_kw.setdefault("max_size", image_size)
-        trainable = torch_kw.pop("trainable_layers", torch_kw.pop("trainable_backbone_layers", None))
         if "weights_backbone" in inspect.signature(builder).parameters:
             torch_kw["weights_backbone"] = None
         model = builder(weights=None, num_classes=num_classes, **torch_kw)
@@ -145,6 +151,16 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
             if not name.endswith("_v2"):  # the v2 builders keep trainable BatchNorm2d (body and FPN)
                 _freeze_batchnorm(model.backbone)
             _freeze_resnet_stages(model.backbone.body, 3 if trainable is None else trainable)
+    if trainable is not None and not pretrained:
+        # torchvision (_validate_trainable_layers): no effect without pre-trained weights,
+        # every layer trains; it warns. An out-of-range value is still an error here.
+        top = _max_trainable_layers(model.backbone.body)
+        if trainable > top:
+            raise ValueError(f"trainable_layers must be in 0..{top} for {name}, got {trainable}")
+        warnings.warn(f"trainable_layers={trainable} has no effect on {name} without pre-trained "
+                      f"weights (weights= or backbone_weights=): all {top} backbone stages train "
+                      "from the random init, as torchvision does with trainable_backbone_layers "
+                      "and no weights", UserWarning, stacklevel=2)
     report = {}
     if "weights" in files:
         sd, src = files["weights"]
@@ -157,6 +173,28 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
         for rep in report.values():
             print(rep.summary())
     return model
+
+
+def _trainable_layers_arg(kw: dict) -> int | None:
+    """Pops `trainable_layers` (or torchvision's name `trainable_backbone_layers`) from `kw`."""
+    a = kw.pop("trainable_layers", None)
+    b = kw.pop("trainable_backbone_layers", None)
+    if a is not None and b is not None and a != b:
+        raise ValueError(f"trainable_layers={a!r} and trainable_backbone_layers={b!r} disagree; "
+                         "pass one of them")
+    value = a if a is not None else b
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"trainable_layers must be an int >= 0, got {value!r}")
+    return value
+
+
+def _max_trainable_layers(body: nn.Module) -> int:
+    """The largest trainable_layers of a detection body: 5 for ResNet, the number of
+    stages for MobileNet (torchvision's counts)."""
+    children = list(body.children())
+    if "layer4" in dict(body.named_children()):
+        return 5
+    return 2 + sum(1 for b in children if getattr(b, "_is_cn", False))
 
 
 def _freeze_resnet_stages(body: nn.Module, trainable_layers: int) -> None:

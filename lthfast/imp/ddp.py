@@ -35,7 +35,8 @@ def init(device: str) -> None:
     """Joins the process group when started by torchrun (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or active():
         return
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    # nccl needs a GPU: without one gloo still joins, and check_settings names the bad --device
+    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
@@ -78,6 +79,14 @@ def on_main(fn, *args, **kwargs):
     if kind == "error":
         raise RuntimeError(f"rank 0 failed in {getattr(fn, '__name__', fn)}: {value}")
     return value
+
+
+def decided_on_main(device: str, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` computed once, on rank 0, and the same value on every rank:
+    for choices that could differ between processes (a timestamp, a random name). Joins the
+    process group first when torchrun started this process (`init(device)`)."""
+    init(device)
+    return on_main(fn, *args, **kwargs)
 
 
 def shutdown() -> None:

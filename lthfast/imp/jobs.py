@@ -3,6 +3,7 @@ the model, data, pruned set, train and eval functions of each task."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -159,8 +160,9 @@ def settings_from_args(args) -> Settings:
     if s.device is None:
         s.device = "cuda" if torch.cuda.is_available() else "cpu"
     if s.out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        s.out = os.path.join("runs", f"imp-{s.task}-{s.model}-{stamp}")
+        # one name for every DDP rank: rank 0's clock decides (each rank stamping its own
+        # could straddle a second and disagree on where the run is)
+        s.out = ddp.decided_on_main(s.device, default_out, s.task, s.model)
     if _run_differs(s, RunDir(s.out)) == []:
         # the same command again (a second `make demo`, or after Ctrl-C): go on with that run
         from lthfast.cli._common import eprint
@@ -170,6 +172,11 @@ def settings_from_args(args) -> Settings:
                                  "resume": s.out, "out": None})
     check_new_run_dir(s.out, _run_differs(s, RunDir(s.out)))
     return s
+
+
+def default_out(task: str, model: str) -> str:
+    """The run directory when --out is not given: runs/imp-TASK-MODEL-TIMESTAMP."""
+    return os.path.join("runs", f"imp-{task}-{model}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _run_differs(s: Settings, run: RunDir) -> list | None:
@@ -201,14 +208,18 @@ def check_new_run_dir(out: str, differs: list | None = None) -> None:
 
 
 def check_settings(s: Settings) -> IMPConfig:
-    if s.device not in ("cpu", "cuda") and not s.device.startswith("cuda:"):
-        raise JobError(f"--device {s.device!r}: use cpu or cuda")
+    index = s.device[5:] if s.device.startswith("cuda:") else None
+    if s.device not in ("cpu", "cuda") and not (index is not None and index.isdigit()):
+        raise JobError(f"--device {s.device!r}: use cpu, cuda or cuda:N (N a GPU index)")
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         raise JobError(f"--device {s.device}: no CUDA GPU is visible; use --device cpu")
+    if index is not None and int(index) >= torch.cuda.device_count():
+        raise JobError(f"--device {s.device}: only {torch.cuda.device_count()} CUDA GPU(s) are "
+                       f"visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     if s.amp and not s.device.startswith("cuda"):
         raise JobError("--amp needs --device cuda (mixed precision on CPU is not supported)")
-    if s.lr is not None and not s.lr > 0:
-        raise JobError(f"--lr must be > 0, got {s.lr}")
+    if s.lr is not None and not (s.lr > 0 and math.isfinite(s.lr)):
+        raise JobError(f"--lr must be a finite number > 0, got {s.lr}")
     rewind = Rewind.parse(s.rewind)
     if rewind.kind == "pretrained" and not (s.weights or s.backbone_weights):
         raise JobError("--rewind pretrained needs the pre-trained weights: pass --weights PATH "

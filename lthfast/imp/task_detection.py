@@ -2,6 +2,8 @@
 models on `shapes` or COCO, trained with MaskedSGD, evaluated with COCOeval."""
 from __future__ import annotations
 
+import warnings
+
 from lthfast.imp import ddp
 
 
@@ -26,6 +28,12 @@ def build(s, device):
     train_set = ddp.on_main_first(det_data.load_dataset, s.data, "train", task=s.task,
                                   **shapes_kw)
     val_set = det_data.load_dataset(s.data, "val", task=s.task, **shapes_kw)
+    global_batch = s.batch_size * ddp.world_size()
+    if global_batch > len(train_set) and ddp.is_main():
+        warnings.warn(f"--batch-size {s.batch_size} (x {ddp.world_size()} process"
+                      f"{_s(ddp.world_size())}) is larger than the {len(train_set)} training "
+                      f"images: every batch repeats images, and an iteration costs as much as "
+                      f"{global_batch} images", UserWarning, stacklevel=2)
     extra = {"num_keypoints": train_set.num_keypoints} if s.task == "keypoints" else {}
     model = det_models.build_model(s.model, task=s.task, num_classes=train_set.num_classes,
                                    weights=s.weights, backbone_weights=s.backbone_weights,
