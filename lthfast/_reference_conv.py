@@ -25,4 +25,5 @@ def sparse_pack(weight, mask):
     rowptr[1:] = keep.sum(1).cumsum(0)
     colidx = keep.nonzero()[:, 1].to(torch.int32)
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return rowptr, colidx, weight.reshape(rows, -1)[keep].to(acc)
+    kept = weight if mask.dtype == torch.bool else weight * mask  # a float mask scales
+    return rowptr, colidx, kept.reshape(rows, -1)[keep].to(acc)

@@ -67,6 +67,25 @@ inline void check_conv_geometry(const char* op, const at::Tensor& input, int64_t
   }
 }
 
+// rowptr (any device) must ascend from 0 to nnz = colidx.numel(), so that no
+// row can index outside colidx / values. Checked once per call on a host copy
+// (out_channels + 1 entries).
+inline void check_rowptr(const char* op, const at::Tensor& rowptr, int64_t nnz) {
+  const at::Tensor host = rowptr.to(at::kCPU).contiguous();
+  const int64_t* r = host.const_data_ptr<int64_t>();
+  const int64_t rows = host.numel() - 1;
+  bool ok = r[0] == 0 && r[rows] == nnz;
+  for (int64_t i = 0; ok && i < rows; ++i) ok = r[i] <= r[i + 1];
+  TORCH_CHECK_VALUE(ok, op, ": rowptr must ascend from 0 to colidx.numel() = ", nnz);
+}
+
+// The bias the kernels index as bias[o]: contiguous (a strided or expanded view
+// would be read with the wrong stride / past its storage); undefined when absent.
+inline at::Tensor contiguous_bias(const std::optional<at::Tensor>& bias) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  return bias->contiguous();
+}
+
 inline int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
   return (in + 2 * p - d * (k - 1) - 1) / s + 1;
 }

@@ -2,6 +2,7 @@
 // sparse_pack. They only call ATen (oneDNN / cuDNN / BLAS underneath), so one
 // implementation is registered for CPU and CUDA alike.
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -73,10 +74,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
   check_linear("_masked_linear_backward", input, weight, mask, std::nullopt);
   auto empty = at::empty({0}, weight.options());
   const int64_t out_f = weight.size(0), in_f = weight.size(1);
-  auto g2 = grad_output.reshape({-1, out_f});
+  // Rows of the flattened input, not reshape(-1, ...): in_f or out_f may be 0.
+  const int64_t rows = c10::multiply_integers(input.sizes().slice(0, input.dim() - 1));
+  auto g2 = grad_output.reshape({rows, out_f});
   at::Tensor gi = output_mask[0] ? at::matmul(grad_output, apply_mask(weight, mask)) : empty;
   at::Tensor gw = output_mask[1]
-                      ? apply_mask(at::mm(g2.t(), input.reshape({-1, in_f})), mask)
+                      ? apply_mask(at::mm(g2.t(), input.reshape({rows, in_f})), mask)
                       : empty.clone();
   at::Tensor gb = output_mask[2] ? g2.sum(0) : empty.clone();
   return {gi, gw, gb};
@@ -105,7 +108,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_pack(const at::Tensor& wei
   auto nz = keep.nonzero();  // [nnz, 2], row-major
   auto colidx = nz.select(1, 1).to(at::kInt);
   const auto acc = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto values = weight.reshape({rows, cols}).masked_select(keep).to(acc);
+  // A float mask scales what it keeps (y = conv(x, weight * mask), as the dense
+  // path computes it): values are weight * mask, not the bare weight.
+  const at::Tensor kept = mask.scalar_type() == at::kBool ? weight : weight * mask;
+  auto values = kept.reshape({rows, cols}).masked_select(keep).to(acc);
   return {rowptr, colidx.contiguous(), values.contiguous()};
 }
 

@@ -136,10 +136,6 @@ inline void check_optional_scalars(const std::optional<at::Tensor>& lr_tensor,
   if (found_inf.has_value()) check_scalar(*found_inf, "found_inf", dev, false, op);
 }
 
-inline void check_hyper(double v, const char* what, const char* op) {
-  TORCH_CHECK(std::isfinite(v), op, ": ", what, " must be finite, got ", v);
-}
-
 // Parameters, grads and masks of masked_sgd_ / masked_adam_, checked; states
 // are checked by the callers (they differ per optimizer).
 inline std::vector<Slot> make_slots(at::TensorList params, at::TensorList grads,

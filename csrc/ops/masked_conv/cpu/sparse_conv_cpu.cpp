@@ -148,16 +148,6 @@ void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at:
                     " but input is on ", input.device());
 }
 
-// rowptr must ascend from 0 to nnz: checked once per call (out_channels
-// entries) so that no row can index outside colidx / values.
-void check_rowptr(const char* op, const at::Tensor& rowptr, int64_t nnz) {
-  const int64_t* r = rowptr.const_data_ptr<int64_t>();
-  const int64_t rows = rowptr.numel() - 1;
-  bool ok = r[0] == 0 && r[rows] == nnz;
-  for (int64_t i = 0; ok && i < rows; ++i) ok = r[i] <= r[i + 1];
-  TORCH_CHECK_VALUE(ok, op, ": rowptr must ascend from 0 to colidx.numel() = ", nnz);
-}
-
 template <typename scalar_t, typename acc_t>
 void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Tensor& colidx_t,
                const at::Tensor& values_t, const std::optional<at::Tensor>& bias,
@@ -286,7 +276,9 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
       static_cast<int64_t>(std::min<double>(double(Cg), double(kMinTaps) / taps_per_channel)) + 1;
   const int64_t cb_l1 = kL1Bytes / bytes_per_channel;
   const int64_t CB = std::max<int64_t>(1, std::min<int64_t>(Cg, std::max(cb_l1, cb_taps)));
-  const int64_t nblocks = (Cg + CB - 1) / CB;
+  // At least one block, even with no input channels (Cg == 0): the first block
+  // is what initialises the accumulators (then to 0).
+  const int64_t nblocks = std::max<int64_t>(1, (Cg + CB - 1) / CB);
 
   const int64_t* rowptr = rowptr_t.const_data_ptr<int64_t>();
   const int32_t* colidx = colidx_t.const_data_ptr<int32_t>();
@@ -295,7 +287,8 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   const auto tiles = cpu_rows::Pick<acc_t>::get();
   acc_t* acc = workspace<acc_t>(1, N * Cout * Lr);
   scalar_t* y = out.data_ptr<scalar_t>();
-  const scalar_t* bptr = (bias.has_value() && bias->defined()) ? bias->const_data_ptr<scalar_t>() : nullptr;
+  const at::Tensor bias_c = contiguous_bias(bias);
+  const scalar_t* bptr = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
   // Threads split (sample, chunk of output channels); a chunk stays within a
   // group. Chunks are as large as the thread count allows: every output channel
   // of a chunk reads the channel block while it is in L1, so the larger the
@@ -392,21 +385,22 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& rowptr,
   out_sizes.back() = O;
   auto out = at::empty(out_sizes, input.options());
   if (out.numel() == 0) return out;
+  check_rowptr(op, rowptr, colidx.numel());
   if (colidx.numel() > 0) {
-    TORCH_CHECK_VALUE(rowptr[O].item<int64_t>() == colidx.numel() &&
-                      colidx.max().item<int32_t>() < K && colidx.min().item<int32_t>() >= 0,
+    TORCH_CHECK_VALUE(colidx.max().item<int32_t>() < K && colidx.min().item<int32_t>() >= 0,
                       op, ": rowptr/colidx do not describe a weight with ", K, " input features");
   }
   auto rp = rowptr.contiguous(), ci = colidx.contiguous(), va = values.contiguous();
+  const at::Tensor bias_c = contiguous_bias(bias);
+  const int64_t M = out.numel() / O;  // not reshape(-1, K): K may be 0
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparse_linear", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    at::Tensor x = input.reshape({-1, K}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const int64_t M = x.size(0);
+    at::Tensor x = input.reshape({M, K}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* xp = x.const_data_ptr<acc_t>();
     const int64_t* r = rp.const_data_ptr<int64_t>();
     const int32_t* c = ci.const_data_ptr<int32_t>();
     const acc_t* v = va.const_data_ptr<acc_t>();
-    const scalar_t* bp = (bias.has_value() && bias->defined()) ? bias->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = out.data_ptr<scalar_t>();
     at::parallel_for(0, O * M, 64, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {

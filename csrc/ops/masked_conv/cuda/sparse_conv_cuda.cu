@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "ops/masked_conv/masked_conv_check.h"
 
 namespace lthfast {
@@ -28,25 +30,27 @@ __global__ void sparse_conv2d_kernel(const scalar_t* __restrict__ x, const int64
                                      const scalar_t* __restrict__ bias, scalar_t* __restrict__ y,
                                      ConvGeom g) {
   const int64_t plane = g.OH * g.OW;
-  const int64_t p = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   const int64_t no = blockIdx.x;  // n * Cout + o
-  if (p >= plane) return;
   const int64_t n = no / g.Cout, o = no % g.Cout;
-  const int64_t oh = p / g.OW, ow = p % g.OW;
-  const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
-  const int64_t cbase = (o / g.Coutg) * g.Cg;
-  const scalar_t* xn = x + n * g.C * g.H * g.W;
-  acc_t acc = bias ? static_cast<acc_t>(bias[o]) : acc_t(0);
-  const int64_t kk = g.KH * g.KW;
-  for (int64_t t = rowptr[o]; t < rowptr[o + 1]; ++t) {
-    const int64_t col = colidx[t];
-    const int64_t c = cbase + col / kk, k = col % kk;
-    const int64_t ih = ih0 + (k / g.KW) * g.dh, iw = iw0 + (k % g.KW) * g.dw;
-    if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
-      acc += vals[t] * static_cast<acc_t>(xn[(c * g.H + ih) * g.W + iw]);
+  // Grid-stride over the plane: gridDim.y is capped at 65535.
+  for (int64_t p = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; p < plane;
+       p += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+    const int64_t oh = p / g.OW, ow = p % g.OW;
+    const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
+    const int64_t cbase = (o / g.Coutg) * g.Cg;
+    const scalar_t* xn = x + n * g.C * g.H * g.W;
+    acc_t acc = bias ? static_cast<acc_t>(bias[o]) : acc_t(0);
+    const int64_t kk = g.KH * g.KW;
+    for (int64_t t = rowptr[o]; t < rowptr[o + 1]; ++t) {
+      const int64_t col = colidx[t];
+      const int64_t c = cbase + col / kk, k = col % kk;
+      const int64_t ih = ih0 + (k / g.KW) * g.dh, iw = iw0 + (k % g.KW) * g.dw;
+      if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+        acc += vals[t] * static_cast<acc_t>(xn[(c * g.H + ih) * g.W + iw]);
+      }
     }
+    y[no * plane + p] = static_cast<scalar_t>(acc);
   }
-  y[no * plane + p] = static_cast<scalar_t>(acc);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -105,9 +109,9 @@ at::Tensor sparse_conv2d_cuda(const at::Tensor& input, const at::Tensor& rowptr,
   auto out = at::empty({input.size(0), cout, g.OH, g.OW}, input.options());
   if (out.numel() == 0) return out;
   const int64_t cols = g.Cg * g.KH * g.KW;
-  if (colidx.numel() > 0) {  // a corrupt pack must not read out of bounds
-    TORCH_CHECK_VALUE(rowptr[cout].item<int64_t>() == colidx.numel() &&
-                      colidx.max().item<int32_t>() < cols && colidx.min().item<int32_t>() >= 0,
+  check_rowptr(op, rowptr, colidx.numel());  // a corrupt pack must not read out of bounds
+  if (colidx.numel() > 0) {
+    TORCH_CHECK_VALUE(colidx.max().item<int32_t>() < cols && colidx.min().item<int32_t>() >= 0,
                       op, ": rowptr/colidx do not describe a weight of ", cols, " columns");
   }
   auto x = input.contiguous();
@@ -115,14 +119,15 @@ at::Tensor sparse_conv2d_cuda(const at::Tensor& input, const at::Tensor& rowptr,
   const int threads = 128;
   const int64_t plane = g.OH * g.OW;
   const int64_t rows = input.size(0) * cout;
-  const int64_t tiles = (plane + threads - 1) / threads;
-  TORCH_CHECK_VALUE(tiles < 65536 && rows < (int64_t(1) << 31), op, ": output of ", out.sizes(),
+  const int64_t tiles = std::min<int64_t>((plane + threads - 1) / threads, 65535);  // grid-stride
+  TORCH_CHECK_VALUE(rows < (int64_t(1) << 31), op, ": output of ", out.sizes(),
                     " exceeds the CUDA grid limits");
   dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(tiles));
   auto stream = at::cuda::getCurrentCUDAStream();
+  const at::Tensor bias_c = contiguous_bias(bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparse_conv2d_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const scalar_t* bp = (bias.has_value() && bias->defined()) ? bias->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
     sparse_conv2d_kernel<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), rp.const_data_ptr<int64_t>(), ci.const_data_ptr<int32_t>(),
         va.const_data_ptr<acc_t>(), bp, out.data_ptr<scalar_t>(), g);
@@ -144,20 +149,23 @@ at::Tensor sparse_linear_cuda(const at::Tensor& input, const at::Tensor& rowptr,
   out_sizes.back() = O;
   auto out = at::empty(out_sizes, input.options());
   if (out.numel() == 0) return out;
+  check_rowptr(op, rowptr, colidx.numel());
   if (colidx.numel() > 0) {
-    TORCH_CHECK_VALUE(rowptr[O].item<int64_t>() == colidx.numel() &&
-                      colidx.max().item<int32_t>() < K && colidx.min().item<int32_t>() >= 0,
+    TORCH_CHECK_VALUE(colidx.max().item<int32_t>() < K && colidx.min().item<int32_t>() >= 0,
                       op, ": rowptr/colidx do not describe a weight with ", K, " input features");
   }
-  auto x = input.reshape({-1, K}).contiguous();
-  const int64_t M = x.size(0);
+  const int64_t M = out.numel() / O;  // not reshape(-1, K): K may be 0
+  auto x = input.reshape({M, K}).contiguous();
   auto rp = rowptr.contiguous(), ci = colidx.contiguous(), va = values.contiguous();
   const int threads = 256;
   const int64_t blocks = (M * O * 32 + threads - 1) / threads;
+  TORCH_CHECK_VALUE(blocks <= 0x7FFFFFFF, op, ": output of ", out.sizes(),
+                    " exceeds the CUDA grid limits");
   auto stream = at::cuda::getCurrentCUDAStream();
+  const at::Tensor bias_c = contiguous_bias(bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparse_linear_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const scalar_t* bp = (bias.has_value() && bias->defined()) ? bias->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
     sparse_linear_kernel<scalar_t, acc_t><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), rp.const_data_ptr<int64_t>(), ci.const_data_ptr<int32_t>(),
         va.const_data_ptr<acc_t>(), bp, out.data_ptr<scalar_t>(), M, O, K);
