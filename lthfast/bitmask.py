@@ -8,6 +8,7 @@ kernel) or, with LTHFAST_REFERENCE=1 and no compiled module, the reference.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -44,10 +45,42 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     return _op("pack_bits")(mask)
 
 
+def _as_shape(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints: an int (one dimension, as torch takes it), or a
+    sequence of ints (tuple, list, torch.Size); TypeError naming it otherwise."""
+    if isinstance(shape, torch.Tensor) and shape.dim() == 0:
+        shape = shape.item()
+    if isinstance(shape, bool) or isinstance(shape, (str, bytes)):
+        raise TypeError(f"shape must be an int or a sequence of ints (tuple, list, torch.Size), "
+                        f"got {shape!r}")
+    try:
+        return (operator.index(shape),)
+    except TypeError:
+        pass
+    try:
+        sizes = list(shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints (tuple, list, torch.Size), "
+                        f"got {type(shape).__name__} {shape!r}") from None
+    out = []
+    for i, s in enumerate(sizes):
+        if isinstance(s, torch.Tensor) and s.dim() == 0 and not s.is_floating_point():
+            s = s.item()
+        if isinstance(s, bool):
+            raise TypeError(f"shape {tuple(sizes)!r} has a bool at position {i}, not a size")
+        try:
+            out.append(operator.index(s))
+        except TypeError:
+            raise TypeError(f"shape {tuple(sizes)!r} has a {type(s).__name__} at position {i}, "
+                            "not an int size") from None
+    return tuple(out)
+
+
 def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
-    """The contiguous bool tensor of ``shape`` that ``packed`` holds."""
+    """The contiguous bool tensor of ``shape`` (an int, or a sequence of ints) that
+    ``packed`` holds."""
     _check_packed(packed)
-    shape = tuple(int(s) for s in shape)
+    shape = _as_shape(shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"shape {shape} has a negative size")
     need = packed_nbytes(math.prod(shape))

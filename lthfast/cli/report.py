@@ -3,6 +3,8 @@ page comparing IMP runs (lthfast.analysis)."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 
 from lthfast.cli._common import CLIError, eprint
 
@@ -16,7 +18,11 @@ large), AP per category by training-set frequency and by difficulty (dense AP), 
 final tickets (overall and per layer), early-bird stability, per-layer sparsity with fully
 pruned kernels / channels, layer-wise vs global pruning at the same sparsity, and the
 perturbation tests saved by `lthfast perturb`. A run still being written is shown with
-its finished rounds and a warning."""
+its finished rounds and a warning; a section a run cannot fill (a missing or damaged
+round_R/ticket.safetensors, no checkpoint.pt) says why instead.
+
+--out is overwritten when it is an HTML page (an earlier report); any other existing file
+is left alone (an error), so a typo cannot replace a run's config.json or a ticket."""
 
 
 def add_parser(sub) -> None:
@@ -24,11 +30,95 @@ def add_parser(sub) -> None:
                        description=__doc__, epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of lthfast imp")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    p.add_argument("--out", default="report.html",
+                   help="HTML file to write, in an existing folder (default: report.html)")
     p.add_argument("--labels", default=None, metavar="A,B",
-                   help="comma-separated names of the runs in the page (default: folder names)")
-    p.add_argument("--title", default=None, help="page title")
+                   help="comma-separated names of the runs in the page, one per RUN_DIR, in "
+                        "order (default: folder names)")
+    p.add_argument("--title", default=None,
+                   help="page title (default: 'lthfast report: N run(s)')")
     p.set_defaults(func=run)
+
+
+def _read_json(path: str, kind: type, what: str):
+    """The JSON value in `path` (None when the file is missing); CLIError naming the file
+    when it is not valid JSON of the expected kind."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CLIError(f"{path}: cannot read the run's {what}: {e}", code=2) from None
+    if not isinstance(value, kind):
+        raise CLIError(f"{path}: the run's {what} is a JSON {type(value).__name__}, not a JSON "
+                       f"{'object' if kind is dict else 'list'} (damaged, or not written by "
+                       "lthfast imp)", code=2)
+    return value
+
+
+def check_run_files(path: str) -> None:
+    """CLIError naming the file and the problem when a run directory's config.json,
+    status.json or metrics.json is not what lthfast imp writes (a damaged or hand-edited
+    run), instead of a traceback from deep inside an analysis."""
+    if not os.path.isdir(path):
+        return  # load_run says "no such run directory"
+    _read_json(os.path.join(path, "config.json"), dict, "configuration")
+    _read_json(os.path.join(path, "status.json"), dict, "status")
+    rows = _read_json(os.path.join(path, "metrics.json"), list, "metrics")
+    for i, row in enumerate(rows or []):
+        where = f"{os.path.join(path, 'metrics.json')}: row {i}"
+        if not isinstance(row, dict):
+            raise CLIError(f"{where} is {row!r:.60}, not a JSON object (damaged metrics)", code=2)
+        r, s = row.get("round"), row.get("sparsity")
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise CLIError(f"{where} has round {r!r}, not a round number (damaged metrics)",
+                           code=2)
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
+            raise CLIError(f"{where} (round {r}) has sparsity {s!r}, not a fraction in [0, 1] "
+                           "(damaged metrics)", code=2)
+
+
+def _check_out(path: str) -> None:
+    """--out must be a file path in an existing folder, and never an existing file that is
+    not an HTML page (a run's config.json, a ticket): those are not overwritten."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CLIError(f"--out {path!r} is a directory; give the HTML file to write, e.g. "
+                       f"{os.path.join(path, 'report.html')}", code=2)
+    if not os.path.isdir(folder):
+        raise CLIError(f"--out {path!r}: directory {folder!r} does not exist", code=2)
+    if not os.access(folder, os.W_OK):
+        raise CLIError(f"--out {path!r}: directory {folder!r} is not writable", code=2)
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(256).lstrip().lower()
+        except OSError as e:
+            raise CLIError(f"--out {path!r}: cannot read the existing file: {e}", code=2) from None
+        if head and not head.startswith((b"<!doctype html", b"<html")):
+            raise CLIError(f"--out {path!r} exists and is not an HTML page; it is left as it is "
+                           "(give another path, or remove it first)", code=2)
+
+
+def distinct_labels(paths: list[str]) -> list[str]:
+    """A name per run directory for the page: its folder name, with as many parent folders
+    as it takes to tell runs apart (exp1/s0/run and exp2/s0/run: "exp1/s0/run", "exp2/s0/run").
+    The page's tables and plots are keyed by these names: two runs under one name would
+    show as one."""
+    parts = [os.path.abspath(p).rstrip(os.sep).split(os.sep) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(pp[-d:]) for pp, d in zip(parts, depth)]
+        seen: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            seen.setdefault(label, []).append(i)
+        clashes = [ix for ix in seen.values() if len(ix) > 1]
+        if not clashes:
+            return labels
+        for ix in clashes:
+            for i in ix:
+                depth[i] += 1
 
 
 def run(args) -> int:
@@ -36,7 +126,24 @@ def run(args) -> int:
     from lthfast.analysis.runs import RunError
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if labels and len(labels) != len(args.runs):
-        raise CLIError(f"--labels has {len(labels)} names for {len(args.runs)} runs", code=2)
+        raise CLIError(f"--labels {args.labels!r} has {len(labels)} names for {len(args.runs)} "
+                       "runs (one per RUN_DIR, comma-separated)", code=2)
+    if labels and not all(labels):
+        raise CLIError(f"--labels {args.labels!r} has an empty name", code=2)
+    real = [os.path.realpath(p) for p in args.runs]
+    twice = sorted({p for p, r in zip(args.runs, real) if real.count(r) > 1})
+    if twice:
+        raise CLIError(f"RUN_DIR {twice[0]} is given more than once", code=2)
+    if labels:
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:  # the page's plots and tables are keyed by label: one run would hide the other
+            raise CLIError(f"--labels {args.labels!r} has the name {dup[0]!r} more than once; "
+                           "give each run its own name", code=2)
+    else:
+        labels = distinct_labels(args.runs)
+    _check_out(args.out)
+    for path in args.runs:
+        check_run_files(path)
     try:
         out, notes = build_report(args.runs, args.out, labels=labels, title=args.title)
     except RunError as e:

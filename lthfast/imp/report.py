@@ -13,6 +13,10 @@ from lthfast.imp.rundir import RunDir, write_text
 
 # Metrics plotted against sparsity, in this order when present.
 CURVE_KEYS = ("bbox_AP", "segm_AP", "keypoints_AP", "bbox_AP50", "top1", "accuracy")
+# The ones in percent (COCO APs x 100; top-1 as lthfast.imp.classification reports it).
+PERCENT_KEYS = CURVE_KEYS
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _png(fig) -> str:
@@ -39,15 +43,19 @@ def plot_curve(runs: dict[str, list[dict]]) -> str | None:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for label, rows in runs.items():
+        for i, (label, rows) in enumerate(runs.items()):
             pts = [(100 * r["sparsity"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", label=label)
-                if len(runs) == 1 and pts:
+                # runs that give the same numbers must stay visible on top of each other:
+                # each run its own marker, line style and (shrinking) marker size
+                ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)],
+                        ls=_LINESTYLES[i % len(_LINESTYLES)], ms=max(3.0, 7.0 - 1.2 * i),
+                        label=label)
+                if len(runs) == 1 and pts[0][0] == 0:  # a dense round to compare with
                     ax.axhline(pts[0][1], color="grey", lw=0.8, ls="--", label="dense")
         ax.set_xlabel("sparsity of the pruned layers (%)")
-        ax.set_ylabel(key.replace("_", " ") + (" (%)" if "AP" in key else ""))
+        ax.set_ylabel(key.replace("_", " ") + (" (%)" if key in PERCENT_KEYS else ""))
         ax.set_title(f"{key} vs sparsity")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -108,7 +116,9 @@ def _fmt(v, col: str = "", ap: bool = False) -> str:
         return "–"  # e.g. AP over a size range with no ground truth
     if isinstance(v, float) and math.isfinite(v):
         if "sparsity" in col and 0.0 <= v <= 1.0:
-            return f"{100 * v:.2f}%"
+            text = f"{100 * v:.2f}%"  # not rounded to 100.00% / 0.00% unless it is
+            return ("&gt;99.99%" if text == "100.00%" and v < 1.0
+                    else "&lt;0.01%" if text == "0.00%" and v > 0.0 else text)
         if ap or re.search(r"(^|_)AP(\d+|[sml]| r\d+)?($|_)", col):
             return f"{v:.1f}"
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
@@ -163,12 +173,20 @@ def write_run_report(run_dir: str, out: str | None = None) -> str:
     if rows:
         last = rows[-1]["round"]
         path = run.ticket_path(last)
+        lrows, why = None, None
         if os.path.exists(path):
-            lrows = layer_rows(Ticket.load(path))
+            try:
+                lrows = layer_rows(Ticket.load(path))
+            except ValueError as e:  # a damaged ticket file: the rest of the page still helps
+                why = str(e)
+        if lrows is not None:
             sections.append(f"<h2>Per-layer sparsity, round {last}</h2>"
                             + img(plot_layers(lrows, f"per-layer sparsity, round {last}"),
                                   "per-layer sparsity")
                             + html_table(lrows, ["name", "shape", "params", "kept", "sparsity"]))
+        elif why is not None:
+            sections.append(f"<h2>Per-layer sparsity, round {last}</h2>"
+                            f"<p><i>not available: {html.escape(why)}</i></p>")
     target = out or run.file("report.html")
     write_text(target, page(f"lthfast IMP run: {cfg.get('model', '')}", sections))
     return target

@@ -24,14 +24,33 @@ VERSION = "1"
 _MAX_HEADER = 256 << 20  # a header larger than this is not a ticket's
 
 
+def _lthfast_version() -> str:
+    from lthfast._version import __version__ as v
+    return v
+
+
 def write(path, names, shapes, packed, kept, round_, meta, lthfast_version, layerwise=False) -> None:
     """Atomically writes a ticket file (temp file in the same folder + os.replace)."""
     path = os.fspath(path)
+    if "__metadata__" in names:  # the safetensors header keeps that key for the metadata
+        raise ValueError(f"cannot save the ticket to {path!r}: a mask is named '__metadata__', "
+                         "the name safetensors reserves for the file's metadata; rename it")
     try:
-        meta_json = json.dumps(meta)
+        meta_json = json.dumps(meta)  # first: it refuses circular references
     except (TypeError, ValueError) as e:
         raise TypeError(f"cannot save the ticket to {path!r}: ticket.meta must hold JSON values "
                         f"only (str, numbers, bools, None, lists, dicts): {e}") from None
+    bad_key = _non_str_key(meta)
+    if bad_key is not None:  # json.dumps turned it into a string: a lossy round trip
+        raise TypeError(f"cannot save the ticket to {path!r}: ticket.meta has the key {bad_key!r} "
+                        f"({type(bad_key).__name__}); JSON objects have string keys only")
+    if os.path.isdir(path) or path.endswith(("/", os.sep)) or not os.path.basename(path):
+        raise IsADirectoryError(f"cannot save the ticket to {path!r}: it is a directory; give a "
+                                "file path (e.g. ticket.safetensors)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save the ticket to {path!r}: directory {folder!r} does "
+                                "not exist")
     blobs = [packed[n].detach().to("cpu").contiguous().numpy().tobytes() for n in names]
     data = b"".join(blobs)
     numel = sum(math.prod(shapes[n]) for n in names)
@@ -63,6 +82,21 @@ def write(path, names, shapes, packed, kept, round_, meta, lthfast_version, laye
     atomic_write(path, write_to)
 
 
+def _non_str_key(obj):
+    """The first dict key (at any depth of lists / dicts) that is not a str, or None."""
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if not isinstance(k, str):
+                    return k
+                stack.append(v)
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return None
+
+
 class _Bad(ValueError):
     pass
 
@@ -73,13 +107,37 @@ def read(path):
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            blob = f.read()
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            # the header length is checked before the rest is read: a multi-GB file that is
+            # not a ticket (a checkpoint given by mistake) is refused without reading it all
+            if len(head) == 8 and _header_length(head, size) is not None:
+                blob = head + f.read()
+            else:
+                blob = head
     except OSError as e:
         raise ValueError(f"cannot read ticket file {path!r}: {e}") from None
     try:
-        return _parse(blob)
+        return _parse(blob, size)
     except _Bad as e:
         raise ValueError(f"{path!r} is not a valid lthfast ticket file: {e}") from None
+
+
+def _header_length(head: bytes, size: int):
+    """The header length the first 8 bytes give, or None when it does not fit the file."""
+    (hlen,) = struct.unpack("<Q", head)
+    return hlen if hlen <= min(_MAX_HEADER, size - 8) else None
+
+
+def _what_it_is(head: bytes) -> str:
+    """A guess at what a file that is not a safetensors file is, from its first bytes."""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (torch.save writes those: a checkpoint or state dict?)"
+    if head[:1] == b"\x80":
+        return "a Python pickle (torch.save with the legacy format?)"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "a JSON text file"
+    return "not a safetensors file"
 
 
 def _json(text, what):
@@ -89,17 +147,23 @@ def _json(text, what):
         raise _Bad(f"metadata {what!r} is not valid JSON ({e})") from None
 
 
-def _parse(blob: bytes):
-    if len(blob) < 8:
-        raise _Bad(f"it has {len(blob)} bytes, fewer than the 8-byte header length (truncated?)")
+def _parse(blob: bytes, size: int | None = None):
+    size = len(blob) if size is None else size
+    if size < 8:
+        raise _Bad(f"it has {size} bytes, fewer than the 8-byte header length (truncated?)")
     (hlen,) = struct.unpack("<Q", blob[:8])
-    if hlen > min(_MAX_HEADER, len(blob) - 8):
-        raise _Bad(f"its header length {hlen} runs past the end of the file ({len(blob)} bytes): "
+    if _header_length(blob[:8], size) is None:
+        if hlen > _MAX_HEADER:
+            raise _Bad(f"it is {_what_it_is(blob[:8])}: its first 8 bytes {bytes(blob[:8])!r} "
+                       f"give a header length of {hlen} bytes")
+        raise _Bad(f"its header length {hlen} runs past the end of the file ({size} bytes): "
                    "truncated, or not a safetensors file")
     try:
         header = json.loads(blob[8:8 + hlen].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise _Bad(f"its header is not valid JSON ({e})") from None
+    except RecursionError:  # json nests deeper than Python's recursion limit
+        raise _Bad("its header is not valid JSON (nested too deeply)") from None
     if not isinstance(header, dict):
         raise _Bad("its header is not a JSON object")
     md = header.pop("__metadata__", None)
@@ -108,11 +172,20 @@ def _parse(blob: bytes):
     if md.get("format") != FORMAT:
         raise _Bad(f"its metadata format is {md.get('format')!r}, not {FORMAT!r}")
     if md.get("version") != VERSION:
-        raise _Bad(f"ticket format version {md.get('version')!r} is not supported (this lthfast "
-                   f"reads version {VERSION})")
+        version = md.get("version")
+        writer = md.get("lthfast_version")
+        by = f", written by lthfast {writer}" if isinstance(writer, str) else ""
+        if isinstance(version, str) and version.isdigit() and int(version) > int(VERSION):
+            raise _Bad(f"its ticket format version is {version}{by}; this lthfast (version "
+                       f"{_lthfast_version()}) reads format version {VERSION} only: "
+                       "upgrade lthfast")
+        raise _Bad(f"its ticket format version is {version!r} ({type(version).__name__}){by}; "
+                   f"this lthfast reads format version {VERSION!r} (a str) only")
     for key in ("names", "shapes", "kept", "round", "meta", "crc32", "sparsity"):
-        if not isinstance(md.get(key), str):
+        if key not in md:
             raise _Bad(f"metadata {key!r} is missing")
+        if not isinstance(md[key], str):  # safetensors metadata values are strings
+            raise _Bad(f"metadata {key!r} is {md[key]!r}, not a string")
     names = _json(md["names"], "names")
     shapes = _json(md["shapes"], "shapes")
     kept = _json(md["kept"], "kept")
@@ -152,7 +225,7 @@ def _tensors(names, shapes, kept, header, data, round_, sparsity, meta):
     packed, shape_of, kept_of, end = {}, {}, {}, 0
     for n in names:
         shape, entry = shapes[n], header[n]
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
             raise _Bad(f"shape of {n!r} is not a list of sizes: {shape!r}")
         numel = math.prod(shape)
         nbytes = bitmask.packed_nbytes(numel)
@@ -162,7 +235,7 @@ def _tensors(names, shapes, kept, header, data, round_, sparsity, meta):
             raise _Bad(f"tensor {n!r} is not uint8 of shape [{nbytes}] (its metadata shape "
                        f"{shape} needs {nbytes} bytes): {entry!r}")
         b, e = offsets
-        if not (isinstance(b, int) and isinstance(e, int)) or b != end or e - b != nbytes:
+        if not (type(b) is int and type(e) is int) or b != end or e - b != nbytes:
             raise _Bad(f"tensor {n!r} has data offsets {offsets}, expected [{end}, {end + nbytes}]")
         end = e
         t = torch.frombuffer(bytearray(data[b:e]), dtype=torch.uint8) if nbytes else \
@@ -170,7 +243,7 @@ def _tensors(names, shapes, kept, header, data, round_, sparsity, meta):
         if numel % 8 and int(t[-1]) >> (numel % 8):
             raise _Bad(f"tensor {n!r} has bits set past its {numel} entries")
         count = bitmask.count_bits(t)
-        if kept[n] != count:
+        if type(kept[n]) is not int or kept[n] != count:
             raise _Bad(f"metadata says {n!r} keeps {kept[n]} entries but its mask keeps {count}")
         packed[n], shape_of[n], kept_of[n] = t, tuple(shape), count
     if end != len(data):

@@ -28,12 +28,31 @@ def masks_of_pruned(module: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
+def _holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(parameter) -> every (module, qualified name) that holds it (tied weights: several)."""
+    out: dict[int, list[tuple[nn.Module, str]]] = {}
+    for prefix, m in model.named_modules():
+        for attr, p in m._parameters.items():
+            if p is not None:
+                out.setdefault(id(p), []).append((m, f"{prefix}.{attr}" if prefix else attr))
+    return out
+
+
 def install(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """custom_from_mask on every named parameter; all checked before any change."""
     targets = []
+    holders = _holders(model)
     for name, mask in masks.items():
         prefix, _, attr = name.rpartition(".")
         mod = model.get_submodule(prefix) if prefix else model
+        # a hook reparametrizes one module's attribute: another module that holds the same
+        # tensor (weight tying) would go on using the unmasked weight
+        others = [n for m, n in holders.get(id(getattr(mod, attr)), []) if m is not mod]
+        if others:
+            raise ValueError(f"{name!r} is tied to {others} (one tensor held by several modules): "
+                             "torch.nn.utils.prune hooks on one module would leave the others "
+                             "using the unmasked weight; use ticket.apply(model), which masks "
+                             "the tensor itself")
         if any(isinstance(h, torch_prune.BasePruningMethod) and getattr(h, "_tensor_name", None) == attr
                for h in mod._forward_pre_hooks.values()):
             raise ValueError(f"{name!r} is already pruned with hooks; remove them first "
