@@ -3,7 +3,6 @@ page comparing IMP runs (lthfast.analysis)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from lthfast.cli._common import CLIError, eprint
@@ -40,43 +39,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _read_json(path: str, kind: type, what: str):
-    """The JSON value in `path` (None when the file is missing); CLIError naming the file
-    when it is not valid JSON of the expected kind."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CLIError(f"{path}: cannot read the run's {what}: {e}", code=2) from None
-    if not isinstance(value, kind):
-        raise CLIError(f"{path}: the run's {what} is a JSON {type(value).__name__}, not a JSON "
-                       f"{'object' if kind is dict else 'list'} (damaged, or not written by "
-                       "lthfast imp)", code=2)
-    return value
-
-
 def check_run_files(path: str) -> None:
     """CLIError naming the file and the problem when a run directory's config.json,
     status.json or metrics.json is not what lthfast imp writes (a damaged or hand-edited
     run), instead of a traceback from deep inside an analysis."""
-    if not os.path.isdir(path):
-        return  # load_run says "no such run directory"
-    _read_json(os.path.join(path, "config.json"), dict, "configuration")
-    _read_json(os.path.join(path, "status.json"), dict, "status")
-    rows = _read_json(os.path.join(path, "metrics.json"), list, "metrics")
-    for i, row in enumerate(rows or []):
-        where = f"{os.path.join(path, 'metrics.json')}: row {i}"
-        if not isinstance(row, dict):
-            raise CLIError(f"{where} is {row!r:.60}, not a JSON object (damaged metrics)", code=2)
-        r, s = row.get("round"), row.get("sparsity")
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise CLIError(f"{where} has round {r!r}, not a round number (damaged metrics)",
-                           code=2)
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
-            raise CLIError(f"{where} (round {r}) has sparsity {s!r}, not a fraction in [0, 1] "
-                           "(damaged metrics)", code=2)
+    from lthfast.analysis.runs import RunError, check_run_files as check
+    try:
+        check(path)
+    except RunError as e:
+        raise CLIError(str(e), code=2) from None
 
 
 def _check_out(path: str) -> None:
@@ -103,22 +74,12 @@ def _check_out(path: str) -> None:
 
 def distinct_labels(paths: list[str]) -> list[str]:
     """A name per run directory for the page: its folder name, with as many parent folders
-    as it takes to tell runs apart (exp1/s0/run and exp2/s0/run: "exp1/s0/run", "exp2/s0/run").
-    The page's tables and plots are keyed by these names: two runs under one name would
-    show as one."""
-    parts = [os.path.abspath(p).rstrip(os.sep).split(os.sep) for p in paths]
-    depth = [1] * len(paths)
-    while True:
-        labels = ["/".join(pp[-d:]) for pp, d in zip(parts, depth)]
-        seen: dict[str, list[int]] = {}
-        for i, label in enumerate(labels):
-            seen.setdefault(label, []).append(i)
-        clashes = [ix for ix in seen.values() if len(ix) > 1]
-        if not clashes:
-            return labels
-        for ix in clashes:
-            for i in ix:
-                depth[i] += 1
+    as it takes to tell runs apart (see lthfast.analysis.runs.distinct_labels)."""
+    from lthfast.analysis.runs import RunError, distinct_labels as distinct
+    try:
+        return distinct(paths)
+    except RunError as e:
+        raise CLIError(str(e), code=2) from None
 
 
 def run(args) -> int:

@@ -193,8 +193,9 @@ class Ticket:
         return {"overall": inter_all / union_all if union_all else 1.0, "by_name": by_name}
 
     def to(self, device) -> "Ticket":
-        """This ticket with its packed masks on ``device`` (self when already there)."""
-        device = torch.device(device)
+        """This ticket with its packed masks on ``device`` (self when already there);
+        ValueError naming ``device`` when it is no device this machine has."""
+        device = _device_arg(device)
         if all(p.device == device for p in self._packed.values()):
             return self
         packed = {n: p.to(device) for n, p in self._packed.items()}
@@ -319,7 +320,9 @@ class Ticket:
     @classmethod
     def load(cls, path, *, device="cpu") -> "Ticket":
         """Reads a ticket file (nothing is unpickled); ValueError naming the file
-        and the problem when it is not a valid, self-consistent ticket."""
+        and the problem when it is not a valid, self-consistent ticket; ValueError naming
+        ``device`` when it is no device this machine has (checked before the file is read)."""
+        device = _device_arg(device)
         names, shapes, packed, kept, round_, meta, layerwise = _file.read(path)
         t = cls._make(names, shapes, packed, kept, round_, meta, layerwise)
         return t.to(device)
@@ -348,6 +351,39 @@ class Ticket:
 
     def format_report(self, model: nn.Module | None = None) -> str:
         return _report.format_rows(self.report(model), self)
+
+
+def _device_arg(device, arg: str = "device") -> torch.device:
+    """torch.device of the ``device=`` argument, or an error naming the argument and its
+    value (instead of torch's driver error) when this machine cannot hold tensors there."""
+    try:
+        dev = torch.device(device)
+    except TypeError:
+        raise TypeError(f"{arg}={device!r} must be a torch.device or a device string such as "
+                        f"'cpu' or 'cuda', not {type(device).__name__}") from None
+    except RuntimeError as e:
+        raise ValueError(f"{arg}={device!r} is not a device ({e}); use e.g. {arg}='cpu' or "
+                         f"{arg}='cuda'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{arg}={device!r}: no CUDA GPU is visible (torch.cuda.is_available() "
+                             f"is False); use {arg}='cpu'")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"{arg}={device!r}: there is no CUDA device {dev.index}; this machine "
+                             f"has {n} (cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+        from lthfast import _ops
+        if _ops.available() and not _ops.build_info().get("cuda"):
+            raise ValueError(f"{arg}={device!r}: lthfast was built without CUDA kernels (see "
+                             f"`lthfast info`); rebuild it with a CUDA toolkit and a CUDA build "
+                             f"of torch, or use {arg}='cpu'")
+    elif dev.type not in ("cpu", "meta"):
+        backend = getattr(torch, dev.type, None)
+        is_available = getattr(backend, "is_available", None)
+        if callable(is_available) and not is_available():
+            raise ValueError(f"{arg}={device!r}: no {dev.type} device is available on this "
+                             f"machine; use {arg}='cpu'")
+    return dev
 
 
 def _prefix_hint(missing: list[str], params: dict) -> str:
