@@ -178,4 +178,9 @@ def transfer_for_job(path, model: nn.Module, names: list, describe: str):
         raise FileNotFoundError(f"--ticket {path}: no such file")
     t = transfer_ticket(path, model, names=names)
     meta = {"ticket_source": os.path.abspath(path), "transfer": t.to_dict()}
-    return t.ticket.names(), t.ticket, meta, describe + "\n" + t.summary()
+    n_scope, names = len(names), t.ticket.names()
+    describe += "\n" + t.summary()
+    if len(names) != n_scope:  # the header above counted the scope alone
+        describe += (f"\n  pruned set: {len(names)} weight tensors, not the scope's {n_scope}: "
+                     "the ticket's layers outside the scope are pruned too (see pruned_params.txt)")
+    return names, t.ticket, meta, describe

@@ -100,3 +100,15 @@ def test_resnet18_ticket_onto_the_torchvision_detector():
     assert len(t.mapping) == len(src) - 1 and t.unmapped_source == ["fc.weight"]
     assert all(v.startswith("backbone.body.") for v in t.mapping.values())
     assert 0 < t.sparsity["network"] < t.sparsity["backbone"] < t.sparsity["transferred"]
+
+
+def test_transfer_for_job_says_when_the_pruned_set_grows():
+    from lthfast.transfer import transfer_for_job
+    import tempfile, os
+    model, src = _Detector(), _classifier_ticket()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "t.safetensors")
+        src.save(path)
+        names, ticket, meta, describe = transfer_for_job(path, model, ["backbone.fpn.weight"], "hdr")
+    assert len(names) > 1 and ticket is not None and meta["ticket_source"] == path
+    assert f"pruned set: {len(names)} weight tensors, not the scope's 1" in describe
