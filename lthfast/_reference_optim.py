@@ -111,8 +111,9 @@ def naive_masked_step(optimizer: torch.optim.Optimizer, masks: dict) -> None:
     with torch.no_grad():
         for p, m in masks.items():
             p.mul_(m)
-            for v in optimizer.state.get(p, {}).values():
-                if isinstance(v, torch.Tensor) and v.shape == p.shape:
+            for k, v in optimizer.state.get(p, {}).items():
+                # per-entry state only ('step' has a 0-dim parameter's shape too)
+                if k != "step" and isinstance(v, torch.Tensor) and v.shape == p.shape:
                     v.mul_(m)
 
 

@@ -26,6 +26,9 @@ def check_params(name: str, groups: Iterable[dict], start: int = 0) -> None:
     index = start
     for group in groups:
         for p in group["params"]:
+            if not isinstance(p, torch.Tensor):
+                index += 1  # torch.optim.Optimizer refuses it with its own TypeError
+                continue
             if p.layout != torch.strided:
                 raise TypeError(f"{name}: parameter {index} (shape {tuple(p.shape)}) is sparse "
                                 f"(layout {p.layout}); masked optimizers need dense parameters")
@@ -163,7 +166,10 @@ def zero_pruned(param: torch.Tensor, packed: torch.Tensor, state: dict) -> None:
     (`packed`: the packed mask in param's memory order; unpacked here for a moment)."""
     pruned = ~unpack_memory_order(packed, param)
     param.masked_fill_(pruned, 0.0)
-    for v in state.values():
+    for k, v in state.items():
+        # per-entry state only: Adam's 'step' counter has a 0-dim parameter's shape too
+        if k == "step":
+            continue
         if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point():
             v.masked_fill_(pruned, 0.0)
 
@@ -223,8 +229,12 @@ class MaskedOptimizerMixin:
             if not isinstance(params, (torch.Tensor, set)):
                 param_group = {**param_group, "params": list(params)}  # a generator runs once
             if not isinstance(params, set):
-                check_params(name, [{"params": [params] if isinstance(params, torch.Tensor)
-                                     else param_group["params"]}],
+                # named_parameters() gives (name, param) pairs: torch keeps the param
+                # (and records the names), so check the param
+                tensors = [params] if isinstance(params, torch.Tensor) else [
+                    p[1] if isinstance(p, tuple) and len(p) > 1 else p
+                    for p in param_group["params"]]
+                check_params(name, [{"params": tensors}],
                              start=sum(len(g["params"]) for g in self.param_groups))
         super().add_param_group(param_group)  # type: ignore[misc]
         if self._ticket is None:

@@ -64,7 +64,10 @@ def check_lr(lr) -> None:
         raise ValueError(f"Invalid learning rate: {lr}")
 
 
-def reject_unsupported(name: str, *, differentiable=False, capturable=False) -> None:
+def reject_unsupported(name: str, *, differentiable=False, capturable=False, foreach=None,
+                       fused=None) -> None:
+    if fused and foreach:  # torch.optim refuses the pair too (same error)
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
     if differentiable:
         raise ValueError(f"{name} does not support differentiable=True (its fused step is not "
                          "differentiable); use the torch.optim optimizer for that")

@@ -11,11 +11,13 @@ from lthfast.optim._step import amp_scalars, check_lr, gather, reject_unsupporte
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
-def _beta(b, i: int) -> float:
+def _beta(b, i: int):
+    """A beta as torch.optim.Adam keeps it: a float, or a 1-element tensor as a 0-dim view
+    of it (read at every step, so an in-place change takes effect, as in torch)."""
     if isinstance(b, torch.Tensor):
         if b.numel() != 1:
             raise ValueError(f"Tensor betas[{i}] must be 1-element")
-        return float(b)
+        return b.squeeze() if b.dim() != 0 else b
     return b
 
 
@@ -48,7 +50,7 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         reject_unsupported(type(self).__name__, differentiable=differentiable,
-                           capturable=capturable)
+                           capturable=capturable, foreach=foreach, fused=fused)
         defaults = dict(lr=lr, betas=(b0, b1), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, capturable=False,
                         differentiable=False, fused=fused,
@@ -65,7 +67,7 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
             group.setdefault("capturable", False)
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
-            group.setdefault("decoupled_weight_decay", isinstance(self, MaskedAdamW))
+            group.setdefault("decoupled_weight_decay", False)
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
@@ -118,3 +120,9 @@ class MaskedAdamW(MaskedAdam):
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, ticket=ticket, masks=masks)
+
+    def __setstate__(self, state):
+        # as torch.optim.AdamW: any loaded state (an Adam state_dict included) stays AdamW
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

@@ -29,9 +29,10 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        reject_unsupported(type(self).__name__, differentiable=differentiable)
+        reject_unsupported(type(self).__name__, differentiable=differentiable,
+                           foreach=foreach, fused=fused)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=float(weight_decay), nesterov=nesterov, maximize=maximize,
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                         foreach=foreach, differentiable=False, fused=fused)
         super().__init__(params, defaults)
         self._init_masks(ticket, masks)
@@ -43,7 +44,7 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("differentiable", False)
-            group.setdefault("fused", None)
+            group.setdefault("fused", False)  # as torch.optim.SGD
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
