@@ -133,7 +133,9 @@ def transfer_ticket(ticket, model: nn.Module, *, names=None, kind: str = "auto")
     if kind == "classifier->backbone" and mismatch:
         raise ValueError(f"the classifier ticket does not match the target's backbone "
                          f"({type(model).__name__}); shape mismatch in {len(mismatch)} layers: "
-                         f"{mismatch} (was the ticket found on another architecture?)")
+                         f"{'; '.join(mismatch[:4])}"
+                         f"{f' and {len(mismatch) - 4} more' if len(mismatch) > 4 else ''} "
+                         "(was the ticket found on another architecture?)")
     if not mapping:
         raise ValueError(f"no layer of the ticket matches the target model "
                          f"({type(model).__name__}): ticket layers {_short(ticket.names(), 6)} "

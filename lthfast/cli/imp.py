@@ -14,8 +14,9 @@ model; each of the --rounds later rounds prunes --rate of the weights still unpr
 global magnitude threshold over the --scope; --layerwise prunes each layer by itself),
 rewinds the weights (--rewind) and trains again with lthfast.optim.MaskedSGD, which keeps
 pruned weights and their momentum at exactly zero. After every round the model is evaluated
-(COCO AP for detection tasks via pycocotools, top-1 for classification) and RUN_DIR gets an
-atomic checkpoint, so a killed run continues with --resume RUN_DIR.
+(COCO AP for detection tasks via pycocotools, top-1 (and top-5 with more than 5 classes) for
+classification) and RUN_DIR gets an atomic checkpoint, so a killed run continues with
+--resume RUN_DIR.
 
 With no arguments it runs the built-in demo: a small Faster R-CNN (resnet18-FPN) on the
 synthetic `shapes` dataset, sized to finish in about 10 minutes on a 2-core CPU.
@@ -87,7 +88,10 @@ def add_parser(sub) -> None:
                         "keypointrcnn_resnet18_fpn, resnet18")
     g.add_argument("--data", default=None, metavar="SPEC",
                    help="shapes (built-in synthetic COCO-format data), coco:PATH (COCO layout), "
-                        "or for classification folder:PATH (ImageFolder) (default: shapes). COCO "
+                        "or for classification folder:PATH (ImageFolder: PATH/train/CLASS/*, "
+                        "PATH/val/CLASS/*; val is labelled with train's classes and may lack some; "
+                        "images are normalised with the ImageNet mean/std, as torchvision "
+                        "classifiers expect) (default: shapes). COCO "
                         "annotation files are checked before training: a malformed entry stops the "
                         "run naming the file and the entry. Training uses the images with at least "
                         "one box (as torchvision's reference scripts), evaluation every image. An image "
@@ -96,11 +100,13 @@ def add_parser(sub) -> None:
     g.add_argument("--scope", default=None, metavar="PRESET",
                    help="which weights to prune. Detection tasks: all, backbone, fpn, rpn, "
                         "roi_heads, ... (combine with +) or the preset paper (default: paper). "
-                        "Classification: all (default) or features (all but the last Linear). "
+                        "Classification: all (default: every Conv/Linear and attention "
+                        "projection) or features (all but the classifier head). "
                         "Printed and saved with the run")
     g.add_argument("--weights", metavar="PATH",
                    help="local checkpoint to start from (a torchvision detection state_dict; "
-                        "with --task classification, a classifier state_dict)")
+                        "with --task classification, a state_dict of that architecture: only the "
+                        "classifier head may differ, another number of classes keeps a fresh head)")
     g.add_argument("--backbone-weights", metavar="PATH",
                    help="local ImageNet classifier state_dict mapped onto the detection backbone. "
                         "With --weights or --backbone-weights a detector's backbone trains as "
@@ -144,12 +150,15 @@ def add_parser(sub) -> None:
                    help="iterations at which the learning rate drops 10x, e.g. 200,260 (default "
                         "for detection: 5/6 of --iters; classification uses cosine decay)")
     t.add_argument("--image-size", type=_positive_int, default=None,
-                   help="image side for shapes data (and the detector's resize; default: 96 "
-                        "detection, 32 classification)")
+                   help="image side for shapes data, the centre crop of folder:PATH images "
+                        "(default 224), and the detector's resize (default: 96 detection, 32 "
+                        "classification)")
     t.add_argument("--n-train", type=_positive_int, default=None,
-                   help="shapes: training images (default: 300 detection, 2000 classification)")
+                   help="shapes: training images (default: 300 detection, 2000 classification); "
+                        "with folder:PATH, a seeded random subset of that many (default: all)")
     t.add_argument("--n-val", type=_positive_int, default=None,
-                   help="shapes: validation images (default: 100 detection, 500 classification)")
+                   help="shapes: validation images (default: 100 detection, 500 classification); "
+                        "with folder:PATH, a seeded random subset of that many (default: all)")
     t.add_argument("--device", default=None, metavar="DEV",
                    help="cpu or cuda (default: cuda when a GPU is visible, else cpu)")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
@@ -176,7 +185,7 @@ def add_parser(sub) -> None:
 
 def _print_table(rows: list[dict], task: str, file=None) -> None:
     if task == "classification":
-        keys = ["top1"]
+        keys = ["top1"] + (["top5"] if any("top5" in r for r in rows) else [])
     else:
         prefix = {"detection": "bbox", "segmentation": "segm", "keypoints": "keypoints"}[task]
         keys = [f"{prefix}_AP", f"{prefix}_AP50", f"{prefix}_APs", f"{prefix}_APm", f"{prefix}_APl"]
@@ -195,6 +204,14 @@ def _print_table(rows: list[dict], task: str, file=None) -> None:
     print(format_table(headers, out), file=file or sys.stdout, flush=True)
 
 
+def _has_finished_rounds(out) -> bool:
+    from lthfast.imp.rundir import RunDir
+    try:
+        return RunDir(out).exists() and bool(RunDir(out).read_metrics())
+    except (OSError, ValueError):
+        return False
+
+
 def run(args) -> int:
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from lthfast.imp.ddp import spawn
@@ -210,9 +227,8 @@ def run(args) -> int:
     except (OSError, ValueError, FloatingPointError) as e:
         # user-facing failures mid-run (an unreadable image, a diverged loss, a bad
         # checkpoint to resume): one line, and how to go on; other errors keep the traceback
-        from lthfast.imp.rundir import RunDir
         hint = ""
-        if RunDir(settings.out).exists():
+        if _has_finished_rounds(settings.out):
             hint = (f"; finished rounds are kept in {settings.out}: fix the cause, then "
                     f"`lthfast imp --resume {settings.out}`")
         raise CLIError(f"{e}{hint}", code=1) from None

@@ -12,7 +12,7 @@ import re
 from lthfast.imp.rundir import RunDir, write_text
 
 # Metrics plotted against sparsity, in this order when present.
-CURVE_KEYS = ("bbox_AP", "segm_AP", "keypoints_AP", "bbox_AP50", "top1", "accuracy")
+CURVE_KEYS = ("bbox_AP", "segm_AP", "keypoints_AP", "bbox_AP50", "top1", "top5", "accuracy")
 # The ones in percent (COCO APs x 100; top-1 as lthfast.imp.classification reports it).
 PERCENT_KEYS = CURVE_KEYS
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
