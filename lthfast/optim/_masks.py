@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import torch
 
 from lthfast import bitmask
+from lthfast.optim import _plan as _plans
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -178,6 +179,42 @@ class MaskedOptimizerMixin:
     """set_ticket / set_masks / mask_of for a torch.optim.Optimizer subclass."""
 
     _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf
+    _plan = None  # the cached step lists (see _plan.py); never pickled
+
+    # subclasses: _plan_key(group), _plan_states(group, params, state), _plan_run(group, call, grads)
+
+    def _planned_step(self) -> bool:
+        """Runs this step from the cached plan (built now if none fits); False: nothing was
+        done and the checked path must run the step (first step of a parameter, a grad that
+        the kernel or the pre-check rejects, under torch.compile)."""
+        if torch.compiler.is_compiling():
+            return False
+        key_of = self._plan_key
+        plan = self._plan
+        bound = plan.bind(self, key_of) if plan is not None else None
+        if bound is None:
+            plan = self._plan = _plans.make(self, key_of, self._plan_states)
+            if plan is None:
+                return False
+            bound = plan.bind(self, key_of)
+            if bound is None:  # pragma: no cover - make() describes the optimizer as it is
+                self._plan = None
+                return False
+        for k in range(plan.precheck_from, len(bound)):
+            _, call, grads = bound[k]
+            if not _plans.grads_ok(call, grads):
+                self._plan = None
+                return False
+        run = self._plan_run
+        for k, (group, call, grads) in enumerate(bound):
+            try:
+                run(group, call, grads)
+            except Exception:
+                if k < plan.precheck_from:  # the op rejected its input and wrote nothing
+                    self._plan = None
+                    return False
+                raise
+        return True
 
     def _init_masks(self, ticket, masks) -> None:
         name = type(self).__name__
@@ -187,6 +224,7 @@ class MaskedOptimizerMixin:
         self._install(resolve_masks(name, self.param_groups, ticket=ticket, masks=masks), ticket)
 
     def _install(self, new_masks: dict, ticket) -> None:
+        self._plan = None
         for p, m in new_masks.items():
             zero_pruned(p, m, self.state.get(p, {}))
         self._masks = new_masks
@@ -236,6 +274,7 @@ class MaskedOptimizerMixin:
                     for p in param_group["params"]]
                 check_params(name, [{"params": tensors}],
                              start=sum(len(g["params"]) for g in self.param_groups))
+        self._plan = None
         super().add_param_group(param_group)  # type: ignore[misc]
         if self._ticket is None:
             return
@@ -259,12 +298,14 @@ class MaskedOptimizerMixin:
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # type: ignore[misc]
+        self._plan = None
         self.__dict__.setdefault("_masks", {})  # pickled before masks were pickled
         self.__dict__.setdefault("_ticket", None)
 
     def _align_state(self, keys: tuple[str, ...]) -> None:
         """After load_state_dict: per-entry state in the parameter's layout, Adam's
         step where the kernels read it (see _step_tensor)."""
+        self._plan = None
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)

@@ -89,6 +89,48 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._planned_step():
+            self._checked_step()
+        return loss
+
+    # the cached plan (steady state: every stepped param has its state), see _plan.py
+    @staticmethod
+    def _plan_key(group) -> bool:
+        return bool(group["amsgrad"])
+
+    @staticmethod
+    def _plan_states(group, params, state):
+        amsgrad = bool(group["amsgrad"])
+        avgs, sqs, maxs, steps = [], [], [], []
+        for p in params:
+            st = state.get(p)
+            if not st:
+                return None  # its first step: the checked path creates the state
+            try:
+                avgs.append(st["exp_avg"])
+                sqs.append(st["exp_avg_sq"])
+                steps.append(st["step"])
+                if amsgrad:
+                    maxs.append(st["max_exp_avg_sq"])
+            except KeyError:
+                return None
+        return avgs, sqs, maxs, steps
+
+    def _plan_run(self, group, call, grads) -> None:
+        device = call.device
+        grad_scale, found_inf = amp_scalars(self, device)
+        lr, lr_t = split_lr(group["lr"], device)
+        beta1, beta2 = group["betas"]
+        avgs, sqs, maxs, steps = call.states
+        _kernels.masked_adam_(
+            call.params, grads, avgs, sqs, maxs, steps, call.masks, lr, lr_t, float(beta1),
+            float(beta2), float(group["weight_decay"]), float(group["eps"]),
+            bool(group["amsgrad"]), bool(group["maximize"]),
+            bool(group["decoupled_weight_decay"]), grad_scale, found_inf)
+
+    def _checked_step(self) -> None:
+        """The step with every list rebuilt and every grad checked first (first steps, a
+        changed optimizer, errors, torch.compile)."""
         name = type(self).__name__
         for group, by_device in gather(name, self.param_groups):
             amsgrad = bool(group["amsgrad"])
@@ -106,7 +148,6 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
                     lr, lr_t, float(beta1), float(beta2), float(group["weight_decay"]),
                     float(group["eps"]), amsgrad, bool(group["maximize"]),
                     bool(group["decoupled_weight_decay"]), grad_scale, found_inf)
-        return loss
 
 
 class MaskedAdamW(MaskedAdam):

@@ -56,6 +56,41 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._planned_step():
+            self._checked_step()
+        return loss
+
+    # the cached plan (steady state: every stepped param has its buffer), see _plan.py
+    @staticmethod
+    def _plan_key(group) -> bool:
+        return bool(group["momentum"] != 0)
+
+    @staticmethod
+    def _plan_states(group, params, state):
+        if group["momentum"] == 0:
+            return ()
+        bufs = []
+        for p in params:
+            st = state.get(p)
+            buf = st.get("momentum_buffer") if st else None
+            if buf is None:
+                return None  # its first step: the checked path creates the buffer
+            bufs.append(buf)
+        return (bufs,)
+
+    def _plan_run(self, group, call, grads) -> None:
+        device = call.device
+        grad_scale, found_inf = amp_scalars(self, device)
+        lr, lr_t = split_lr(group["lr"], device)
+        _kernels.masked_sgd_(call.params, grads, call.states[0] if call.states else [],
+                             call.masks, lr, lr_t, float(group["momentum"]),
+                             float(group["dampening"]), float(group["weight_decay"]),
+                             bool(group["nesterov"]), bool(group["maximize"]), False,
+                             grad_scale, found_inf)
+
+    def _checked_step(self) -> None:
+        """The step with every list rebuilt and every grad checked first (first steps, a
+        changed optimizer, errors, torch.compile)."""
         name = type(self).__name__
         for group, by_device in gather(name, self.param_groups):
             momentum = group["momentum"]
@@ -88,7 +123,6 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
                         continue
                     for (p, _, _), b in zip(new, bufs):
                         self.state[p]["momentum_buffer"] = b
-        return loss
 
     def _call(self, params, grads, bufs, args, first, grad_scale, found_inf):
         lr, lr_t, momentum, dampening, wd, nesterov, maximize = args
