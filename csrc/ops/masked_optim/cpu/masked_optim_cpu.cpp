@@ -434,10 +434,21 @@ void masked_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList
   check_optional_scalars(lr_tensor, grad_scale, found_inf, slots[0].param.device(), op);
   const std::optional<double> scale = scale_or_skip(grad_scale, found_inf);
   if (!scale.has_value()) return;  // found_inf: the step counters do not move either
+  // step += 1 in the step's own dtype, as torch.optim does; through the pointer, not
+  // add_() + item() (two dispatcher calls per tensor were most of a small model's step)
   std::vector<double> steps(n);
   for (size_t i = 0; i < n; ++i) {
-    state_steps[i].add_(1);  // in the step's own dtype, as torch.optim does
-    steps[i] = state_steps[i].item<double>();
+    const at::Tensor& st = state_steps[i];
+    if (st.scalar_type() == at::kFloat) {
+      float* v = static_cast<float*>(st.data_ptr());
+      *v = *v + 1.0f;
+      steps[i] = *v;
+    } else {
+      double* v = static_cast<double*>(st.data_ptr());
+      *v = *v + 1.0;
+      steps[i] = *v;
+    }
+    st.unsafeGetTensorImpl()->bump_version();  // an in-place write, as add_() would be
   }
   const AdamHost host{lr_tensor.has_value() ? lr_tensor->item<double>() : lr, beta1, beta2,
                       weight_decay, eps, decoupled_weight_decay, maximize};
