@@ -32,6 +32,21 @@ def _train(module: nn.Module, mode: bool) -> nn.Module:
     return nn.Module.train(module, mode)
 
 
+def _tensors(module: nn.Module) -> tuple:
+    """(module.weight, module.mask, module.bias). Each of those attribute reads misses the
+    instance and class dicts and lands in nn.Module.__getattr__ (~0.5-1 us apiece, per
+    call): read nn.Module's own dicts instead where that is where they are (the plain
+    classes; a parametrized or subclassed module, e.g. torch.nn.utils.parametrize's,
+    can put them elsewhere and goes through getattr)."""
+    if type(module) in _DENSE_OF:
+        params = module._parameters
+        try:
+            return params["weight"], module._buffers["mask"], params["bias"]
+        except KeyError:
+            pass
+    return module.weight, module.mask, module.bias
+
+
 def _check_path(path: str) -> str:
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -50,13 +65,14 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() == 3:  # unbatched (C, H, W), which nn.Conv2d takes too
             return self.forward(input.unsqueeze(0)).squeeze(0)
+        weight, mask, bias = _tensors(self)
         padding = self.padding
         if self.padding_mode != "zeros" or isinstance(padding, str):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=mode)
             padding = 0
-        return masked_conv2d(input, self.weight, self.mask, self.bias, self.stride, padding,
-                             self.dilation, self.groups, path=self.path)
+        return masked_conv2d(input, weight, mask, bias, self.stride, padding, self.dilation,
+                             self.groups, path=self.path)
 
     def train(self, mode: bool = True):
         return _train(self, mode)
@@ -74,7 +90,8 @@ class MaskedLinear(nn.Linear):
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return masked_linear(input, self.weight, self.mask, self.bias, path=self.path)
+        weight, mask, bias = _tensors(self)
+        return masked_linear(input, weight, mask, bias, path=self.path)
 
     def train(self, mode: bool = True):
         return _train(self, mode)

@@ -8,6 +8,16 @@ weight is multiplied by a mask, on the faster of two paths.
   sparse convolution whose work scales with the kept weights. Inference only:
   whenever a gradient is needed the dense path runs.
 - auto (default): sparse where the measured rule in _conv_dispatch says it wins.
+
+Host overhead per call matters (a small convolution is 30-50 us on a GPU): an eager
+inference call with an unchanged weight and mask and an input shape already checked
+takes _repeat_call's fast path (the cached masked / packed weight; under autocast
+_autocast_repeat's, the masked weight cached in autocast's dtype); an eager training
+call (a gradient is needed) skips torch.library's Python autograd wrapper: conv2d
+through torch's autograd on where(mask, weight, 0) (_grad_conv: the op's exact
+arithmetic), linear through _MaskedLinearFn (the op and its backward op). Arguments
+the library calls reject fall through to the full checks, which raise the clear error.
+bench/host_overhead_conv.py measures it.
 """
 from __future__ import annotations
 
@@ -19,15 +29,31 @@ from lthfast.ops import _conv_dispatch, _weight_cache
 
 _CACHE = _weight_cache._CACHE
 _is_compiling = torch.compiler.is_dynamo_compiling  # the slow path checks is_compiling()
+_compiling = torch.compiler.is_compiling  # dynamo or export: both trace the ops
 _grad_enabled = torch.is_grad_enabled
 _any_autocast = torch._C._is_any_autocast_enabled  # one C call; the per-device check is slower
 
 PATHS = ("auto", "dense", "sparse")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")  # others: is_autocast_enabled raises
+_FLOAT_SET = frozenset(_FLOATS)
+_Tensor = torch.Tensor
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # no __torch_function__ of their own
+_BOOL = torch.bool
+_functorch_active = torch._C._are_functorch_transforms_active
+# What the fast paths let the library call reject; the full checks then raise the clear error.
+_FAST_ERRORS = (RuntimeError, TypeError, ValueError, AttributeError)
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+if _ops.available():
+    _LINEAR_OP = torch.ops.lthfast.masked_linear.default
+    _LINEAR_BACKWARD_OP = torch.ops.lthfast._masked_linear_backward.default
+    _SPARSE_CONV_OP = torch.ops.lthfast.sparse_conv2d.default
+    _SPARSE_LINEAR_OP = torch.ops.lthfast.sparse_linear.default
 
 
 def _pair(value, name: str) -> tuple[int, int]:
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return value  # the common case, in exact types (nn.Conv2d's attributes)
     if isinstance(value, int) and not isinstance(value, bool):
         return (value, value)
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(
@@ -153,6 +179,85 @@ def _repeat_call(input, weight, mask, bias, path: str, groups: int):
     return e, last[2]
 
 
+def _autocast_repeat(input, weight, mask, bias, path: str, groups: int):
+    """_repeat_call under autocast: the masked weight already in autocast's dtype when
+    this eager inference call repeats a checked dense one (weight and mask unchanged,
+    same input shape, input / bias / autocast dtypes, groups); None otherwise. F.conv2d /
+    F.linear under autocast then cast input and bias exactly as _autocast_args does, and
+    the weight is cast once per weight version instead of once per call (casting the
+    masked weight is masking the cast weight: pruned entries are 0 either way)."""
+    if _is_compiling():
+        return None
+    e = _CACHE.get(id(weight))
+    if e is None or not e.cast or type(input) is not _Tensor or e.mask_ref() is not mask:
+        return None
+    try:
+        if (e.stamp != (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(),
+                        weight.shape)
+                or (_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                         or (bias is not None and bias.requires_grad)))):
+            return None
+    except RuntimeError:
+        return None
+    dev = input.device.type
+    hit = e.cast.get((path, dev))
+    if (hit is None or hit[0] != input.shape or hit[1] != groups or hit[2] is not input.dtype
+            or hit[3] is not (None if bias is None else bias.dtype)
+            or not torch.is_autocast_enabled(dev) or torch.get_autocast_dtype(dev) is not hit[4]):
+        return None
+    return hit[5]
+
+
+def _remember_cast(input, weight, mask, bias, path: str, groups: int, cast) -> None:
+    """After an eager autocast inference call that ran the dense path on `cast` (what
+    _autocast_args made), keeps its masked weight in autocast's dtype on the entry of
+    the original weight, for _autocast_repeat."""
+    dev = input.device.type
+    if (dev not in ("cpu", "cuda") or _is_compiling() or type(input) is not _Tensor
+            or _needs_grad(input, weight, bias)):
+        return
+    inner = _CACHE.get(id(cast[1]))
+    last = None if inner is None else inner.last.get(path)
+    if last is None or last[2] is not False or inner.dense is None or last[0] != input.shape:
+        return
+    e = _weight_cache.entry(weight, mask)
+    if e.stamp is not None:  # None: an inference tensor, never fresh
+        e.cast[(path, dev)] = (input.shape, groups, input.dtype,
+                               None if bias is None else bias.dtype,
+                               torch.get_autocast_dtype(dev), inner.dense)
+
+
+def _int_pair(v) -> bool:
+    """What _pair accepts, in the exact types only (an int or a tuple of two ints)."""
+    return type(v) is int or (type(v) is tuple and len(v) == 2 and type(v[0]) is int
+                               and type(v[1]) is int)
+
+
+def _grad_conv(input, weight, mask, bias, stride, padding, dilation, groups, path):
+    """The training fast path of masked_conv2d (a gradient is needed, bool mask): torch's
+    autograd on conv2d(input, where(mask, weight, 0)), which is what the op computes (the
+    masked weight is exactly the op's weight.masked_fill(~mask, 0), and the convolution and
+    its backward are the same ATen calls); where's backward zeroes the gradient of pruned
+    weights exactly as the op's backward does. Skips the Python checks, the op's Python
+    autograd wrapper and the re-masking of the weight in backward (~100 us of host time per
+    call); the masked weight is saved for backward instead of being rebuilt there.
+    None when it does not apply: the full path runs. Only what conv2d itself would accept
+    but the op rejects is checked here; what conv2d rejects raises and the full checks run."""
+    if _compiling() or not (type(input) is _Tensor and type(weight) in _PLAIN
+                            and type(mask) in _PLAIN and (bias is None or type(bias) in _PLAIN)):
+        return None  # torch.compile / export trace the op (and its fake kernel)
+    if not (input.requires_grad or weight.requires_grad
+            or (bias is not None and bias.requires_grad)):
+        return None
+    if (mask.dtype is not _BOOL or weight.dtype not in _FLOAT_SET or input.dim() != 4
+            or mask.shape != weight.shape or mask.device != weight.device or path not in PATHS
+            or type(groups) is not int or not (_int_pair(stride) and _int_pair(padding)
+                                               and _int_pair(dilation))
+            or _functorch_active() or not _ops.available()):
+        return None
+    return F.conv2d(input, weight.where(mask, 0), bias, stride, padding, dilation, groups)
+
+
 def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                   bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1,
                   path: str = "auto") -> torch.Tensor:
@@ -165,10 +270,19 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     Under autocast it computes in autocast's dtype, as F.conv2d does.
     """
     if _any_autocast():
+        if type(padding) is not str:
+            w = _autocast_repeat(input, weight, mask, bias, path, groups)
+            if w is not None:
+                try:  # autocast casts input and bias, as it does in the call below
+                    return F.conv2d(input, w, bias, stride, padding, dilation, groups)
+                except _FAST_ERRORS:
+                    pass
         cast = _autocast_args(input, weight, mask, bias)
         if cast is not None:
             with torch.autocast(input.device.type, enabled=False):
-                return masked_conv2d(*cast, stride, padding, dilation, groups, path)
+                out = masked_conv2d(*cast, stride, padding, dilation, groups, path)
+            _remember_cast(input, weight, mask, bias, path, groups, cast)
+            return out
     if type(padding) is not str:
         e, sparse = _repeat_call(input, weight, mask, bias, path, groups)
         try:
@@ -176,7 +290,11 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                 return F.conv2d(input, e.dense, bias, stride, padding, dilation, groups)
             if sparse and input.dtype == weight.dtype:
                 return _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups)
-        except (RuntimeError, TypeError, ValueError):
+            if _grad_enabled():
+                out = _grad_conv(input, weight, mask, bias, stride, padding, dilation, groups, path)
+                if out is not None:
+                    return out
+        except _FAST_ERRORS:
             pass
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
                                  _pair(dilation, "dilation"))
@@ -222,29 +340,75 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
 
 
 def _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups):
-    rowptr, colidx, values = _weight_cache.packed_weight(e, weight, mask)
-    out = torch.ops.lthfast.sparse_conv2d(input, rowptr, colidx, values, bias,
-                                          weight.shape[2:], _pair(stride, "stride"),
-                                          _pair(padding, "padding"), _pair(dilation, "dilation"),
-                                          groups)
+    packed = e.packed
+    if packed is None:
+        packed = _weight_cache.packed_weight(e, weight, mask)
+    rowptr, colidx, values = packed
+    out = _SPARSE_CONV_OP(input, rowptr, colidx, values, bias, weight.shape[2:],
+                          _pair(stride, "stride"), _pair(padding, "padding"),
+                          _pair(dilation, "dilation"), groups)
     return _like_input_format(out, input)
+
+
+class _MaskedLinearFn(torch.autograd.Function):
+    """torch.ops.lthfast.masked_linear with the autograd _masked_conv_kernels registers for
+    it (same forward op, same backward op, same gradients), minus the Python layers of
+    torch.library's generated autograd kernel (its dispatch back into Python, default
+    filling, re-dispatch): the training fast path of masked_linear. Linear keeps the
+    op's backward (unlike conv2d's fast path, which uses torch's autograd on the masked
+    weight): at::linear's own backward lays out the matrix products differently, so its
+    rounding could differ from the op's."""
+
+    @staticmethod
+    def forward(ctx, input, weight, mask, bias):
+        with _below_autograd():
+            out = _LINEAR_OP(input, weight, mask, bias)
+        ctx.save_for_backward(input, weight, mask)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight, mask = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        need = [needs[0], needs[1], ctx.has_bias and needs[3]]
+        gi, gw, gb = _LINEAR_BACKWARD_OP(grad, input, weight, mask, need)
+        return (gi if need[0] else None, gw if need[1] else None, None, gb if need[2] else None)
 
 
 def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                   bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
     """`F.linear(input, weight * mask, bias)`, faster; same paths as masked_conv2d."""
     if _any_autocast():
+        w = _autocast_repeat(input, weight, mask, bias, path, 1)
+        if w is not None:
+            try:  # autocast casts input and bias, as it does in the call below
+                return F.linear(input, w, bias)
+            except _FAST_ERRORS:
+                pass
         cast = _autocast_args(input, weight, mask, bias)
         if cast is not None:
             with torch.autocast(input.device.type, enabled=False):
-                return masked_linear(*cast, path)
+                out = masked_linear(*cast, path)
+            _remember_cast(input, weight, mask, bias, path, 1, cast)
+            return out
     e, sparse = _repeat_call(input, weight, mask, bias, path, 1)
     try:
         if sparse is False:
             return F.linear(input, e.dense, bias)
         if sparse and input.dtype == weight.dtype:
-            return torch.ops.lthfast.sparse_linear(input, *e.packed, bias)
-    except (RuntimeError, TypeError, ValueError):
+            return _SPARSE_LINEAR_OP(input, *e.packed, bias)
+        if (_grad_enabled() and not _compiling() and type(input) is _Tensor
+                and type(weight) in _PLAIN
+                and type(mask) in _PLAIN and (bias is None or type(bias) in _PLAIN)
+                and (input.requires_grad or weight.requires_grad
+                     or (bias is not None and bias.requires_grad))
+                and path in PATHS and not _functorch_active()
+                and _ops.available()):
+            # The op and its backward op, as the op's registered autograd runs them,
+            # without its Python wrapper; the op checks its arguments itself.
+            return _MaskedLinearFn.apply(input, weight, mask, bias)
+    except _FAST_ERRORS:
         pass
     _check_common("masked_linear", input, weight, mask, bias, path)
     if weight.dim() != 2:

@@ -44,7 +44,7 @@ def _drop(key: int, ref) -> None:
 
 class Entry:
     __slots__ = ("ref", "mask_ref", "stamp", "dense", "packed", "sparsity", "choice", "last",
-                 "__weakref__")
+                 "cast", "__weakref__")
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, stamp):
         key = id(weight)
@@ -58,6 +58,9 @@ class Entry:
         self.sparsity = None
         self.choice = {}  # (input shape, groups, path) -> True when the sparse kernel runs
         self.last = {}  # path -> the last checked call with it: (input shape, groups, sparse)
+        # (path, device type) -> the last checked dense call under autocast: (input shape,
+        # groups, input dtype, bias dtype, autocast dtype, masked weight in that dtype)
+        self.cast = {}
 
     def fresh(self, weight: torch.Tensor, mask: torch.Tensor) -> bool:
         return (self.stamp is not None and self.mask_ref() is mask
