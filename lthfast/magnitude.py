@@ -159,16 +159,19 @@ def _in_layout_of(mask, tensor, score):
 
 
 def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None, n_remaining=None,
-                                dtype=None):
+                                dtype=None, _checked_tensors=False):
     """Yields the same keep-masks as :func:`global_magnitude_masks`, one tensor at a
     time, so that a caller that installs each mask before asking for the next never
     holds a list of them. A yielded mask has ``dtype`` (one, or one per tensor) where
     that is bool or the score's dtype, else the dtype of ``masks[i]`` (bool, or the
     tensor's float dtype with 1.0 = kept), bool without ``masks``. Arguments are
     checked and the threshold found before the first mask is yielded (the caller
-    may pass ``n_remaining`` when it has just counted the unpruned entries).
+    may pass ``n_remaining`` when it has just counted the unpruned entries;
+    ``_checked_tensors``: ``tensors`` is a list the caller has checked as
+    ``_check_tensors`` does).
     """
-    tensors = _check_tensors(tensors)
+    if not _checked_tensors:
+        tensors = _check_tensors(tensors)
     masks = _check_masks(masks, tensors)
     scores = _scores_of(tensors, importance)
     if n_remaining is None:
@@ -183,7 +186,7 @@ def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
         _ops.require()
         with torch.no_grad():
             t, ties = torch.ops.lthfast.global_threshold(scores, masks, k)
-        op = torch.ops.lthfast.threshold_mask
+        op = torch.ops.lthfast.threshold_mask.default  # the overload: no per-call resolution
     return _yield_masks(op, scores, masks, t, ties, dtype, mask_dtypes, tensors)
 
 
@@ -192,20 +195,28 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
     device = scores[0].device
     threshold = torch.as_tensor(t, dtype=torch.float64, device=device)
     ties_left = torch.as_tensor(ties, dtype=torch.int64, device=device).clone()
+    per_tensor = isinstance(dtype, (list, tuple))
     for i, s in enumerate(scores):
-        want = dtype[i] if isinstance(dtype, (list, tuple)) else dtype
-        if want not in (torch.bool, s.dtype):
+        want = dtype[i] if per_tensor else dtype
+        if want is not torch.bool and want != s.dtype:
             want = mask_dtypes[i] if mask_dtypes else torch.bool
-        # Not `yield` inside no_grad: the caller would run with grad off until it resumes us.
-        with torch.no_grad():
-            # the op writes bool or the score's dtype; a float mask of the weights' dtype
-            # (importance scores of another dtype) is converted here
-            mask = op(s, masks[i] if masks else None, threshold, ties_left,
-                      dtype=want if want in (torch.bool, s.dtype) else torch.bool)
-            if mask.dtype != want:
-                mask = mask.to(want)
-            if tensors is not None:
-                mask = _in_layout_of(mask, tensors[i], s)
+        m = masks[i] if masks else None
+        # the op writes bool or the score's dtype; a float mask of the weights' dtype
+        # (importance scores of another dtype) is converted below
+        op_dtype = want if want is torch.bool or want == s.dtype else torch.bool
+        if s.requires_grad or (m is not None and m.requires_grad):
+            # Not `yield` inside no_grad: the caller would run with grad off until it
+            # resumes us. (Without an input that requires grad nothing is recorded
+            # anyway: no no_grad context per tensor, which costs more than the op's
+            # dispatch on a small tensor.)
+            with torch.no_grad():
+                mask = op(s, m, threshold, ties_left, op_dtype)
+        else:
+            mask = op(s, m, threshold, ties_left, op_dtype)
+        if mask.dtype != want:
+            mask = mask.to(want)
+        if tensors is not None and tensors[i] is not s:
+            mask = _in_layout_of(mask, tensors[i], s)
         yield mask
 
 

@@ -14,9 +14,18 @@ TorchBase = _torch_prune.BasePruningMethod
 TorchContainer = _torch_prune.PruningContainer
 
 
+def is_a(obj, cls) -> bool:
+    """``isinstance(obj, cls)``; a real subclass is found in the type's MRO without
+    ABCMeta.__instancecheck__ (a Python-level call: torch's BasePruningMethod is an
+    ABC, checked several times per pruned tensor). Neither class here defines
+    ``__subclasshook__``, so the MRO answer is isinstance's; anything else (virtual
+    subclasses) is isinstance itself."""
+    return cls in type(obj).__mro__ or isinstance(obj, cls)
+
+
 def is_pruning_hook(hook, name=None) -> bool:
     """A pruning hook from lthfast or torch (lthfast's classes subclass torch's)."""
-    if not isinstance(hook, TorchBase):
+    if not is_a(hook, TorchBase):
         return False
     return name is None or getattr(hook, "_tensor_name", None) == name
 
@@ -34,16 +43,21 @@ def find_hook(module, name):
 class Snapshot:
     """The pruning-relevant state of one module, restorable in place."""
 
+    __slots__ = ("module", "parameters", "buffers", "non_persistent", "hooks", "containers",
+                 "names", "attrs")
+
     def __init__(self, module, names=()):
         self.module = module
         self.parameters = dict(module._parameters)
         self.buffers = dict(module._buffers)
         self.non_persistent = set(module._non_persistent_buffers_set)
-        self.hooks = dict(module._forward_pre_hooks)
-        self.containers = {id(h): (h, h._pruning_methods) for h in self.hooks.values()
-                           if isinstance(h, TorchContainer) and hasattr(h, "_pruning_methods")}
-        self.names = tuple(names)
-        self.attrs = {n: module.__dict__[n] for n in self.names if n in module.__dict__}
+        self.hooks = hooks = dict(module._forward_pre_hooks)
+        self.containers = {id(h): (h, h._pruning_methods) for h in hooks.values()
+                           if is_a(h, TorchContainer) and hasattr(h, "_pruning_methods")
+                           } if hooks else {}
+        self.names = names = tuple(names)
+        d = module.__dict__
+        self.attrs = {n: d[n] for n in names if n in d}
 
     def restore(self) -> None:
         m = self.module

@@ -15,14 +15,15 @@ from collections.abc import Iterable
 import torch
 
 from lthfast.prune import validate
-from lthfast.prune._state import Snapshot, TorchBase, TorchContainer, find_hook
+from lthfast.prune._state import Snapshot, TorchBase, TorchContainer, find_hook, is_a
 from lthfast.prune.base import combine_masks, uses_stock_compute_mask
 from lthfast.magnitude import iter_global_magnitude_masks, mask_counts
 from lthfast.prune.methods import CustomFromMask, L1Unstructured, _kernel_can_take
 
 
 def _targets(parameters, importance_scores):
-    """Check every (module, name) pair; return [(module, name, scores, old_mask)]."""
+    """Check every (module, name) pair; return [(module, name, scores, old_mask, hook_key,
+    hook)] (the tensor's pruning hook and its key, (None, None) when not pruned yet)."""
     if not isinstance(parameters, Iterable):
         raise TypeError(
             f"parameters must be an iterable of (module, name) pairs, got {type(parameters).__name__}")
@@ -55,8 +56,9 @@ def _targets(parameters, importance_scores):
                 "parameter once")
         seen.add((id(module), name))
         current = validate.lookup_tensor(module, name)
-        _, old = find_hook(module, name)
-        scores = importance_scores.get((module, name), current)
+        key, old = find_hook(module, name)
+        scores = (current if type(importance_scores) is dict and not importance_scores
+                  else importance_scores.get((module, name), current))
         if scores is not current:
             validate.check_same_shape(scores, current, f"importance_scores[({type(module).__name__}, "
                                       f"{name!r})]", f"{type(module).__name__}.{name}")
@@ -67,8 +69,8 @@ def _targets(parameters, importance_scores):
                 f"parameters[{i}] ({type(module).__name__}.{name}) is on {scores.device} but "
                 f"parameters[0] is on {device}: global pruning needs one device")
         device = scores.device
-        old_mask = getattr(module, name + "_mask") if old is not None else None
-        targets.append((module, name, scores, old_mask))
+        old_mask = validate.get_attribute(module, name + "_mask") if old is not None else None
+        targets.append((module, name, scores, old_mask, key, old))
     return targets
 
 
@@ -77,22 +79,23 @@ def _kernel_eligibility(targets):
     all) and the number of eligible entries; False when an earlier mask holds
     values other than 0 and 1 (torch's rules then need the slow path). Float masks
     are passed as they are, counted in one pass (mask_counts): no bool copies."""
-    scores = [s for _, _, s, _ in targets]
-    old = [m for _, _, _, m in targets]
+    scores = [t[2] for t in targets]
+    old = [t[3] for t in targets]
     if all(m is None for m in old):
         return None, sum(s.numel() for s in scores)
-    present = [m.detach() for m in old if m is not None]
-    counts = mask_counts(present).cpu()
+    present = [m.detach() if m.requires_grad else m for m in old if m is not None]
+    counts = mask_counts(present).cpu()  # the one host sync of a call with earlier masks
     if bool(counts[:, 1].any()):
         return False, 0
     ones = iter(counts[:, 0].tolist())
+    detached = iter(present)
     eligible, n = [], 0
     for s, m in zip(scores, old):
         if m is None:
             eligible.append(torch.ones_like(s))
             n += s.numel()
             continue
-        m = m.detach()
+        m = next(detached)
         n += next(ones)
         eligible.append(m if (m.dtype == s.dtype and m.device == s.device) else (m == 1).to(s.device))
     return eligible, n
@@ -103,7 +106,7 @@ def _install_from_kernel(method, targets):
     next is computed; returns False (nothing changed) when the kernel cannot take
     these tensors. Only one tensor's temporary mask is alive at a time, and it is
     made in the parameter's dtype directly (torch's format) when the scores have it."""
-    scores = [s.detach() for _, _, s, _ in targets]
+    scores = [t[2].detach() for t in targets]
     if not _kernel_can_take(scores):
         return False
     eligible, n = _kernel_eligibility(targets)
@@ -111,15 +114,18 @@ def _install_from_kernel(method, targets):
         return False
     k = validate.count_to_prune(method.amount, n)
     origs = [module._parameters.get(name + "_orig", module._parameters.get(name))
-             for module, name, _, _ in targets]
+             for module, name, *_ in targets]
     masks = iter_global_magnitude_masks(scores, k, masks=eligible, n_remaining=n,
-                                        dtype=[o.dtype for o in origs])
+                                        dtype=[o.dtype for o in origs], _checked_tensors=True)
     del eligible
-    for (module, name, _, _), orig, keep in zip(targets, origs, masks):
+    for (module, name, _, _, key, old), orig, keep in zip(targets, origs, masks):
         mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
         del keep
-        hook = CustomFromMask._apply_computed(module, name, mask, mask)
-        recorded = hook[-1] if isinstance(hook, TorchContainer) else hook
+        # global_unstructured's snapshots restore every module on failure: no
+        # per-tensor snapshot, and the hook found by _targets is used as is
+        hook = CustomFromMask._apply_computed(module, name, mask, mask, _found=(key, old),
+                                              _snapshot=False, _checked=True)
+        recorded = hook[-1] if is_a(hook, TorchContainer) else hook
         recorded.mask = None  # the mask lives in <name>_mask; keep no second copy
         del mask
     return True
@@ -127,12 +133,12 @@ def _install_from_kernel(method, targets):
 
 def _masks_by_concatenation(method, targets):
     """torch's algorithm: run the method on the flattened unpruned entries of all tensors."""
-    flat_scores = torch.cat([s.reshape(-1) for _, _, s, _ in targets])
+    flat_scores = torch.cat([s.reshape(-1) for _, _, s, *_ in targets])
     flat_masks = torch.cat([(torch.ones_like(s) if m is None else m).reshape(-1)
-                            for _, _, s, m in targets])
+                            for _, _, s, m, *_ in targets])
     flat = combine_masks(method, flat_scores, flat_masks)
     masks, start = [], 0
-    for _, _, s, _ in targets:
+    for _, _, s, *_ in targets:
         masks.append(flat[start:start + s.numel()].reshape(s.shape).clone())  # own storage
         start += s.numel()
     return masks
@@ -161,14 +167,16 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, g
     if not isinstance(method, TorchBase):  # torch's PruningContainer refuses it too
         raise TypeError(f"{type(method).__name__} is not a BasePruningMethod subclass")
 
-    modules = {id(m): m for m, _, _, _ in targets}
-    snapshots = [Snapshot(m, [n for mm, n, _, _ in targets if mm is m]) for m in modules.values()]
+    names = {}  # id(module) -> (module, [its names]), in first-seen order
+    for m, n, *_ in targets:
+        names.setdefault(id(m), (m, []))[1].append(n)
+    snapshots = [Snapshot(m, ns) for m, ns in names.values()]
     try:
         if isinstance(method, L1Unstructured) and uses_stock_compute_mask(method):
             if _install_from_kernel(method, targets):
                 return None
         masks = _masks_by_concatenation(method, targets)
-        for (module, name, _, _), mask in zip(targets, masks):
+        for (module, name, *_), mask in zip(targets, masks):
             hook = CustomFromMask.apply(module, name, mask)
             recorded = hook[-1] if isinstance(hook, TorchContainer) else hook
             recorded.mask = None  # the mask lives in <name>_mask; keep no second copy

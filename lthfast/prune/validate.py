@@ -128,12 +128,53 @@ def lookup_tensor(module, name):
     if not isinstance(name, str):
         raise TypeError(f"name={name!r} must be a str (the parameter's name in the module)")
     try:
-        return getattr(module, name)
+        return get_attribute(module, name)
     except AttributeError:
         params = [n for n, p in module._parameters.items() if p is not None]
         raise AttributeError(
             f"{_describe(module)} has no parameter {name!r} to prune; its parameters are "
             f"{params}") from None
+
+
+_MODULE_GETATTR = torch.nn.Module.__getattr__
+_MODULE_GETATTRIBUTE = torch.nn.Module.__getattribute__
+
+
+def has_attribute(module, name: str) -> bool:
+    """``hasattr(module, name)``, without raising and catching nn.Module's
+    AttributeError for a missing name (a third of a small layer's pruning time).
+    Exact: modules that change attribute lookup, and names the class defines
+    (descriptors, ...), go through ``hasattr`` itself."""
+    cls = type(module)
+    if (cls.__getattr__ is not _MODULE_GETATTR or cls.__getattribute__ is not _MODULE_GETATTRIBUTE
+            or hasattr(cls, name)):
+        return hasattr(module, name)
+    d = module.__dict__
+    if name in d:
+        return True
+    # nn.Module.__getattr__: _parameters, _buffers, _modules
+    for key in ("_parameters", "_buffers", "_modules"):
+        if key in d and name in d[key]:
+            return True
+    return False
+
+
+def get_attribute(module, name: str):
+    """``getattr(module, name)``, without the Python-level nn.Module.__getattr__ call
+    for a parameter, buffer or submodule (about a microsecond each). Exact, as
+    ``has_attribute``: anything else goes through ``getattr`` itself."""
+    cls = type(module)
+    if (cls.__getattr__ is _MODULE_GETATTR and cls.__getattribute__ is _MODULE_GETATTRIBUTE
+            and not hasattr(cls, name)):
+        d = module.__dict__
+        if name in d:
+            return d[name]
+        for key in ("_parameters", "_buffers", "_modules"):
+            if key in d:
+                sub = d[key]
+                if name in sub:
+                    return sub[name]
+    return getattr(module, name)
 
 
 def require_parameter(module, name: str, value) -> torch.nn.Parameter:
@@ -147,13 +188,14 @@ def require_parameter(module, name: str, value) -> torch.nn.Parameter:
         raise TypeError(
             f"{_describe(module)}.{name} is a {type(value).__name__}, not a registered Parameter: "
             "only parameters can be pruned")
-    if isinstance(value, torch.nn.parameter.UninitializedParameter):
+    if type(value) is not torch.nn.Parameter and isinstance(
+            value, torch.nn.parameter.UninitializedParameter):
         raise ValueError(
             f"{_describe(module)}.{name} is an uninitialized (lazy) parameter: run one forward "
             "pass to materialize it before pruning")
     for suffix in ("_orig", "_mask"):
         taken = name + suffix
-        if taken in module._parameters or taken in module._buffers or hasattr(module, taken):
+        if taken in module._parameters or taken in module._buffers or has_attribute(module, taken):
             raise KeyError(
                 f"cannot prune {_describe(module)}.{name}: the module already has an attribute "
                 f"{taken!r}, which pruning would overwrite")
