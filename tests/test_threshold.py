@@ -283,3 +283,29 @@ def test_large_inputs_sampled_range_path(values, case):
                                       round(0.3 * total))
     for g, w in zip(got, want):
         assert torch.equal(g != 0, w)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_small_and_radix_paths_agree_at_their_boundary(seed):
+    """Inputs of up to 2^15 entries take the gather + nth_element path, larger ones the
+    histogram passes: both sides of the boundary, with masks, ties, specials, mixed dtypes
+    (fp64 makes the keys 64-bit) and layouts, against the reference."""
+    g = torch.Generator().manual_seed(seed)
+    values = ["ties", "special", "normal"][seed % 3]
+    for total in (1 << 15, (1 << 15) + 1):
+        a = make_tensor((32, 8, 4, 4), torch.float16, "channels_last", values, g)
+        b = make_tensor((total - a.numel() - 7, ), torch.float64 if seed % 2 else torch.float32,
+                        "sliced", values, g)
+        c = make_tensor((7,), torch.bfloat16, "contiguous", values, g)
+        tensors = [a, b, c]
+        masks = [torch.rand(t.shape, generator=g) > 0.3 for t in tensors] if seed >= 2 else []
+        n = sum(int(m.sum()) for m in masks) if masks else total
+        for k in (1, n // 3, n):
+            _assert_masks_equal(lthfast.global_magnitude_masks(tensors, k, masks=masks or None),
+                                ref.global_magnitude_masks(tensors, masks, k), tensors)
+            got = lthfast.global_magnitude_threshold(tensors, k, masks=masks or None)
+            want = ref.global_threshold(tensors, masks, k)
+            assert (got[0] == want[0] or (math.isnan(got[0]) and math.isnan(want[0]))) \
+                and got[1] == want[1], (total, k, got, want)
+        with pytest.raises(RuntimeError, match="larger than the number of unpruned entries"):
+            torch.ops.lthfast.global_threshold(tensors, masks, n + 1)

@@ -7,7 +7,8 @@
 //     and offsets that pass collected;
 //   - radix (radix_select_cpu.h): histogram passes over 16-bit digits (31-bit
 //     keys: 16 + 15; 63-bit keys for fp64: 16 x 3 + 15), the last fused with
-//     writing the masks. Small inputs and sample misses.
+//     writing the masks. Mid-size inputs and sample misses;
+//   - small inputs (<= 2^15 entries): the eligible keys gathered and nth_element.
 // Either way the entries left undecided after the fused pass are resolved by
 // reading only them again; ties straddling the k-th entry are pruned in (tensor,
 // row-major index) order. Extra memory: per-thread histograms, per-chunk counts,
@@ -16,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -30,6 +32,38 @@ namespace {
 
 using namespace cpu;
 
+// Small inputs (a layer of l1_unstructured, layerwise pruning): the eligible keys
+// gathered and nth_element, no histogram passes (their fixed cost was ~1 ms).
+constexpr int64_t kSmallInput = int64_t(1) << 15;
+
+template <typename key_t>
+bool small_select(const Prepared& p, int64_t k, Selection& s) {
+  int64_t n = 0;
+  for (const Entry& e : p.entries) n += e.numel;
+  if (n > kSmallInput) return false;
+  std::vector<key_t> keys;
+  keys.reserve(static_cast<size_t>(n));
+  for (const Entry& e : p.entries) {
+    for_each_key<key_t>(e, 0, e.numel, [&](int64_t, key_t key, uint32_t ok) {
+      if (ok) keys.push_back(key);
+    });
+  }
+  const int64_t eligible = static_cast<int64_t>(keys.size());
+  TORCH_CHECK(k <= eligible, "lthfast: k=", k,
+              " is larger than the number of unpruned entries (", eligible, ")");
+  std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end());
+  const key_t t = keys[static_cast<size_t>(k - 1)];
+  int64_t less = 0, equal = 0;
+  for (key_t x : keys) {
+    less += x < t;
+    equal += x == t;
+  }
+  s.key = static_cast<uint64_t>(t);
+  s.n_ties = k - less;
+  s.n_equal = equal;
+  return true;
+}
+
 template <typename key_t>
 void write_masks(const Prepared& p, int64_t k) {
   if (k == 0) {
@@ -37,6 +71,21 @@ void write_masks(const Prepared& p, int64_t k) {
     return;
   }
   Selection s;
+  if (small_select<key_t>(p, k, s)) {
+    if (s.n_ties == s.n_equal) {  // every tie pruned: keep = eligible and key > t
+      const key_t t = static_cast<key_t>(s.key);
+      for (const Entry& e : p.entries) {
+        uint8_t* out = reinterpret_cast<uint8_t*>(e.out);
+        for_each_key<key_t>(e, 0, e.numel, [&](int64_t j, key_t key, uint32_t ok) {
+          out[j] = static_cast<uint8_t>(ok & uint32_t(key > t));
+        });
+      }
+    } else {  // ties straddle the k-th entry: every eligible byte 1, then decided in order
+      p.copy_eligible_to_out();
+      resolve_code<key_t>(p, s, 1);
+    }
+    return;
+  }
   Collected<key_t> inside;
   if (range_threshold<key_t, /*kWrite=*/true>(p, k, s, &inside)) {
     // the pass decided every byte but those inside the sampled range
@@ -53,6 +102,7 @@ void write_masks(const Prepared& p, int64_t k) {
 template <typename key_t>
 Selection threshold_of(const Prepared& p, int64_t k) {
   Selection s;
+  if (small_select<key_t>(p, k, s)) return s;
   if (!range_threshold<key_t>(p, k, s)) s = select_threshold<key_t>(p, k);
   return s;
 }
