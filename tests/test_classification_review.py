@@ -21,12 +21,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision's classifiers expect
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(path, mode="RGB", size=(20, 16), fmt=None, seed=0):

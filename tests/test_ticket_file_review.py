@@ -18,15 +18,8 @@ from torch import nn
 import lthfast
 from lthfast import Ticket, bitmask
 
-pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def _split(path):
