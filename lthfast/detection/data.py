@@ -89,6 +89,23 @@ def _where(section: str, i: int, entry) -> str:
     return f"{section}[{i}]" + (f" (id {ident!r})" if ident is not None else "")
 
 
+def _entries_with_ids(doc, section: str, kind: str, bad: "_Problems", by_id: dict):
+    """Yields (where, entry) for the entries of doc[section] that are dicts with an int id,
+    recording each in `by_id`; the others, and duplicate ids, go to `bad`."""
+    for i, entry in enumerate(doc[section]):
+        w = _where(section, i, entry)
+        if not isinstance(entry, dict):
+            bad.add(w, f"not a dict ({entry!r:.60})")
+            continue
+        if not _is_int(entry.get("id")):
+            bad.add(w, f"'id' must be an int, got {entry.get('id')!r}")
+            continue
+        if entry["id"] in by_id:
+            bad.add(w, f"duplicate {kind} id {entry['id']}")
+        by_id[entry["id"]] = entry
+        yield w, entry
+
+
 def _validate_coco(doc, path, task: str) -> None:
     """Checks everything the loader, pycocotools' index / annToMask and COCOeval read, so a
     malformed file fails here with the file and the bad entry named, not with a KeyError /
@@ -110,17 +127,7 @@ def _validate_coco(doc, path, task: str) -> None:
         raise ValueError(f"annotation file {path} has no categories")
     bad = _Problems(path)
     images = {}
-    for i, im in enumerate(doc["images"]):
-        w = _where("images", i, im)
-        if not isinstance(im, dict):
-            bad.add(w, f"not a dict ({im!r:.60})")
-            continue
-        if not _is_int(im.get("id")):
-            bad.add(w, f"'id' must be an int, got {im.get('id')!r}")
-            continue
-        if im["id"] in images:
-            bad.add(w, f"duplicate image id {im['id']}")
-        images[im["id"]] = im
+    for w, im in _entries_with_ids(doc, "images", "image", bad, images):
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
             bad.add(w, f"'file_name' must be a non-empty string, got {im.get('file_name')!r}")
         for k in ("width", "height"):
@@ -129,17 +136,7 @@ def _validate_coco(doc, path, task: str) -> None:
             elif k not in im and task == "segmentation":
                 bad.add(w, f"no {k!r} (segmentation masks are drawn at the image size)")
     cats, kpt_len = {}, None
-    for i, c in enumerate(doc["categories"]):
-        w = _where("categories", i, c)
-        if not isinstance(c, dict):
-            bad.add(w, f"not a dict ({c!r:.60})")
-            continue
-        if not _is_int(c.get("id")):
-            bad.add(w, f"'id' must be an int, got {c.get('id')!r}")
-            continue
-        if c["id"] in cats:
-            bad.add(w, f"duplicate category id {c['id']}")
-        cats[c["id"]] = c
+    for w, c in _entries_with_ids(doc, "categories", "category", bad, cats):
         if not isinstance(c.get("name"), str):
             bad.add(w, f"'name' must be a string, got {c.get('name')!r}")
         if "keypoints" in c and not (isinstance(c["keypoints"], list)

@@ -105,6 +105,19 @@ def _to(target: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in target.items()}
 
 
+def backward_and_step(loss, optimizer, scaler=None) -> None:
+    """zero_grad, backward and one optimizer step; through `scaler` (a GradScaler) when AMP
+    is on, which skips the step when the grads hold inf/NaN."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, momentum: float = 0.9,
           weight_decay: float = 1e-4, warmup_iters: int = 0, lr_steps=(), gamma: float = 0.1,
           device="cpu", amp: bool = False, seed: int = 0, optimizer=None, scheduler=None,
@@ -171,14 +184,7 @@ def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, 
                 raise FloatingPointError(
                     f"training loss is {value} at iteration {it} "
                     f"({ {k: float(v.detach()) for k, v in loss_dict.items()} }); lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_and_step(loss, optimizer, scaler)
             scheduler.step()
             losses.append(value)
             for k, v in loss_dict.items():

@@ -295,6 +295,7 @@ def train_classifier(model: nn.Module, dataset, optimizer, *, iters: int, batch_
     with a gradient scaler (CUDA only)."""
     if amp and torch.device(device).type != "cuda":
         raise ValueError(f"--amp needs a CUDA device (got device={device}); AMP is GPU-only")
+    from lthfast.detection.train import backward_and_step
     scaler = torch.amp.GradScaler("cuda") if amp else None
     model.train()
     bar = None
@@ -321,14 +322,7 @@ def train_classifier(model: nn.Module, dataset, optimizer, *, iters: int, batch_
                                  f"per channel in training ({e}); use --batch-size 2 or more "
                                  "(or a larger --image-size)") from None
             raise
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
         loss_sum, n = loss_sum + float(loss.detach()), n + 1
         if on_iter is not None:
             on_iter(it + 1, model)
