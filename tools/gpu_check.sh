@@ -7,6 +7,8 @@
 #   bash tools/gpu_check.sh bench     # right after, on the warm machine (it keeps the build)
 #   bash tools/gpu_check.sh profile   # host vs kernel time of the GPU paths (tools/gpu_profile.py)
 #   bash tools/gpu_check.sh imp       # a short `lthfast imp --device cuda --amp`
+#   bash tools/gpu_check.sh ab        # per-kernel threshold times, A/B of the histogram's warp
+#                                     # aggregation; the optimizer step's host time (gpu_threshold_ab.py)
 #
 # Stages: build (pip install -e . for sm_90, lthfast info), test (tools/gpu_smoke.py: every
 # CUDA op against the CPU kernels; every test marked `cuda`; mask_counts; the build test),
@@ -112,6 +114,11 @@ stage_profile() {
   step profile 180 "$PY" tools/gpu_profile.py
 }
 
+# per-kernel threshold time for each LTHFAST_CUDA_HIST_AGG, optimizer host vs kernel time
+stage_ab() {
+  step ab 150 "$PY" tools/gpu_threshold_ab.py
+}
+
 stage_imp() {
   _coco
   step imp-amp 300 "$PY" -m lthfast imp --device cuda --amp --rounds 2 --iters 300 \
@@ -123,8 +130,8 @@ stage_imp() {
 [ $# -gt 0 ] || set -- build test
 for s in "$@"; do
   case $s in
-    build | test | memcheck | racecheck | bench | profile | imp) "stage_$s" ;;
-    *) echo "unknown stage $s (build, test, memcheck, racecheck, bench, profile, imp)"; exit 2 ;;
+    build | test | memcheck | racecheck | bench | profile | imp | ab) "stage_$s" ;;
+    *) echo "unknown stage $s (build, test, memcheck, racecheck, bench, profile, imp, ab)"; exit 2 ;;
   esac
 done
 echo

@@ -1,8 +1,9 @@
 // The keep-mask kernels of global_magnitude_masks (private to threshold_cuda.cu),
 // run after the radix select. They read the mode the select left in device
 // memory and return early when it is not theirs (threshold_cuda.cu explains
-// the modes): tie_count_kernel and tie_scan_kernel only run for kOrdered;
-// mask_kernel writes every element of every output exactly once.
+// the modes): tie_count_kernel, tie_scan_kernel and mask_ordered_kernel only run
+// for kOrdered, mask_plain_kernel for the other modes; between them every
+// element of every output is written exactly once.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -60,12 +61,50 @@ __global__ void __launch_bounds__(kScanThreads)
   block_exclusive_scan(tie_counts, tie_offsets, n, scan_tmp);
 }
 
-// Writes the keep-masks. Every element of every output is written exactly once.
+// Writes the keep-masks when the mode is kPruneLE or kPruneAll (no tie ranking),
+// in memory order; returns at once for kOrdered. Kept apart from the ordered
+// kernel below so that it needs few registers: the whole GPU's threads fit at
+// once, and this is the pass that runs on almost every call.
 template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
-    mask_kernel(Plan plan, const SelectState* state, const int64_t* tie_counts, const int64_t* tie_offsets) {
+    mask_plain_kernel(Plan plan, const SelectState* state) {
+  const int mode = state->mode;
+  if (mode == kOrdered) return;  // uniform
+  const bool keep_any = mode == kPruneLE;
+  const KeyT t = static_cast<KeyT>(state->prefix);
+  for (int64_t c = blockIdx.x; c < plan.n_chunks; c += gridDim.x) {
+    const cuda::ChunkRef ch = plan.chunks[c];
+    const Group& g = plan.groups[ch.group];
+    const void* x = g.ptr[0];
+    const MaskRef mask = mask_of(g);
+    bool* out = static_cast<bool*>(g.ptr[2]);
+    const int64_t end = min64(ch.start + plan.chunk_size, g.numel);
+    dispatch_dtype<KeyT>(g.dtype[0], [&](auto tag) {
+      constexpr int DT = decltype(tag)::value;
+      for (int64_t base = ch.start; base < end; base += kTile) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t i = base + u * kThreads + threadIdx.x;
+          if (i < end) {
+            bool keep = false;
+            if (keep_any && eligible<DT>(mask, i)) keep = load_key<KeyT, DT>(x, i) > t;
+            out[i] = keep;
+          }
+        }
+      }
+    });
+  }
+}
+
+// Writes the keep-masks when the mode is kOrdered (ties straddle the k-th
+// entry); returns at once otherwise. Every element of every output is written
+// exactly once.
+template <typename KeyT>
+__global__ void __launch_bounds__(kThreads)
+    mask_ordered_kernel(Plan plan, const SelectState* state, const int64_t* tie_counts,
+                        const int64_t* tie_offsets) {
   __shared__ TileScan::TempStorage scan_tmp;
-  const int mode = state->mode;  // kPruneLE, kOrdered or kPruneAll here
+  if (state->mode != kOrdered) return;  // uniform
   const KeyT t = static_cast<KeyT>(state->prefix);
   const long long n_ties = state->n_ties;
   for (int64_t c = blockIdx.x; c < plan.n_chunks; c += gridDim.x) {
@@ -77,23 +116,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t end = min64(ch.start + plan.chunk_size, g.numel);
     dispatch_dtype<KeyT>(g.dtype[0], [&](auto tag) {
       constexpr int DT = decltype(tag)::value;
-      if (mode != kOrdered) {
-        // Order does not matter: the chunk is a range of memory offsets.
-        const bool keep_any = mode == kPruneLE;
-        for (int64_t base = ch.start; base < end; base += kTile) {
-#pragma unroll
-          for (int u = 0; u < kUnroll; ++u) {
-            const int64_t i = base + u * kThreads + threadIdx.x;
-            if (i < end) {
-              bool keep = false;
-              if (keep_any && eligible<DT>(mask, i)) keep = load_key<KeyT, DT>(x, i) > t;
-              out[i] = keep;
-            }
-          }
-        }
-        return;
-      }
-      // Ordered ties: the chunk is a range of logical indices.
+      // The chunk is a range of logical indices.
       const cuda::DenseLayout layout = g.layout;
       const long long first_tie = tie_offsets[c];  // global rank of the chunk's first tie
       const long long n_chunk_ties = tie_counts[c];
@@ -128,7 +151,9 @@ void launch_masks(const Plan& plan, SelectState* state, int64_t* tie_counts, int
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   tie_scan_kernel<<<1, kScanThreads, 0, stream>>>(state, tie_counts, tie_offsets, plan.n_chunks);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  mask_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, tie_counts, tie_offsets);
+  mask_plain_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  mask_ordered_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, tie_counts, tie_offsets);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

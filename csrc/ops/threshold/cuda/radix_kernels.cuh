@@ -9,9 +9,12 @@
 //   64-bit keys (any fp64):       6 passes, 11/11/11/10/10/10 bits
 // Each pass reads every eligible entry once: a chunked multi-tensor kernel
 // builds the histogram of the current digit of the entries whose higher bits
-// equal the prefix selected so far (shared-memory atomics, warp-aggregated with
-// __match_any_sync since magnitudes concentrate in few buckets), merged into a
-// global 64-bit histogram; then a single-block kernel scans that histogram,
+// equal the prefix selected so far (shared-memory atomics), merged into a global
+// 64-bit histogram. In the first pass every entry counts and magnitudes
+// concentrate in few buckets, so a warp's atomics are aggregated per bucket with
+// __match_any_sync; later passes count only the few entries under the prefix,
+// where that costs more than the rare conflicts it saves (HistAgg: the choice,
+// which LTHFAST_CUDA_HIST_AGG overrides for A/B timing); then a single-block kernel scans that histogram,
 // picks the bucket of the k-th entry, updates (prefix, rank) in device memory,
 // and zeroes the histogram for the next pass. After the last pass the prefix is
 // the threshold key t, rank = n_ties (entries equal to t that are pruned) and
@@ -25,6 +28,8 @@
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "ops/common/multi_tensor.cuh"
 #include "ops/threshold/cuda/threshold_device.cuh"
@@ -80,7 +85,8 @@ __device__ __forceinline__ MaskRef mask_of(const Group& g) {
 // bits above shift + bits equal the selected prefix. Chunks are memory ranges.
 template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
-    histogram_kernel(Plan plan, const SelectState* state, unsigned long long* hist, int shift, int bits) {
+    histogram_kernel(Plan plan, const SelectState* state, unsigned long long* hist, int shift, int bits,
+                     bool aggregate) {
   __shared__ unsigned int sh[kMaxBins];
   if (state->mode != kSelecting) return;  // uniform: k > eligible was found earlier
   const int hi = shift + bits;             // <= 31 (32-bit keys) / 63: no full-width shift
@@ -110,7 +116,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const bool counted = ok[u] && (key[u] >> hi) == high;
-          if (__any_sync(0xFFFFFFFFu, counted)) {
+          if (!aggregate) {  // block-uniform
+            if (counted) atomicAdd(&sh[static_cast<unsigned>(key[u] >> shift) & (nbins - 1u)], 1u);
+          } else if (__any_sync(0xFFFFFFFFu, counted)) {
             const unsigned bin = counted ? static_cast<unsigned>(key[u] >> shift) & (nbins - 1u) : 0xFFFFFFFFu;
             const unsigned peers = __match_any_sync(0xFFFFFFFFu, bin);
             if (counted && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
@@ -202,9 +210,23 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
 }
 
+// Which histogram passes aggregate a warp's shared atomics with __match_any_sync.
+enum class HistAgg { kFirst, kAll, kNone };
+
+// kFirst, unless LTHFAST_CUDA_HIST_AGG is "all" or "none" (for A/B timing:
+// tools/gpu_threshold_ab.py). The counts are the same either way.
+inline HistAgg hist_agg_from_env() {
+  const char* v = std::getenv("LTHFAST_CUDA_HIST_AGG");
+  if (v == nullptr) return HistAgg::kFirst;
+  if (std::strcmp(v, "all") == 0) return HistAgg::kAll;
+  if (std::strcmp(v, "none") == 0) return HistAgg::kNone;
+  return HistAgg::kFirst;
+}
+
 template <typename KeyT>
 void launch_radix_select(const Plan& plan, SelectState* state, unsigned long long* hist, double* out_value,
                          int64_t* out_ties, int grid, cudaStream_t stream) {
+  const HistAgg agg = hist_agg_from_env();
   constexpr int kKeyBits = static_cast<int>(sizeof(KeyT)) * 8 - 1;  // 31 / 63 bits ever set
   constexpr int kPasses = (kKeyBits + kMaxDigitBits - 1) / kMaxDigitBits;
   constexpr int kBaseBits = kKeyBits / kPasses;
@@ -214,7 +236,8 @@ void launch_radix_select(const Plan& plan, SelectState* state, unsigned long lon
   for (int pass = 0; pass < kPasses; ++pass) {
     const int bits = kBaseBits + (pass < kExtra ? 1 : 0);
     const int shift = hi - bits;
-    histogram_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, hist, shift, bits);
+    const bool aggregate = agg == HistAgg::kAll || (agg == HistAgg::kFirst && pass == 0);
+    histogram_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, hist, shift, bits, aggregate);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     select_kernel<KeyT><<<1, kSelectThreads, 0, stream>>>(state, hist, shift, bits, pass == kPasses - 1,
                                                           out_value, out_ties);

@@ -13,7 +13,7 @@
 //   kOrdered  (ties straddle the k-th entry): tie_count_kernel counts entries
 //             equal to t per chunk of LOGICAL (row-major) indices,
 //             tie_scan_kernel turns the counts into exclusive offsets, and
-//             mask_kernel keeps ties of rank >= n_ties (the first n_ties ties in
+//             mask_ordered_kernel keeps ties of rank >= n_ties (the first n_ties ties in
 //             (tensor order, row-major index) are pruned). Only the one chunk
 //             where the boundary falls ranks its ties with a block scan; every
 //             other chunk keeps or prunes all its ties;
@@ -21,7 +21,7 @@
 //             when masks are given): nothing is kept, the threshold is NaN and
 //             n_ties is -1. The Python wrapper validates k before calling.
 // Input masks are bool or of the score's dtype (nonzero = eligible, tested on
-// the bits). Launches per call: 2 x passes, plus 3 for the masks; one H2D copy
+// the bits). Launches per call: 2 x passes, plus 4 for the masks; one H2D copy
 // of the chunk table and state. Scratch: 16 KB histogram + 16 B per chunk.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>

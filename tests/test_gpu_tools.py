@@ -1,0 +1,41 @@
+"""The scripts a session lent a GPU runs (tools/gpu_check.sh) must not fail there for
+a reason a CPU run would show: each has a CPU dry run, exercised here."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, env=None):
+    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=e, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_gpu_smoke_dry_run():
+    r = _run("tools/gpu_smoke.py", env={"LTHFAST_SMOKE_DEVICE": "cpu"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("\nok ") + r.stdout.startswith("ok ") >= 6, r.stdout
+
+
+@pytest.mark.slow
+def test_gpu_threshold_ab_dry_run():
+    r = _run("tools/gpu_threshold_ab.py", "--device", "cpu", "--models", "resnet18",
+             "--optim-model", "resnet18")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "MASKS DIFFER" not in r.stdout
+    assert r.stdout.count("same masks") == 4, r.stdout  # 2 rounds x the 2 settings after the first
+    assert "MaskedSGD" in r.stdout and "MaskedAdamW" in r.stdout
+
+
+def test_gpu_check_script_parses_and_knows_its_stages():
+    r = subprocess.run(["bash", "-n", "tools/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["bash", "tools/gpu_check.sh", "nonsense"], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, OUT="/tmp/lthfast-gpu-check-test"))
+    assert r.returncode == 2 and "ab" in r.stdout
