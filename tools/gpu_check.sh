@@ -7,8 +7,8 @@
 #   bash tools/gpu_check.sh bench     # right after, on the warm machine (it keeps the build)
 #   bash tools/gpu_check.sh profile   # host vs kernel time of the GPU paths (tools/gpu_profile.py)
 #   bash tools/gpu_check.sh imp       # a short `lthfast imp --device cuda --amp`
-#   bash tools/gpu_check.sh ab        # per-kernel threshold times, A/B of the histogram's warp
-#                                     # aggregation; the optimizer step's host time (gpu_threshold_ab.py)
+#   bash tools/gpu_check.sh kernels   # per-kernel threshold times; the optimizer step's host vs
+#                                     # kernel time (tools/gpu_kernel_times.py)
 #
 # Stages: build (pip install -e . for sm_90, lthfast info), test (tools/gpu_smoke.py: every
 # CUDA op against the CPU kernels; every test marked `cuda`; mask_counts; the build test),
@@ -114,9 +114,9 @@ stage_profile() {
   step profile 180 "$PY" tools/gpu_profile.py
 }
 
-# per-kernel threshold time for each LTHFAST_CUDA_HIST_AGG, optimizer host vs kernel time
-stage_ab() {
-  step ab 150 "$PY" tools/gpu_threshold_ab.py
+# per-kernel threshold time, optimizer host vs kernel time
+stage_kernels() {
+  step kernels 150 "$PY" tools/gpu_kernel_times.py
 }
 
 stage_imp() {
@@ -130,8 +130,8 @@ stage_imp() {
 [ $# -gt 0 ] || set -- build test
 for s in "$@"; do
   case $s in
-    build | test | memcheck | racecheck | bench | profile | imp | ab) "stage_$s" ;;
-    *) echo "unknown stage $s (build, test, memcheck, racecheck, bench, profile, imp, ab)"; exit 2 ;;
+    build | test | memcheck | racecheck | bench | profile | imp | kernels) "stage_$s" ;;
+    *) echo "unknown stage $s (build, test, memcheck, racecheck, bench, profile, imp, kernels)"; exit 2 ;;
   esac
 done
 echo

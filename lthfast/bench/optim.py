@@ -19,7 +19,7 @@ import torch
 
 import lthfast
 import lthfast.optim as lo
-from lthfast.bench.measure import measure
+from lthfast.bench.measure import NoMemoryProbe, measure
 from lthfast.cli._models import build_model, prunable_layers
 
 SPARSITY = 0.8
@@ -168,8 +168,9 @@ def run_suite(config, ctx) -> dict:
                             "floor_s": floor_s, "bytes_per_step": mp.bytes_per_step(kind)}
                     try:
                         step = m.make(mp)
-                        res = measure(lambda: None, lambda _: step(), device,
-                                      repeat=config.repeat, warmup=max(1, config.warmup))
+                        # no memory probe: its gc.collect() would slow every step down
+                        res = measure(lambda: None, lambda _: step(), device, repeat=config.repeat,
+                                      warmup=max(1, config.warmup), probe=NoMemoryProbe())
                     except Exception as e:  # noqa: BLE001 - one failing case must not end the run
                         case.update(status="error", error=f"{type(e).__name__}: {e}")
                         progress.done(f"{name} {kind} {m.key}: ERROR {e}")

@@ -9,12 +9,11 @@
 //   64-bit keys (any fp64):       6 passes, 11/11/11/10/10/10 bits
 // Each pass reads every eligible entry once: a chunked multi-tensor kernel
 // builds the histogram of the current digit of the entries whose higher bits
-// equal the prefix selected so far (shared-memory atomics), merged into a global
-// 64-bit histogram. In the first pass every entry counts and magnitudes
-// concentrate in few buckets, so a warp's atomics are aggregated per bucket with
-// __match_any_sync; later passes count only the few entries under the prefix,
-// where that costs more than the rare conflicts it saves (HistAgg: the choice,
-// which LTHFAST_CUDA_HIST_AGG overrides for A/B timing); then a single-block kernel scans that histogram,
+// equal the prefix selected so far (plain shared-memory atomics), merged into a
+// global 64-bit histogram (aggregating a warp's atomics per bucket with
+// __match_any_sync, since magnitudes concentrate in few buckets, made the passes
+// 1.6-2.4x slower on an H200: the conflicts cost less; stop 15,
+// tools/gpu_kernel_times.py); then a single-block kernel scans that histogram,
 // picks the bucket of the k-th entry, updates (prefix, rank) in device memory,
 // and zeroes the histogram for the next pass. After the last pass the prefix is
 // the threshold key t, rank = n_ties (entries equal to t that are pruned) and
@@ -28,8 +27,6 @@
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "ops/common/multi_tensor.cuh"
 #include "ops/threshold/cuda/threshold_device.cuh"
@@ -85,8 +82,7 @@ __device__ __forceinline__ MaskRef mask_of(const Group& g) {
 // bits above shift + bits equal the selected prefix. Chunks are memory ranges.
 template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
-    histogram_kernel(Plan plan, const SelectState* state, unsigned long long* hist, int shift, int bits,
-                     bool aggregate) {
+    histogram_kernel(Plan plan, const SelectState* state, unsigned long long* hist, int shift, int bits) {
   __shared__ unsigned int sh[kMaxBins];
   if (state->mode != kSelecting) return;  // uniform: k > eligible was found earlier
   const int hi = shift + bits;             // <= 31 (32-bit keys) / 63: no full-width shift
@@ -94,7 +90,6 @@ __global__ void __launch_bounds__(kThreads)
   const unsigned nbins = 1u << bits;
   for (unsigned b = threadIdx.x; b < nbins; b += kThreads) sh[b] = 0;
   __syncthreads();
-  const unsigned lane = threadIdx.x & 31u;
   for (int64_t c = blockIdx.x; c < plan.n_chunks; c += gridDim.x) {
     const cuda::ChunkRef ch = plan.chunks[c];
     const Group& g = plan.groups[ch.group];
@@ -103,7 +98,6 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t end = min64(ch.start + plan.chunk_size, g.numel);
     dispatch_dtype<KeyT>(g.dtype[0], [&](auto tag) {
       constexpr int DT = decltype(tag)::value;
-      // The loop bound is block-uniform, so every lane reaches the warp votes.
       for (int64_t base = ch.start; base < end; base += kTile) {
         KeyT key[kUnroll];
         bool ok[kUnroll];
@@ -115,15 +109,8 @@ __global__ void __launch_bounds__(kThreads)
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const bool counted = ok[u] && (key[u] >> hi) == high;
-          if (!aggregate) {  // block-uniform
-            if (counted) atomicAdd(&sh[static_cast<unsigned>(key[u] >> shift) & (nbins - 1u)], 1u);
-          } else if (__any_sync(0xFFFFFFFFu, counted)) {
-            const unsigned bin = counted ? static_cast<unsigned>(key[u] >> shift) & (nbins - 1u) : 0xFFFFFFFFu;
-            const unsigned peers = __match_any_sync(0xFFFFFFFFu, bin);
-            if (counted && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
-              atomicAdd(&sh[bin], static_cast<unsigned>(__popc(peers)));
-            }
+          if (ok[u] && (key[u] >> hi) == high) {
+            atomicAdd(&sh[static_cast<unsigned>(key[u] >> shift) & (nbins - 1u)], 1u);
           }
         }
       }
@@ -210,23 +197,9 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
 }
 
-// Which histogram passes aggregate a warp's shared atomics with __match_any_sync.
-enum class HistAgg { kFirst, kAll, kNone };
-
-// kFirst, unless LTHFAST_CUDA_HIST_AGG is "all" or "none" (for A/B timing:
-// tools/gpu_threshold_ab.py). The counts are the same either way.
-inline HistAgg hist_agg_from_env() {
-  const char* v = std::getenv("LTHFAST_CUDA_HIST_AGG");
-  if (v == nullptr) return HistAgg::kFirst;
-  if (std::strcmp(v, "all") == 0) return HistAgg::kAll;
-  if (std::strcmp(v, "none") == 0) return HistAgg::kNone;
-  return HistAgg::kFirst;
-}
-
 template <typename KeyT>
 void launch_radix_select(const Plan& plan, SelectState* state, unsigned long long* hist, double* out_value,
                          int64_t* out_ties, int grid, cudaStream_t stream) {
-  const HistAgg agg = hist_agg_from_env();
   constexpr int kKeyBits = static_cast<int>(sizeof(KeyT)) * 8 - 1;  // 31 / 63 bits ever set
   constexpr int kPasses = (kKeyBits + kMaxDigitBits - 1) / kMaxDigitBits;
   constexpr int kBaseBits = kKeyBits / kPasses;
@@ -236,8 +209,7 @@ void launch_radix_select(const Plan& plan, SelectState* state, unsigned long lon
   for (int pass = 0; pass < kPasses; ++pass) {
     const int bits = kBaseBits + (pass < kExtra ? 1 : 0);
     const int shift = hi - bits;
-    const bool aggregate = agg == HistAgg::kAll || (agg == HistAgg::kFirst && pass == 0);
-    histogram_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, hist, shift, bits, aggregate);
+    histogram_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, hist, shift, bits);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     select_kernel<KeyT><<<1, kSelectThreads, 0, stream>>>(state, hist, shift, bits, pass == kPasses - 1,
                                                           out_value, out_ties);

@@ -1,25 +1,21 @@
-"""Per-kernel time of the CUDA threshold, A/B over the histogram's warp aggregation,
-and where a masked optimizer step's time goes on the host. For a session lent a GPU
-(`tools/gpu_check.sh ab`); prints tables, no files.
+"""Per-kernel time of the CUDA threshold, and where a masked optimizer step's time
+goes. For a session lent a GPU (`tools/gpu_check.sh kernels`); prints tables, no files.
 
 Threshold: `global_magnitude_masks` on the Conv/Linear weights of each model, round 1
-(no masks) and round 2 (the round-1 masks given), for each LTHFAST_CUDA_HIST_AGG
-setting ("first": __match_any_sync aggregation in the first histogram pass only, the
-default; "all": in every pass, the kernel before stop 15; "none": never). Reports
-the median wall time of back-to-back calls (CUDA events), the time per kernel
-(torch.profiler), the floor (one read of the weights + one write of the bool masks
-at the measured copy bandwidth) and checks that every setting gives the same masks.
+(no masks) and round 2 (the round-1 masks given): the median time of a call between
+CUDA events, the time of each kernel (torch.profiler), and the floor (one read of the
+weights + one write of the bool masks at the measured copy bandwidth).
 
-Optimizer: `MaskedSGD` / `MaskedAdamW` on resnet50 (80% pruned): the step's host
-time (until step() returns, the GPU idle before), the raw op's host time with
-prebuilt lists, back-to-back steps (max of host and GPU), and the kernel time.
-    python tools/gpu_threshold_ab.py [--models keypointrcnn_resnet50_fpn,wide_resnet101_2]
-    python tools/gpu_threshold_ab.py --device cpu --models resnet18 --optim-model resnet18  # dry run
+Optimizer: `MaskedSGD` / `MaskedAdamW` on resnet50 (80% pruned, packed ticket masks):
+the step's host time (until step() returns, the GPU idle before), back-to-back steps
+(the larger of host and GPU time), one step between CUDA events, and the kernel time.
+No gc.collect() between steps, unlike `lthfast bench optim` (see bench/README.md).
+    python tools/gpu_kernel_times.py [--models keypointrcnn_resnet50_fpn,wide_resnet101_2]
+    python tools/gpu_kernel_times.py --device cpu --models resnet18 --optim-model resnet18  # dry run
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -29,9 +25,6 @@ from torch.profiler import ProfilerActivity, profile
 import lthfast
 import lthfast.optim as lo
 from lthfast.cli._models import build_model
-
-MODES = ("first", "all", "none")
-
 
 def _weights(model):
     return [m.weight.detach() for m in model.modules()
@@ -90,7 +83,7 @@ def kernel_times(fn) -> list[tuple[str, int, float]]:
     return sorted(rows, key=lambda r: -r[2])
 
 
-def threshold_ab(model_name: str, dev, bw: float) -> None:
+def threshold_times(model_name: str, dev, bw: float) -> None:
     torch.manual_seed(0)
     ws = _weights(build_model(model_name).to(dev))
     n = sum(w.numel() for w in ws)
@@ -99,23 +92,14 @@ def threshold_ab(model_name: str, dev, bw: float) -> None:
     first = lthfast.global_magnitude_masks(ws, 0.2)
     print(f"\n== {model_name}: {len(ws)} weights, {n / 1e6:.1f}M entries, floor {floor_ms:.3f} ms "
           "(one read of the weights + the bool masks' write)")
-    ref = {}
     for rnd, kw in ((1, {}), (2, {"masks": first})):
-        for mode in MODES:
-            os.environ["LTHFAST_CUDA_HIST_AGG"] = mode
-            fn = lambda: lthfast.global_magnitude_masks(ws, 0.2, **kw)  # noqa: E731
-            out = fn()
-            same = "" if rnd not in ref else (
-                "same masks" if all(torch.equal(a, b) for a, b in zip(out, ref[rnd])) else "MASKS DIFFER")
-            ref.setdefault(rnd, out)
-            ms = events_median(fn)
-            ks = kernel_times(fn)
-            ktot = sum(us for _, _, us in ks) / 1e3
-            print(f"round {rnd} agg={mode:5s}: {ms:.3f} ms wall ({ms / floor_ms:.1f}x floor), "
-                  f"{ktot:.3f} ms in kernels  {same}")
-            for name, cnt, us in ks[:10]:
-                print(f"    {us:8.1f} us  {cnt:2d}x  {name[:90]}")
-    os.environ.pop("LTHFAST_CUDA_HIST_AGG", None)
+        fn = lambda: lthfast.global_magnitude_masks(ws, 0.2, **kw)  # noqa: E731
+        ms = events_median(fn)
+        ks = kernel_times(fn)
+        ktot = sum(us for _, _, us in ks) / 1e3
+        print(f"round {rnd}: {ms:.3f} ms per call ({ms / floor_ms:.1f}x floor), {ktot:.3f} ms in kernels")
+        for name, cnt, us in ks[:10]:
+            print(f"    {us:8.1f} us  {cnt:2d}x  {name[:90]}")
 
 
 def optim_breakdown(dev, model_name: str) -> None:
@@ -161,7 +145,7 @@ def main() -> int:
     bw = copy_bandwidth(dev)
     print(f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
     for m in args.models.split(","):
-        threshold_ab(m, dev, bw)
+        threshold_times(m, dev, bw)
     optim_breakdown(dev, args.optim_model)
     return 0
 
