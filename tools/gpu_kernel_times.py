@@ -24,18 +24,12 @@ from torch.profiler import ProfilerActivity, profile
 
 import lthfast
 import lthfast.optim as lo
-from lthfast.cli._models import build_model
+from lthfast.bench.machine import copy_bandwidth
+from lthfast.cli._models import build_model, prunable_layers
+
 
 def _weights(model):
-    return [m.weight.detach() for m in model.modules()
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.ConvTranspose2d))]
-
-
-def copy_bandwidth(dev) -> float:
-    """Bytes read + written per second of a 1 GiB device-to-device copy (median of 10)."""
-    a = torch.empty(1 << (28 if dev.type == "cuda" else 24), device=dev)
-    b = torch.empty_like(a)
-    return 2 * a.numel() * 4 / (events_median(lambda: b.copy_(a), 10) / 1e3)
+    return [m.weight.detach() for _, m in prunable_layers(model)]
 
 
 def _sync():
@@ -142,7 +136,7 @@ def main() -> int:
     args = ap.parse_args()
     dev = torch.device(args.device)
     print(f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'} | torch {torch.__version__}")
-    bw = copy_bandwidth(dev)
+    bw = copy_bandwidth(dev, 1 << (30 if dev.type == "cuda" else 26))["bytes_per_s"]
     print(f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
     for m in args.models.split(","):
         threshold_times(m, dev, bw)
