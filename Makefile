@@ -25,8 +25,8 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 $(VENV)/.deps-installed:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -q $(TEST_DEPS)
+	$(PY) -m pip install --no-cache-dir $(TORCH_SPEC)
+	$(PY) -m pip install -q --no-cache-dir $(TEST_DEPS)
 	touch $@
 
 # Rebuilds the extension when a source changed (or `make clean` was run).
