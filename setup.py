@@ -50,6 +50,10 @@ def _flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# Only in the Python module (CMakeLists.txt builds the ops without Python).
+PYTHON_SOURCES = ["csrc/python_module.cpp", "csrc/ops/masked_optim/masked_optim_python.cpp"]
+
+
 def _sources():
     with open(os.path.join(ROOT, "csrc", "SOURCES")) as f:
         lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
@@ -140,7 +144,7 @@ def extensions():
     omp_cxx, omp_link = _openmp()
     cxx = ["-fvisibility=hidden", "-fno-math-errno"] + omp_cxx + opt
     include_dirs = [os.path.join(ROOT, "csrc")]
-    sources = cpp + ["csrc/python_module.cpp"]
+    sources = cpp + PYTHON_SOURCES
     link = _shared_libstdcxx() + omp_link
     if not with_cuda:
         return [cpp_extension.CppExtension(

@@ -13,7 +13,9 @@ with their 10 biases of 6): 170 parameters in one group; 120 of the weights mask
 applied Ticket (50% pruned), the rest unmasked. Compared with torch.optim's fused=True and
 foreach=True on identical (unmasked) parameters; methods interleaved, min and median of
 `--reps` timings of `--inner` consecutive steps each. The "raw op" line is the C++ op
-alone called with prebuilt lists (a floor for the kernel + dispatcher part).
+alone called with prebuilt lists through torch.ops, "lthfast unboxed" the same through
+lthfast._C's unboxed entry that the planned step uses (a floor for the kernel + dispatcher
+part).
 Runs in well under a minute.
 """
 from __future__ import annotations
@@ -82,9 +84,12 @@ def build(kind: str):
     return out
 
 
-def raw_op(opt):
-    """A closure calling the C++ op with lists built once (after a first step)."""
+def raw_op(opt, unboxed: bool = False):
+    """A closure calling the C++ op with lists built once (after a first step): through
+    torch.ops, or (unboxed) through lthfast._C's entry that the planned step uses."""
     from lthfast.optim import _kernels
+    sgd_, adam_ = ((_kernels.step_sgd_, _kernels.step_adam_) if unboxed
+                   else (_kernels.masked_sgd_, _kernels.masked_adam_))
     opt.step()
     params = [p for g in opt.param_groups for p in g["params"]]
     grads = [p.grad for p in params]
@@ -93,14 +98,13 @@ def raw_op(opt):
     g = opt.param_groups[0]
     if isinstance(opt, lo.MaskedSGD):
         bufs = [s["momentum_buffer"] for s in st]
-        return lambda: _kernels.masked_sgd_(params, grads, bufs, masks, g["lr"], None,
-                                            g["momentum"], 0.0, g["weight_decay"], False,
-                                            False, False, None, None)
+        return lambda: sgd_(params, grads, bufs, masks, g["lr"], None, g["momentum"], 0.0,
+                            g["weight_decay"], False, False, False, None, None)
     ea, eq, steps = [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [s["step"] for s in st]
     b1, b2 = g["betas"]
-    return lambda: _kernels.masked_adam_(params, grads, ea, eq, [], steps, masks, g["lr"], None,
-                                         b1, b2, g["weight_decay"], g["eps"], False, False,
-                                         g["decoupled_weight_decay"], None, None)
+    return lambda: adam_(params, grads, ea, eq, [], steps, masks, g["lr"], None, b1, b2,
+                         g["weight_decay"], g["eps"], False, False, g["decoupled_weight_decay"],
+                         None, None)
 
 
 def time_all(fns: dict, reps: int, inner: int) -> dict:
@@ -137,14 +141,15 @@ def main() -> None:
         nparams = sum(len(g["params"]) for g in opts["lthfast"].param_groups)
         fns = {k: o.step for k, o in opts.items()}
         fns["lthfast raw op"] = raw_op(build(kind)["lthfast"])
+        fns["lthfast unboxed"] = raw_op(build(kind)["lthfast"], unboxed=True)
         res = time_all(fns, args.reps, args.inner)
         ref = statistics.median(res["torch fused"])
         print(f"\n{kind} ({nparams} params, {args.reps} x {args.inner} steps)")
-        print(f"  {'method':<16}{'min us/step':>12}{'med us/step':>12}{'med us/param':>14}"
+        print(f"  {'method':<18}{'min us/step':>12}{'med us/step':>12}{'med us/param':>14}"
               f"{'med / fused':>12}")
         for k, ts in res.items():
             mn, md = min(ts) * 1e6, statistics.median(ts) * 1e6
-            print(f"  {k:<16}{mn:>12.1f}{md:>12.1f}{md / nparams:>14.3f}"
+            print(f"  {k:<18}{mn:>12.1f}{md:>12.1f}{md / nparams:>14.3f}"
                   f"{statistics.median(ts) / ref:>12.2f}")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

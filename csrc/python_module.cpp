@@ -1,6 +1,7 @@
 // The lthfast._C Python module: importing it loads the library, which registers
-// every op with the dispatcher (csrc/lthfast.cpp and the kernels). Its only
-// Python function reports what was built.
+// every op with the dispatcher (csrc/lthfast.cpp and the kernels). Its Python
+// functions report what was built and, for the masked optimizers' eager step,
+// call their ops unboxed (ops/masked_optim/masked_optim_python.cpp).
 #include <torch/extension.h>
 
 #ifndef LTHFAST_VERSION
@@ -16,6 +17,12 @@
 #ifdef LTHFAST_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
+
+namespace lthfast {
+namespace masked_optim {
+void bind_python(pybind11::module_& m);
+}  // namespace masked_optim
+}  // namespace lthfast
 
 static pybind11::dict build_info() {
   pybind11::dict d;
@@ -45,4 +52,5 @@ static pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lthfast compiled kernels (ops are registered under torch.ops.lthfast)";
   m.def("build_info", &build_info, "What this build of lthfast._C contains.");
+  lthfast::masked_optim::bind_python(m);
 }

@@ -276,6 +276,25 @@ def test_state_cleared_or_entry_deleted_rebuilds(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_state_entry_moved_or_its_dict_replaced_rebuilds(case):
+    """The plan compares `state`'s keys and dicts in order by identity (no Tensor hashing):
+    an entry re-inserted (it moves to the end) or a dict replaced by a copy rebuilds."""
+    pair = Pair(case)
+    stateful = pair.kind != "SGD" or pair.kw.get("momentum", 0) != 0  # plain SGD: no state
+
+    def reinsert(opt, ps):
+        if ps[0] in opt.state:
+            opt.state[ps[0]] = opt.state.pop(ps[0])
+
+    def copy_dict(opt, ps):
+        if ps[1] in opt.state:
+            opt.state[ps[1]] = dict(opt.state[ps[1]])
+
+    _rebuilt(pair, reinsert, rebuild=stateful)
+    _rebuilt(pair, copy_dict, rebuild=stateful)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_group_options_changed_between_steps(case):
     """Hyper-parameters are read at every step (no rebuild needed); the structural ones
     (SGD momentum zero or not, amsgrad) rebuild (here in the second group: its call comes

@@ -42,3 +42,25 @@ def masked_adam_(*args) -> None:
         _ref.masked_adam_(*args)
     else:
         _ops.require()
+
+
+# The planned (eager) step's entries: the same ops called unboxed through lthfast._C
+# (a torch.ops call boxes every tensor of every list, ~0.2 us each: most of a step's
+# host time, see csrc/ops/masked_optim/masked_optim_python.cpp). They take Python
+# lists of plain tensors; anything else (a tensor subclass, a torch function mode)
+# goes through torch.ops, which dispatches __torch_function__.
+_function_mode = torch._C._is_torch_function_mode_enabled
+
+
+def step_sgd_(*args) -> None:
+    """masked_sgd_ (same arguments; lists as Python lists) for the planned step."""
+    fast = getattr(_ops._C, "_masked_sgd_", None)
+    if fast is None or _function_mode() or not fast(*args):
+        masked_sgd_(*args)
+
+
+def step_adam_(*args) -> None:
+    """masked_adam_ (same arguments; lists as Python lists) for the planned step."""
+    fast = getattr(_ops._C, "_masked_adam_", None)
+    if fast is None or _function_mode() or not fast(*args):
+        masked_adam_(*args)

@@ -7,8 +7,9 @@ device) cost more than the fused kernel itself on a GPU. A `Plan` keeps those li
 the grads, which are read from `p.grad` at every step (so a replaced `.grad` object is always
 the one used), and is used only while it still describes the optimizer:
 
-- the same `state` dict object holding the same number of entries (load_state_dict,
-  __setstate__, state created for a new parameter, `state.clear()`, a deleted entry);
+- the same `state` dict object holding the same parameters in the same order, each with
+  the same state dict object (load_state_dict, __setstate__, state created for a new
+  parameter, `state.clear()`, a deleted or replaced entry);
 - the same masks dict (set_ticket / set_masks replace it; add_param_group changes the groups);
 - the same param_groups: same group dicts, same parameter objects in the same order, and
   the same structural options (SGD: momentum zero or not; Adam: amsgrad);
@@ -64,14 +65,20 @@ class GroupPlan:
 
 
 class Plan:
-    __slots__ = ("state", "state_len", "masks", "groups", "precheck_from", "watched")
+    __slots__ = ("state", "state_len", "state_keys", "state_dicts", "masks", "groups",
+                 "precheck_from", "watched")
 
     def __init__(self, opt, groups, watched):
-        self.state = opt.state
-        self.state_len = len(opt.state)
+        state = opt.state
+        self.state = state
+        self.state_len = len(state)
+        # every (param, state dict) pair of `state` in order: compared by identity per
+        # step (a dict lookup per param would hash each Tensor in Python, ~0.1 us apiece)
+        self.state_keys = list(state.keys())
+        self.state_dicts = list(state.values())
         self.masks = opt._masks
         self.groups = groups
-        # (params, their state dicts, keys, tensors): flat lists, checked in C (map) per step
+        # (state dicts, keys, tensors): flat lists, checked in C (map) per step
         self.watched = watched
         # the reference implementation (no lthfast._C) does not promise to check before
         # writing: pre-check every call there
@@ -85,9 +92,10 @@ class Plan:
         pgs = opt.param_groups
         if len(pgs) != len(self.groups):
             return None
-        w_params, w_dicts, w_keys, w_tensors = self.watched
-        if not all(map(is_, map(state.get, w_params), w_dicts)):
+        if not (all(map(is_, state.keys(), self.state_keys))
+                and all(map(is_, state.values(), self.state_dicts))):
             return None
+        w_dicts, w_keys, w_tensors = self.watched
         try:
             if not all(map(is_, map(getitem, w_dicts, w_keys), w_tensors)):
                 return None
@@ -135,7 +143,7 @@ def make(opt, key_of, states_of) -> Plan | None:
     start = 0
     state = opt.state
     masks = opt._masks
-    w_params, w_dicts, w_keys, w_tensors = [], [], [], []
+    w_dicts, w_keys, w_tensors = [], [], []
     for group in opt.param_groups:
         params = list(group["params"])
         has_grad = [p.grad is not None for p in params]
@@ -155,7 +163,6 @@ def make(opt, key_of, states_of) -> Plan | None:
                     key = next((k for k, v in d.items() if v is t), None)
                     if key is None:
                         return None
-                    w_params.append(p)
                     w_dicts.append(d)
                     w_keys.append(key)
                     w_tensors.append(t)
@@ -165,4 +172,4 @@ def make(opt, key_of, states_of) -> Plan | None:
         groups.append(GroupPlan(group, params, key_of(group),
                                 None if all(has_grad) else has_grad, calls))
         start += len(params)
-    return Plan(opt, groups, (w_params, w_dicts, w_keys, w_tensors))
+    return Plan(opt, groups, (w_dicts, w_keys, w_tensors))

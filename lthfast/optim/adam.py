@@ -122,7 +122,7 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
         lr, lr_t = split_lr(group["lr"], device)
         beta1, beta2 = group["betas"]
         avgs, sqs, maxs, steps = call.states
-        _kernels.masked_adam_(
+        _kernels.step_adam_(
             call.params, grads, avgs, sqs, maxs, steps, call.masks, lr, lr_t, float(beta1),
             float(beta2), float(group["weight_decay"]), float(group["eps"]),
             bool(group["amsgrad"]), bool(group["maximize"]),

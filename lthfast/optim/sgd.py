@@ -82,7 +82,7 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
         device = call.device
         grad_scale, found_inf = amp_scalars(self, device)
         lr, lr_t = split_lr(group["lr"], device)
-        _kernels.masked_sgd_(call.params, grads, call.states[0] if call.states else [],
+        _kernels.step_sgd_(call.params, grads, call.states[0] if call.states else [],
                              call.masks, lr, lr_t, float(group["momentum"]),
                              float(group["dampening"]), float(group["weight_decay"]),
                              bool(group["nesterov"]), bool(group["maximize"]), False,
