@@ -35,6 +35,23 @@ def test_mask_counts_match_reference(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_bool_mask_counts_every_length_and_offset(device):
+    """The bool path counts 32 bytes per step then a tail: every length around those
+    steps, views starting at every byte offset, and bool storage holding bytes other
+    than 0/1 (a uint8 tensor viewed as bool: any nonzero byte is True)."""
+    g = torch.Generator().manual_seed(2)
+    raw = torch.randint(0, 256, (300,), dtype=torch.uint8, generator=g)
+    raw[::3] = 0
+    masks = [raw[o:o + n].view(torch.bool) for o in range(0, 17, 3) for n in (0, 1, 15, 16, 17, 31,
+                                                                              32, 33, 63, 64, 65, 200)]
+    masks.append((torch.rand(2 ** 17 + 37, generator=g) > 0.5))  # chunks of the parallel loop
+    masks = [m.to(device) for m in masks]
+    got = torch.ops.lthfast.mask_counts(masks).cpu()
+    want = torch.tensor([[int(torch.count_nonzero(m.view(torch.uint8))), 0] for m in masks])
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_mask_counts_opcheck(device):
     g = torch.Generator().manual_seed(1)
     torch.library.opcheck(torch.ops.lthfast.mask_counts, (_masks(device, g),))

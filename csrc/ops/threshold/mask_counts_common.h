@@ -1,7 +1,8 @@
 // What the CPU and CUDA kernels of mask_counts share: the argument checks and the
-// bit patterns that classify a mask entry without float compares. An entry is 1
-// when its bits equal `one` (+1.0, or true); it is 0 when its bits without the
-// sign are 0 (+0.0, -0.0, false); anything else (NaN included) is neither.
+// bit patterns that classify a mask entry without float compares. A float entry is
+// 1 when its bits equal `one` (+1.0); it is 0 when its bits without the sign are 0
+// (+0.0, -0.0); anything else (NaN included) is neither. A bool entry is 1 when its
+// byte is nonzero (any nonzero byte is True, as the threshold kernels read masks).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -8,6 +8,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__SSE2__) && defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -33,6 +37,28 @@ void count_bits_range(const bits_t* __restrict x, int64_t n, const MaskBits& b, 
   others += n - o - z;
 }
 
+// Nonzero bytes of x[0, n): a bool mask's kept count. With SSE2, 16 bytes per step
+// as min(byte, 1) summed by psadbw; the plain loop widened every byte to 32 bits and
+// ran at ~12 GB/s, a third of what reading the bytes takes on the build machine.
+int64_t count_nonzero_bytes(const uint8_t* __restrict x, int64_t n) {
+  int64_t j = 0, total = 0;
+#if defined(__SSE2__) && defined(__x86_64__)
+  const __m128i one = _mm_set1_epi8(1), zero = _mm_setzero_si128();
+  __m128i acc0 = zero, acc1 = zero;
+  for (; j + 32 <= n; j += 32) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j + 16));
+    acc0 = _mm_add_epi64(acc0, _mm_sad_epu8(_mm_min_epu8(a, one), zero));
+    acc1 = _mm_add_epi64(acc1, _mm_sad_epu8(_mm_min_epu8(b, one), zero));
+  }
+  const __m128i acc = _mm_add_epi64(acc0, acc1);
+  total = _mm_cvtsi128_si64(acc) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc));
+#endif
+  uint32_t o = 0;
+  for (; j < n; ++j) o += uint32_t(x[j] != 0);
+  return total + o;
+}
+
 struct Item {
   const void* data;
   int64_t numel;
@@ -43,10 +69,7 @@ void count_item(const Item& it, int64_t begin, int64_t end, int64_t& ones, int64
   const int64_t n = end - begin;
   switch (it.bits.bytes) {
     case 1: {  // bool: 0 or 1
-      const uint8_t* x = static_cast<const uint8_t*>(it.data) + begin;
-      uint32_t o = 0;
-      for (int64_t j = 0; j < n; ++j) o += uint32_t(x[j] != 0);
-      ones += o;
+      ones += count_nonzero_bytes(static_cast<const uint8_t*>(it.data) + begin, n);
       break;
     }
     case 2:

@@ -43,6 +43,17 @@ __device__ __forceinline__ void count_range(const bits_t* __restrict__ x, int64_
   }
 }
 
+// A bool mask: any nonzero byte is kept (as the threshold kernels and the CPU kernel
+// read it), so no entry is "neither 0 nor 1".
+__device__ __forceinline__ void count_bool_range(const uint8_t* __restrict__ x, int64_t begin,
+                                                 int64_t end, uint32_t& ones, uint32_t& zeros) {
+  for (int64_t i = begin + threadIdx.x; i < end; i += kCountThreads) {
+    const bool kept = x[i] != 0;
+    ones += kept;
+    zeros += !kept;
+  }
+}
+
 __global__ void __launch_bounds__(kCountThreads)
     mask_counts_kernel(const CountGroup* __restrict__ groups, const cuda::ChunkRef* __restrict__ chunks,
                        int64_t n_chunks, unsigned long long* __restrict__ out) {
@@ -54,7 +65,7 @@ __global__ void __launch_bounds__(kCountThreads)
     const int64_t end = ch.start + kCountChunk < g.numel ? ch.start + kCountChunk : g.numel;
     uint32_t ones = 0, zeros = 0;
     switch (g.bits.bytes) {  // uniform across the block
-      case 1: count_range(static_cast<const uint8_t*>(g.data), ch.start, end, g.bits, ones, zeros); break;
+      case 1: count_bool_range(static_cast<const uint8_t*>(g.data), ch.start, end, ones, zeros); break;
       case 2: count_range(static_cast<const uint16_t*>(g.data), ch.start, end, g.bits, ones, zeros); break;
       case 4: count_range(static_cast<const uint32_t*>(g.data), ch.start, end, g.bits, ones, zeros); break;
       default: count_range(static_cast<const uint64_t*>(g.data), ch.start, end, g.bits, ones, zeros); break;
