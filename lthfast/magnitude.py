@@ -196,7 +196,12 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
     threshold = torch.as_tensor(t, dtype=torch.float64, device=device)
     ties_left = torch.as_tensor(ties, dtype=torch.int64, device=device).clone()
     per_tensor = isinstance(dtype, (list, tuple))
-    for i, s in enumerate(scores):
+    # own lists whose entries are dropped once used (below)
+    scores = list(scores)
+    masks = list(masks) if masks else None
+    tensors = list(tensors) if tensors is not None else None
+    for i in range(len(scores)):
+        s = scores[i]
         want = dtype[i] if per_tensor else dtype
         if want is not torch.bool and want != s.dtype:
             want = mask_dtypes[i] if mask_dtypes else torch.bool
@@ -217,6 +222,13 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
             mask = mask.to(want)
         if tensors is not None and tensors[i] is not s:
             mask = _in_layout_of(mask, tensors[i], s)
+        # hold no used score or mask while the caller has this one: lthfast.prune
+        # replaces each in turn, and would otherwise keep all of them alive to the end
+        scores[i] = s = m = None
+        if masks:
+            masks[i] = None
+        if tensors is not None:
+            tensors[i] = None
         yield mask
 
 

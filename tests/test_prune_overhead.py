@@ -10,6 +10,9 @@ bench/host_overhead_prune.py for the numbers).
 """
 from __future__ import annotations
 
+import copy
+import weakref
+
 import pytest
 import torch
 import torch.nn as nn
@@ -236,6 +239,49 @@ def test_failure_midway_restores_every_module(pruned_before):
     assert methods == [[list(h) if isinstance(h, tprune.PruningContainer) else h
                         for h in m._forward_pre_hooks.values()] for m in mods]
     lprune.global_unstructured(pairs, pruning_method=lprune.L1Unstructured, amount=0.2)
+
+
+class _FailingConv(nn.Conv2d):
+    fail = False
+
+    def register_forward_pre_hook(self, hook, **kw):
+        if self.fail:
+            raise RuntimeError("boom")
+        return super().register_forward_pre_hook(hook, **kw)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_failure_midway_rebuilds_released_masks_exactly(channels_last):
+    """Pruning again, each replaced mask and pruned tensor is let go as the call goes
+    (the snapshot keeps 1 bit per entry): when nothing else holds them and a later
+    tensor fails, the rollback rebuilds them with the same values, dtype, shape and
+    strides, and the pruned tensor as orig * mask."""
+    torch.manual_seed(1)
+    mods = [_FailingHookRegistration(6, 5) for _ in range(2)] + [_FailingConv(3, 4, 3)]
+    if channels_last:
+        mods[2].weight.data = mods[2].weight.data.contiguous(memory_format=torch.channels_last)
+    pairs = [(mods[0], "weight"), (mods[1], "weight"), (mods[2], "weight")]
+    lprune.global_unstructured(pairs, pruning_method=lprune.L1Unstructured, amount=0.3)
+    values = [(m.weight_mask.clone(), m.weight_mask.stride(), m.weight.detach().clone(),
+               m.weight_orig) for m in mods]
+    ref = copy.deepcopy(mods)  # copies: the originals stay held by the modules only
+    released = [weakref.ref(m.weight_mask) for m in mods] + [weakref.ref(m.weight) for m in mods]
+    mods[2].fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        lprune.global_unstructured(pairs, pruning_method=lprune.L1Unstructured, amount=0.3)
+    mods[2].fail = False
+    assert released[0]() is None and released[3]() is None, "module 0's old tensors were held"
+    for m, (mask, stride, weight, orig) in zip(mods, values):
+        assert m.weight_mask.dtype == mask.dtype and m.weight_mask.stride() == stride
+        assert torch.equal(m.weight_mask, mask)
+        assert torch.equal(m.weight.detach(), weight) and m.weight_orig is orig
+        assert m.weight.grad_fn is not None  # orig * mask, as the hook computes it
+    # and the rolled-back modules prune again as copies of the state before the failure
+    lprune.global_unstructured([(r, "weight") for r in ref], pruning_method=lprune.L1Unstructured,
+                               amount=0.3)
+    lprune.global_unstructured(pairs, pruning_method=lprune.L1Unstructured, amount=0.3)
+    for m, r in zip(mods, ref):
+        assert torch.equal(m.weight_mask, r.weight_mask)
 
 
 def test_several_names_per_module_share_one_snapshot():

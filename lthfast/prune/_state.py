@@ -6,8 +6,12 @@ records exactly that before anything is changed and puts it back on failure.
 """
 from __future__ import annotations
 
+import weakref
+
+import torch
 import torch.nn.utils.prune as _torch_prune
 
+from lthfast.bitmask import pack_bits, unpack_bits
 from lthfast.prune.validate import PruningStateError
 
 TorchBase = _torch_prune.BasePruningMethod
@@ -59,8 +63,32 @@ class Snapshot:
         d = module.__dict__
         self.attrs = {n: d[n] for n in names if n in d}
 
+    def compact(self, name: str) -> None:
+        """Stops holding the replaced ``<name>_mask`` buffer (a 0/1 float or bool mask)
+        and ``<name>`` tensor: global_unstructured calls this once the new ones are
+        installed, so that the old ones are freed as it goes instead of all being held
+        to the end (2x the weights in a second round). Each is kept as a weak reference
+        (restored as the same object while anyone else holds it) plus, for the mask,
+        its bits; otherwise restore() rebuilds the mask from the bits (values, dtype,
+        shape and strides; a -0.0 comes back as 0.0) and ``<name>`` as
+        ``<name>_orig * <name>_mask``, as the pruning hook computes it."""
+        key = name + "_mask"
+        mask = self.buffers.get(key)
+        if type(mask) is torch.Tensor and not mask.requires_grad and (
+                mask.dtype == torch.bool or mask.is_floating_point()):
+            self.buffers[key] = _Dropped(mask)
+        if type(self.attrs.get(name)) is torch.Tensor and name + "_orig" in self.parameters:
+            self.attrs[name] = _Dropped(self.attrs[name], bits=False)
+
     def restore(self) -> None:
         m = self.module
+        for key, value in self.buffers.items():
+            if type(value) is _Dropped:
+                self.buffers[key] = value.mask()
+        for name, value in self.attrs.items():
+            if type(value) is _Dropped:
+                self.attrs[name] = value.tensor(self.parameters[name + "_orig"],
+                                                self.buffers[name + "_mask"])
         for live, saved in ((m._parameters, self.parameters), (m._buffers, self.buffers),
                             (m._forward_pre_hooks, self.hooks)):
             live.clear()
@@ -72,3 +100,31 @@ class Snapshot:
         m.__dict__.update(self.attrs)
         for hook, methods in self.containers.values():
             hook._pruning_methods = methods
+
+
+class _Dropped:
+    """A tensor a Snapshot no longer holds: a weak reference, and for a mask its kept
+    bits (1 bit per entry) and layout, to rebuild it when nothing else holds it."""
+
+    __slots__ = ("ref", "packed", "dtype", "shape", "stride", "device")
+
+    def __init__(self, t: torch.Tensor, bits: bool = True):
+        self.ref = weakref.ref(t)
+        self.packed = None
+        if bits:
+            with torch.no_grad():
+                self.packed = pack_bits(t if t.dtype == torch.bool else t != 0)
+            self.dtype, self.shape, self.stride, self.device = t.dtype, t.shape, t.stride(), t.device
+
+    def mask(self) -> torch.Tensor:
+        t = self.ref()
+        if t is not None:
+            return t
+        out = torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            out.copy_(unpack_bits(self.packed, self.shape))
+        return out
+
+    def tensor(self, orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t = self.ref()
+        return t if t is not None else orig * mask

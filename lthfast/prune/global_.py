@@ -101,11 +101,15 @@ def _kernel_eligibility(targets):
     return eligible, n
 
 
-def _install_from_kernel(method, targets):
+def _install_from_kernel(method, targets, snapshots):
     """Prune with the magnitude kernel, installing each parameter's mask before the
     next is computed; returns False (nothing changed) when the kernel cannot take
     these tensors. Only one tensor's temporary mask is alive at a time, and it is
-    made in the parameter's dtype directly (torch's format) when the scores have it."""
+    made in the parameter's dtype directly (torch's format) when the scores have it.
+    Pruning again, each replaced mask and pruned tensor is let go before the next is
+    made (``snapshots``: id(module) -> its Snapshot, which then keeps 1 bit per entry
+    to roll back with), so the call needs about one tensor's worth of memory beyond
+    the result instead of holding every old mask and tensor to the end."""
     scores = [t[2].detach() for t in targets]
     if not _kernel_can_take(scores):
         return False
@@ -117,10 +121,23 @@ def _install_from_kernel(method, targets):
              for module, name, *_ in targets]
     masks = iter_global_magnitude_masks(scores, k, masks=eligible, n_remaining=n,
                                         dtype=[o.dtype for o in origs], _checked_tensors=True)
-    del eligible
-    for (module, name, _, _, key, old), orig, keep in zip(targets, origs, masks):
+    del eligible, scores  # the generator holds them, and lets each go once used
+    for i, orig in enumerate(origs):
+        module, name, _, old_mask, key, old = targets[i]
+        del _  # pruning again, the old pruned tensor (whose grad_fn holds the old mask)
+        if old_mask is not None:
+            # the old mask and pruned tensor (the scores) go when the new ones replace
+            # them; the snapshot keeps their bits (packed before the new mask is made)
+            targets[i] = (module, name, None, None, key, old)
+            del old_mask
+            snapshots[id(module)].compact(name)
+        keep = next(masks)
         mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
         del keep
+        if type(module.__dict__.get(name)) is torch.Tensor and old is not None:
+            # drop the old pruned tensor before the new one is made (the snapshot
+            # rebuilds it if this prune fails)
+            del module.__dict__[name]
         # global_unstructured's snapshots restore every module on failure: no
         # per-tensor snapshot, and the hook found by _targets is used as is
         hook = CustomFromMask._apply_computed(module, name, mask, mask, _found=(key, old),
@@ -170,10 +187,10 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, g
     names = {}  # id(module) -> (module, [its names]), in first-seen order
     for m, n, *_ in targets:
         names.setdefault(id(m), (m, []))[1].append(n)
-    snapshots = [Snapshot(m, ns) for m, ns in names.values()]
+    snapshots = {key: Snapshot(m, ns) for key, (m, ns) in names.items()}
     try:
         if isinstance(method, L1Unstructured) and uses_stock_compute_mask(method):
-            if _install_from_kernel(method, targets):
+            if _install_from_kernel(method, targets, snapshots):
                 return None
         masks = _masks_by_concatenation(method, targets)
         for (module, name, *_), mask in zip(targets, masks):
@@ -181,6 +198,6 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, g
             recorded = hook[-1] if isinstance(hook, TorchContainer) else hook
             recorded.mask = None  # the mask lives in <name>_mask; keep no second copy
     except BaseException:
-        for snapshot in reversed(snapshots):
+        for snapshot in reversed(list(snapshots.values())):
             snapshot.restore()
         raise
