@@ -90,46 +90,52 @@ def test_subclass_params_step_through_torch_function():
             assert torch.equal(p.detach(), torch.Tensor(q.detach()))
 
 
-def test_torch_function_mode_sees_the_planned_step():
-    seen = []
-
-    class Record(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            seen.append(func)
-            return func(*args, **(kwargs or {}))
-
+def _planned(opt_cls, **kw):
+    """A one-parameter optimizer stepped into its planned path, with a fresh grad set."""
     p = torch.nn.Parameter(torch.randn(5))
-    opt = lo.MaskedAdamW([p], lr=0.1, masks={p: torch.rand(5) > 0.5})
+    opt = opt_cls([p], lr=0.1, masks={p: torch.rand(5) > 0.5}, **kw)
     for _ in range(3):
         p.grad = torch.randn(5)
         opt.step()
     assert opt._plan is not None
     p.grad = torch.randn(5)
-    with Record():
+    return opt
+
+
+class _RecordFunctions(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+class _RecordDispatch(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_torch_function_mode_sees_the_planned_step():
+    opt = _planned(lo.MaskedAdamW)
+    with _RecordFunctions() as mode:
         opt.step()
-    assert _saw(seen, "masked_adam_")
+    assert _saw(mode.seen, "masked_adam_")
 
 
 def test_torch_dispatch_mode_sees_the_unboxed_call():
     """The entry calls the op through the dispatcher: dispatch modes see it as through
     torch.ops (and so do FakeTensor and functionalization)."""
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(func)
-            return func(*args, **(kwargs or {}))
-
-    p = torch.nn.Parameter(torch.randn(5))
-    opt = lo.MaskedSGD([p], lr=0.1, momentum=0.9, masks={p: torch.rand(5) > 0.5})
-    for _ in range(3):
-        p.grad = torch.randn(5)
+    opt = _planned(lo.MaskedSGD, momentum=0.9)
+    with _RecordDispatch() as mode:
         opt.step()
-    assert opt._plan is not None
-    p.grad = torch.randn(5)
-    with Record():
-        opt.step()
-    assert torch.ops.lthfast.masked_sgd_.default in seen
+    assert torch.ops.lthfast.masked_sgd_.default in mode.seen
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])

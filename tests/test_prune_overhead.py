@@ -209,13 +209,22 @@ def test_install_direct_refuses_and_changes_nothing():
 
 
 # ------------------------------------------------ one snapshot per module
-class _FailingHookRegistration(nn.Linear):
+class _FailsOnHookRegistration:
+    """Mixed into a module class: registering a forward pre-hook raises while `fail`."""
     fail = False
 
     def register_forward_pre_hook(self, hook, **kw):
         if self.fail:
             raise RuntimeError("boom")
         return super().register_forward_pre_hook(hook, **kw)
+
+
+class _FailingHookRegistration(_FailsOnHookRegistration, nn.Linear):
+    pass
+
+
+class _FailingConv(_FailsOnHookRegistration, nn.Conv2d):
+    pass
 
 
 @pytest.mark.parametrize("pruned_before", [0, 1, 2])
@@ -239,15 +248,6 @@ def test_failure_midway_restores_every_module(pruned_before):
     assert methods == [[list(h) if isinstance(h, tprune.PruningContainer) else h
                         for h in m._forward_pre_hooks.values()] for m in mods]
     lprune.global_unstructured(pairs, pruning_method=lprune.L1Unstructured, amount=0.2)
-
-
-class _FailingConv(nn.Conv2d):
-    fail = False
-
-    def register_forward_pre_hook(self, hook, **kw):
-        if self.fail:
-            raise RuntimeError("boom")
-        return super().register_forward_pre_hook(hook, **kw)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
