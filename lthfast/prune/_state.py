@@ -74,8 +74,10 @@ class Snapshot:
         ``<name>_orig * <name>_mask``, as the pruning hook computes it."""
         key = name + "_mask"
         mask = self.buffers.get(key)
-        if type(mask) is torch.Tensor and not mask.requires_grad and (
-                mask.dtype == torch.bool or mask.is_floating_point()):
+        if (type(mask) is torch.Tensor and not mask.requires_grad
+                and (mask.dtype == torch.bool or mask.is_floating_point())
+                and (mask.is_contiguous()  # rebuilt with empty_strided: dense layouts only
+                     or mask.is_contiguous(memory_format=torch.channels_last))):
             self.buffers[key] = _Dropped(mask)
         if type(self.attrs.get(name)) is torch.Tensor and name + "_orig" in self.parameters:
             self.attrs[name] = _Dropped(self.attrs[name], bits=False)
