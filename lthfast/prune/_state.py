@@ -64,10 +64,11 @@ class Snapshot:
         self.attrs = {n: d[n] for n in names if n in d}
 
     def compact(self, name: str) -> None:
-        """Stops holding the replaced ``<name>_mask`` buffer (a 0/1 float or bool mask)
-        and ``<name>`` tensor: global_unstructured calls this once the new ones are
-        installed, so that the old ones are freed as it goes instead of all being held
-        to the end (2x the weights in a second round). Each is kept as a weak reference
+        """Stops holding the ``<name>_mask`` buffer (the caller has checked that it holds
+        only 0 and 1) and the ``<name>`` tensor that are about to be replaced:
+        global_unstructured calls this for each tensor before making its new mask, so
+        that the old ones are freed as it goes instead of all being held to the end
+        (2x the weights in a second round). Each is kept as a weak reference
         (restored as the same object while anyone else holds it) plus, for the mask,
         its bits; otherwise restore() rebuilds the mask from the bits (values, dtype,
         shape and strides; a -0.0 comes back as 0.0) and ``<name>`` as
@@ -79,7 +80,8 @@ class Snapshot:
                 and (mask.is_contiguous()  # rebuilt with empty_strided: dense layouts only
                      or mask.is_contiguous(memory_format=torch.channels_last))):
             self.buffers[key] = _Dropped(mask)
-        if type(self.attrs.get(name)) is torch.Tensor and name + "_orig" in self.parameters:
+        if (type(self.attrs.get(name)) is torch.Tensor and name + "_orig" in self.parameters
+                and key in self.buffers):
             self.attrs[name] = _Dropped(self.attrs[name], bits=False)
 
     def restore(self) -> None:
