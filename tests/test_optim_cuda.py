@@ -113,6 +113,24 @@ def test_cuda_opcheck():
             torch.library.opcheck(op, tuple(_to_dev(a) for a in _op_args(kind, **variant)))
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_cuda_unboxed_entry_equals_torch_ops(kind):
+    """lthfast._C's unboxed entry (the planned step's) gives what torch.ops gives."""
+    from test_optim_api import _op_args
+
+    name = f"masked_{kind}_"
+    for variant in (dict(), dict(scaler=True, dtype=torch.bfloat16, lr_tensor=True)):
+        args = _op_args(kind, **variant)
+        a = tuple(_to_dev(x) for x in args)
+        b = tuple(_to_dev(x) for x in args)
+        getattr(torch.ops.lthfast, name)(*a)
+        assert getattr(lthfast._ops._C, "_" + name)(*b) is True
+        for x, y in zip(a, b):
+            for u, v in zip(x if isinstance(x, list) else [x], y if isinstance(y, list) else [y]):
+                if isinstance(u, torch.Tensor):
+                    assert torch.equal(u, v)
+
+
 # ---------------------------------------------------------------- packed masks
 
 def _packed_run(kind, v, p, states, mask, grads, device):

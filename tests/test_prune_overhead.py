@@ -250,14 +250,23 @@ def test_failure_midway_restores_every_module(pruned_before):
     lprune.global_unstructured(pairs, pruning_method=lprune.L1Unstructured, amount=0.2)
 
 
+_CUDA = pytest.param("cuda", marks=[
+    pytest.mark.cuda,
+    pytest.mark.skipif(not (torch.cuda.is_available() and lthfast._ops.available()
+                            and lthfast.build_info().get("cuda")), reason="no CUDA GPU or build")])
+
+
+@pytest.mark.parametrize("device", ["cpu", _CUDA])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_failure_midway_rebuilds_released_masks_exactly(channels_last):
+def test_failure_midway_rebuilds_released_masks_exactly(channels_last, device):
     """Pruning again, each replaced mask and pruned tensor is let go as the call goes
     (the snapshot keeps 1 bit per entry): when nothing else holds them and a later
     tensor fails, the rollback rebuilds them with the same values, dtype, shape and
     strides, and the pruned tensor as orig * mask."""
     torch.manual_seed(1)
     mods = [_FailingHookRegistration(6, 5) for _ in range(2)] + [_FailingConv(3, 4, 3)]
+    for m in mods:
+        m.to(device)
     if channels_last:
         mods[2].weight.data = mods[2].weight.data.contiguous(memory_format=torch.channels_last)
     pairs = [(mods[0], "weight"), (mods[1], "weight"), (mods[2], "weight")]
