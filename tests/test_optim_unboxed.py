@@ -166,8 +166,11 @@ def test_bad_grad_on_the_planned_step_gives_the_ops_error():
 
 
 def test_autograd_kernel_steps_leaves_without_recording():
-    """With grad mode on and params that require grad, the op updates in place, records
-    nothing and bumps no version (as torch's fused steps)."""
+    """The ops have their own Autograd kernel (not torch's boxed fallback); with grad mode
+    on and params that require grad, the op updates in place, records nothing and bumps
+    no version (as torch's fused steps)."""
+    for name in ("lthfast::masked_sgd_", "lthfast::masked_adam_"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd"), name
     p = torch.nn.Parameter(torch.ones(3))
     g = torch.ones(3)
     torch.ops.lthfast.masked_sgd_([p], [g], [], [None], 0.5, None, 0.0, 0.0, 0.0, False, False,
