@@ -1,10 +1,11 @@
 """The global magnitude threshold kernel on CUDA: against the reference and, bit for
 bit, against the CPU kernel. Skips cleanly without a GPU or without the CUDA build."""
 import math
+import os
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 
 import lthfast
 from lthfast import _reference as ref
@@ -23,6 +24,30 @@ pytestmark = [
 ]
 
 DEV = "cuda"
+
+# The CUDA kernel's paths (csrc/ops/threshold/cuda/threshold_cuda.cu), chosen per call
+# from the environment: the candidate path with straddling ties ranked in one block
+# (the default), the candidate path with the ordered mask pass over every entry for
+# them, a candidate cap of 3 entries (the path is taken or not depending on the
+# data), and no candidate path (every radix pass reads every entry).
+PATHS = {
+    "candidates": {},
+    "candidates-ordered-pass": {"LTHFAST_CUDA_TIE_RANK_MAX": "0"},
+    "cap-3": {"LTHFAST_CUDA_CANDIDATES": "3"},
+    "no-candidates": {"LTHFAST_CUDA_CANDIDATES": "0"},
+}
+_KNOBS = ("LTHFAST_CUDA_CANDIDATES", "LTHFAST_CUDA_TIE_RANK_MAX")
+
+
+@pytest.fixture(params=list(PATHS))
+def cuda_path(request):
+    saved = {k: os.environ.pop(k, None) for k in _KNOBS}
+    os.environ.update(PATHS[request.param])
+    yield request.param
+    for k, v in saved.items():
+        os.environ.pop(k, None)
+        if v is not None:
+            os.environ[k] = v
 
 
 def to_cuda(x):
@@ -70,9 +95,9 @@ def _check_against_reference(tensors, masks, k):
     return got
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(threshold_problem())
-def test_matches_reference_and_cpu(problem):
+def test_matches_reference_and_cpu(cuda_path, problem):
     tensors, masks, k = problem
     _check_against_reference(tensors, masks or [], k)
 
@@ -93,7 +118,7 @@ def test_python_api_on_cuda(problem):
 
 @pytest.mark.parametrize("values", ["normal", "ties", "special"])
 @pytest.mark.parametrize("with_masks", [False, True])
-def test_k_edges_mixed_dtypes_and_layouts(values, with_masks):
+def test_k_edges_mixed_dtypes_and_layouts(cuda_path, values, with_masks):
     g = torch.Generator().manual_seed(1)
     tensors = [
         make_tensor((8, 6, 3, 3), torch.float32, "channels_last", values, g),
@@ -110,7 +135,7 @@ def test_k_edges_mixed_dtypes_and_layouts(values, with_masks):
             _check_against_reference(ts, masks, k)
 
 
-def test_many_equal_values_straddling_k():
+def test_many_equal_values_straddling_k(cuda_path):
     """Ties straddle k in every possible place, across tensors and layouts."""
     a = torch.full((6, 4, 2, 2), 0.5).contiguous(memory_format=torch.channels_last)
     b = torch.full((9, 5), -0.5).t()  # transposed
@@ -122,7 +147,7 @@ def test_many_equal_values_straddling_k():
         _check_against_reference(ts, [], k)
 
 
-def test_ties_pruned_in_tensor_then_row_major_order():
+def test_ties_pruned_in_tensor_then_row_major_order(cuda_path):
     a = to_cuda(torch.ones(2, 3).t())  # memory order differs from row-major
     b = torch.ones(4, device=DEV)
     m = torch.ops.lthfast.global_magnitude_masks([a, b], [], 5)
@@ -135,7 +160,7 @@ def test_ties_pruned_in_tensor_then_row_major_order():
     assert m[0].tolist() == [[False, False], [True, True], [True, True]]
 
 
-def test_nan_inf_and_subnormals():
+def test_nan_inf_and_subnormals(cuda_path):
     x = torch.tensor([float("nan"), float("inf"), 1.0, -float("inf"), 0.5], device=DEV)
     m = lambda k: torch.ops.lthfast.global_magnitude_masks([x], [], k)[0].tolist()  # noqa: E731
     assert m(3) == [True, False, False, True, False]
@@ -179,7 +204,7 @@ def test_layouts_of_outputs():
     assert masks[3].stride() == p.stride()
 
 
-def test_masks_with_other_strides_than_scores():
+def test_masks_with_other_strides_than_scores(cuda_path):
     g = torch.Generator().manual_seed(2)
     w = make_tensor((6, 5, 3, 3), torch.float32, "channels_last", "ties", g)
     v = make_tensor((12, 9), torch.float32, "contiguous", "ties", g)
@@ -190,7 +215,7 @@ def test_masks_with_other_strides_than_scores():
         _check_against_reference([w, v], [mw, mv], k)
 
 
-def test_more_than_8_dims():
+def test_more_than_8_dims(cuda_path):
     """Permuted dense tensors with more than 8 non-mergeable dims are walked as a copy."""
     g = torch.Generator().manual_seed(4)
     x = make_tensor((2,) * 10, torch.float32, "contiguous", "ties", g).permute(*reversed(range(10)))
@@ -201,7 +226,7 @@ def test_more_than_8_dims():
         assert got[0].stride() == x.stride()
 
 
-def test_many_chunks_and_many_tensors():
+def test_many_chunks_and_many_tensors(cuda_path):
     """Several 65536-entry chunks per tensor, ordered ties in permuted layouts, and a
     long tensor list (one chunk each)."""
     g = torch.Generator().manual_seed(3)
@@ -222,7 +247,38 @@ def test_many_chunks_and_many_tensors():
         _check_against_reference(small, [], k)
 
 
-def test_k_larger_than_eligible_on_device():
+@pytest.mark.parametrize("n_equal", [2047, 2048, 2049])
+def test_straddling_ties_around_the_one_block_ranking(n_equal):
+    """The candidate path ranks at most 2048 straddling ties in one block and hands
+    more to the ordered pass over every entry: both sides of that limit, with the
+    ties spread over permuted layouts and several chunks."""
+    g = torch.Generator().manual_seed(n_equal)
+    shapes = [(64, 32, 3, 3), (200, 300), (70_000,)]
+    flat = [torch.randn(s, generator=g) for s in shapes]
+    picks = torch.randperm(sum(x.numel() for x in flat), generator=g)[:n_equal]
+    start = 0
+    for x in flat:  # the ties, placed in row-major order
+        mine = picks[(picks >= start) & (picks < start + x.numel())] - start
+        x.view(-1)[mine] = torch.where(torch.rand(mine.numel(), generator=g) < 0.5, 0.5, -0.5)
+        start += x.numel()
+    tensors = [flat[0].contiguous(memory_format=torch.channels_last),
+               flat[1].t().contiguous().t(), flat[2]]
+    assert sum(int((x.abs() == 0.5).sum()) for x in tensors) == n_equal
+    below = sum(int((x.abs() < 0.5).sum()) for x in tensors)
+    for k in [below + 1, below + n_equal // 2, below + n_equal - 1]:
+        got, t, ties = _ops(tensors, [], k)
+        assert t == 0.5 and ties == k - below
+
+
+@pytest.mark.parametrize("knob", _KNOBS)
+def test_path_knobs_reject_bad_values(knob, monkeypatch):
+    x = torch.randn(100, device=DEV)
+    monkeypatch.setenv(knob, "-1")
+    with pytest.raises(RuntimeError, match=f"{knob}=-1: expected a non-negative integer"):
+        torch.ops.lthfast.global_magnitude_masks([x], [], 10)
+
+
+def test_k_larger_than_eligible_on_device(cuda_path):
     """With masks only the device knows the eligible count, and the op must not sync:
     the documented result is NaN / -1 and nothing kept. The Python API raises first."""
     x = torch.randn(10, device=DEV)

@@ -4,7 +4,8 @@
 #
 #   bash tools/gpu_check.sh build test memcheck racecheck   # build for sm_90, smoke, CUDA tests,
 #                                                           # smoke under compute-sanitizer
-#   bash tools/gpu_check.sh bench     # right after, on the warm machine (it keeps the build)
+#   bash tools/gpu_check.sh bench     # right after, on the warm machine (it keeps the build);
+#                                     # BENCH_SUITES="threshold optim" picks suites
 #   bash tools/gpu_check.sh profile   # host vs kernel time of the GPU paths (tools/gpu_profile.py)
 #   bash tools/gpu_check.sh imp       # a short `lthfast imp --device cuda --amp`
 #   bash tools/gpu_check.sh kernels   # per-kernel threshold times; the optimizer step's host vs
@@ -96,17 +97,20 @@ _coco() {
 }
 
 # Most wanted first: a step cut by the call's limit still leaves the earlier JSON in $OUT.
+# BENCH_SUITES picks suites (space-separated, in this order by default).
+bench_limit() {
+  case $1 in threshold | conv) echo 150 ;; imp_round) echo 120 ;; ticket) echo 60 ;; *) echo 90 ;; esac
+}
+
 stage_bench() {
   _coco
-  step bench-threshold 150 "$PY" -m lthfast bench threshold --device cuda \
-    --json "$OUT/cuda-threshold.json"
-  step bench-optim 90 "$PY" -m lthfast bench optim --device cuda --json "$OUT/cuda-optim.json"
-  step bench-conv 150 "$PY" -m lthfast bench conv --device cuda --quick --json "$OUT/cuda-conv.json"
-  step bench-train_step 90 "$PY" -m lthfast bench train_step --device cuda \
-    --json "$OUT/cuda-train_step.json"
-  step bench-imp_round 120 "$PY" -m lthfast bench imp_round --device cuda \
-    --json "$OUT/cuda-imp_round.json"
-  step bench-ticket 60 "$PY" -m lthfast bench ticket --device cuda --json "$OUT/cuda-ticket.json"
+  local suite extra
+  for suite in ${BENCH_SUITES:-threshold optim conv train_step imp_round ticket}; do
+    extra=()
+    [ "$suite" = conv ] && extra=(--quick)
+    step "bench-$suite" "$(bench_limit "$suite")" "$PY" -m lthfast bench "$suite" --device cuda \
+      "${extra[@]}" --json "$OUT/cuda-$suite.json"
+  done
 }
 
 # where the GPU paths spend their time (host vs kernels, launches): tools/gpu_profile.py

@@ -4,18 +4,22 @@ goes. For a session lent a GPU (`tools/gpu_check.sh kernels`); prints tables, no
 Threshold: `global_magnitude_masks` on the Conv/Linear weights of each model, round 1
 (no masks) and round 2 (the round-1 masks given): the median time of a call between
 CUDA events, the time of each kernel (torch.profiler), and the floor (one read of the
-weights + one write of the bool masks at the measured copy bandwidth).
+weights + one write of the bool masks at the measured copy bandwidth); each with the
+candidate path (the default) and without it (LTHFAST_CUDA_CANDIDATES=0), masks compared.
 
 Optimizer: `MaskedSGD` / `MaskedAdamW` on resnet50 (80% pruned, packed ticket masks):
 the step's host time (until step() returns, the GPU idle before), back-to-back steps
 (the larger of host and GPU time), one step between CUDA events, and the kernel time.
 No gc.collect() between steps, unlike `lthfast bench optim` (see bench/README.md).
+Then the Adam kernel's elements per thread (LTHFAST_CUDA_ADAM_ILP 4, the default, vs 2):
+kernel time and back-to-back steps, and the updated weights and state compared bit for bit.
     python tools/gpu_kernel_times.py [--models keypointrcnn_resnet50_fpn,wide_resnet101_2]
     python tools/gpu_kernel_times.py --device cpu --models resnet18 --optim-model resnet18  # dry run
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -88,12 +92,23 @@ def threshold_times(model_name: str, dev, bw: float) -> None:
           "(one read of the weights + the bool masks' write)")
     for rnd, kw in ((1, {}), (2, {"masks": first})):
         fn = lambda: lthfast.global_magnitude_masks(ws, 0.2, **kw)  # noqa: E731
-        ms = events_median(fn)
-        ks = kernel_times(fn)
-        ktot = sum(us for _, _, us in ks) / 1e3
-        print(f"round {rnd}: {ms:.3f} ms per call ({ms / floor_ms:.1f}x floor), {ktot:.3f} ms in kernels")
-        for name, cnt, us in ks[:10]:
-            print(f"    {us:8.1f} us  {cnt:2d}x  {name[:90]}")
+        masks = {}
+        for path, cap in (("candidates", None), ("no candidates", "0")):
+            if cap is None:
+                os.environ.pop("LTHFAST_CUDA_CANDIDATES", None)
+            else:
+                os.environ["LTHFAST_CUDA_CANDIDATES"] = cap
+            masks[path] = fn()
+            ms = events_median(fn)
+            ks = kernel_times(fn)
+            ktot = sum(us for _, _, us in ks) / 1e3
+            same = "" if len(masks) == 1 else (
+                "  same masks" if all(torch.equal(a, b) for a, b in zip(*masks.values())) else "  MASKS DIFFER")
+            print(f"round {rnd} {path:13s}: {ms:.3f} ms per call ({ms / floor_ms:.1f}x floor), "
+                  f"{ktot:.3f} ms in kernels{same}")
+            for name, cnt, us in ks[:12]:
+                print(f"    {us:8.1f} us  {cnt:2d}x  {name[:90]}")
+        os.environ.pop("LTHFAST_CUDA_CANDIDATES", None)
 
 
 def optim_breakdown(dev, model_name: str) -> None:
@@ -128,6 +143,49 @@ def optim_breakdown(dev, model_name: str) -> None:
               f"{b2b * 1e3:.3f} ms/step, one step with sync {wall:.3f} ms, kernels {ktot:.3f} ms")
 
 
+def adam_ilp_ab(dev, model_name: str) -> None:
+    torch.manual_seed(0)
+    net = build_model(model_name).to(dev)
+    ticket = lthfast.Ticket.from_model(net, 0.8)
+    ticket.apply(net)
+    params = list(net.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = lo.MaskedAdamW(params, lr=1e-3, weight_decay=0.01, ticket=ticket)
+    for _ in range(3):
+        opt.step()
+    start_params = [p.detach().clone() for p in params]
+    start_state = {k: {n: (v.clone() if torch.is_tensor(v) else v) for n, v in st.items()}
+                   for k, st in opt.state.items()}
+    print(f"\n== MaskedAdamW kernel, elements per thread (LTHFAST_CUDA_ADAM_ILP), {model_name}")
+    after = {}
+    for ilp in ("4", "2"):
+        os.environ["LTHFAST_CUDA_ADAM_ILP"] = ilp
+        with torch.no_grad():
+            for p, p0 in zip(params, start_params):
+                p.copy_(p0)
+            for k, st in opt.state.items():
+                for n, v in st.items():
+                    if torch.is_tensor(v):
+                        v.copy_(start_state[k][n])
+        opt.step()
+        _sync()
+        after[ilp] = [p.detach().clone() for p in params] + [
+            v.clone() for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+        ks = [r for r in kernel_times(opt.step) if "adam_kernel" in r[0]]
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(50):
+            opt.step()
+        _sync()
+        b2b = (time.perf_counter() - t0) / 50
+        kus = sum(us for _, _, us in ks)
+        print(f"ILP {ilp}: adam_kernel {kus:.1f} us, back-to-back {b2b * 1e3:.3f} ms/step")
+    same = all(torch.equal(a, b) for a, b in zip(after["4"], after["2"]))
+    print("weights and state after one step: " + ("identical" if same else "DIFFER"))
+    os.environ.pop("LTHFAST_CUDA_ADAM_ILP", None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="keypointrcnn_resnet50_fpn,wide_resnet101_2")
@@ -141,6 +199,7 @@ def main() -> int:
     for m in args.models.split(","):
         threshold_times(m, dev, bw)
     optim_breakdown(dev, args.optim_model)
+    adam_ilp_ab(dev, args.optim_model)
     return 0
 
 

@@ -53,9 +53,12 @@ def _threshold():
             got = lthfast.global_magnitude_masks(gpu, amount, masks=None if masks is None
                                                  else [m.to(DEV) for m in masks])
             assert all(torch.equal(a.cpu(), b) for a, b in zip(got, want)), amount
-    ties = [torch.randint(-3, 4, (50_000,), generator=g).float()]
-    assert torch.equal(lthfast.global_magnitude_masks([ties[0].to(DEV)], 0.5)[0].cpu(),
-                       lthfast.global_magnitude_masks(ties, 0.5)[0])
+    # straddling ties: ~14000 (the ordered pass over every entry) and ~1400 in a
+    # transposed layout (ranked in one block on the candidate path)
+    for ties in ([torch.randint(-3, 4, (50_000,), generator=g).float()],
+                 [torch.randint(-3, 4, (100, 50), generator=g).float().t(), torch.randn(3000, generator=g)]):
+        got = lthfast.global_magnitude_masks([t.to(DEV) for t in ties], 0.5)
+        assert all(torch.equal(a.cpu(), b) for a, b in zip(got, lthfast.global_magnitude_masks(ties, 0.5)))
 
 
 @check("mask_counts (= CPU)")

@@ -183,6 +183,19 @@ __device__ __forceinline__ int64_t logical_to_offset(const DenseLayout& l, int64
   }
   return off;
 }
+
+// The inverse: row-major logical index of memory offset `off`. In a dense,
+// non-overlapping layout every dim's stride is the product of the sizes of the
+// dims below it in memory, so its coordinate is (off / stride) % size.
+__device__ __forceinline__ int64_t offset_to_logical(const DenseLayout& l, int64_t off) {
+  if (l.ndim == 0) return off;
+  int64_t idx = 0;
+#pragma unroll
+  for (int d = 0; d < kMaxDims; ++d) {
+    if (d < l.ndim) idx = idx * l.sizes[d] + (off / l.strides[d]) % l.sizes[d];
+  }
+  return idx;
+}
 #endif
 
 }  // namespace cuda

@@ -85,14 +85,5 @@ LTHFAST_HD T adam_param(bool keep, T pp, T mm, T root_vm, const AdamScalars<T>& 
   return keep ? np : T(0);
 }
 
-// One Adam/AdamW element.
-template <typename T, bool kAmsgrad>
-LTHFAST_HD void adam_element(bool keep, T& p, T g, T& m, T& v, T& vmax, T grad_scale,
-                             const AdamScalars<T>& s) {
-  T pp, mm, vm;
-  adam_moments<T, kAmsgrad>(keep, p, g, m, v, vmax, grad_scale, s, pp, mm, vm);
-  p = adam_param(keep, pp, mm, opt_sqrt(vm), s);
-}
-
 }  // namespace masked_optim
 }  // namespace lthfast

@@ -1,9 +1,11 @@
-// The keep-mask kernels of global_magnitude_masks (private to threshold_cuda.cu),
+// The keep-mask kernels of global_magnitude_masks when the candidate path
+// (split_kernels.cuh) did not write the masks (private to threshold_cuda.cu),
 // run after the radix select. They read the mode the select left in device
 // memory and return early when it is not theirs (threshold_cuda.cu explains
 // the modes): tie_count_kernel, tie_scan_kernel and mask_ordered_kernel only run
-// for kOrdered, mask_plain_kernel for the other modes; between them every
-// element of every output is written exactly once.
+// when full_ordered(), mask_plain_kernel for the other modes without the
+// candidate path; between them every element of every output is written exactly
+// once.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -23,14 +25,14 @@ namespace lthfast {
 namespace threshold {
 namespace {
 
-// kOrdered only: number of eligible entries equal to t in each chunk of logical
-// indices.
+// full_ordered() only: number of eligible entries equal to t in each chunk of
+// logical indices.
 template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
     tie_count_kernel(Plan plan, const SelectState* state, int64_t* tie_counts) {
   using Reduce = cub::BlockReduce<int, kThreads>;
   __shared__ typename Reduce::TempStorage reduce_tmp;
-  if (state->mode != kOrdered) return;  // uniform
+  if (!full_ordered(state)) return;  // uniform
   const KeyT t = static_cast<KeyT>(state->prefix);
   for (int64_t c = blockIdx.x; c < plan.n_chunks; c += gridDim.x) {
     const cuda::ChunkRef ch = plan.chunks[c];
@@ -53,23 +55,24 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// kOrdered only, one block: exclusive scan of the per-chunk tie counts.
+// full_ordered() only, one block: exclusive scan of the per-chunk tie counts.
 __global__ void __launch_bounds__(kScanThreads)
     tie_scan_kernel(const SelectState* state, const int64_t* tie_counts, int64_t* tie_offsets, int64_t n) {
   __shared__ CountScan::TempStorage scan_tmp;
-  if (state->mode != kOrdered) return;  // uniform
+  if (!full_ordered(state)) return;  // uniform
   block_exclusive_scan(tie_counts, tie_offsets, n, scan_tmp);
 }
 
-// Writes the keep-masks when the mode is kPruneLE or kPruneAll (no tie ranking),
-// in memory order; returns at once for kOrdered. Kept apart from the ordered
-// kernel below so that it needs few registers: the whole GPU's threads fit at
-// once, and this is the pass that runs on almost every call.
+// Writes the keep-masks when the mode is kPruneLE or kPruneAll (no tie ranking)
+// and the candidate path is off, in memory order; returns at once otherwise.
+// Kept apart from the ordered kernel below so that it needs few registers: the
+// whole GPU's threads fit at once. Loads before stores: the compiler cannot move
+// a load above a store through `out`, which might alias the scores.
 template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
     mask_plain_kernel(Plan plan, const SelectState* state) {
   const int mode = state->mode;
-  if (mode == kOrdered) return;  // uniform
+  if (mode == kOrdered || state->split != 0) return;  // uniform
   const bool keep_any = mode == kPruneLE;
   const KeyT t = static_cast<KeyT>(state->prefix);
   for (int64_t c = blockIdx.x; c < plan.n_chunks; c += gridDim.x) {
@@ -82,29 +85,31 @@ __global__ void __launch_bounds__(kThreads)
     dispatch_dtype<KeyT>(g.dtype[0], [&](auto tag) {
       constexpr int DT = decltype(tag)::value;
       for (int64_t base = ch.start; base < end; base += kTile) {
+        bool keep[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int64_t i = base + u * kThreads + threadIdx.x;
-          if (i < end) {
-            bool keep = false;
-            if (keep_any && eligible<DT>(mask, i)) keep = load_key<KeyT, DT>(x, i) > t;
-            out[i] = keep;
-          }
+          keep[u] = keep_any && i < end && eligible<DT>(mask, i) && load_key<KeyT, DT>(x, i) > t;
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t i = base + u * kThreads + threadIdx.x;
+          if (i < end) out[i] = keep[u];
         }
       }
     });
   }
 }
 
-// Writes the keep-masks when the mode is kOrdered (ties straddle the k-th
-// entry); returns at once otherwise. Every element of every output is written
-// exactly once.
+// Writes the keep-masks when full_ordered() (ties straddle the k-th entry and the
+// candidate path cannot rank them); returns at once otherwise. Every element of
+// every output is written exactly once (over what the candidate path wrote).
 template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
     mask_ordered_kernel(Plan plan, const SelectState* state, const int64_t* tie_counts,
                         const int64_t* tie_offsets) {
   __shared__ TileScan::TempStorage scan_tmp;
-  if (state->mode != kOrdered) return;  // uniform
+  if (!full_ordered(state)) return;  // uniform
   const KeyT t = static_cast<KeyT>(state->prefix);
   const long long n_ties = state->n_ties;
   for (int64_t c = blockIdx.x; c < plan.n_chunks; c += gridDim.x) {
@@ -144,6 +149,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The four mask kernels; at most two of them find work (see above).
 template <typename KeyT>
 void launch_masks(const Plan& plan, SelectState* state, int64_t* tie_counts, int64_t* tie_offsets, int grid,
                   cudaStream_t stream) {

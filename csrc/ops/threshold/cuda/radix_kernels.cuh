@@ -1,23 +1,32 @@
 // The radix select of the global magnitude threshold (private to threshold_cuda.cu):
 // the select state, the chunked histogram kernel, the one-block select kernel
-// and their launcher.
+// and the digit widths.
 //
 // Digits and passes. Histograms are privatised per block in shared memory, so a
-// digit has at most 11 bits (2048 bins x 4 B = 8 KB of shared memory per block;
-// 65536 bins would need 256 KB). Only the low 31 / 63 key bits are ever set:
-//   32-bit keys (fp16/bf16/fp32): 3 passes, bits 30..20 | 19..10 | 9..0 (11/10/10)
+// digit has at most 13 bits (8192 bins x 4 B = 32 KB of shared memory per block).
+// Only the low 31 / 63 key bits are ever set:
+//   32-bit keys (fp16/bf16/fp32): 3 passes, bits 30..18 | 17..9 | 8..0 (13/9/9)
 //   64-bit keys (any fp64):       6 passes, 11/11/11/10/10/10 bits
-// Each pass reads every eligible entry once: a chunked multi-tensor kernel
-// builds the histogram of the current digit of the entries whose higher bits
-// equal the prefix selected so far (plain shared-memory atomics), merged into a
-// global 64-bit histogram (aggregating a warp's atomics per bucket with
-// __match_any_sync, since magnitudes concentrate in few buckets, made the passes
-// 1.6-2.4x slower on an H200: the conflicts cost less; stop 15,
-// tools/gpu_kernel_times.py); then a single-block kernel scans that histogram,
-// picks the bucket of the k-th entry, updates (prefix, rank) in device memory,
-// and zeroes the histogram for the next pass. After the last pass the prefix is
-// the threshold key t, rank = n_ties (entries equal to t that are pruned) and
-// the last bucket's count = n_equal (eligible entries equal to t).
+// A pass builds the histogram of the current digit of the eligible entries whose
+// higher bits equal the prefix selected so far (plain shared-memory atomics),
+// merged into a global 64-bit histogram (aggregating a warp's atomics per bucket
+// with __match_any_sync made the passes 1.6-2.4x slower on an H200: the
+// conflicts cost less; stop 15, tools/gpu_kernel_times.py); then a single-block
+// kernel scans that histogram, picks the bucket of the k-th entry, updates
+// (prefix, rank) in device memory, and zeroes the histogram for the next pass.
+// After the last pass the prefix is the threshold key t, rank = n_ties (entries
+// equal to t that are pruned) and the last bucket's count = n_equal (eligible
+// entries equal to t).
+//
+// The candidate path (32-bit keys; split_kernels.cuh). The first pass reads
+// every entry; when its selected bucket holds at most `cap` entries, the first
+// select sets `split`: one more pass over every entry writes the keep-mask of
+// each entry outside that bucket and copies the bucket's entries (the
+// candidates: key and position) to a buffer, and the last two passes and the
+// masks of the candidates work on that buffer alone. Otherwise (`split` 0) every
+// pass reads every entry and the mask kernels of mask_kernels.cuh write the
+// masks. Each kernel reads `split` and `mode` in device memory and returns at
+// once when the work is not its own, so the host never syncs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -39,12 +48,24 @@ namespace {
 using Group = cuda::TensorGroup<3>;  // ptr: score, mask (or null), out (or null)
                                      // dtype: score's, mask's (bool or the score's)
 
-constexpr int kMaxDigitBits = 11;
-constexpr int kMinDigitBits = 8;
+constexpr int kMaxDigitBits = 13;
+constexpr int kMinDigitBits = 9;
 constexpr int kMaxBins = 1 << kMaxDigitBits;
-constexpr int kSelectThreads = 256;
+constexpr int kSelectThreads = 512;
 constexpr int kBinsPerSelectThread = kMaxBins / kSelectThreads;
 static_assert((1 << kMinDigitBits) % kSelectThreads == 0, "select: bins split evenly over threads");
+
+// Digit widths, most significant first (sum: 31 / 63, the key bits ever set).
+constexpr int kPasses32 = 3;
+constexpr int kDigits32[kPasses32] = {13, 9, 9};
+constexpr int kPasses64 = 6;
+constexpr int kDigits64[kPasses64] = {11, 11, 11, 10, 10, 10};
+static_assert(kDigits32[0] + kDigits32[1] + kDigits32[2] == 31, "32-bit digits");
+static_assert(kDigits64[0] + kDigits64[1] + kDigits64[2] + kDigits64[3] + kDigits64[4] + kDigits64[5] == 63,
+              "64-bit digits");
+// The largest tie count the candidate path ranks in one block (shared memory:
+// 8 B per tie); more ties fall back to the full ordered mask pass.
+constexpr int kRankMax = 2048;
 
 // What the kernels after the select do (threshold_cuda.cu explains the modes).
 enum Mode : int { kSelecting = 0, kPruneLE = 1, kOrdered = 2, kPruneAll = 3 };
@@ -54,9 +75,21 @@ struct SelectState {
   long long remaining;        // 1-based rank of the k-th entry among those with the prefix
   long long n_equal;          // eligible entries equal to t
   long long n_ties;           // of those, how many are pruned
+  long long n_cand;           // split: entries in the first pass's bucket (the candidates)
+  unsigned long long n_cand_written;  // split: candidates copied so far (atomic counter)
+  unsigned long long n_tie_written;   // split: tie positions copied so far (atomic counter)
   int mode;
+  int split;                  // 1: the candidate path (set by the first select)
+  int rank_max;               // split: rank at most this many ties in one block (<= kRankMax)
   int reserved;
 };
+
+// The mask pass over every entry in logical order (tie_count_kernel, tie_scan_kernel,
+// mask_ordered_kernel) runs when ties straddle the k-th entry and the candidate
+// path cannot rank them.
+__device__ __forceinline__ bool full_ordered(const SelectState* s) {
+  return s->mode == kOrdered && (s->split == 0 || s->n_equal > s->rank_max);
+}
 
 struct Plan {
   const Group* groups;
@@ -84,7 +117,8 @@ template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
     histogram_kernel(Plan plan, const SelectState* state, unsigned long long* hist, int shift, int bits) {
   __shared__ unsigned int sh[kMaxBins];
-  if (state->mode != kSelecting) return;  // uniform: k > eligible was found earlier
+  // uniform: k > eligible was found earlier, or the candidates are histogrammed instead
+  if (state->mode != kSelecting || state->split != 0) return;
   const int hi = shift + bits;             // <= 31 (32-bit keys) / 63: no full-width shift
   const KeyT high = static_cast<KeyT>(state->prefix) >> hi;
   const unsigned nbins = 1u << bits;
@@ -126,11 +160,13 @@ __global__ void __launch_bounds__(kThreads)
 
 // One block: finds the bucket that holds the `remaining`-th entry, appends it to
 // the prefix, and zeroes the histogram for the next pass. The last pass also
-// decides the mask mode and writes the op's outputs (when given).
+// decides the mask mode and writes the op's outputs (when given). The first pass
+// (split_cap > 0) takes the candidate path when the bucket holds at most
+// split_cap entries.
 template <typename KeyT>
 __global__ void __launch_bounds__(kSelectThreads)
     select_kernel(SelectState* state, unsigned long long* hist, int shift, int bits, bool last,
-                  double* out_value, int64_t* out_ties) {
+                  long long split_cap, double* out_value, int64_t* out_ties) {
   using Scan = cub::BlockScan<unsigned long long, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   if (state->mode != kSelecting) return;  // uniform
@@ -185,6 +221,10 @@ __global__ void __launch_bounds__(kSelectThreads)
     const long long r = static_cast<long long>(rank - before);  // in [1, sel_count]
     state->prefix = key;
     state->remaining = r;
+    if (!last && split_cap > 0 && sel_count <= static_cast<unsigned long long>(split_cap)) {
+      state->split = 1;
+      state->n_cand = static_cast<long long>(sel_count);
+    }
     if (last) {
       state->n_equal = static_cast<long long>(sel_count);
       state->n_ties = r;
@@ -194,27 +234,6 @@ __global__ void __launch_bounds__(kSelectThreads)
         *out_ties = r;
       }
     }
-  }
-}
-
-template <typename KeyT>
-void launch_radix_select(const Plan& plan, SelectState* state, unsigned long long* hist, double* out_value,
-                         int64_t* out_ties, int grid, cudaStream_t stream) {
-  constexpr int kKeyBits = static_cast<int>(sizeof(KeyT)) * 8 - 1;  // 31 / 63 bits ever set
-  constexpr int kPasses = (kKeyBits + kMaxDigitBits - 1) / kMaxDigitBits;
-  constexpr int kBaseBits = kKeyBits / kPasses;
-  constexpr int kExtra = kKeyBits % kPasses;
-  static_assert(kBaseBits >= kMinDigitBits && kBaseBits + (kExtra ? 1 : 0) <= kMaxDigitBits, "digit widths");
-  int hi = kKeyBits;
-  for (int pass = 0; pass < kPasses; ++pass) {
-    const int bits = kBaseBits + (pass < kExtra ? 1 : 0);
-    const int shift = hi - bits;
-    histogram_kernel<KeyT><<<grid, kThreads, 0, stream>>>(plan, state, hist, shift, bits);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    select_kernel<KeyT><<<1, kSelectThreads, 0, stream>>>(state, hist, shift, bits, pass == kPasses - 1,
-                                                          out_value, out_ties);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    hi = shift;
   }
 }
 
