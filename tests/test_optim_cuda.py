@@ -171,29 +171,6 @@ def test_cuda_packed_and_bool_masks_identical_and_match_cpu(kind, v, dtype):
         torch.testing.assert_close(b.cpu(), cpu_p, **tol[dtype], msg=f"{shape} cl={cl}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("v", [dict(amsgrad=False, decoupled=True), dict(amsgrad=True, decoupled=False)],
-                         ids=str)
-def test_cuda_adam_elements_per_thread_do_not_change_results(v, dtype, monkeypatch):
-    """LTHFAST_CUDA_ADAM_ILP picks 2 or 4 elements per thread (a GPU A/B knob): the
-    same weights and state bit for bit, packed masks and several chunks included."""
-    from test_optim_packed import SHAPES, _setup, packed_in_memory_order
-    for shape, cl in SHAPES + [((3, 70_000), False)]:
-        p, states, mask, grads = _setup(shape, cl, dtype, 3)
-        packed = packed_in_memory_order(mask, p)
-        runs = []
-        for ilp in ("4", "2"):
-            monkeypatch.setenv("LTHFAST_CUDA_ADAM_ILP", ilp)
-            q = p.clone().to(DEV)
-            sq = [s.clone().to(DEV) for s in states]
-            _packed_run("adam", v, q, sq, packed.to(DEV), [g.to(DEV) for g in grads], DEV)
-            runs.append([q] + sq)
-        assert all(torch.equal(a, b) for a, b in zip(*runs)), f"{shape} cl={cl}"
-    monkeypatch.setenv("LTHFAST_CUDA_ADAM_ILP", "3")
-    with pytest.raises(RuntimeError, match="LTHFAST_CUDA_ADAM_ILP=3: expected 2 or 4"):
-        _packed_run("adam", v, q, sq, packed.to(DEV), [g.to(DEV) for g in grads], DEV)
-
-
 def test_cuda_opcheck_packed_masks():
     from test_optim_packed import _op_args_packed
 

@@ -8,6 +8,7 @@
 #                                     # BENCH_SUITES="threshold optim" picks suites
 #   bash tools/gpu_check.sh profile   # host vs kernel time of the GPU paths (tools/gpu_profile.py)
 #   bash tools/gpu_check.sh imp       # a short `lthfast imp --device cuda --amp`
+#   bash tools/gpu_check.sh threshold-tests  # tests/test_threshold_cuda.py alone
 #   bash tools/gpu_check.sh kernels   # per-kernel threshold times; the optimizer step's host vs
 #                                     # kernel time (tools/gpu_kernel_times.py)
 #
@@ -75,6 +76,14 @@ stage_test() {
     --tb=short -rf tests/test_mask_counts.py tests/test_build.py::test_cuda_kernels_were_compiled
 }
 
+# the threshold CUDA tests alone (every path of the kernel), for a short re-check
+stage_threshold_tests() {
+  local par=()
+  "$PY" -c "import xdist" 2>/dev/null && par+=(-n 8)
+  step threshold-tests 150 "$PY" -m pytest -q -p no:cacheprovider "${par[@]}" --tb=short -rf \
+    tests/test_threshold_cuda.py
+}
+
 # compute-sanitizer on the smoke script, checking lthfast's own kernels only (all live in
 # namespace lthfast; torch's and cuDNN's run unchecked, which keeps this to minutes), with
 # torch's caching allocator off so that an out-of-bounds access lands outside an allocation.
@@ -135,7 +144,8 @@ stage_imp() {
 for s in "$@"; do
   case $s in
     build | test | memcheck | racecheck | bench | profile | imp | kernels) "stage_$s" ;;
-    *) echo "unknown stage $s (build, test, memcheck, racecheck, bench, profile, imp, kernels)"; exit 2 ;;
+    threshold-tests) stage_threshold_tests ;;
+    *) echo "unknown stage $s (build, test, threshold-tests, memcheck, racecheck, bench, profile, imp, kernels)"; exit 2 ;;
   esac
 done
 echo

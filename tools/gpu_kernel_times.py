@@ -11,8 +11,7 @@ Optimizer: `MaskedSGD` / `MaskedAdamW` on resnet50 (80% pruned, packed ticket ma
 the step's host time (until step() returns, the GPU idle before), back-to-back steps
 (the larger of host and GPU time), one step between CUDA events, and the kernel time.
 No gc.collect() between steps, unlike `lthfast bench optim` (see bench/README.md).
-Then the Adam kernel's elements per thread (LTHFAST_CUDA_ADAM_ILP 4, the default, vs 2):
-kernel time and back-to-back steps, and the updated weights and state compared bit for bit.
+Each with ticket-bound packed masks and with bool masks (`masks=`).
     python tools/gpu_kernel_times.py [--models keypointrcnn_resnet50_fpn,wide_resnet101_2]
     python tools/gpu_kernel_times.py --device cpu --models resnet18 --optim-model resnet18  # dry run
 """
@@ -120,8 +119,12 @@ def optim_breakdown(dev, model_name: str) -> None:
     for p in params:
         p.grad = torch.randn_like(p)
     print(f"\n== optimizer step, {model_name} ({len(params)} params, 80% pruned)")
+    named = dict(net.named_parameters())
+    bool_masks = {named[n]: ticket[n].to(dev) for n in ticket.names()}
     for name, opt in (("MaskedSGD", lo.MaskedSGD(params, lr=1e-2, momentum=0.9, ticket=ticket)),
-                      ("MaskedAdamW", lo.MaskedAdamW(params, lr=1e-3, ticket=ticket))):
+                      ("MaskedAdamW", lo.MaskedAdamW(params, lr=1e-3, ticket=ticket)),
+                      ("MaskedSGD masks=bool", lo.MaskedSGD(params, lr=1e-2, momentum=0.9, masks=bool_masks)),
+                      ("MaskedAdamW masks=bool", lo.MaskedAdamW(params, lr=1e-3, masks=bool_masks))):
         for _ in range(5):
             opt.step()
         _sync()
@@ -139,51 +142,8 @@ def optim_breakdown(dev, model_name: str) -> None:
         b2b = (time.perf_counter() - t0) / 50
         wall = events_median(opt.step, 30)
         ktot = sum(us for _, _, us in kernel_times(opt.step)) / 1e3
-        print(f"{name:12s} host {statistics.median(host) * 1e3:.3f} ms (step() returns), back-to-back "
+        print(f"{name:22s} host {statistics.median(host) * 1e3:.3f} ms (step() returns), back-to-back "
               f"{b2b * 1e3:.3f} ms/step, one step with sync {wall:.3f} ms, kernels {ktot:.3f} ms")
-
-
-def adam_ilp_ab(dev, model_name: str) -> None:
-    torch.manual_seed(0)
-    net = build_model(model_name).to(dev)
-    ticket = lthfast.Ticket.from_model(net, 0.8)
-    ticket.apply(net)
-    params = list(net.parameters())
-    for p in params:
-        p.grad = torch.randn_like(p)
-    opt = lo.MaskedAdamW(params, lr=1e-3, weight_decay=0.01, ticket=ticket)
-    for _ in range(3):
-        opt.step()
-    start_params = [p.detach().clone() for p in params]
-    start_state = {k: {n: (v.clone() if torch.is_tensor(v) else v) for n, v in st.items()}
-                   for k, st in opt.state.items()}
-    print(f"\n== MaskedAdamW kernel, elements per thread (LTHFAST_CUDA_ADAM_ILP), {model_name}")
-    after = {}
-    for ilp in ("4", "2"):
-        os.environ["LTHFAST_CUDA_ADAM_ILP"] = ilp
-        with torch.no_grad():
-            for p, p0 in zip(params, start_params):
-                p.copy_(p0)
-            for k, st in opt.state.items():
-                for n, v in st.items():
-                    if torch.is_tensor(v):
-                        v.copy_(start_state[k][n])
-        opt.step()
-        _sync()
-        after[ilp] = [p.detach().clone() for p in params] + [
-            v.clone() for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
-        ks = [r for r in kernel_times(opt.step) if "adam_kernel" in r[0]]
-        _sync()
-        t0 = time.perf_counter()
-        for _ in range(50):
-            opt.step()
-        _sync()
-        b2b = (time.perf_counter() - t0) / 50
-        kus = sum(us for _, _, us in ks)
-        print(f"ILP {ilp}: adam_kernel {kus:.1f} us, back-to-back {b2b * 1e3:.3f} ms/step")
-    same = all(torch.equal(a, b) for a, b in zip(after["4"], after["2"]))
-    print("weights and state after one step: " + ("identical" if same else "DIFFER"))
-    os.environ.pop("LTHFAST_CUDA_ADAM_ILP", None)
 
 
 def main() -> int:
@@ -199,7 +159,6 @@ def main() -> int:
     for m in args.models.split(","):
         threshold_times(m, dev, bw)
     optim_breakdown(dev, args.optim_model)
-    adam_ilp_ab(dev, args.optim_model)
     return 0
 
 
