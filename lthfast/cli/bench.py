@@ -30,7 +30,8 @@ suites:
              the Conv/Linear weights 80% pruned: lthfast.optim.MaskedAdamW / MaskedSGD(momentum
              0.9) vs torch.optim AdamW / SGD (foreach, fused) with grad/weight *= mask around the
              step, and the dense foreach step; time as a multiple of the bandwidth floor (bytes
-             the fused step moves / measured copy bandwidth). --quick: resnet18.
+             the fused step moves / measured copy bandwidth). On CUDA the time per step of 10
+             steps back to back (as in training). --quick: resnet18.
   conv       masked sparse convolution: lthfast.ops.masked_conv2d dense / sparse / auto vs
              F.conv2d(x, w * mask) for every distinct Conv2d shape of resnet50 at sparsity
              0.5-0.98, batch 1 and 8 (GPU: 1, 8, 32), and resnet50 and

@@ -66,8 +66,9 @@ __global__ void __launch_bounds__(kScanThreads)
 // Writes the keep-masks when the mode is kPruneLE or kPruneAll (no tie ranking)
 // and the candidate path is off, in memory order; returns at once otherwise.
 // Kept apart from the ordered kernel below so that it needs few registers: the
-// whole GPU's threads fit at once. Loads before stores: the compiler cannot move
-// a load above a store through `out`, which might alias the scores.
+// whole GPU's threads fit at once. Loads before stores (`out` might alias the
+// scores for all the compiler knows); measured no faster on an H200 (231 vs 233 us
+// on keypointrcnn): the one-byte stores bound this pass at ~1.3 TB/s.
 template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
     mask_plain_kernel(Plan plan, const SelectState* state) {
