@@ -5,30 +5,22 @@
 // autograd fallback, which walks every argument of every list: ~40 us of a
 // 161-parameter step on the CPU, more than the kernels of a small model.
 // Versions are not bumped, as torch's fused=True steps do not bump them.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
-#include <optional>
-#include <vector>
+#include "ops/masked_optim/masked_optim_ops.h"
 
 namespace lthfast {
 namespace masked_optim {
 namespace {
-
-using OptTensor = std::optional<at::Tensor>;
-using OptTensorList = std::vector<std::optional<at::Tensor>>;
 
 void masked_sgd_autograd(at::TensorList params, at::TensorList grads,
                          at::TensorList momentum_buffers, const OptTensorList& masks, double lr,
                          const OptTensor& lr_tensor, double momentum, double dampening,
                          double weight_decay, bool nesterov, bool maximize, bool is_first_step,
                          const OptTensor& grad_scale, const OptTensor& found_inf) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lthfast::masked_sgd_", "")
-                             .typed<decltype(masked_sgd_autograd)>();
   at::AutoDispatchBelowADInplaceOrView below;
-  op.call(params, grads, momentum_buffers, masks, lr, lr_tensor, momentum, dampening,
+  masked_sgd_op().call(params, grads, momentum_buffers, masks, lr, lr_tensor, momentum, dampening,
           weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf);
 }
 
@@ -39,11 +31,8 @@ void masked_adam_autograd(at::TensorList params, at::TensorList grads, at::Tenso
                           double weight_decay, double eps, bool amsgrad, bool maximize,
                           bool decoupled_weight_decay, const OptTensor& grad_scale,
                           const OptTensor& found_inf) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lthfast::masked_adam_", "")
-                             .typed<decltype(masked_adam_autograd)>();
   at::AutoDispatchBelowADInplaceOrView below;
-  op.call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, masks, lr,
+  masked_adam_op().call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, masks, lr,
           lr_tensor, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
           grad_scale, found_inf);
 }

@@ -10,21 +10,19 @@
 // tensors (Tensor, Parameter): for any other object they return False without
 // doing anything and the caller uses torch.ops, which handles __torch_function__
 // subclasses and raises its usual errors.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
-#include <optional>
 #include <stdexcept>
 #include <vector>
+
+#include "ops/masked_optim/masked_optim_ops.h"
 
 namespace lthfast {
 namespace masked_optim {
 namespace {
 
 namespace py = pybind11;
-using OptTensor = std::optional<at::Tensor>;
-using OptTensorList = std::vector<std::optional<at::Tensor>>;
 
 // Appends the tensors of `list` to `out`; false when an item is not a plain tensor.
 bool unpack(py::handle list, std::vector<at::Tensor>& out) {
@@ -92,14 +90,8 @@ bool masked_sgd_py(py::list params, py::list grads, py::list bufs, py::list mask
       !unpack_scalar(found_inf, fi)) {
     return false;
   }
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("lthfast::masked_sgd_", "")
-          .typed<void(at::TensorList, at::TensorList, at::TensorList, const OptTensorList&,
-                      double, const OptTensor&, double, double, double, bool, bool, bool,
-                      const OptTensor&, const OptTensor&)>();
   call_released([&] {
-    op.call(p, g, b, m, lr, lr_t, momentum, dampening, weight_decay, nesterov, maximize,
+    masked_sgd_op().call(p, g, b, m, lr, lr_t, momentum, dampening, weight_decay, nesterov, maximize,
             is_first_step, gs, fi);
   });
   return true;
@@ -119,15 +111,8 @@ bool masked_adam_py(py::list params, py::list grads, py::list exp_avgs, py::list
       !unpack_scalar(grad_scale, gs) || !unpack_scalar(found_inf, fi)) {
     return false;
   }
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("lthfast::masked_adam_", "")
-          .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                      at::TensorList, at::TensorList, const OptTensorList&, double,
-                      const OptTensor&, double, double, double, double, bool, bool, bool,
-                      const OptTensor&, const OptTensor&)>();
   call_released([&] {
-    op.call(p, g, ea, eas, mx, st, m, lr, lr_t, beta1, beta2, weight_decay, eps, amsgrad,
+    masked_adam_op().call(p, g, ea, eas, mx, st, m, lr, lr_t, beta1, beta2, weight_decay, eps, amsgrad,
             maximize, decoupled_weight_decay, gs, fi);
   });
   return true;

@@ -67,8 +67,9 @@ __global__ void __launch_bounds__(kScanThreads)
 // and the candidate path is off, in memory order; returns at once otherwise.
 // Kept apart from the ordered kernel below so that it needs few registers: the
 // whole GPU's threads fit at once. Loads before stores (`out` might alias the
-// scores for all the compiler knows); measured no faster on an H200 (231 vs 233 us
-// on keypointrcnn): the one-byte stores bound this pass at ~1.3 TB/s.
+// scores for all the compiler knows); no faster on an H200 (231 us on keypointrcnn
+// round 2, stop 17, vs 233 us without it in stop 15's run): the one-byte stores
+// bound this pass at ~1.3 TB/s.
 template <typename KeyT>
 __global__ void __launch_bounds__(kThreads)
     mask_plain_kernel(Plan plan, const SelectState* state) {
