@@ -34,7 +34,8 @@ TORCH_LIBRARY(lthfast, m) {
   // Packed layout: uint8 [ceil(numel / 8)], entries in row-major LOGICAL order
   // (whatever the memory layout), entry i in bit (i % 8) of byte i / 8 (least
   // significant bit first), trailing bits 0.
-  // mask: bool tensor of any shape and strides.
+  // mask: bool tensor of any shape and strides, or a float one (float32/64/16,
+  // bfloat16: torch.nn.utils.prune's format) whose nonzero entries are kept.
   m.def("pack_bits(Tensor mask) -> Tensor");
   // A contiguous bool tensor of `shape` from packed (which must hold exactly
   // ceil(prod(shape) / 8) bytes).

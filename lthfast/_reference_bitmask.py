@@ -11,6 +11,8 @@ _WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype != torch.bool:
+        mask = mask != 0  # a float mask: nonzero = kept
     flat = mask.reshape(-1).to(torch.uint8)  # logical order whatever the strides
     pad = (-flat.numel()) % 8
     if pad:

@@ -21,6 +21,9 @@ def packed_nbytes(numel: int) -> int:
     return (int(numel) + 7) // 8
 
 
+_PACKABLE = (torch.bool, torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def _op(name):
     if _ops.use_reference():
         return getattr(_ref, name)
@@ -37,11 +40,15 @@ def _check_packed(packed, what="packed"):
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """uint8 [ceil(numel / 8)] holding the bool ``mask`` (any shape and strides)."""
+    """uint8 [ceil(numel / 8)] holding ``mask`` (any shape and strides): a bool mask,
+    or a float one (float32/64/16, bfloat16; torch.nn.utils.prune's format) whose
+    nonzero entries are the kept ones, as ``mask != 0`` says (-0.0 is pruned, NaN
+    kept), packed without a bool copy."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask is a {type(mask).__name__}, not a torch.Tensor")
-    if mask.dtype != torch.bool or mask.layout != torch.strided:
-        raise TypeError(f"mask must be a dense torch.bool tensor, got {mask.dtype} ({mask.layout})")
+    if mask.dtype not in _PACKABLE or mask.layout != torch.strided:
+        raise TypeError("mask must be a dense torch.bool tensor or a float32/float64/float16/"
+                        f"bfloat16 one (nonzero = kept), got {mask.dtype} ({mask.layout})")
     return _op("pack_bits")(mask)
 
 

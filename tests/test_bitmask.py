@@ -104,11 +104,69 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.lthfast.overlap_bits, (p, p.clone()))
 
 
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _float_mask(shape, dtype, seed, special=True):
+    """A float mask of 0/1 and, with ``special``, values that only ``!= 0`` decides:
+    -0.0 (pruned), NaN, -inf, a subnormal and 0.5 (kept)."""
+    g = torch.Generator().manual_seed(seed)
+    m = (torch.rand(shape, generator=g) < 0.5).to(dtype)
+    flat = m.view(-1)
+    if special and flat.numel() >= 6:
+        tiny = torch.finfo(dtype).tiny / 4  # subnormal
+        for i, v in enumerate((-0.0, float("nan"), float("-inf"), tiny, 0.5, -1.0)):
+            flat[(i * 7919) % flat.numel()] = v
+    return m
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 63, 1000, 70001, 300_007])
+def test_pack_float_masks_as_nonzero(dtype, n):
+    """torch.nn.utils.prune's float masks pack without a bool copy: bit = (mask != 0)."""
+    m = _float_mask((n,), dtype, seed=n)
+    got = bitmask.pack_bits(m)
+    assert torch.equal(got, ref.pack_bits(m))
+    assert torch.equal(got, bitmask.pack_bits(m != 0))
+    assert torch.equal(bitmask.unpack_bits(got, m.shape), m != 0)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("fmt", ["channels_last", "transposed", "sliced"])
+def test_pack_float_masks_any_layout(dtype, fmt):
+    base = _float_mask((6, 5, 3, 8), dtype, seed=11)
+    m = {"channels_last": base.contiguous(memory_format=torch.channels_last),
+         "transposed": base.permute(3, 2, 1, 0),
+         "sliced": base[..., ::2]}[fmt]
+    assert torch.equal(bitmask.pack_bits(m), bitmask.pack_bits(m != 0))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=0, max_size=4), st.sampled_from(FLOAT_DTYPES),
+       st.integers(0, 2**31))
+def test_pack_float_property(shape, dtype, seed):
+    m = _float_mask(shape, dtype, seed)
+    assert torch.equal(bitmask.pack_bits(m), ref.pack_bits(m != 0))
+
+
+def test_opcheck_float_masks():
+    for dtype in FLOAT_DTYPES:
+        m = _float_mask((4, 3, 5, 5), dtype, seed=3)
+        torch.library.opcheck(torch.ops.lthfast.pack_bits, (m,))
+        torch.library.opcheck(torch.ops.lthfast.pack_bits,
+                              (m.contiguous(memory_format=torch.channels_last),))
+
+
 def test_bad_input_raises_clearly():
-    with pytest.raises(TypeError, match="torch.bool"):
-        bitmask.pack_bits(torch.ones(3))
-    with pytest.raises(RuntimeError, match="torch.bool"):
-        torch.ops.lthfast.pack_bits(torch.ones(3, dtype=torch.uint8))
+    for bad in (torch.ones(3, dtype=torch.uint8), torch.ones(3, dtype=torch.int64),
+                torch.ones(3, dtype=torch.complex64)):
+        with pytest.raises(TypeError, match="torch.bool tensor or a float32"):
+            bitmask.pack_bits(bad)
+        with pytest.raises(RuntimeError, match=f"mask has dtype .*torch.bool, or float32"):
+            torch.ops.lthfast.pack_bits(bad)
+    if hasattr(torch, "float8_e4m3fn"):  # a 1-byte float: not taken as bool
+        with pytest.raises(RuntimeError, match="float32/float64/float16/bfloat16"):
+            torch.ops.lthfast.pack_bits(torch.ones(3).to(torch.float8_e4m3fn))
     p = bitmask.pack_bits(torch.ones(20, dtype=torch.bool))
     with pytest.raises(ValueError, match="needs 2"):
         bitmask.unpack_bits(p, (10,))

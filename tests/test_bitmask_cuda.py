@@ -82,3 +82,18 @@ def test_cuda_ticket_roundtrip():
     m = t.mask_for(model[0].weight)
     assert m.is_cuda and int(m.sum()) == t.kept("0.weight")
     assert t.to("cpu") == t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=str)
+def test_cuda_pack_float_masks(dtype):
+    """A float mask (torch's pruned format) packs as mask != 0, as on the CPU."""
+    g = torch.Generator().manual_seed(2)
+    m = (torch.rand(3, 70001, generator=g) < 0.5).to(dtype)
+    m.view(-1)[:4] = torch.tensor([-0.0, float("nan"), 0.5, float("-inf")]).to(dtype)
+    got = bitmask.pack_bits(m.cuda())
+    assert got.is_cuda and torch.equal(got.cpu(), bitmask.pack_bits(m))
+    assert torch.equal(got.cpu(), ref.pack_bits(m != 0))
+    cl = m.view(3, 1, 1, 70001).cuda().contiguous(memory_format=torch.channels_last)
+    assert torch.equal(bitmask.pack_bits(cl).cpu(), bitmask.pack_bits(m))
+    torch.library.opcheck(torch.ops.lthfast.pack_bits, (m[:, :50].cuda(),))

@@ -18,6 +18,18 @@ inline void check_mask(const at::Tensor& mask, const char* op) {
               "; it must be torch.bool");
 }
 
+// pack_bits' input: a bool mask, or a float one (torch.nn.utils.prune's format),
+// whose nonzero entries are the kept ones.
+inline void check_pack_input(const at::Tensor& mask, const char* op) {
+  TORCH_CHECK(mask.layout() == at::kStrided, op, ": mask has layout ", mask.layout(),
+              "; only dense (strided) tensors are supported");
+  const at::ScalarType t = mask.scalar_type();
+  TORCH_CHECK(t == at::kBool || t == at::kFloat || t == at::kDouble || t == at::kHalf ||
+                  t == at::kBFloat16,
+              op, ": mask has dtype ", t,
+              "; it must be torch.bool, or float32/float64/float16/bfloat16 (nonzero = kept)");
+}
+
 inline void check_packed(const at::Tensor& packed, const char* op, const char* what = "packed") {
   TORCH_CHECK(packed.layout() == at::kStrided, op, ": ", what, " has layout ", packed.layout(),
               "; only dense (strided) tensors are supported");

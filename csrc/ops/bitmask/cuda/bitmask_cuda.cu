@@ -96,8 +96,10 @@ __global__ void popcount_kernel(const uint8_t* __restrict__ a, const uint8_t* __
   if (threadIdx.x == 0 && total != 0) atomicAdd(result, total);
 }
 
-at::Tensor pack_bits_cuda(const at::Tensor& mask) {
-  check_mask(mask, "pack_bits");
+at::Tensor pack_bits_cuda(const at::Tensor& mask_in) {
+  check_pack_input(mask_in, "pack_bits");
+  // a float mask (torch.nn.utils.prune's format) is packed through a bool copy
+  const at::Tensor mask = mask_in.scalar_type() == at::kBool ? mask_in : mask_in.ne(0);
   c10::cuda::CUDAGuard guard(mask.device());
   const int64_t n = mask.numel();
   const int64_t nbytes = packed_bytes(n);
