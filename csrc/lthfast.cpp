@@ -29,6 +29,9 @@ TORCH_LIBRARY(lthfast, m) {
   // to 1, entries neither 0 nor 1 -- NaN included), on the masks' device.
   // lthfast.prune counts torch-format masks with it before pruning again.
   m.def("mask_counts(Tensor[] masks) -> Tensor");
+  // mask_counts, and each mask's bits as pack_bits writes them (nonzero = kept), from
+  // one read of the masks: what lthfast.prune's second round needs of the old masks.
+  m.def("mask_counts_packed(Tensor[] masks) -> (Tensor, Tensor[])");
 
   // ---- bitmask: masks as 1 bit per entry (lthfast.Ticket, ticket files) ----
   // Packed layout: uint8 [ceil(numel / 8)], entries in row-major LOGICAL order

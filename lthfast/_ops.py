@@ -68,3 +68,9 @@ if _C is not None:
     def _mask_counts_fake(masks):
         dev = masks[0].device if masks else torch.device("cpu")
         return torch.empty((len(masks), 2), dtype=torch.int64, device=dev)
+
+    @torch.library.register_fake("lthfast::mask_counts_packed")
+    def _mask_counts_packed_fake(masks):
+        dev = masks[0].device if masks else torch.device("cpu")
+        return (torch.empty((len(masks), 2), dtype=torch.int64, device=dev),
+                [m.new_empty(((m.numel() + 7) // 8,), dtype=torch.uint8) for m in masks])

@@ -95,6 +95,12 @@ def threshold_mask(score, mask, threshold, ties_left, dtype=None):
     return torch.empty_like(score, dtype=dtype).copy_(keep.view(score.shape))  # score's strides
 
 
+def mask_counts_packed(masks):
+    """(mask_counts(masks), each mask's bits as pack_bits writes them, nonzero = kept)."""
+    from lthfast._reference_bitmask import pack_bits
+    return mask_counts(masks), [pack_bits(m) for m in masks]
+
+
 def mask_counts(masks):
     """int64 [len(masks), 2]: per mask, entries equal to 1 and entries neither 0 nor 1."""
     rows = [torch.stack([torch.count_nonzero(m == 1), torch.count_nonzero((m != 0) & (m != 1))])

@@ -86,6 +86,18 @@ def mask_counts(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.ops.lthfast.mask_counts(masks)
 
 
+def mask_counts_packed(masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(mask_counts(masks), [pack_bits(m) for m in masks])`` (nonzero = kept), from
+    one read of the masks on the CPU (lthfast.prune's second round counts the old
+    masks and keeps their bits to roll back with)."""
+    masks = list(masks)
+    if not masks or _ops.use_reference():
+        return _reference.mask_counts_packed(masks)
+    _ops.require()
+    counts, packed = torch.ops.lthfast.mask_counts_packed(masks)
+    return counts, list(packed)
+
+
 def amount_to_count(amount, n_remaining: int, *, name: str = "amount") -> int:
     """An int amount is a count; a float in [0, 1] is round(amount * n_remaining)
     (Python's half-to-even rounding, as torch.nn.utils.prune)."""

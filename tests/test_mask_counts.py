@@ -5,7 +5,8 @@ import torch
 
 import lthfast
 from lthfast import _reference as ref
-from lthfast.magnitude import iter_global_magnitude_masks, mask_counts
+from lthfast._reference_bitmask import pack_bits as ref_pack_bits
+from lthfast.magnitude import iter_global_magnitude_masks, mask_counts, mask_counts_packed
 
 pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and lthfast._ops.available()
@@ -66,6 +67,46 @@ def test_mask_counts_bad_input_names_the_mask(device):
         with pytest.raises(RuntimeError, match=r"masks\[1\] is on cpu, expected cuda"):
             torch.ops.lthfast.mask_counts([torch.ones(3, device=device), torch.ones(3)])
     assert mask_counts([]).shape == (0, 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_counts_packed_matches_counts_and_pack_bits(device):
+    """mask_counts_packed = (mask_counts, pack_bits of each, nonzero = kept): every
+    dtype, chunked lengths, channels_last and strided views."""
+    g = torch.Generator().manual_seed(4)
+    masks = _masks(device, g) + [
+        (torch.rand(n, generator=g) > 0.5).to(dt).to(device)
+        for dt in (torch.float32, torch.float16, torch.bool) for n in (15, 16, 17, 65_537)]
+    counts, packed = mask_counts_packed(masks)
+    assert torch.equal(counts.cpu(), ref.mask_counts([m.cpu() for m in masks]))
+    assert len(packed) == len(masks)
+    for m, p in zip(masks, packed):
+        assert p.dtype == torch.uint8 and p.device == m.device
+        assert torch.equal(p.cpu(), ref_pack_bits(m.cpu() != 0))
+        assert torch.equal(p, torch.ops.lthfast.pack_bits(m))
+    torch.library.opcheck(torch.ops.lthfast.mask_counts_packed, (masks[:8],))
+    assert mask_counts_packed([])[0].shape == (0, 2)
+    with pytest.raises(RuntimeError, match=r"masks\[1\] has dtype Long"):
+        torch.ops.lthfast.mask_counts_packed([torch.ones(3, device=device),
+                                              torch.ones(3, dtype=torch.int64, device=device)])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bool_bytes_other_than_one_pack_as_kept(device):
+    """A bool tensor viewing bytes other than 0/1: counted as True by mask_counts,
+    so packed as 1 by mask_counts_packed and pack_bits (every length and offset
+    around the 8-entry bytes and 16-entry groups)."""
+    g = torch.Generator().manual_seed(5)
+    raw = torch.randint(0, 256, (300,), dtype=torch.uint8, generator=g)
+    raw[::3] = 0
+    masks = [raw[o:o + n].view(torch.bool).to(device) for o in range(0, 9, 4)
+             for n in (1, 7, 8, 9, 15, 16, 17, 33, 200)]
+    counts, packed = mask_counts_packed(masks)
+    for m, c, p in zip(masks, counts.cpu(), packed):
+        nz = m.cpu().view(torch.uint8) != 0
+        assert int(c[0]) == int(nz.sum())
+        assert torch.equal(p.cpu(), ref_pack_bits(nz))
+        assert torch.equal(torch.ops.lthfast.pack_bits(m).cpu(), ref_pack_bits(nz))
 
 
 @pytest.mark.parametrize("device", DEVICES)

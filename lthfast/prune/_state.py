@@ -63,7 +63,7 @@ class Snapshot:
         d = module.__dict__
         self.attrs = {n: d[n] for n in names if n in d}
 
-    def compact(self, name: str) -> None:
+    def compact(self, name: str, known_bits: tuple | None = None) -> None:
         """Stops holding the ``<name>_mask`` buffer (the caller has checked that it holds
         only 0 and 1) and the ``<name>`` tensor that are about to be replaced:
         global_unstructured calls this for each tensor before making its new mask, so
@@ -72,14 +72,17 @@ class Snapshot:
         (restored as the same object while anyone else holds it) plus, for the mask,
         its bits; otherwise restore() rebuilds the mask from the bits (values, dtype,
         shape and strides; a -0.0 comes back as 0.0) and ``<name>`` as
-        ``<name>_orig * <name>_mask``, as the pruning hook computes it."""
+        ``<name>_orig * <name>_mask``, as the pruning hook computes it.
+        ``known_bits``: ``(mask, pack_bits(mask))`` when the caller has packed it
+        already; used if ``mask`` is the buffer."""
         key = name + "_mask"
         mask = self.buffers.get(key)
         if (type(mask) is torch.Tensor and not mask.requires_grad
                 and mask.dtype in _PACKABLE  # bool or a float dtype pack_bits takes
                 and (mask.is_contiguous()  # rebuilt with empty_strided: dense layouts only
                      or mask.is_contiguous(memory_format=torch.channels_last))):
-            self.buffers[key] = _Dropped(mask)
+            packed = known_bits[1] if known_bits is not None and known_bits[0] is mask else None
+            self.buffers[key] = _Dropped(mask, packed=packed)
         if (type(self.attrs.get(name)) is torch.Tensor and name + "_orig" in self.parameters
                 and key in self.buffers):
             self.attrs[name] = _Dropped(self.attrs[name], bits=False)
@@ -112,16 +115,17 @@ class _Dropped:
 
     __slots__ = ("ref", "packed", "dtype", "shape", "stride", "device")
 
-    def __init__(self, t: torch.Tensor, bits: bool = True):
+    def __init__(self, t: torch.Tensor, bits: bool = True, packed: torch.Tensor | None = None):
         self.ref = weakref.ref(t)
-        self.packed = None
+        self.packed = packed  # pack_bits(t) when the caller has it already
         if bits:
             # t is a dense bool or float tensor that requires no grad (Snapshot.compact
             # checks): nothing to record, so no no_grad context and the op without its
             # Python wrapper's checks (round 2 of bench/host_overhead_prune.py: 57 -> 52
             # us per tensor). A float mask is packed as it is (nonzero = kept): no bool
             # copy (round 2 on keypointrcnn's 59M weights: ~40 ms less on 2 CPU threads)
-            self.packed = _op("pack_bits")(t)
+            if packed is None:
+                self.packed = _op("pack_bits")(t)
             self.dtype, self.shape, self.stride, self.device = t.dtype, t.shape, t.stride(), t.device
 
     def mask(self) -> torch.Tensor:

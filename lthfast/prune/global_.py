@@ -17,7 +17,7 @@ import torch
 from lthfast.prune import validate
 from lthfast.prune._state import Snapshot, TorchBase, TorchContainer, find_hook, is_a
 from lthfast.prune.base import combine_masks, uses_stock_compute_mask
-from lthfast.magnitude import iter_global_magnitude_masks, mask_counts
+from lthfast.magnitude import iter_global_magnitude_masks, mask_counts_packed
 from lthfast.prune.methods import CustomFromMask, L1Unstructured, _kernel_can_take
 
 
@@ -75,30 +75,35 @@ def _targets(parameters, importance_scores):
 
 
 def _kernel_eligibility(targets):
-    """``(eligibility, n_remaining)`` for the kernel: per-tensor eligibility (None:
-    all) and the number of eligible entries; False when an earlier mask holds
-    values other than 0 and 1 (torch's rules then need the slow path). Float masks
-    are passed as they are, counted in one pass (mask_counts): no bool copies."""
+    """``(eligibility, n_remaining, bits)`` for the kernel: per-tensor eligibility
+    (None: all), the number of eligible entries, and the earlier masks' bits
+    (pack_bits' layout; None where a tensor has no earlier mask) for the snapshots
+    to roll back with; eligibility is False when an earlier mask holds values other
+    than 0 and 1 (torch's rules then need the slow path). Float masks are passed as
+    they are, counted and packed in one pass (mask_counts_packed): no bool copies."""
     scores = [t[2] for t in targets]
     old = [t[3] for t in targets]
     if all(m is None for m in old):
-        return None, sum(s.numel() for s in scores)
+        return None, sum(s.numel() for s in scores), [None] * len(targets)
     present = [m.detach() if m.requires_grad else m for m in old if m is not None]
-    counts = mask_counts(present).cpu()  # the one host sync of a call with earlier masks
+    counts, packed = mask_counts_packed(present)
+    counts = counts.cpu()  # the one host sync of a call with earlier masks
     if bool(counts[:, 1].any()):
-        return False, 0
+        return False, 0, None
     ones = iter(counts[:, 0].tolist())
-    detached = iter(present)
-    eligible, n = [], 0
+    detached, packed = iter(present), iter(packed)
+    eligible, bits, n = [], [], 0
     for s, m in zip(scores, old):
         if m is None:
             eligible.append(torch.ones_like(s))
+            bits.append(None)
             n += s.numel()
             continue
         m = next(detached)
         n += next(ones)
+        bits.append(next(packed))
         eligible.append(m if (m.dtype == s.dtype and m.device == s.device) else (m == 1).to(s.device))
-    return eligible, n
+    return eligible, n, bits
 
 
 def _install_from_kernel(method, targets, snapshots):
@@ -113,7 +118,7 @@ def _install_from_kernel(method, targets, snapshots):
     scores = [t[2].detach() for t in targets]
     if not _kernel_can_take(scores):
         return False
-    eligible, n = _kernel_eligibility(targets)
+    eligible, n, bits = _kernel_eligibility(targets)
     if eligible is False:
         return False
     k = validate.count_to_prune(method.amount, n)
@@ -127,10 +132,11 @@ def _install_from_kernel(method, targets, snapshots):
         del _  # pruning again, the old pruned tensor (whose grad_fn holds the old mask)
         if old_mask is not None:
             # the old mask and pruned tensor (the scores) go when the new ones replace
-            # them; the snapshot keeps their bits (packed before the new mask is made)
+            # them; the snapshot keeps the mask's bits (packed when it was counted)
             targets[i] = (module, name, None, None, key, old)
+            snapshots[id(module)].compact(name, (old_mask, bits[i]))
             del old_mask
-            snapshots[id(module)].compact(name)
+            bits[i] = None
         keep = next(masks)
         mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
         del keep

@@ -1,33 +1,23 @@
-// CPU kernels of the bitmask ops: bool masks <-> 1 bit per entry (uint8,
+// CPU kernels of the bitmask ops: bool (or float) masks <-> 1 bit per entry (uint8,
 // row-major logical order, least significant bit first, trailing bits 0), and
 // popcounts on packed data (kept counts and mask overlap without unpacking).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#if defined(__SSE2__) && defined(__x86_64__)
-#include <emmintrin.h>
-#endif
-
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
 
 #include "ops/bitmask/bitmask_check.h"
+#include "ops/bitmask/cpu/pack_cpu.h"
 
 namespace lthfast {
 namespace bitmask {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // packed bytes per parallel task
-
-// 8 bool bytes (0/1, little-endian in x) -> one byte, byte i -> bit i. The
-// multiplier moves bit 8i to bit 56+i; all partial products land on distinct
-// bits, so nothing carries into the top byte.
-inline uint8_t pack8(uint64_t x) {
-  x &= 0x0101010101010101ULL;
-  return static_cast<uint8_t>((x * 0x0102040810204080ULL) >> 56);
-}
 
 // byte -> 8 bool bytes, bit i -> byte i (little-endian).
 const std::array<uint64_t, 256>& unpack_table() {
@@ -43,77 +33,6 @@ const std::array<uint64_t, 256>& unpack_table() {
   return table;
 }
 
-// Packs the n bool bytes at in.
-void pack_bools(const uint8_t* in, int64_t n, uint8_t* o) {
-  const int64_t full = n / 8;
-  at::parallel_for(0, full, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      uint64_t x;
-      std::memcpy(&x, in + 8 * i, 8);
-      o[i] = pack8(x);
-    }
-  });
-  if (full * 8 < n) {  // the last, partial byte: trailing bits stay 0
-    uint64_t x = 0;
-    std::memcpy(&x, in + 8 * full, n - 8 * full);
-    o[full] = pack8(x);
-  }
-}
-
-// Two packed bytes from 16 float bit patterns (bits_t wide), entry k in bit k:
-// bit = in[k] != 0, i.e. any bit but the sign set, so -0.0 is 0 and a NaN is
-// kept, as `mask != 0` says. With SSE2, 32- and 16-bit floats take an and, a
-// compare and a saturating pack per 4 / 8 entries and one movemask per 16 (a
-// scalar loop ran at half the read bandwidth: 39 ms vs ~16 ms on 59M floats,
-// 2 threads; one movemask per 8 entries, 28 ms).
-template <typename bits_t>
-inline uint16_t pack16_floats(const bits_t* in) {
-  constexpr bits_t magnitude = static_cast<bits_t>(~(bits_t(1) << (8 * sizeof(bits_t) - 1)));
-#if defined(__SSE2__) && defined(__x86_64__)
-  if constexpr (sizeof(bits_t) == 4 || sizeof(bits_t) == 2) {
-    const __m128i zero = _mm_setzero_si128();
-    auto is_zero = [&](int q) {  // all ones in the lanes whose entry is +-0
-      const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in) + q);
-      if constexpr (sizeof(bits_t) == 4) {
-        return _mm_cmpeq_epi32(_mm_and_si128(x, _mm_set1_epi32(static_cast<int>(magnitude))), zero);
-      } else {
-        return _mm_cmpeq_epi16(_mm_and_si128(x, _mm_set1_epi16(static_cast<short>(magnitude))), zero);
-      }
-    };
-    __m128i bytes;  // 16 lanes of 0 / -1, entry order
-    if constexpr (sizeof(bits_t) == 4) {
-      bytes = _mm_packs_epi16(_mm_packs_epi32(is_zero(0), is_zero(1)),
-                              _mm_packs_epi32(is_zero(2), is_zero(3)));
-    } else {
-      bytes = _mm_packs_epi16(is_zero(0), is_zero(1));
-    }
-    return static_cast<uint16_t>(~_mm_movemask_epi8(bytes));
-  }
-#endif
-  uint16_t v = 0;
-  for (int k = 0; k < 16; ++k) v |= static_cast<uint16_t>((in[k] & magnitude) != 0) << k;
-  return v;
-}
-
-// Packs the n floats at in (as their bit patterns): no bool copy of the mask.
-template <typename bits_t>
-void pack_floats(const bits_t* in, int64_t n, uint8_t* o) {
-  auto store = [&](int64_t i, uint16_t v, int64_t nbytes) {  // little-endian: byte i first
-    o[2 * i] = static_cast<uint8_t>(v);
-    if (nbytes > 1) o[2 * i + 1] = static_cast<uint8_t>(v >> 8);
-  };
-  const int64_t full = n / 16;
-  at::parallel_for(0, full, kGrain / 2, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) store(i, pack16_floats(in + 16 * i), 2);
-  });
-  const int64_t rest = n - 16 * full;
-  if (rest > 0) {  // the last 1-15 entries through a zero-padded copy: trailing bits 0
-    bits_t tail[16] = {};
-    std::memcpy(tail, in + 16 * full, rest * sizeof(bits_t));
-    store(full, pack16_floats(tail), (rest + 7) / 8);
-  }
-}
-
 at::Tensor pack_bits_cpu(const at::Tensor& mask) {
   check_pack_input(mask, "pack_bits");
   const int64_t n = mask.numel();
@@ -123,22 +42,13 @@ at::Tensor pack_bits_cpu(const at::Tensor& mask) {
   // Row-major logical order whatever the layout: a non-contiguous mask
   // (channels_last, a slice) is walked through a row-major copy.
   const at::Tensor src = mask.contiguous();
-  uint8_t* o = out.data_ptr<uint8_t>();
   const void* in = src.data_ptr();
-  switch (c10::elementSize(src.scalar_type())) {
-    case 1:  // bool: the only 1-byte dtype check_pack_input lets through
-      pack_bools(static_cast<const uint8_t*>(in), n, o);
-      break;
-    case 2:
-      pack_floats(static_cast<const uint16_t*>(in), n, o);
-      break;
-    case 4:
-      pack_floats(static_cast<const uint32_t*>(in), n, o);
-      break;
-    default:
-      TORCH_CHECK(src.element_size() == 8, "pack_bits: unexpected dtype ", src.scalar_type());
-      pack_floats(static_cast<const uint64_t*>(in), n, o);
-  }
+  const int elem = static_cast<int>(src.element_size());
+  uint8_t* o = out.data_ptr<uint8_t>();
+  const int64_t groups = (n + 15) / 16;  // tasks split at whole 16-entry groups
+  at::parallel_for(0, groups, kGrain / 2, [&](int64_t b, int64_t e) {
+    pack_range(in, elem, 16 * b, std::min(n, 16 * e), o);
+  });
   return out;
 }
 

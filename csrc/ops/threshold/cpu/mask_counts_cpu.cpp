@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/bitmask/cpu/pack_cpu.h"
 #include "ops/common/parallel_items.h"
 #include "ops/threshold/mask_counts_common.h"
 
@@ -84,16 +85,26 @@ void count_item(const Item& it, int64_t begin, int64_t end, int64_t& ones, int64
   }
 }
 
-at::Tensor mask_counts_cpu(at::TensorList masks) {
-  const char* op = "mask_counts";
+static_assert(kCountChunk % 16 == 0, "pack_range starts at whole 16-entry groups");
+
+// mask_counts, and with `packed` each mask's bits too (from the same chunk, while it
+// is in cache: one read of the masks).
+at::Tensor counts_cpu(at::TensorList masks, const char* op, std::vector<at::Tensor>* packed) {
   std::vector<at::Tensor> keep;  // dense versions of the masks (a copy only for strided views)
   std::vector<Item> items;
+  std::vector<uint8_t*> bits;
   for (size_t i = 0; i < masks.size(); ++i) {
     const at::Tensor& m = masks[i];
     check_count_mask(m, i, at::Device(at::kCPU), op);
-    keep.push_back(m.is_non_overlapping_and_dense() ? m : m.contiguous());
+    // counting takes any dense layout; packing walks row-major order
+    const bool ok = packed ? m.is_contiguous() : m.is_non_overlapping_and_dense();
+    keep.push_back(ok ? m : m.contiguous());
     const at::Tensor& d = keep.back();
     items.push_back(Item{d.data_ptr(), d.numel(), mask_bits(d.scalar_type())});
+    if (packed) {
+      packed->push_back(at::empty({(d.numel() + 7) / 8}, at::dtype(at::kByte)));
+      bits.push_back(packed->back().data_ptr<uint8_t>());
+    }
   }
   struct Chunk {
     int64_t item, begin, end;
@@ -106,7 +117,10 @@ at::Tensor mask_counts_cpu(at::TensorList masks) {
   }
   std::vector<int64_t> ones(chunks.size(), 0), others(chunks.size(), 0);
   parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
-    count_item(items[chunks[c].item], chunks[c].begin, chunks[c].end, ones[c], others[c]);
+    const Chunk& ch = chunks[c];
+    const Item& it = items[ch.item];
+    count_item(it, ch.begin, ch.end, ones[c], others[c]);
+    if (packed) bitmask::pack_range(it.data, it.bits.bytes, ch.begin, ch.end, bits[ch.item]);
   });
   at::Tensor out = at::zeros({static_cast<int64_t>(masks.size()), 2}, at::dtype(at::kLong));
   int64_t* o = out.data_ptr<int64_t>();
@@ -117,10 +131,21 @@ at::Tensor mask_counts_cpu(at::TensorList masks) {
   return out;
 }
 
+at::Tensor mask_counts_cpu(at::TensorList masks) {
+  return counts_cpu(masks, "mask_counts", nullptr);
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> mask_counts_packed_cpu(at::TensorList masks) {
+  std::vector<at::Tensor> packed;
+  at::Tensor counts = counts_cpu(masks, "mask_counts_packed", &packed);
+  return {counts, packed};
+}
+
 }  // namespace
 }  // namespace threshold
 }  // namespace lthfast
 
 TORCH_LIBRARY_IMPL(lthfast, CPU, m) {
   m.impl("mask_counts", &lthfast::threshold::mask_counts_cpu);
+  m.impl("mask_counts_packed", &lthfast::threshold::mask_counts_packed_cpu);
 }
