@@ -92,18 +92,17 @@ static_assert(kCountChunk % 16 == 0, "pack_range starts at whole 16-entry groups
 at::Tensor counts_cpu(at::TensorList masks, const char* op, std::vector<at::Tensor>* packed) {
   std::vector<at::Tensor> keep;  // dense versions of the masks (a copy only for strided views)
   std::vector<Item> items;
-  std::vector<uint8_t*> bits;
+  std::vector<uint8_t*> bits;  // where each mask's bits go in the pass; nullptr: packed after it
   for (size_t i = 0; i < masks.size(); ++i) {
     const at::Tensor& m = masks[i];
     check_count_mask(m, i, at::Device(at::kCPU), op);
-    // counting takes any dense layout; packing walks row-major order
-    const bool ok = packed ? m.is_contiguous() : m.is_non_overlapping_and_dense();
-    keep.push_back(ok ? m : m.contiguous());
+    keep.push_back(m.is_non_overlapping_and_dense() ? m : m.contiguous());
     const at::Tensor& d = keep.back();
     items.push_back(Item{d.data_ptr(), d.numel(), mask_bits(d.scalar_type())});
     if (packed) {
       packed->push_back(at::empty({(d.numel() + 7) / 8}, at::dtype(at::kByte)));
-      bits.push_back(packed->back().data_ptr<uint8_t>());
+      // packing walks row-major order: in the pass only when memory order is that
+      bits.push_back(d.is_contiguous() ? packed->back().data_ptr<uint8_t>() : nullptr);
     }
   }
   struct Chunk {
@@ -120,8 +119,23 @@ at::Tensor counts_cpu(at::TensorList masks, const char* op, std::vector<at::Tens
     const Chunk& ch = chunks[c];
     const Item& it = items[ch.item];
     count_item(it, ch.begin, ch.end, ones[c], others[c]);
-    if (packed) bitmask::pack_range(it.data, it.bits.bytes, ch.begin, ch.end, bits[ch.item]);
+    if (packed && bits[ch.item]) {
+      bitmask::pack_range(it.data, it.bits.bytes, ch.begin, ch.end, bits[ch.item]);
+    }
   });
+  // A channels_last (or otherwise permuted) mask: packed through a row-major copy,
+  // one mask at a time, so the copies never add up to more than the largest mask.
+  for (size_t i = 0; packed && i < items.size(); ++i) {
+    if (bits[i] != nullptr) continue;
+    const at::Tensor rm = keep[i].contiguous();
+    keep[i] = at::Tensor();
+    const int64_t n = rm.numel();
+    uint8_t* out = (*packed)[i].data_ptr<uint8_t>();
+    at::parallel_for(0, (n + 15) / 16, kCountChunk / 16, [&](int64_t b, int64_t e) {
+      bitmask::pack_range(rm.data_ptr(), static_cast<int>(rm.element_size()), 16 * b,
+                          std::min(n, 16 * e), out);
+    });
+  }
   at::Tensor out = at::zeros({static_cast<int64_t>(masks.size()), 2}, at::dtype(at::kLong));
   int64_t* o = out.data_ptr<int64_t>();
   for (size_t c = 0; c < chunks.size(); ++c) {
