@@ -48,14 +48,37 @@ def build_info() -> dict:
 
 if _C is not None:
 
+    _SCORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+    def _check_threshold_args(op, scores, masks, k):
+        """What the kernels check (threshold_prepare.h), for the fake kernels: meta
+        tensors (or one among real ones) must be refused as the kernels refuse them."""
+        torch._check(len(scores) > 0, lambda: f"{op}: scores is empty; pass at least one tensor")
+        torch._check(not masks or len(masks) == len(scores),
+                     lambda: f"{op}: masks has {len(masks)} tensors but scores has {len(scores)}")
+        torch._check(k >= 0, lambda: f"{op}: k={k} must be >= 0")
+        dev = scores[0].device
+        for i, sc in enumerate(scores):
+            torch._check(sc.layout == torch.strided and sc.dtype in _SCORE_DTYPES and sc.device == dev,
+                         lambda: f"{op}: scores[{i}] must be a dense float tensor on {dev}, got "
+                                 f"{sc.dtype} ({sc.layout}) on {sc.device}")
+            if masks:
+                m = masks[i]
+                torch._check(m.dtype in (torch.bool, sc.dtype) and m.shape == sc.shape and m.device == dev,
+                             lambda: f"{op}: masks[{i}] must be bool or {sc.dtype} of shape "
+                                     f"{tuple(sc.shape)} on {dev}, got {m.dtype} of shape "
+                                     f"{tuple(m.shape)} on {m.device}")
+
     @torch.library.register_fake("lthfast::global_threshold")
     def _global_threshold_fake(scores, masks, k):
+        _check_threshold_args("global_threshold", scores, masks, k)
         dev = scores[0].device
         return (torch.empty((), dtype=torch.float64, device=dev),
                 torch.empty((), dtype=torch.int64, device=dev))
 
     @torch.library.register_fake("lthfast::global_magnitude_masks")
     def _global_magnitude_masks_fake(scores, masks, k):
+        _check_threshold_args("global_magnitude_masks", scores, masks, k)
         return [torch.empty_like(s, dtype=torch.bool) for s in scores]
 
     @torch.library.register_fake("lthfast::threshold_mask")

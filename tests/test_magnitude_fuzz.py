@@ -653,7 +653,7 @@ def test_bitmask_opcheck_fresh_random():
 
 
 @pytest.mark.parametrize("call, exc, text", [
-    (lambda: bitmask.pack_bits(torch.ones(3)), TypeError, r"torch\.float32"),
+    (lambda: bitmask.pack_bits(torch.ones(3, dtype=torch.int32)), TypeError, r"torch\.int32"),
     (lambda: bitmask.pack_bits([True]), TypeError, r"mask is a list"),
     (lambda: bitmask.unpack_bits(torch.zeros(2, dtype=torch.uint8), (17,)), ValueError,
      r"packed has 2 bytes but shape \(17,\) needs 3"),
