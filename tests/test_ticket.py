@@ -253,6 +253,23 @@ def test_from_pruned_and_to_pruned_roundtrip():
         Ticket.from_pruned(net())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                   torch.int32], ids=str)
+def test_from_pruned_reads_masks_as_nonzero(dtype):
+    """Float masks are packed as they are (no bool copy), with `mask != 0`'s meaning:
+    -0.0 pruned, NaN and values other than 1 kept; other dtypes through `!= 0`."""
+    model = net(3)
+    conv = model.conv
+    torch.nn.utils.prune.identity(conv, "weight")
+    mask = (torch.rand(conv.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5).to(dtype)
+    if dtype.is_floating_point:
+        mask.view(-1)[:3] = torch.tensor([-0.0, float("nan"), 0.5]).to(dtype)
+    conv.weight_mask = mask
+    t = Ticket.from_pruned(model)
+    assert torch.equal(t["conv.weight"], mask != 0)
+    assert t.kept("conv.weight") == int((mask != 0).sum())
+
+
 def test_from_lthfast_prune():
     import lthfast.prune as lprune
     model = net(8)

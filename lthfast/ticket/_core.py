@@ -332,7 +332,11 @@ class Ticket:
     def from_pruned(cls, module: nn.Module, *, round: int = 1, meta: dict | None = None) -> "Ticket":
         """The masks (``<name>_mask`` buffers) of a module pruned with
         torch.nn.utils.prune or lthfast.prune, under the original parameter names."""
-        return cls(_interop.masks_of_pruned(module), round=round, meta=meta)
+        masks = _interop.masks_of_pruned(module)  # float masks pack as they are (!= 0)
+        packed = {n: bitmask.pack_bits(m) for n, m in masks.items()}
+        kept = {n: bitmask.count_bits(p) for n, p in packed.items()}
+        return cls._make(list(masks), {n: tuple(m.shape) for n, m in masks.items()}, packed,
+                         kept, round, meta, False)
 
     def to_pruned(self, model: nn.Module) -> nn.Module:
         """Installs the masks as ``torch.nn.utils.prune.custom_from_mask`` hooks."""

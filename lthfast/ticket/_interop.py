@@ -7,9 +7,13 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
+from lthfast import bitmask
+
 
 def masks_of_pruned(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``{original parameter name: bool mask}`` of every pruned parameter."""
+    """``{original parameter name: mask}`` of every pruned parameter, nonzero = kept:
+    the ``<name>_mask`` buffer itself where ``pack_bits`` takes it (bool, or a float
+    in torch's format: no bool copy of every mask), else ``buffer != 0``."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module is a {type(module).__name__}, not a torch.nn.Module")
     masks = {}
@@ -20,7 +24,8 @@ def masks_of_pruned(module: nn.Module) -> dict[str, torch.Tensor]:
             base = buf_name[: -len("_mask")]
             if m._parameters.get(base + "_orig") is None:
                 continue
-            masks[f"{prefix}.{base}" if prefix else base] = buf != 0
+            packable = buf.dtype in bitmask._PACKABLE and buf.layout == torch.strided
+            masks[f"{prefix}.{base}" if prefix else base] = buf.detach() if packable else buf != 0
     if not masks:
         raise ValueError(f"{type(module).__name__} has no pruned parameters (no <name>_mask buffer "
                          "beside a <name>_orig parameter): prune it with torch.nn.utils.prune or "
