@@ -160,7 +160,7 @@ def global_magnitude_threshold(tensors, k: int, *, masks=None) -> tuple[float, i
         return _reference.global_threshold(tensors, masks, k)
     _ops.require()
     tensors, mask_list = _as_list(tensors), ([] if masks is None else _as_list(masks))
-    with _checks_on_failure(tensors, masks):
+    with _checks_on_failure(tensors, None if masks is None else mask_list):
         if not tensors or (mask_list and len(mask_list) != len(tensors)):
             raise ValueError("empty tensors or a mask count that differs")  # checks word it
         k = _checked_k(k, count_remaining(tensors, mask_list))
@@ -294,7 +294,7 @@ def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> l
     if importance is None and not _ops.use_reference():
         _ops.require()
         tensors, mask_list = _as_list(tensors), ([] if masks is None else _as_list(masks))
-        with _checks_on_failure(tensors, masks):
+        with _checks_on_failure(tensors, None if masks is None else mask_list):
             if not tensors or (mask_list and len(mask_list) != len(tensors)):
                 raise ValueError("empty tensors or a mask count that differs")  # checks word it
             k = amount_to_count(amount, count_remaining(tensors, mask_list))

@@ -81,3 +81,19 @@ def test_op_level_checks_name_the_tensor():
         torch.ops.lthfast.global_magnitude_masks(W, [], 100)
     with pytest.raises(RuntimeError):  # the dispatcher refuses an op with no tensor
         torch.ops.lthfast.global_threshold([], [], 0)
+
+
+def test_generators_are_read_once_and_errors_still_name_the_tensor():
+    """Valid calls leave the checks to the ops; a failing call runs them on the
+    lists it read, so generators give the same errors as lists."""
+    ws = [torch.randn(4, 3), torch.randn(5)]
+    bad = (m for m in [torch.ones(4, 3, dtype=torch.bool), torch.ones(6, dtype=torch.bool)])
+    with pytest.raises(ValueError, match=r"masks\[1\] has shape \(6,\) but tensors\[1\] has shape \(5,\)"):
+        lthfast.global_magnitude_masks((w for w in ws), 0.5, masks=bad)
+    with pytest.raises(ValueError, match=r"masks\[1\] has shape"):
+        lthfast.global_magnitude_threshold(ws, 1, masks=iter([torch.ones(4, 3), torch.ones(6)]))
+    got = lthfast.global_magnitude_masks((w for w in ws), 0.5,
+                                         masks=(torch.ones_like(w, dtype=torch.bool) for w in ws))
+    assert [tuple(m.shape) for m in got] == [(4, 3), (5,)]
+    with pytest.raises(TypeError, match=r"tensors\[1\] has dtype torch.int64"):
+        lthfast.global_magnitude_masks([ws[0], torch.ones(3, dtype=torch.int64)], 2.0)  # not amount's
