@@ -6,7 +6,8 @@ TORCH_LIBRARY(lthfast, m) {
   // Global magnitude threshold over many tensors (the IMP pruning step).
   // scores: float tensors (fp16/bf16/fp32/fp64), ranked by |score|; NaN above +Inf.
   // masks: empty (all entries eligible) or one tensor per score, same shape, bool
-  //        or the score's dtype: only entries where it is nonzero are eligible.
+  //        or the score's dtype: only entries where it is nonzero are eligible;
+  //        or uint8 packed bits (pack_bits' layout, 1-D, ceil(numel / 8) bytes).
   // k: how many eligible entries to prune, 0 <= k <= number eligible.
   // Returns (threshold, n_ties): 0-dim float64 |score| of the k-th smallest
   // eligible entry (0.0 when k == 0) and 0-dim int64 number of entries equal to
@@ -22,7 +23,7 @@ TORCH_LIBRARY(lthfast, m) {
   // ties pruned here, so calls in tensor order reproduce global_magnitude_masks.
   // The mask's dtype is `dtype` when given (bool or the score's dtype: torch's
   // float masks come out directly), else mask's (bool or the score's dtype),
-  // bool without mask.
+  // bool without a mask or with packed bits.
   m.def("threshold_mask(Tensor score, Tensor? mask, Tensor threshold, Tensor(a!) ties_left, "
         "ScalarType? dtype=None) -> Tensor");
   // Per mask (bool or float, any shape): int64 [len(masks), 2] = (entries equal

@@ -62,7 +62,13 @@ if _C is not None:
             torch._check(sc.layout == torch.strided and sc.dtype in _SCORE_DTYPES and sc.device == dev,
                          lambda: f"{op}: scores[{i}] must be a dense float tensor on {dev}, got "
                                  f"{sc.dtype} ({sc.layout}) on {sc.device}")
-            if masks:
+            if masks and masks[i].dtype == torch.uint8:  # packed bits
+                m, nbytes = masks[i], (sc.numel() + 7) // 8
+                torch._check(m.dim() == 1 and m.numel() == nbytes and m.device == dev,
+                             lambda: f"{op}: masks[{i}] is uint8, i.e. packed bits, and must be "
+                                     f"1-D with {nbytes} bytes on {dev}, got shape "
+                                     f"{tuple(m.shape)} on {m.device}")
+            elif masks:
                 m = masks[i]
                 torch._check(m.dtype in (torch.bool, sc.dtype) and m.shape == sc.shape and m.device == dev,
                              lambda: f"{op}: masks[{i}] must be bool or {sc.dtype} of shape "
@@ -83,8 +89,10 @@ if _C is not None:
 
     @torch.library.register_fake("lthfast::threshold_mask")
     def _threshold_mask_fake(score, mask, threshold, ties_left, dtype=None):
-        if dtype is None:
-            dtype = torch.bool if mask is None else mask.dtype
+        if mask is not None:
+            _check_threshold_args("threshold_mask", [score], [mask], 0)
+        if dtype is None:  # a packed (uint8) mask gives bool
+            dtype = torch.bool if mask is None or mask.dtype == torch.uint8 else mask.dtype
         return torch.empty_like(score, dtype=dtype)
 
     @torch.library.register_fake("lthfast::mask_counts")

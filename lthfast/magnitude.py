@@ -194,7 +194,9 @@ def _masks_for_scores(masks, scores):
     # The kernels take masks that are bool or of the *score's* dtype: a float mask of
     # the weights' dtype (documented) next to importance scores of another dtype goes
     # in as `mask != 0` (the same eligibility: nonzero = kept).
-    return [m if m.dtype in (torch.bool, s.dtype) else m != 0 for m, s in zip(masks, scores)]
+    # Packed bits (uint8) are read as they are.
+    return [m if m.dtype in (torch.bool, s.dtype, torch.uint8) else m != 0
+            for m, s in zip(masks, scores)]
 
 
 def _in_layout_of(mask, tensor, score):
@@ -207,7 +209,7 @@ def _in_layout_of(mask, tensor, score):
 
 
 def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None, n_remaining=None,
-                                dtype=None, _checked_tensors=False):
+                                dtype=None, _checked_tensors=False, _packed_masks=False):
     """Yields the same keep-masks as :func:`global_magnitude_masks`, one tensor at a
     time, so that a caller that installs each mask before asking for the next never
     holds a list of them. A yielded mask has ``dtype`` (one, or one per tensor) where
@@ -216,11 +218,20 @@ def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
     checked and the threshold found before the first mask is yielded (the caller
     may pass ``n_remaining`` when it has just counted the unpruned entries;
     ``_checked_tensors``: ``tensors`` is a list the caller has checked as
-    ``_check_tensors`` does).
+    ``_check_tensors`` does; ``_packed_masks``: ``masks`` is a list of each tensor's
+    packed bits (pack_bits' layout, as lthfast.prune keeps the old masks), which the
+    ops read as they are and check; the caller passes ``n_remaining``).
     """
     if not _checked_tensors:
         tensors = _check_tensors(tensors)
-    masks = _check_masks(masks, tensors)
+    if _packed_masks:
+        if n_remaining is None or _ops.use_reference():
+            raise ValueError("_packed_masks needs n_remaining and the compiled ops")
+        masks = list(masks)
+        if len(masks) != len(tensors):
+            raise ValueError(f"masks has {len(masks)} entries but there are {len(tensors)} tensors")
+    else:
+        masks = _check_masks(masks, tensors)
     scores = _scores_of(tensors, importance)
     if n_remaining is None:
         n_remaining = count_remaining(tensors, masks)
@@ -253,6 +264,8 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
         want = dtype[i] if per_tensor else dtype
         if want is not torch.bool and want != s.dtype:
             want = mask_dtypes[i] if mask_dtypes else torch.bool
+            if want == torch.uint8:  # packed bits in: a bool mask out
+                want = torch.bool
         m = masks[i] if masks else None
         # the op writes bool or the score's dtype; a float mask of the weights' dtype
         # (importance scores of another dtype) is converted below

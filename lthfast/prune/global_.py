@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
+from lthfast import _ops
 from lthfast.prune import validate
 from lthfast.prune._state import Snapshot, TorchBase, TorchContainer, find_hook, is_a
 from lthfast.prune.base import combine_masks, uses_stock_compute_mask
@@ -92,6 +93,9 @@ def _kernel_eligibility(targets):
         return False, 0, None
     ones = iter(counts[:, 0].tolist())
     detached, packed = iter(present), iter(packed)
+    # On the CPU the kernels read the bits themselves: 1/32 of a float mask's bytes
+    # in each pass (the CUDA kernels would unpack them first, so they get the masks)
+    as_bits = present[0].device.type == "cpu" and not _ops.use_reference()
     eligible, bits, n = [], [], 0
     for s, m in zip(scores, old):
         if m is None:
@@ -102,7 +106,11 @@ def _kernel_eligibility(targets):
         m = next(detached)
         n += next(ones)
         bits.append(next(packed))
-        eligible.append(m if (m.dtype == s.dtype and m.device == s.device) else (m == 1).to(s.device))
+        if as_bits and s.device.type == "cpu":
+            eligible.append(bits[-1])
+        else:
+            eligible.append(m if (m.dtype == s.dtype and m.device == s.device)
+                            else (m == 1).to(s.device))
     return eligible, n, bits
 
 
@@ -124,8 +132,10 @@ def _install_from_kernel(method, targets, snapshots):
     k = validate.count_to_prune(method.amount, n)
     origs = [module._parameters.get(name + "_orig", module._parameters.get(name))
              for module, name, *_ in targets]
+    packed = eligible is not None and any(m.dtype == torch.uint8 for m in eligible)
     masks = iter_global_magnitude_masks(scores, k, masks=eligible, n_remaining=n,
-                                        dtype=[o.dtype for o in origs], _checked_tensors=True)
+                                        dtype=[o.dtype for o in origs], _checked_tensors=True,
+                                        _packed_masks=packed)
     del eligible, scores  # the generator holds them, and lets each go once used
     for i, orig in enumerate(origs):
         module, name, _, old_mask, key, old = targets[i]

@@ -2,6 +2,7 @@
 // the CPU work list (entries split into chunks).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
 #include <string>
@@ -14,16 +15,36 @@ namespace threshold {
 // value) and returns the scores and masks in a layout the kernels can walk in
 // memory order: non-dense scores are made contiguous; masks get the strides of
 // their score. Empty `masks` means every entry is eligible.
+//
+// A mask may also be packed bits (uint8, 1-D, pack_bits' layout: row-major, 1 =
+// eligible): lthfast.prune's second round passes the old masks' bits that way,
+// 1/32 of a float mask's bytes. The CPU kernels read them as they are beside a
+// row-major score; anywhere else (CUDA, a permuted score) they are unpacked into
+// a bool mask of the score's strides first.
 struct Normalized {
   std::vector<at::Tensor> scores;   // non-overlapping and dense
   std::vector<at::Tensor> masks;    // empty, or bool / the score's dtype (nonzero =
-                                    // eligible), with the strides of scores[i]
+                                    // eligible), with the strides of scores[i], or
+                                    // packed bits (uint8) beside a contiguous CPU score
   std::vector<at::Tensor> originals;
   bool wide = false;                // any float64 score: 64-bit keys
 };
 
 inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+// Number of bytes pack_bits writes for n entries.
+inline int64_t packed_nbytes(int64_t n) { return (n + 7) / 8; }
+
+// packed's bits as a bool tensor with the strides of `like` (the bitmask op, any device).
+inline at::Tensor unpack_like(const at::Tensor& packed, const at::Tensor& like) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lthfast::unpack_bits_into", "")
+                             .typed<void(const at::Tensor&, at::Tensor&)>();
+  at::Tensor out = at::empty_like(like, like.options().dtype(at::kBool));
+  op.call(packed, out);
+  return out;
 }
 
 inline Normalized normalize_inputs(at::TensorList scores, at::TensorList masks, int64_t k,
@@ -46,13 +67,24 @@ inline Normalized normalize_inputs(at::TensorList scores, at::TensorList masks, 
     at::Tensor d = s.is_non_overlapping_and_dense() ? s : s.contiguous();
     if (!masks.empty()) {
       const at::Tensor& m = masks[i];
-      TORCH_CHECK(m.scalar_type() == at::kBool || m.scalar_type() == s.scalar_type(), op,
-                  ": masks[", i, "] has dtype ", m.scalar_type(), "; expected bool (True = kept) or ",
-                  s.scalar_type(), " like scores[", i, "] (nonzero = kept)");
-      TORCH_CHECK(m.sizes() == s.sizes(), op, ": masks[", i, "] has shape ", m.sizes(),
-                  " but scores[", i, "] has shape ", s.sizes());
       TORCH_CHECK(m.device() == dev, op, ": masks[", i, "] is on ", m.device(),
                   " but scores[", i, "] is on ", dev);
+      if (m.scalar_type() == at::kByte) {  // packed bits
+        TORCH_CHECK(m.dim() == 1 && m.numel() == packed_nbytes(s.numel()), op, ": masks[", i,
+                    "] is uint8, i.e. packed bits, and must be 1-D with ",
+                    packed_nbytes(s.numel()), " bytes for scores[", i, "] of shape ", s.sizes(),
+                    "; got shape ", m.sizes());
+        const bool as_is = dev.is_cpu() && d.is_contiguous();
+        n.masks.push_back(as_is ? m.contiguous() : unpack_like(m, d));
+        n.scores.push_back(d);
+        n.originals.push_back(s);
+        continue;
+      }
+      TORCH_CHECK(m.scalar_type() == at::kBool || m.scalar_type() == s.scalar_type(), op,
+                  ": masks[", i, "] has dtype ", m.scalar_type(), "; expected bool (True = kept), ",
+                  s.scalar_type(), " like scores[", i, "] (nonzero = kept), or uint8 packed bits");
+      TORCH_CHECK(m.sizes() == s.sizes(), op, ": masks[", i, "] has shape ", m.sizes(),
+                  " but scores[", i, "] has shape ", s.sizes());
       at::Tensor mm = m;
       if (m.strides() != d.strides()) {
         mm = at::empty_like(d, d.options().dtype(m.scalar_type()));
@@ -94,7 +126,8 @@ inline at::ScalarType output_dtype(const at::Tensor& score, const Normalized& n,
                 " must be bool or the score's dtype (", score.scalar_type(), ")");
     return *dtype;
   }
-  return n.masks.empty() ? at::kBool : n.masks[0].scalar_type();
+  if (n.masks.empty() || n.masks[0].scalar_type() == at::kByte) return at::kBool;  // bits: bool
+  return n.masks[0].scalar_type();
 }
 
 // Output keep-mask for a score: same strides as a dense score.
@@ -121,7 +154,8 @@ inline std::vector<at::Tensor> restore_layout(const Normalized& n, std::vector<a
 struct Entry {
   const void* data;
   const void* mask;  // nullptr: all eligible
-  bool mask_is_bool; // else the mask has the score's dtype, nonzero = eligible
+  bool mask_is_bool; // else the mask has the score's dtype, nonzero = eligible,
+  bool mask_is_bits = false;  // or packed bits (then the score is row-major)
   bool* out;         // nullptr when no masks are written
   at::ScalarType dtype;
   int64_t numel;
@@ -147,6 +181,8 @@ struct Prepared {
     for (size_t i = 0; i < outs.size(); ++i) {
       if (n.masks.empty()) {
         outs[i].fill_(true);
+      } else if (n.masks[i].scalar_type() == at::kByte) {
+        outs[i].copy_(unpack_like(n.masks[i], outs[i]));
       } else {
         outs[i].copy_(n.masks[i]);
       }
@@ -169,6 +205,7 @@ inline Prepared prepare(at::TensorList scores, at::TensorList masks, int64_t k, 
     e.data = s.data_ptr();
     e.mask = p.n.masks.empty() ? nullptr : p.n.masks[i].data_ptr();
     e.mask_is_bool = p.n.masks.empty() || p.n.masks[i].scalar_type() == at::kBool;
+    e.mask_is_bits = !p.n.masks.empty() && p.n.masks[i].scalar_type() == at::kByte;
     e.out = nullptr;
     if (make_out) {
       p.outs.push_back(empty_mask_like(s));

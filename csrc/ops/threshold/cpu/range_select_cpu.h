@@ -158,17 +158,14 @@ inline key_t hot_key(scalar_t x) {
 // fit the signed type (top bit 0), and signed compares vectorise on plain
 // x86-64. Locals and __restrict: the stores cannot alias the counters.
 template <bool kWrite, bool kRaw, typename key_t, typename scalar_t, typename M>
-__attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict x,
-                                                      const M* __restrict m, int64_t begin,
-                                                      int64_t end, key_t lo, key_t hi,
+__attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict x, M m,
+                                                      int64_t begin, int64_t end, key_t lo, key_t hi,
                                                       key_t* __restrict out,
                                                       uint16_t* __restrict pos, int64_t* below_out,
                                                       uint8_t* __restrict codes) {
   using skey = std::make_signed_t<key_t>;
   const skey slo = static_cast<skey>(lo), shi = static_cast<skey>(hi);
-  auto eligible = [&](int64_t j) -> uint32_t {
-    return m == nullptr ? 1u : uint32_t(m[j] != static_cast<M>(0));
-  };
+  auto eligible = [&](int64_t j) -> uint32_t { return eligible_at(m, j); };
   auto inside = [&](int64_t j) -> uint32_t {
     const skey sk = static_cast<skey>(fast_key<key_t>(x[j]));
     return eligible(j) & uint32_t(sk >= slo) & uint32_t(sk <= shi);
@@ -181,11 +178,22 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   uint32_t below = 0;  // a chunk has 2^16 entries
   int64_t n = 0;
   int64_t j = begin;
+  // packed bits: a block's 16 eligibility bits are read at once (chunks start at
+  // multiples of kChunk, so blocks start at whole bytes; checked all the same)
+  const bool whole_bytes = std::is_same_v<M, PackedBits> && (begin & 7) == 0;
   for (; j + kBlock <= end; j += kBlock) {
     uint32_t any = 0;
+    uint32_t word = 0;
+    if constexpr (std::is_same_v<M, PackedBits>) {
+      if (whole_bytes) {
+        uint16_t w;
+        std::memcpy(&w, m.bits + (j >> 3), sizeof(w));
+        word = w;
+      }
+    }
     for (int64_t i = 0; i < kBlock; ++i) {
       const skey sk = static_cast<skey>(hot_key<kRaw, key_t>(x[j + i]));
-      const uint32_t ok = eligible(j + i);
+      const uint32_t ok = whole_bytes ? (word >> i) & 1u : eligible(j + i);
       below += ok & uint32_t(sk < slo);
       const uint32_t in = ok & uint32_t(sk >= slo) & uint32_t(sk <= shi);
       any |= in;
@@ -222,16 +230,9 @@ int64_t count_collect(const Entry& e, int64_t begin, int64_t end, key_t lo, key_
     const scalar_t* x = static_cast<const scalar_t*>(e.data);
     auto run = [&](auto raw) {
       constexpr bool kRaw = decltype(raw)::value;
-      if (e.mask && e.mask_is_bool) {
-        n = count_collect_typed<kWrite, kRaw>(x, static_cast<const uint8_t*>(e.mask), begin, end,
-                                              lo, hi, out, pos, below, codes);
-      } else if (e.mask) {
-        n = count_collect_typed<kWrite, kRaw>(x, static_cast<const scalar_t*>(e.mask), begin, end,
-                                              lo, hi, out, pos, below, codes);
-      } else {
-        n = count_collect_typed<kWrite, kRaw>(x, static_cast<const uint8_t*>(nullptr), begin,
-                                              end, lo, hi, out, pos, below, codes);
-      }
+      with_mask_reader<scalar_t>(e, [&](auto m) {
+        n = count_collect_typed<kWrite, kRaw>(x, m, begin, end, lo, hi, out, pos, below, codes);
+      });
     };
     if constexpr (std::is_same_v<key_t, uint32_t> && std::is_same_v<scalar_t, float>) {
       if (hi <= kInfKey32) {

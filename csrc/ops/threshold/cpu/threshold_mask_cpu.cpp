@@ -116,6 +116,7 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
   e.data = d.data_ptr();
   e.mask = masks.empty() ? nullptr : n.masks[0].data_ptr();
   e.mask_is_bool = masks.empty() || n.masks[0].scalar_type() == at::kBool;
+  e.mask_is_bits = !masks.empty() && n.masks[0].scalar_type() == at::kByte;
   e.out = nullptr;
   e.dtype = d.scalar_type();
   e.numel = d.numel();
