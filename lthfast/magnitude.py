@@ -82,21 +82,23 @@ def _as_list(tensors) -> list:
 
 
 @contextlib.contextmanager
-def _checks_on_failure(tensors, masks=None, importance=None):
-    """Runs the body on arguments that were not checked in Python: the ops check
-    the same things (dtype, layout, device, shape) before any work, so a valid call
-    skips ~1.4 us per tensor of Python checks (on a CUDA call over a detection
-    model's ~80 tensors that is ~0.1 ms of ~0.6). When the body raises (an op's
-    RuntimeError, or the amount's TypeError / ValueError), the full checks run
-    first and raise their documented error if the arguments are bad, in the same
-    order as before; otherwise the body's error propagates. (Any exception: a
-    non-tensor in the list fails as an AttributeError before any op sees it.)"""
+def _unchecked(tensors, masks=None):
+    """Yields ``(tensors, masks)`` as lists (masks: [] for None) for a body that
+    leaves the argument checks to the ops: they check the same things (dtype,
+    layout, device, shape) before any work, so a valid call skips ~1.4 us per
+    tensor of Python checks (on a CUDA call over a detection model's ~80 tensors,
+    ~0.1 ms of ~0.6). When the body raises (an op's RuntimeError, the amount's
+    TypeError / ValueError, or an AttributeError from a non-tensor in the list),
+    the full checks run first and raise their documented error if the arguments
+    are bad, in the same order as before; otherwise the body's error propagates."""
+    tensors = _as_list(tensors)
+    mask_list = [] if masks is None else _as_list(masks)
     try:
-        yield
+        if not tensors or (mask_list and len(mask_list) != len(tensors)):
+            raise ValueError("empty tensors, or masks of another count")  # the checks word it
+        yield tensors, mask_list
     except Exception:
-        checked = _check_tensors(tensors)
-        _check_masks(masks, checked)
-        _scores_of(checked, importance)
+        _check_masks(None if masks is None else mask_list, _check_tensors(tensors))
         raise
 
 
@@ -159,10 +161,7 @@ def global_magnitude_threshold(tensors, k: int, *, masks=None) -> tuple[float, i
         k = _checked_k(k, count_remaining(tensors, masks))
         return _reference.global_threshold(tensors, masks, k)
     _ops.require()
-    tensors, mask_list = _as_list(tensors), ([] if masks is None else _as_list(masks))
-    with _checks_on_failure(tensors, None if masks is None else mask_list):
-        if not tensors or (mask_list and len(mask_list) != len(tensors)):
-            raise ValueError("empty tensors or a mask count that differs")  # checks word it
+    with _unchecked(tensors, masks) as (tensors, mask_list):
         k = _checked_k(k, count_remaining(tensors, mask_list))
         with torch.no_grad():
             t, ties = torch.ops.lthfast.global_threshold(tensors, mask_list, k)
@@ -306,10 +305,7 @@ def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> l
     """
     if importance is None and not _ops.use_reference():
         _ops.require()
-        tensors, mask_list = _as_list(tensors), ([] if masks is None else _as_list(masks))
-        with _checks_on_failure(tensors, None if masks is None else mask_list):
-            if not tensors or (mask_list and len(mask_list) != len(tensors)):
-                raise ValueError("empty tensors or a mask count that differs")  # checks word it
+        with _unchecked(tensors, masks) as (tensors, mask_list):
             k = amount_to_count(amount, count_remaining(tensors, mask_list))
             with torch.no_grad():
                 return list(torch.ops.lthfast.global_magnitude_masks(tensors, mask_list, k))
