@@ -320,3 +320,22 @@ def test_unsupported_parameters():
         Ticket({"a": torch.ones(3)})
     with pytest.raises(ValueError, match="round"):
         Ticket({"a": torch.ones(3, dtype=torch.bool)}, round=-1)
+
+
+def test_prune_reads_the_tickets_bits_as_the_unpacked_masks_give(monkeypatch):
+    """Ticket.prune passes its packed masks to the op as the eligibility (no bool mask
+    per tensor): the same ticket as through unpacked masks; bad amounts keep their
+    documented errors."""
+    import lthfast.ticket._core as core
+    model = net(5)
+    t1 = Ticket.from_model(model, 0.3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # trained a little: new magnitudes
+    via_bits = t1.prune(model, 0.4)
+    monkeypatch.setattr(core, "_global_masks_from_bits", lambda *a: None)
+    assert t1.prune(model, 0.4) == via_bits and via_bits.round == 2
+    monkeypatch.undo()
+    for bad, err in ((1.5, ValueError), (True, TypeError), (10**9, ValueError)):
+        with pytest.raises(err, match="amount"):
+            t1.prune(model, bad)
