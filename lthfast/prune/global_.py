@@ -106,7 +106,8 @@ def _kernel_eligibility(targets):
         m = next(detached)
         n += next(ones)
         bits.append(next(packed))
-        if as_bits and s.device.type == "cpu" and s.is_contiguous():
+        if (as_bits and s.device.type == "cpu" and bits[-1].device == s.device
+                and s.is_contiguous()):
             eligible.append(bits[-1])  # (beside a permuted score the op would unpack them)
         else:
             eligible.append(m if (m.dtype == s.dtype and m.device == s.device)
