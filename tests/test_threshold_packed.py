@@ -64,7 +64,6 @@ def test_packed_masks_give_the_bool_masks_result(seed, device):
 @pytest.mark.parametrize("seed", range(3))
 def test_packed_masks_on_the_sampled_range_path(seed):
     """Large inputs: the fused range pass reads 16 bits per block."""
-    torch.set_num_threads(2)
     ws, ms = _problem(100 + seed, big=True)
     pk = [pack_bits(m) for m in ms]
     fm = [m.to(w.dtype) for m, w in zip(ms, ws)]

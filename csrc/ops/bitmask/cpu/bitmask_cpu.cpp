@@ -19,20 +19,6 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // packed bytes per parallel task
 
-// byte -> 8 bool bytes, bit i -> byte i (little-endian).
-const std::array<uint64_t, 256>& unpack_table() {
-  static const std::array<uint64_t, 256> table = [] {
-    std::array<uint64_t, 256> t{};
-    for (int b = 0; b < 256; ++b) {
-      uint64_t v = 0;
-      for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>((b >> i) & 1) << (8 * i);
-      t[b] = v;
-    }
-    return t;
-  }();
-  return table;
-}
-
 at::Tensor pack_bits_cpu(const at::Tensor& mask) {
   check_pack_input(mask, "pack_bits");
   const int64_t n = mask.numel();
@@ -58,7 +44,7 @@ void unpack_to(const at::Tensor& packed, int64_t n, bool* dst) {
   const at::Tensor p = packed.contiguous();
   const uint8_t* in = p.data_ptr<uint8_t>();
   uint8_t* o = reinterpret_cast<uint8_t*>(dst);
-  const auto& table = unpack_table();
+  const auto& table = bit_spread_table();
   const int64_t full = n / 8;
   at::parallel_for(0, full, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) std::memcpy(o + 8 * i, &table[in[i]], 8);

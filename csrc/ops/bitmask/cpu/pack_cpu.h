@@ -1,6 +1,9 @@
 // The CPU packing of mask entries into bits (entry k of a group in bit k, least
-// significant first), shared by pack_bits and mask_counts_packed.
+// significant first), shared by pack_bits and mask_counts_packed, and the table
+// that spreads bits back to bytes (unpack_bits, the threshold kernels' packed
+// eligibility masks).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -58,6 +61,18 @@ inline uint16_t pack16_floats(const bits_t* in) {
   uint16_t v = 0;
   for (int k = 0; k < 16; ++k) v |= static_cast<uint16_t>((in[k] & magnitude) != 0) << k;
   return v;
+}
+
+// Byte b -> 8 bytes holding its bits: bit i -> byte i (0 or 1, little-endian).
+inline const std::array<uint64_t, 256>& bit_spread_table() {
+  static const std::array<uint64_t, 256> table = [] {
+    std::array<uint64_t, 256> t{};
+    for (int b = 0; b < 256; ++b) {
+      for (int i = 0; i < 8; ++i) t[b] |= static_cast<uint64_t>((b >> i) & 1) << (8 * i);
+    }
+    return t;
+  }();
+  return table;
 }
 
 // Packs entries [begin, end) of the n-entry mask at data (elem_bytes per entry:

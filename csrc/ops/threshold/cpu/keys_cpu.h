@@ -5,10 +5,10 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <type_traits>
 
+#include "ops/bitmask/cpu/pack_cpu.h"
 #include "ops/threshold/threshold_common.h"
 #include "ops/threshold/threshold_prepare.h"
 
@@ -110,18 +110,6 @@ inline key_t fast_key(scalar_t x) {
   }
 }
 
-// Byte b -> 8 bytes holding its bits (bit i -> byte i, 0 or 1).
-inline const uint64_t* bit_spread_table() {
-  static const auto table = [] {
-    std::array<uint64_t, 256> t{};
-    for (int b = 0; b < 256; ++b) {
-      for (int i = 0; i < 8; ++i) t[b] |= uint64_t((b >> i) & 1) << (8 * i);
-    }
-    return t;
-  }();
-  return table.data();
-}
-
 // M: an eligibility reader (see eligible_at). Packed bits are spread into a
 // block of bytes first, so the loop over the block vectorises as it does for a
 // bool mask (bit extraction per entry inside it ran ~3x slower).
@@ -131,7 +119,7 @@ __attribute__((noinline)) Body scan_typed(const scalar_t* __restrict x, M m, int
   int64_t j = begin;
   if constexpr (std::is_same_v<M, PackedBits>) {
     constexpr int64_t kBlock = 256;
-    const uint64_t* spread = bit_spread_table();
+    const uint64_t* spread = bitmask::bit_spread_table().data();
     alignas(64) uint8_t ok[kBlock];
     for (; j < end && (j & 7) != 0; ++j) body(j, fast_key<key_t>(x[j]), eligible_at(m, j));
     for (; j + kBlock <= end; j += kBlock) {

@@ -184,7 +184,7 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   // (the pass ran ~1.7x slower with it)
   constexpr bool kBits = std::is_same_v<M, PackedBits>;
   if constexpr (kBits) TORCH_INTERNAL_ASSERT((begin & 7) == 0, "chunk start ", begin);
-  const uint64_t* spread = kBits ? bit_spread_table() : nullptr;
+  const uint64_t* spread = kBits ? bitmask::bit_spread_table().data() : nullptr;
   alignas(16) uint8_t okb[kBlock];
   for (; j + kBlock <= end; j += kBlock) {
     uint32_t any = 0;
