@@ -26,6 +26,10 @@ TORCH_LIBRARY(lthfast, m) {
   // bool without a mask or with packed bits.
   m.def("threshold_mask(Tensor score, Tensor? mask, Tensor threshold, Tensor(a!) ties_left, "
         "ScalarType? dtype=None) -> Tensor");
+  // threshold_mask written into `out` (the score's shape, dtype bool or the score's,
+  // any strides, memory of its own): lthfast.prune rewrites a mask nothing else holds.
+  m.def("threshold_mask_into(Tensor score, Tensor? mask, Tensor threshold, Tensor(a!) ties_left, "
+        "Tensor(b!) out) -> ()");
   // Per mask (bool or float, any shape): int64 [len(masks), 2] = (entries equal
   // to 1, entries neither 0 nor 1 -- NaN included), on the masks' device.
   // lthfast.prune counts torch-format masks with it before pruning again.

@@ -49,8 +49,24 @@ static pybind11::dict build_info() {
   return d;
 }
 
+// Who holds a tensor, for lthfast.prune's in-place rewrite of a mask or pruned tensor
+// that nothing else can see: (references to its TensorImpl, weak references to it,
+// references to its storage, whether the storage is an ordinary resizable allocation
+// of the device's default allocator -- not shared memory, a file mapping or memory
+// borrowed from numpy or another library). Python compares the counts with those of
+// a tensor held once (the binding itself holds a reference too).
+static pybind11::tuple tensor_holders(const at::Tensor& t) {
+  if (!t.defined() || !t.has_storage()) return pybind11::make_tuple(-1, -1, -1, false);
+  const c10::Storage& st = t.storage();
+  const bool own = st.resizable() && st.allocator() != nullptr &&
+                   st.allocator() == c10::GetAllocator(t.device().type());
+  return pybind11::make_tuple(t.use_count(), t.weak_use_count(), st.use_count(), own);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lthfast compiled kernels (ops are registered under torch.ops.lthfast)";
   m.def("build_info", &build_info, "What this build of lthfast._C contains.");
+  m.def("_tensor_holders", &tensor_holders,
+        "(TensorImpl refs, weak refs, storage refs, ordinary allocation) of a tensor.");
   lthfast::masked_optim::bind_python(m);
 }

@@ -95,6 +95,16 @@ if _C is not None:
             dtype = torch.bool if mask is None or mask.dtype == torch.uint8 else mask.dtype
         return torch.empty_like(score, dtype=dtype)
 
+    @torch.library.register_fake("lthfast::threshold_mask_into")
+    def _threshold_mask_into_fake(score, mask, threshold, ties_left, out):
+        if mask is not None:
+            _check_threshold_args("threshold_mask_into", [score], [mask], 0)
+        torch._check(out.shape == score.shape and out.device == score.device
+                     and out.dtype in (torch.bool, score.dtype),
+                     lambda: f"threshold_mask_into: out must be bool or {score.dtype} of shape "
+                             f"{tuple(score.shape)} on {score.device}, got {out.dtype} of shape "
+                             f"{tuple(out.shape)} on {out.device}")
+
     @torch.library.register_fake("lthfast::mask_counts")
     def _mask_counts_fake(masks):
         dev = masks[0].device if masks else torch.device("cpu")

@@ -95,6 +95,11 @@ def threshold_mask(score, mask, threshold, ties_left, dtype=None):
     return torch.empty_like(score, dtype=dtype).copy_(keep.view(score.shape))  # score's strides
 
 
+def threshold_mask_into(score, mask, threshold, ties_left, out):
+    """threshold_mask written into ``out`` (bool or the score's dtype, any strides)."""
+    out.copy_(threshold_mask(score, mask, threshold, ties_left, out.dtype))
+
+
 def mask_counts_packed(masks):
     """(mask_counts(masks), each mask's bits as pack_bits writes them, nonzero = kept)."""
     from lthfast._reference_bitmask import pack_bits

@@ -208,7 +208,8 @@ def _in_layout_of(mask, tensor, score):
 
 
 def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None, n_remaining=None,
-                                dtype=None, _checked_tensors=False, _packed_masks=False):
+                                dtype=None, _checked_tensors=False, _packed_masks=False,
+                                _out_slot=None):
     """Yields the same keep-masks as :func:`global_magnitude_masks`, one tensor at a
     time, so that a caller that installs each mask before asking for the next never
     holds a list of them. A yielded mask has ``dtype`` (one, or one per tensor) where
@@ -219,7 +220,10 @@ def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
     ``_checked_tensors``: ``tensors`` is a list the caller has checked as
     ``_check_tensors`` does; ``_packed_masks``: ``masks`` is a list of each tensor's
     packed bits (pack_bits' layout, as lthfast.prune keeps the old masks), which the
-    ops read as they are and check; the caller passes ``n_remaining``).
+    ops read as they are and check; the caller passes ``n_remaining``;
+    ``_out_slot``: a one-item list in which the caller may put, before asking for
+    the next mask, a tensor to write it into (the yielded mask is then that tensor;
+    used when it has the mask's dtype; the slot is emptied either way).
     """
     if not _checked_tensors:
         tensors = _check_tensors(tensors)
@@ -239,16 +243,19 @@ def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
     masks = _masks_for_scores(masks, scores)
     if _ops.use_reference():
         t, ties = _reference.global_threshold(scores, masks, k)
-        op = _reference.threshold_mask
+        op, into = _reference.threshold_mask, _reference.threshold_mask_into
     else:
         _ops.require()
         with torch.no_grad():
             t, ties = torch.ops.lthfast.global_threshold(scores, masks, k)
         op = torch.ops.lthfast.threshold_mask.default  # the overload: no per-call resolution
-    return _yield_masks(op, scores, masks, t, ties, dtype, mask_dtypes, tensors)
+        into = torch.ops.lthfast.threshold_mask_into.default
+    return _yield_masks(op, scores, masks, t, ties, dtype, mask_dtypes, tensors,
+                        into=into, out_slot=_out_slot)
 
 
-def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors=None):
+def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors=None,
+                 into=None, out_slot=None):
     # k == 0 gives (0.0, 0): nothing is below 0.0 and no tie is pruned.
     device = scores[0].device
     threshold = torch.as_tensor(t, dtype=torch.float64, device=device)
@@ -269,19 +276,27 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
         # the op writes bool or the score's dtype; a float mask of the weights' dtype
         # (importance scores of another dtype) is converted below
         op_dtype = want if want is torch.bool or want == s.dtype else torch.bool
-        if s.requires_grad or (m is not None and m.requires_grad):
-            # Not `yield` inside no_grad: the caller would run with grad off until it
-            # resumes us. (Without an input that requires grad nothing is recorded
-            # anyway: no no_grad context per tensor, which costs more than the op's
-            # dispatch on a small tensor.)
-            with torch.no_grad():
+        out = None
+        if out_slot is not None:
+            out, out_slot[0] = out_slot[0], None  # hold it no longer than needed
+            if out is not None and (out.dtype != want or want != op_dtype
+                                    or out.device != s.device or out.shape != s.shape):
+                out = None
+        grad = s.requires_grad or (m is not None and m.requires_grad)
+        # Not `yield` inside no_grad: the caller would run with grad off until it
+        # resumes us. (Without an input that requires grad nothing is recorded
+        # anyway: no no_grad context per tensor, which costs more than the op's
+        # dispatch on a small tensor.)
+        with torch.no_grad() if grad else contextlib.nullcontext():
+            if out is not None:  # written in place; its layout is the caller's choice
+                into(s, m, threshold, ties_left, out)
+                mask, out = out, None
+            else:
                 mask = op(s, m, threshold, ties_left, op_dtype)
-        else:
-            mask = op(s, m, threshold, ties_left, op_dtype)
-        if mask.dtype != want:
-            mask = mask.to(want)
-        if tensors is not None and tensors[i] is not s:
-            mask = _in_layout_of(mask, tensors[i], s)
+                if mask.dtype != want:
+                    mask = mask.to(want)
+                if tensors is not None and tensors[i] is not s:
+                    mask = _in_layout_of(mask, tensors[i], s)
         # hold no used score or mask while the caller has this one: lthfast.prune
         # replaces each in turn, and would otherwise keep all of them alive to the end
         scores[i] = s = m = None

@@ -63,18 +63,25 @@ class Snapshot:
         d = module.__dict__
         self.attrs = {n: d[n] for n in names if n in d}
 
-    def compact(self, name: str, known_bits: tuple | None = None) -> None:
-        """Stops holding the ``<name>_mask`` buffer (the caller has checked that it holds
-        only 0 and 1) and the ``<name>`` tensor that are about to be replaced:
-        global_unstructured calls this for each tensor before making its new mask, so
-        that the old ones are freed as it goes instead of all being held to the end
-        (2x the weights in a second round). Each is kept as a weak reference
-        (restored as the same object while anyone else holds it) plus, for the mask,
-        its bits; otherwise restore() rebuilds the mask from the bits (values, dtype,
-        shape and strides; a -0.0 comes back as 0.0) and ``<name>`` as
-        ``<name>_orig * <name>_mask``, as the pruning hook computes it.
-        ``known_bits``: ``(mask, pack_bits(mask))`` when the caller has packed it
-        already; used if ``mask`` is the buffer."""
+    def drop_pruned(self, name: str) -> None:
+        """Stops holding the ``<name>`` tensor (``<name>_orig * <name>_mask``) that is
+        about to be replaced: global_unstructured calls this (and ``drop_mask`` or
+        ``rewrite_mask``) for each tensor before making its replacement, so that the
+        old ones are freed as it goes instead of all being held to the end (2x the
+        weights in a second round). It is kept as a weak reference: restore() puts
+        it back while anyone else holds it, else rebuilds it as ``<name>_orig *
+        <name>_mask``, as the pruning hook computes it."""
+        if (type(self.attrs.get(name)) is torch.Tensor and name + "_orig" in self.parameters
+                and name + "_mask" in self.buffers):
+            self.attrs[name] = _Dropped(self.attrs[name], bits=False)
+
+    def drop_mask(self, name: str, known_bits: tuple | None = None) -> None:
+        """Stops holding the ``<name>_mask`` buffer that is about to be replaced (the
+        caller has checked that it holds only 0 and 1): kept as a weak reference plus
+        its bits; restore() rebuilds it from them when nothing else holds it (values,
+        dtype, shape and strides; a -0.0 comes back as 0.0). ``known_bits``: ``(mask,
+        pack_bits(mask))`` when the caller has packed it already; used if ``mask``
+        is the buffer."""
         key = name + "_mask"
         mask = self.buffers.get(key)
         if (type(mask) is torch.Tensor and not mask.requires_grad
@@ -83,14 +90,22 @@ class Snapshot:
                      or mask.is_contiguous(memory_format=torch.channels_last))):
             packed = known_bits[1] if known_bits is not None and known_bits[0] is mask else None
             self.buffers[key] = _Dropped(mask, packed=packed)
-        if (type(self.attrs.get(name)) is torch.Tensor and name + "_orig" in self.parameters
-                and key in self.buffers):
-            self.attrs[name] = _Dropped(self.attrs[name], bits=False)
+
+    def rewrite_mask(self, name: str, packed: torch.Tensor) -> None:
+        """The ``<name>_mask`` buffer (holding only 0 and 1, packed: its bits) is
+        about to be rewritten in place: restore() writes its old values back."""
+        key = name + "_mask"
+        self.buffers[key] = _Rewritten(self.buffers[key], packed)
+
+    def compact(self, name: str, known_bits: tuple | None = None) -> None:
+        """``drop_mask`` and ``drop_pruned``: the old mask and tensor are let go."""
+        self.drop_mask(name, known_bits)
+        self.drop_pruned(name)
 
     def restore(self) -> None:
         m = self.module
         for key, value in self.buffers.items():
-            if type(value) is _Dropped:
+            if type(value) is _Dropped or type(value) is _Rewritten:
                 self.buffers[key] = value.mask()
         for name, value in self.attrs.items():
             if type(value) is _Dropped:
@@ -140,3 +155,17 @@ class _Dropped:
     def tensor(self, orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         t = self.ref()
         return t if t is not None else orig * mask
+
+
+class _Rewritten:
+    """A mask rewritten in place: the object, and its old bits to write back."""
+
+    __slots__ = ("tensor", "packed")
+
+    def __init__(self, t: torch.Tensor, packed: torch.Tensor):
+        self.tensor, self.packed = t, packed
+
+    def mask(self) -> torch.Tensor:
+        with torch.no_grad():
+            self.tensor.copy_(unpack_bits(self.packed, self.tensor.shape))
+        return self.tensor

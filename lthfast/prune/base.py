@@ -141,13 +141,15 @@ class BasePruningMethod(TorchBase):
 
     @classmethod
     def _apply_computed(cls, module, name, mask, *args, _found=None, _snapshot=True,
-                        _checked=False, **kwargs):
+                        _checked=False, _pruned=None, **kwargs):
         """Like ``apply``, with the final mask (earlier pruning included) already
         computed and checked by the caller: no default mask, no compute_mask.
         ``_found``: the ``find_hook(module, name)`` the caller just did;
         ``_snapshot=False``: the caller restores the module itself on failure;
         ``_checked``: on a first prune, the caller ran ``validate.require_parameter``
-        and nothing has run since that could have changed the module."""
+        and nothing has run since that could have changed the module; ``_pruned``:
+        ``mask * <name>_orig`` as the stock ``apply_mask`` would compute it, already
+        computed by the caller (used where that method is the one that applies)."""
         old_key, old = find_hook(module, name) if _found is None else _found
         method = cls(*args, **kwargs)
         method._tensor_name = name
@@ -158,7 +160,7 @@ class BasePruningMethod(TorchBase):
             saved = hook._pruning_methods
             hook.add_pruning_method(method)
         return _commit(module, name, old_key, hook, saved, mask, snapshot=_snapshot,
-                       checked=_checked)
+                       checked=_checked, pruned=_pruned)
 
     def prune(self, t, default_mask=None, importance_scores=None):
         """``t`` times the mask ``compute_mask`` gives (scores: ``importance_scores`` or ``t``)."""
@@ -270,13 +272,13 @@ class PruningContainer(BasePruningMethod, TorchContainer):
         return combine_masks(self._pruning_methods[-1], t, default_mask)
 
 
-def _commit(module, name, old_key, hook, saved, mask, snapshot=True, checked=False):
+def _commit(module, name, old_key, hook, saved, mask, snapshot=True, checked=False, pruned=None):
     """Install ``mask`` and ``hook`` on ``module.<name>``; on failure put everything back
     (``snapshot=False``: the caller took a snapshot of the module and restores it;
-    ``checked``: see ``_install_direct``)."""
+    ``checked``, ``pruned``: see ``_install_direct``)."""
     snapshot = Snapshot(module, (name,)) if snapshot else None
     try:
-        if not _install_direct(module, name, old_key, hook, mask, checked):
+        if not _install_direct(module, name, old_key, hook, mask, checked, pruned):
             if old_key is None:
                 module.register_parameter(name + "_orig", module._parameters[name])
                 del module._parameters[name]
@@ -303,7 +305,7 @@ _M_REG_PARAM, _M_REG_BUF = _Module.register_parameter, _Module.register_buffer
 _Parameter = torch.nn.Parameter
 
 
-def _install_direct(module, name, old_key, hook, mask, checked=False) -> bool:
+def _install_direct(module, name, old_key, hook, mask, checked=False, pruned=None) -> bool:
     """What ``_commit``'s ``register_parameter`` / ``register_buffer`` / ``setattr`` /
     ``hook.apply_mask`` do, on the module's dicts directly: same state, same order,
     without their lookups and checks (several microseconds per tensor). Only where
@@ -314,7 +316,9 @@ def _install_direct(module, name, old_key, hook, mask, checked=False) -> bool:
 
     ``checked`` (first prune only): ``validate.require_parameter`` passed and nothing
     ran since, so ``<name>_orig`` and ``<name>_mask`` are free (no parameter, buffer,
-    instance or class attribute answers to them) and ``<name>`` is a Parameter."""
+    instance or class attribute answers to them) and ``<name>`` is a Parameter.
+    ``pruned``: ``mask * <name>_orig``, computed by the caller; set as ``<name>`` in
+    place of computing it where the stock ``apply_mask`` applies."""
     cls = type(module)
     if (cls.__getattr__ is not _M_GETATTR or cls.__getattribute__ is not _M_GETATTRIBUTE
             or cls.__setattr__ is not _M_SETATTR or cls.register_parameter is not _M_REG_PARAM
@@ -360,8 +364,8 @@ def _install_direct(module, name, old_key, hook, mask, checked=False) -> bool:
     d["_non_persistent_buffers_set"].discard(mask_name)
     if stock_apply:  # a new plain tensor: nn.Module.__setattr__ ends in object.__setattr__
         # (mask.to(dtype) returns mask itself when it has the dtype already)
-        object.__setattr__(module, name, (mask if mask.dtype == orig.dtype
-                                          else mask.to(dtype=orig.dtype)) * orig)
+        object.__setattr__(module, name, pruned if pruned is not None else
+                           (mask if mask.dtype == orig.dtype else mask.to(dtype=orig.dtype)) * orig)
     else:
         _M_SETATTR(module, name, hook.apply_mask(module))
     return True

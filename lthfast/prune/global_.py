@@ -16,6 +16,7 @@ import torch
 
 from lthfast import _ops
 from lthfast.prune import validate
+from lthfast.prune._inplace import alias_of, product_into, sole_holders
 from lthfast.prune._state import Snapshot, TorchBase, TorchContainer, find_hook, is_a
 from lthfast.prune.base import combine_masks, uses_stock_compute_mask
 from lthfast.magnitude import iter_global_magnitude_masks, mask_counts_packed
@@ -94,7 +95,8 @@ def _kernel_eligibility(targets):
     ones = iter(counts[:, 0].tolist())
     detached, packed = iter(present), iter(packed)
     # On the CPU the kernels read the bits themselves: 1/32 of a float mask's bytes
-    # in each pass (the CUDA kernels would unpack them first, so they get the masks)
+    # in each pass (the CUDA kernels would unpack them first, so they get the masks,
+    # which are then not rewritten in place: the eligibility would hold them)
     as_bits = present[0].device.type == "cpu" and not _ops.use_reference()
     eligible, bits, n = [], [], 0
     for s, m in zip(scores, old):
@@ -106,9 +108,10 @@ def _kernel_eligibility(targets):
         m = next(detached)
         n += next(ones)
         bits.append(next(packed))
-        if (as_bits and s.device.type == "cpu" and bits[-1].device == s.device
-                and s.is_contiguous()):
-            eligible.append(bits[-1])  # (beside a permuted score the op would unpack them)
+        if as_bits and s.device.type == "cpu" and bits[-1].device == s.device:
+            # (beside a permuted score the op unpacks them to bool, 1/4 of a float mask:
+            # the old mask itself is then not read, and can be rewritten in place)
+            eligible.append(bits[-1])
         else:
             eligible.append(m if (m.dtype == s.dtype and m.device == s.device)
                             else (m == 1).to(s.device))
@@ -134,35 +137,63 @@ def _install_from_kernel(method, targets, snapshots):
     origs = [module._parameters.get(name + "_orig", module._parameters.get(name))
              for module, name, *_ in targets]
     packed = eligible is not None and any(m.dtype == torch.uint8 for m in eligible)
+    slot = [None]  # a tensor for the next mask to be written into (see _reuse_old)
     masks = iter_global_magnitude_masks(scores, k, masks=eligible, n_remaining=n,
                                         dtype=[o.dtype for o in origs], _checked_tensors=True,
-                                        _packed_masks=packed)
+                                        _packed_masks=packed, _out_slot=slot)
     del eligible, scores  # the generator holds them, and lets each go once used
     for i, orig in enumerate(origs):
         module, name, _, old_mask, key, old = targets[i]
         del _  # pruning again, the old pruned tensor (whose grad_fn holds the old mask)
+        memory = None  # the old pruned tensor's memory, for the new one
         if old_mask is not None:
             # the old mask and pruned tensor (the scores) go when the new ones replace
-            # them; the snapshot keeps the mask's bits (packed when it was counted)
+            # them, or are rewritten in place where nothing else holds them
             targets[i] = (module, name, None, None, key, old)
-            snapshots[id(module)].compact(name, (old_mask, bits[i]))
+            memory = _reuse_old(module, name, old_mask, bits[i], orig, snapshots[id(module)], slot)
             del old_mask
             bits[i] = None
         keep = next(masks)
         mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
         del keep
-        if type(module.__dict__.get(name)) is torch.Tensor and old is not None:
-            # drop the old pruned tensor before the new one is made (the snapshot
-            # rebuilds it if this prune fails)
-            del module.__dict__[name]
+        pruned = None
+        if memory is not None and sole_holders(memory, 1):  # (the score no longer uses it)
+            pruned = product_into(orig, mask, memory)
+        del memory
         # global_unstructured's snapshots restore every module on failure: no
         # per-tensor snapshot, and the hook found by _targets is used as is
         hook = CustomFromMask._apply_computed(module, name, mask, mask, _found=(key, old),
-                                              _snapshot=False, _checked=True)
+                                              _snapshot=False, _checked=True, _pruned=pruned)
         recorded = hook[-1] if is_a(hook, TorchContainer) else hook
         recorded.mask = None  # the mask lives in <name>_mask; keep no second copy
-        del mask
+        del mask, pruned
     return True
+
+
+def _reuse_old(module, name, old_mask, bits, orig, snapshot, slot):
+    """Lets go of ``module``'s old pruned tensor and mask before the new ones are made
+    (the snapshot keeps what restores them). Where nothing else holds them, their
+    memory is reused instead of freed (lthfast.prune._inplace): the mask goes into
+    ``slot``, for the new mask to be written into, and the pruned tensor's memory
+    is returned, for the new pruned tensor; else None."""
+    d = module.__dict__
+    memory = None
+    pruned = d.get(name)
+    if type(pruned) is torch.Tensor:
+        # held by the module, the snapshot and `pruned`
+        if (pruned.dtype == orig.dtype and pruned.shape == orig.shape
+                and pruned.stride() == orig.stride() and sole_holders(pruned, 3, None)):
+            memory = alias_of(pruned)
+        snapshot.drop_pruned(name)
+        del d[name], pruned  # frees it, and its grad_fn's hold on the old mask
+    # held by the module's buffers, the snapshot, old_mask here and in the caller
+    if (old_mask.dtype == orig.dtype and old_mask.device == orig.device and bits is not None
+            and sole_holders(old_mask, 4)):
+        snapshot.rewrite_mask(name, bits)
+        slot[0] = old_mask
+    else:
+        snapshot.drop_mask(name, (old_mask, bits))
+    return memory
 
 
 def _masks_by_concatenation(method, targets):
@@ -202,8 +233,9 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, g
         raise TypeError(f"{type(method).__name__} is not a BasePruningMethod subclass")
 
     names = {}  # id(module) -> (module, [its names]), in first-seen order
-    for m, n, *_ in targets:
-        names.setdefault(id(m), (m, []))[1].append(n)
+    for t in targets:  # (not `m, n, *_`: a list left in `_` would hold the last tensors)
+        names.setdefault(id(t[0]), (t[0], []))[1].append(t[1])
+    del t
     snapshots = {key: Snapshot(m, ns) for key, (m, ns) in names.items()}
     try:
         if isinstance(method, L1Unstructured) and uses_stock_compute_mask(method):

@@ -2,6 +2,7 @@
 // the CPU work list (entries split into chunks).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
@@ -115,6 +116,31 @@ inline Normalized normalize_threshold_mask_args(const at::Tensor& score, at::Ten
               op, ": ties_left must be a 0-dim int64 tensor on ", score.device(), ", got ",
               ties_left.scalar_type(), " of shape ", ties_left.sizes(), " on ", ties_left.device());
   return n;
+}
+
+// threshold_mask_into's `out`: the score's shape and device, dtype bool or the
+// score's, and memory of its own (the kernels read the score and mask again after
+// writing out, e.g. for ties).
+inline void check_mask_out(const at::Tensor& score, at::TensorList masks, const at::Tensor& out,
+                           const char* op) {
+  TORCH_CHECK(out.layout() == at::kStrided, op, ": out has layout ", out.layout(),
+              "; only dense tensors are supported");
+  TORCH_CHECK(out.device() == score.device(), op, ": out is on ", out.device(),
+              " but score is on ", score.device());
+  TORCH_CHECK(out.sizes() == score.sizes(), op, ": out has shape ", out.sizes(),
+              " but score has shape ", score.sizes());
+  TORCH_CHECK(out.scalar_type() == at::kBool || out.scalar_type() == score.scalar_type(), op,
+              ": out has dtype ", out.scalar_type(), "; expected bool or the score's dtype (",
+              score.scalar_type(), ")");
+  TORCH_CHECK(out.numel() == 0 || at::has_internal_overlap(out) != at::MemOverlap::Yes, op,
+              ": out has entries that share memory (e.g. an expanded tensor); pass a tensor of "
+              "its own");
+  TORCH_CHECK(out.numel() == 0 || !out.is_alias_of(score), op,
+              ": out shares memory with score; pass a tensor of its own");
+  for (const at::Tensor& m : masks) {
+    TORCH_CHECK(out.numel() == 0 || !out.is_alias_of(m), op,
+                ": out shares memory with mask; pass a tensor of its own");
+  }
 }
 
 // threshold_mask's output dtype: `dtype` when given (bool or the score's dtype,

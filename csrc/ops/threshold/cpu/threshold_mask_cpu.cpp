@@ -93,6 +93,52 @@ int64_t resolve_ties(const Entry& e, out_t* out, key_t t, int64_t left,
   return std::min(total, left);
 }
 
+// Writes n.scores[0]'s keep-mask into `out` (dense, the score's strides, dtype bool
+// or the score's) and decrements ties_left by the ties pruned.
+void write_mask(const Normalized& n, const at::Tensor& threshold, at::Tensor& ties_left,
+                at::Tensor& out, const char* op) {
+  const int64_t left = ties_left.item<int64_t>();
+  TORCH_CHECK(left >= 0, op, ": ties_left=", left, " must be >= 0");
+  // 64-bit keys compare every dtype exactly (each converts to double exactly);
+  // 32-bit keys do too when the score is not fp64 and the threshold is a float
+  // (always, unless fp64 tensors took part in the global threshold).
+  const double tv = threshold.item<double>();
+  const at::Tensor& d = n.scores[0];
+  const bool narrow = d.scalar_type() != at::kDouble &&
+                      (std::isnan(tv) || static_cast<double>(static_cast<float>(tv)) == tv);
+  Entry e;
+  e.data = d.data_ptr();
+  e.mask = n.masks.empty() ? nullptr : n.masks[0].data_ptr();
+  e.mask_is_bool = n.masks.empty() || n.masks[0].scalar_type() == at::kBool;
+  e.mask_is_bits = !n.masks.empty() && n.masks[0].scalar_type() == at::kByte;
+  e.out = nullptr;
+  e.dtype = d.scalar_type();
+  e.numel = d.numel();
+  e.row_major = d.is_contiguous();
+  e.sizes = d.sizes().vec();
+  e.strides = d.strides().vec();
+  if (e.numel == 0) return;
+  int64_t pruned_ties = 0;
+  const bool as_bool = out.scalar_type() == at::kBool;
+  auto run = [&](auto t) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_threshold_mask", [&] {
+      if (as_bool) {
+        bool* o = out.data_ptr<bool>();
+        pruned_ties = resolve_ties(e, o, t, left, write_above(e, o, t));
+      } else {
+        scalar_t* o = out.data_ptr<scalar_t>();
+        pruned_ties = resolve_ties(e, o, t, left, write_above(e, o, t));
+      }
+    });
+  };
+  if (narrow) {
+    run(key32(static_cast<float>(tv)));
+  } else {
+    run(key64(tv));
+  }
+  ties_left.sub_(pruned_ties);
+}
+
 at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::Tensor>& mask,
                               const at::Tensor& threshold, at::Tensor& ties_left,
                               std::optional<at::ScalarType> dtype) {
@@ -100,50 +146,29 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
   std::vector<at::Tensor> masks;
   if (mask.has_value()) masks.push_back(*mask);
   Normalized n = normalize_threshold_mask_args(score, masks, threshold, ties_left);
-  const int64_t left = ties_left.item<int64_t>();
-  TORCH_CHECK(left >= 0, op, ": ties_left=", left, " must be >= 0");
-  // 64-bit keys compare every dtype exactly (each converts to double exactly);
-  // 32-bit keys do too when the score is not fp64 and the threshold is a float
-  // (always, unless fp64 tensors took part in the global threshold).
-  const double tv = threshold.item<double>();
-  const bool narrow = score.scalar_type() != at::kDouble &&
-                      (std::isnan(tv) || static_cast<double>(static_cast<float>(tv)) == tv);
-
   const at::Tensor& d = n.scores[0];
-  const at::ScalarType out_type = output_dtype(d, n, dtype, op);
-  at::Tensor out = at::empty_like(d, d.options().dtype(out_type));
-  Entry e;
-  e.data = d.data_ptr();
-  e.mask = masks.empty() ? nullptr : n.masks[0].data_ptr();
-  e.mask_is_bool = masks.empty() || n.masks[0].scalar_type() == at::kBool;
-  e.mask_is_bits = !masks.empty() && n.masks[0].scalar_type() == at::kByte;
-  e.out = nullptr;
-  e.dtype = d.scalar_type();
-  e.numel = d.numel();
-  e.row_major = d.is_contiguous();
-  e.sizes = d.sizes().vec();
-  e.strides = d.strides().vec();
-  if (e.numel > 0) {
-    int64_t pruned_ties = 0;
-    auto run = [&](auto t) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_threshold_mask", [&] {
-        if (out_type == at::kBool) {
-          bool* o = out.data_ptr<bool>();
-          pruned_ties = resolve_ties(e, o, t, left, write_above(e, o, t));
-        } else {
-          scalar_t* o = out.data_ptr<scalar_t>();
-          pruned_ties = resolve_ties(e, o, t, left, write_above(e, o, t));
-        }
-      });
-    };
-    if (narrow) {
-      run(key32(static_cast<float>(tv)));
-    } else {
-      run(key64(tv));
-    }
-    ties_left.sub_(pruned_ties);
-  }
+  at::Tensor out = at::empty_like(d, d.options().dtype(output_dtype(d, n, dtype, op)));
+  write_mask(n, threshold, ties_left, out, op);
   return restore_layout(n, {out})[0];
+}
+
+// threshold_mask written into an existing tensor (lthfast.prune rewrites a torch-format
+// mask that nothing else holds in place: no fresh pages to fault in, no second mask).
+void threshold_mask_into_cpu(const at::Tensor& score, const std::optional<at::Tensor>& mask,
+                             const at::Tensor& threshold, at::Tensor& ties_left, at::Tensor& out) {
+  const char* op = "threshold_mask_into";
+  std::vector<at::Tensor> masks;
+  if (mask.has_value()) masks.push_back(*mask);
+  check_mask_out(score, masks, out, op);
+  Normalized n = normalize_threshold_mask_args(score, masks, threshold, ties_left);
+  const at::Tensor& d = n.scores[0];
+  if (out.strides() == d.strides()) {
+    write_mask(n, threshold, ties_left, out, op);
+  } else {  // another layout than the (dense) score's: through a temporary
+    at::Tensor tmp = at::empty_like(d, d.options().dtype(out.scalar_type()));
+    write_mask(n, threshold, ties_left, tmp, op);
+    out.copy_(tmp);
+  }
 }
 
 }  // namespace
@@ -152,4 +177,5 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
 
 TORCH_LIBRARY_IMPL(lthfast, CPU, m) {
   m.impl("threshold_mask", &lthfast::threshold::threshold_mask_cpu);
+  m.impl("threshold_mask_into", &lthfast::threshold::threshold_mask_into_cpu);
 }
