@@ -28,8 +28,11 @@ TORCH_LIBRARY(lthfast, m) {
         "ScalarType? dtype=None) -> Tensor");
   // threshold_mask written into `out` (the score's shape, dtype bool or the score's,
   // any strides, memory of its own): lthfast.prune rewrites a mask nothing else holds.
+  // With orig and product: also product = out * orig (torch's pruned tensor, orig's
+  // dtype) in the same pass; product may be laid exactly over the score (it replaces
+  // the old pruned tensor, which is the score in lthfast.prune's second round).
   m.def("threshold_mask_into(Tensor score, Tensor? mask, Tensor threshold, Tensor(a!) ties_left, "
-        "Tensor(b!) out) -> ()");
+        "Tensor(b!) out, Tensor? orig=None, Tensor(c!)? product=None) -> ()");
   // Per mask (bool or float, any shape): int64 [len(masks), 2] = (entries equal
   // to 1, entries neither 0 nor 1 -- NaN included), on the masks' device.
   // lthfast.prune counts torch-format masks with it before pruning again.

@@ -96,9 +96,16 @@ if _C is not None:
         return torch.empty_like(score, dtype=dtype)
 
     @torch.library.register_fake("lthfast::threshold_mask_into")
-    def _threshold_mask_into_fake(score, mask, threshold, ties_left, out):
+    def _threshold_mask_into_fake(score, mask, threshold, ties_left, out, orig=None, product=None):
         if mask is not None:
             _check_threshold_args("threshold_mask_into", [score], [mask], 0)
+        torch._check((orig is None) == (product is None),
+                     lambda: "threshold_mask_into: pass orig and product together, or neither")
+        if orig is not None:
+            torch._check(orig.shape == score.shape and product.shape == score.shape
+                         and product.dtype == orig.dtype and orig.dtype in _SCORE_DTYPES,
+                         lambda: f"threshold_mask_into: orig and product must be float tensors "
+                                 f"of shape {tuple(score.shape)} of one dtype")
         torch._check(out.shape == score.shape and out.device == score.device
                      and out.dtype in (torch.bool, score.dtype),
                      lambda: f"threshold_mask_into: out must be bool or {score.dtype} of shape "

@@ -95,9 +95,12 @@ def threshold_mask(score, mask, threshold, ties_left, dtype=None):
     return torch.empty_like(score, dtype=dtype).copy_(keep.view(score.shape))  # score's strides
 
 
-def threshold_mask_into(score, mask, threshold, ties_left, out):
-    """threshold_mask written into ``out`` (bool or the score's dtype, any strides)."""
+def threshold_mask_into(score, mask, threshold, ties_left, out, orig=None, product=None):
+    """threshold_mask written into ``out`` (bool or the score's dtype, any strides), and
+    ``product = out * orig`` when given."""
     out.copy_(threshold_mask(score, mask, threshold, ties_left, out.dtype))
+    if product is not None:
+        torch.mul(out, orig, out=product)
 
 
 def mask_counts_packed(masks):

@@ -221,9 +221,11 @@ def iter_global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
     ``_check_tensors`` does; ``_packed_masks``: ``masks`` is a list of each tensor's
     packed bits (pack_bits' layout, as lthfast.prune keeps the old masks), which the
     ops read as they are and check; the caller passes ``n_remaining``;
-    ``_out_slot``: a one-item list in which the caller may put, before asking for
-    the next mask, a tensor to write it into (the yielded mask is then that tensor;
-    used when it has the mask's dtype; the slot is emptied either way).
+    ``_out_slot``: a list ``[request, written]`` in which the caller may put, before
+    asking for the next mask, ``request = (out, orig, product)``: the mask is written
+    into ``out`` (a new tensor when None), and ``product = mask * orig`` in the same
+    pass (the pruned tensor); used when the mask has ``orig``'s dtype, and then
+    ``written`` is set True (False otherwise; the request is taken either way).
     """
     if not _checked_tensors:
         tensors = _check_tensors(tensors)
@@ -276,21 +278,28 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
         # the op writes bool or the score's dtype; a float mask of the weights' dtype
         # (importance scores of another dtype) is converted below
         op_dtype = want if want is torch.bool or want == s.dtype else torch.bool
-        out = None
+        request = None
         if out_slot is not None:
-            out, out_slot[0] = out_slot[0], None  # hold it no longer than needed
-            if out is not None and (out.dtype != want or want != op_dtype
-                                    or out.device != s.device or out.shape != s.shape):
-                out = None
+            request, out_slot[0], out_slot[1] = out_slot[0], None, False  # held no longer than needed
+            if request is not None and (request[1].dtype != want or want != op_dtype
+                                        or request[1].device != s.device
+                                        or request[1].shape != s.shape):
+                request = None
         grad = s.requires_grad or (m is not None and m.requires_grad)
         # Not `yield` inside no_grad: the caller would run with grad off until it
         # resumes us. (Without an input that requires grad nothing is recorded
         # anyway: no no_grad context per tensor, which costs more than the op's
         # dispatch on a small tensor.)
         with torch.no_grad() if grad else contextlib.nullcontext():
-            if out is not None:  # written in place; its layout is the caller's choice
-                into(s, m, threshold, ties_left, out)
-                mask, out = out, None
+            if request is not None:  # into the caller's tensors, with the product
+                out, orig, product = request
+                if out is None:  # where the op would put a new mask
+                    like = tensors[i] if tensors is not None else s
+                    out = torch.empty_like(like, dtype=want)
+                into(s, m, threshold, ties_left, out, orig, product)
+                out_slot[1] = True
+                mask = out
+                request = out = orig = product = None
             else:
                 mask = op(s, m, threshold, ties_left, op_dtype)
                 if mask.dtype != want:

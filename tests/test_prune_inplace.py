@@ -79,6 +79,70 @@ def test_into_writes_threshold_masks_result(device, dtype, mask_kind, out_kind, 
     assert torch.equal(ref, want.cpu()) and int(ref_left) == 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["none", "bits", "float"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed_out"])
+@pytest.mark.parametrize("product_over_score", [False, True])
+def test_into_writes_the_product_as_torch(device, dtype, mask_kind, layout, product_over_score):
+    """product = out * orig, bit for bit as torch's mask * orig (-0.0 and NaN included),
+    also when the product is laid over the score (the old pruned tensor it replaces,
+    lthfast.prune's second round) and the score has ties across several chunks."""
+    g = torch.Generator().manual_seed(7)
+    n = 3 * 65536 + 5  # several of the kernel's chunks
+    w = (torch.randn(n // 5, 5, generator=g) * 4).round().to(dtype)  # many ties
+    orig = torch.randn(w.shape, generator=g).to(dtype)
+    orig[0, 0], orig[1, 1], orig[2, 2] = float("nan"), float("-inf"), -0.0
+    if layout == "channels_last":
+        w = w.reshape(-1, 5, 1, 1).contiguous(memory_format=torch.channels_last)
+        orig = orig.reshape(-1, 5, 1, 1).contiguous(memory_format=torch.channels_last)
+    keep = torch.rand(w.shape, generator=g) > 0.3
+    mask = {"none": None, "float": keep.to(dtype), "bits": pack_bits(keep)}[mask_kind]
+    w, orig = w.to(device), orig.to(device)
+    mask = mask.to(device) if mask is not None else None
+    k = int((keep if mask is not None else torch.ones_like(keep)).sum()) // 2
+    t, ties = op.global_threshold([w], [] if mask is None else [mask], k)
+    want_mask = op.threshold_mask(w, mask, t, ties.clone(), dtype)
+    want = want_mask * orig
+    out = (torch.empty(w.shape[::-1], dtype=dtype, device=device).permute(*range(w.dim() - 1, -1, -1))
+           if layout == "transposed_out" else torch.empty_like(w))
+    score = w.clone() if product_over_score else w
+    product = score if product_over_score else torch.empty_like(orig)
+    left = ties.clone()
+    op.threshold_mask_into(score, mask, t, left, out, orig, product)
+    assert torch.equal(out, want_mask) and int(left) == 0
+    if layout == "transposed_out":  # torch's own bf16/fp16 NaN bits depend on the layouts
+        want = out * orig
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    assert torch.equal(product.view(bits), want.view(bits))  # NaN and -0.0 too
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda w, o, p: (o, None), r"pass orig and product together"),
+    (lambda w, o, p: (None, p), r"pass orig and product together"),
+    (lambda w, o, p: (o, torch.empty(w.shape, dtype=torch.float64)), r"product must be Float"),
+    (lambda w, o, p: (o, o), r"product shares memory with out or orig"),
+    (lambda w, o, p: (o, "out"), r"product shares memory with out or orig"),
+    (lambda w, o, p: (o, w._base[1:].view(w.shape)), r"laid over it exactly"),
+    (lambda w, o, p: (o.to(torch.int32), p), r"orig has dtype Int"),
+])
+def test_into_refuses_a_bad_product(bad, message):
+    w = torch.randn(31)[:30].view(6, 5)
+    out = torch.empty(6, 5)
+    orig, product = bad(w, torch.randn(6, 5), torch.empty(6, 5))
+    product = out if isinstance(product, str) else product
+    with pytest.raises(RuntimeError, match=message):
+        op.threshold_mask_into(w, None, torch.tensor(0.5, dtype=torch.float64), torch.tensor(0),
+                               out, orig, product)
+
+
+def test_opcheck_into_with_product():
+    w, mask, t, ties = _problem(5, torch.float32, "cpu", "bits")
+    orig = torch.randn(w.shape)
+    torch.library.opcheck(op.threshold_mask_into,
+                          (w, mask, t, ties.clone(), torch.empty(w.shape), orig, torch.empty(w.shape)))
+
+
 def test_into_decrements_ties_as_threshold_mask():
     w = torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0])
     t = torch.tensor(2.0, dtype=torch.float64)

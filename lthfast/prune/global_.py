@@ -137,29 +137,34 @@ def _install_from_kernel(method, targets, snapshots):
     origs = [module._parameters.get(name + "_orig", module._parameters.get(name))
              for module, name, *_ in targets]
     packed = eligible is not None and any(m.dtype == torch.uint8 for m in eligible)
-    slot = [None]  # a tensor for the next mask to be written into (see _reuse_old)
+    slot = [None, False]  # what the next mask and pruned tensor are written into
     masks = iter_global_magnitude_masks(scores, k, masks=eligible, n_remaining=n,
                                         dtype=[o.dtype for o in origs], _checked_tensors=True,
                                         _packed_masks=packed, _out_slot=slot)
     del eligible, scores  # the generator holds them, and lets each go once used
     for i, orig in enumerate(origs):
-        module, name, _, old_mask, key, old = targets[i]
-        del _  # pruning again, the old pruned tensor (whose grad_fn holds the old mask)
-        memory = None  # the old pruned tensor's memory, for the new one
+        module, name, score, old_mask, key, old = targets[i]
+        score_is_pruned = score is module.__dict__.get(name)  # (pruning again, no importance)
+        del score  # pruning again, the old pruned tensor (whose grad_fn holds the old mask)
+        mask_out = memory = None
         if old_mask is not None:
             # the old mask and pruned tensor (the scores) go when the new ones replace
             # them, or are rewritten in place where nothing else holds them
             targets[i] = (module, name, None, None, key, old)
-            memory = _reuse_old(module, name, old_mask, bits[i], orig, snapshots[id(module)], slot)
+            mask_out, memory = _reuse_old(module, name, old_mask, bits[i], orig,
+                                          snapshots[id(module)], score_is_pruned)
             del old_mask
             bits[i] = None
+        # the pruned tensor (orig * mask) is written by the mask pass: into the old one's
+        # memory, else a new tensor
+        product = memory if memory is not None else torch.empty_like(orig)
+        slot[0] = (mask_out, orig.detach(), product)
+        del mask_out, memory
         keep = next(masks)
         mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
         del keep
-        pruned = None
-        if memory is not None and sole_holders(memory, 1):  # (the score no longer uses it)
-            pruned = product_into(orig, mask, memory)
-        del memory
+        pruned = product_into(orig, mask, product, written=True) if slot[1] else None
+        del product
         # global_unstructured's snapshots restore every module on failure: no
         # per-tensor snapshot, and the hook found by _targets is used as is
         hook = CustomFromMask._apply_computed(module, name, mask, mask, _found=(key, old),
@@ -170,12 +175,12 @@ def _install_from_kernel(method, targets, snapshots):
     return True
 
 
-def _reuse_old(module, name, old_mask, bits, orig, snapshot, slot):
+def _reuse_old(module, name, old_mask, bits, orig, snapshot, score_is_pruned):
     """Lets go of ``module``'s old pruned tensor and mask before the new ones are made
     (the snapshot keeps what restores them). Where nothing else holds them, their
-    memory is reused instead of freed (lthfast.prune._inplace): the mask goes into
-    ``slot``, for the new mask to be written into, and the pruned tensor's memory
-    is returned, for the new pruned tensor; else None."""
+    memory is reused instead of freed (lthfast.prune._inplace). Returns ``(mask,
+    memory)``: the old mask, for the new mask to be written into, and a tensor over
+    the old pruned tensor's memory, for the new pruned tensor; None where not."""
     d = module.__dict__
     memory = None
     pruned = d.get(name)
@@ -186,14 +191,16 @@ def _reuse_old(module, name, old_mask, bits, orig, snapshot, slot):
             memory = alias_of(pruned)
         snapshot.drop_pruned(name)
         del d[name], pruned  # frees it, and its grad_fn's hold on the old mask
+        # its memory: held by `memory` and, when it is the score, by the mask pass
+        if memory is not None and not sole_holders(memory, 1, 2 if score_is_pruned else 1):
+            memory = None
     # held by the module's buffers, the snapshot, old_mask here and in the caller
     if (old_mask.dtype == orig.dtype and old_mask.device == orig.device and bits is not None
             and sole_holders(old_mask, 4)):
         snapshot.rewrite_mask(name, bits)
-        slot[0] = old_mask
-    else:
-        snapshot.drop_mask(name, (old_mask, bits))
-    return memory
+        return old_mask, memory
+    snapshot.drop_mask(name, (old_mask, bits))
+    return None, memory
 
 
 def _masks_by_concatenation(method, targets):

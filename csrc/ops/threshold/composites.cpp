@@ -2,8 +2,8 @@
 // ops through the dispatcher. The CPU kernels take precedence over these.
 //   mask_counts_packed: mask_counts, then pack_bits of each mask (the CPU kernel
 //     does both in one read of the masks, cpu/mask_counts_cpu.cpp);
-//   threshold_mask_into: threshold_mask, then a copy into `out` (the CPU kernel
-//     writes `out` directly, cpu/threshold_mask_cpu.cpp).
+//   threshold_mask_into: threshold_mask, then a copy into `out` and the product
+//     (the CPU kernel writes both in its mask pass, cpu/threshold_mask_cpu.cpp).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -34,7 +34,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mask_counts_packed_composite(at:
 
 void threshold_mask_into_composite(const at::Tensor& score, const std::optional<at::Tensor>& mask,
                                    const at::Tensor& threshold, at::Tensor& ties_left,
-                                   at::Tensor& out) {
+                                   at::Tensor& out, const std::optional<at::Tensor>& orig,
+                                   const std::optional<at::Tensor>& product) {
   static const auto mask_op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("lthfast::threshold_mask", "")
@@ -43,7 +44,12 @@ void threshold_mask_into_composite(const at::Tensor& score, const std::optional<
   std::vector<at::Tensor> masks;
   if (mask.has_value()) masks.push_back(*mask);
   check_mask_out(score, masks, out, "threshold_mask_into");
+  check_product(score, masks, out, orig, product, "threshold_mask_into");
   out.copy_(mask_op.call(score, mask, threshold, ties_left, out.scalar_type()));
+  if (product.has_value()) {
+    at::Tensor p = *product;
+    at::mul_out(p, out, *orig);
+  }
 }
 
 }  // namespace

@@ -143,6 +143,46 @@ inline void check_mask_out(const at::Tensor& score, at::TensorList masks, const 
   }
 }
 
+// threshold_mask_into's optional product (= out * orig): both or neither given; orig
+// a float tensor of the score's shape on its device; product orig's dtype and shape,
+// memory of its own apart from the score's (each chunk's product is written after
+// its scores are read).
+inline void check_product(const at::Tensor& score, at::TensorList masks, const at::Tensor& out,
+                          const std::optional<at::Tensor>& orig,
+                          const std::optional<at::Tensor>& product, const char* op) {
+  TORCH_CHECK(orig.has_value() == product.has_value(), op,
+              ": pass orig and product together (product = out * orig), or neither");
+  if (!orig.has_value()) return;
+  const at::Tensor& o = *orig;
+  const at::Tensor& p = *product;
+  TORCH_CHECK(o.layout() == at::kStrided && p.layout() == at::kStrided, op,
+              ": orig and product must be dense tensors");
+  TORCH_CHECK(is_float_dtype(o.scalar_type()), op, ": orig has dtype ", o.scalar_type(),
+              "; expected float16, bfloat16, float32 or float64");
+  TORCH_CHECK(o.sizes() == score.sizes() && o.device() == score.device(), op,
+              ": orig has shape ", o.sizes(), " on ", o.device(), " but score has shape ",
+              score.sizes(), " on ", score.device());
+  TORCH_CHECK(p.sizes() == score.sizes() && p.device() == score.device() &&
+                  p.scalar_type() == o.scalar_type(),
+              op, ": product must be ", o.scalar_type(), " of shape ", score.sizes(), " on ",
+              score.device(), " like orig, got ", p.scalar_type(), " of shape ", p.sizes(), " on ",
+              p.device());
+  if (p.numel() == 0) return;
+  TORCH_CHECK(at::has_internal_overlap(p) != at::MemOverlap::Yes, op,
+              ": product has entries that share memory (e.g. an expanded tensor); pass a tensor "
+              "of its own");
+  TORCH_CHECK(!p.is_alias_of(out) && !p.is_alias_of(o), op,
+              ": product shares memory with out or orig; pass a tensor of its own");
+  for (const at::Tensor& m : masks) {
+    TORCH_CHECK(!p.is_alias_of(m), op, ": product shares memory with mask; pass a tensor of its own");
+  }
+  if (p.is_alias_of(score)) {  // it replaces the score: the very same entries only
+    TORCH_CHECK(p.data_ptr() == score.data_ptr() && p.strides() == score.strides() &&
+                    score.is_non_overlapping_and_dense(),
+                op, ": product shares memory with score without being laid over it exactly");
+  }
+}
+
 // threshold_mask's output dtype: `dtype` when given (bool or the score's dtype,
 // the two the kernels write), else the mask's dtype, bool without a mask.
 inline at::ScalarType output_dtype(const at::Tensor& score, const Normalized& n,

@@ -42,10 +42,28 @@ struct AboveBody {
   }
 };
 
+// product = out * orig over memory offsets [begin, end) (orig's dtype, the score's
+// strides): torch's `mask * orig`, one IEEE multiply per entry.
+template <typename out_t, typename scalar_t>
+void multiply_range(const out_t* out, const scalar_t* orig, scalar_t* product, int64_t begin,
+                    int64_t end) {
+  for (int64_t j = begin; j < end; ++j) product[j] = static_cast<scalar_t>(out[j]) * orig[j];
+}
+
+// The product written by the mask pass, chunk by chunk (see write_mask).
+template <typename scalar_t>
+struct Product {
+  const scalar_t* orig = nullptr;  // nullptr: no product in this pass
+  scalar_t* out = nullptr;
+};
+
 // Writes out (dtype out_t) for every entry, ties kept for now; returns the
-// eligible ties per chunk.
-template <typename key_t, typename out_t>
-std::vector<int64_t> write_above(const Entry& e, out_t* out, key_t t) {
+// eligible ties per chunk. With a product, each chunk without eligible ties also
+// gets its product while its mask is in cache (chunks with ties get theirs once
+// the ties are decided: their scores are still to be read, and may share memory
+// with the product).
+template <typename key_t, typename out_t, typename scalar_t>
+std::vector<int64_t> write_above(const Entry& e, out_t* out, key_t t, Product<scalar_t> prod) {
   const int64_t nchunks = (e.numel + kChunk - 1) / kChunk;
   std::vector<int64_t> ties(nchunks, 0);
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
@@ -53,6 +71,7 @@ std::vector<int64_t> write_above(const Entry& e, out_t* out, key_t t) {
       const int64_t end = std::min(e.numel, (c + 1) * kChunk);
       AboveBody<key_t, out_t> body{static_cast<std::make_signed_t<key_t>>(t), out};
       ties[c] = scan_keys<key_t>(e, c * kChunk, end, body).ties;
+      if (prod.orig != nullptr && ties[c] == 0) multiply_range(out, prod.orig, prod.out, c * kChunk, end);
     }
   });
   return ties;
@@ -94,9 +113,15 @@ int64_t resolve_ties(const Entry& e, out_t* out, key_t t, int64_t left,
 }
 
 // Writes n.scores[0]'s keep-mask into `out` (dense, the score's strides, dtype bool
-// or the score's) and decrements ties_left by the ties pruned.
+// or the score's) and decrements ties_left by the ties pruned. With `product`
+// (defined): also product = out * orig (torch's `mask * orig`; orig and product
+// have the score's shape and orig's dtype; product may share memory with the
+// score, which it replaces in lthfast.prune's second round). Fused into the mask
+// pass chunk by chunk where orig and product have the score's dtype (float32 or
+// float64) and strides and the score is row-major; elsewhere one multiply after it.
 void write_mask(const Normalized& n, const at::Tensor& threshold, at::Tensor& ties_left,
-                at::Tensor& out, const char* op) {
+                at::Tensor& out, const char* op, const at::Tensor& orig = {},
+                at::Tensor product = {}) {
   const int64_t left = ties_left.item<int64_t>();
   TORCH_CHECK(left >= 0, op, ": ties_left=", left, " must be >= 0");
   // 64-bit keys compare every dtype exactly (each converts to double exactly);
@@ -118,16 +143,34 @@ void write_mask(const Normalized& n, const at::Tensor& threshold, at::Tensor& ti
   e.sizes = d.sizes().vec();
   e.strides = d.strides().vec();
   if (e.numel == 0) return;
+  const bool fused = product.defined() && e.row_major &&
+                     (e.dtype == at::kFloat || e.dtype == at::kDouble) &&
+                     orig.scalar_type() == e.dtype && orig.strides() == d.strides() &&
+                     product.strides() == d.strides();
   int64_t pruned_ties = 0;
   const bool as_bool = out.scalar_type() == at::kBool;
   auto run = [&](auto t) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_threshold_mask", [&] {
+      Product<scalar_t> prod;
+      if (fused) {
+        prod.orig = orig.data_ptr<scalar_t>();
+        prod.out = product.data_ptr<scalar_t>();
+      }
+      auto pass = [&](auto* o) {
+        const std::vector<int64_t> ties = write_above(e, o, t, prod);
+        pruned_ties = resolve_ties(e, o, t, left, ties);
+        if (!fused) return;
+        for (size_t c = 0; c < ties.size(); ++c) {  // the chunks that had ties
+          if (ties[c] != 0) {
+            const int64_t begin = static_cast<int64_t>(c) * kChunk;
+            multiply_range(o, prod.orig, prod.out, begin, std::min(e.numel, begin + kChunk));
+          }
+        }
+      };
       if (as_bool) {
-        bool* o = out.data_ptr<bool>();
-        pruned_ties = resolve_ties(e, o, t, left, write_above(e, o, t));
+        pass(out.data_ptr<bool>());
       } else {
-        scalar_t* o = out.data_ptr<scalar_t>();
-        pruned_ties = resolve_ties(e, o, t, left, write_above(e, o, t));
+        pass(out.data_ptr<scalar_t>());
       }
     });
   };
@@ -137,6 +180,7 @@ void write_mask(const Normalized& n, const at::Tensor& threshold, at::Tensor& ti
     run(key64(tv));
   }
   ties_left.sub_(pruned_ties);
+  if (product.defined() && !fused) at::mul_out(product, out, orig);
 }
 
 at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::Tensor>& mask,
@@ -153,21 +197,28 @@ at::Tensor threshold_mask_cpu(const at::Tensor& score, const std::optional<at::T
 }
 
 // threshold_mask written into an existing tensor (lthfast.prune rewrites a torch-format
-// mask that nothing else holds in place: no fresh pages to fault in, no second mask).
+// mask that nothing else holds in place: no fresh pages to fault in, no second mask),
+// and optionally `product = out * orig` (the pruned tensor) in the same pass.
 void threshold_mask_into_cpu(const at::Tensor& score, const std::optional<at::Tensor>& mask,
-                             const at::Tensor& threshold, at::Tensor& ties_left, at::Tensor& out) {
+                             const at::Tensor& threshold, at::Tensor& ties_left, at::Tensor& out,
+                             const std::optional<at::Tensor>& orig,
+                             const std::optional<at::Tensor>& product) {
   const char* op = "threshold_mask_into";
   std::vector<at::Tensor> masks;
   if (mask.has_value()) masks.push_back(*mask);
   check_mask_out(score, masks, out, op);
+  check_product(score, masks, out, orig, product, op);
   Normalized n = normalize_threshold_mask_args(score, masks, threshold, ties_left);
   const at::Tensor& d = n.scores[0];
+  const at::Tensor o = orig.has_value() ? *orig : at::Tensor();
+  at::Tensor p = product.has_value() ? *product : at::Tensor();
   if (out.strides() == d.strides()) {
-    write_mask(n, threshold, ties_left, out, op);
+    write_mask(n, threshold, ties_left, out, op, o, p);
   } else {  // another layout than the (dense) score's: through a temporary
     at::Tensor tmp = at::empty_like(d, d.options().dtype(out.scalar_type()));
     write_mask(n, threshold, ties_left, tmp, op);
     out.copy_(tmp);
+    if (p.defined()) at::mul_out(p, out, o);
   }
 }
 
