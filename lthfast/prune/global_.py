@@ -146,19 +146,24 @@ def _install_from_kernel(method, targets, snapshots):
         module, name, score, old_mask, key, old = targets[i]
         score_is_pruned = score is module.__dict__.get(name)  # (pruning again, no importance)
         del score  # pruning again, the old pruned tensor (whose grad_fn holds the old mask)
+        # On the CPU the mask pass writes the new mask and pruned tensor (orig * mask)
+        # into the old ones where it may, else into new tensors. (On CUDA, where the op
+        # would write them through temporaries, the op makes the mask and the hook the
+        # pruned tensor, as before.)
+        cpu = orig.device.type == "cpu"
         mask_out = memory = None
         if old_mask is not None:
             # the old mask and pruned tensor (the scores) go when the new ones replace
             # them, or are rewritten in place where nothing else holds them
             targets[i] = (module, name, None, None, key, old)
             mask_out, memory = _reuse_old(module, name, old_mask, bits[i], orig,
-                                          snapshots[id(module)], score_is_pruned)
+                                          snapshots[id(module)], score_is_pruned, cpu)
             del old_mask
             bits[i] = None
-        # the pruned tensor (orig * mask) is written by the mask pass: into the old one's
-        # memory, else a new tensor
-        product = memory if memory is not None else torch.empty_like(orig)
-        slot[0] = (mask_out, orig.detach(), product)
+        product = None
+        if cpu:
+            product = memory if memory is not None else torch.empty_like(orig)
+            slot[0] = (mask_out, orig.detach(), product)
         del mask_out, memory
         keep = next(masks)
         mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
@@ -175,18 +180,19 @@ def _install_from_kernel(method, targets, snapshots):
     return True
 
 
-def _reuse_old(module, name, old_mask, bits, orig, snapshot, score_is_pruned):
+def _reuse_old(module, name, old_mask, bits, orig, snapshot, score_is_pruned, reuse):
     """Lets go of ``module``'s old pruned tensor and mask before the new ones are made
-    (the snapshot keeps what restores them). Where nothing else holds them, their
-    memory is reused instead of freed (lthfast.prune._inplace). Returns ``(mask,
-    memory)``: the old mask, for the new mask to be written into, and a tensor over
-    the old pruned tensor's memory, for the new pruned tensor; None where not."""
+    (the snapshot keeps what restores them). Where nothing else holds them (and
+    ``reuse``), their memory is reused instead of freed (lthfast.prune._inplace).
+    Returns ``(mask, memory)``: the old mask, for the new mask to be written into, and
+    a tensor over the old pruned tensor's memory, for the new pruned tensor; None
+    where not."""
     d = module.__dict__
     memory = None
     pruned = d.get(name)
     if type(pruned) is torch.Tensor:
         # held by the module, the snapshot and `pruned`
-        if (pruned.dtype == orig.dtype and pruned.shape == orig.shape
+        if (reuse and pruned.dtype == orig.dtype and pruned.shape == orig.shape
                 and pruned.stride() == orig.stride() and sole_holders(pruned, 3, None)):
             memory = alias_of(pruned)
         snapshot.drop_pruned(name)
@@ -195,8 +201,8 @@ def _reuse_old(module, name, old_mask, bits, orig, snapshot, score_is_pruned):
         if memory is not None and not sole_holders(memory, 1, 2 if score_is_pruned else 1):
             memory = None
     # held by the module's buffers, the snapshot, old_mask here and in the caller
-    if (old_mask.dtype == orig.dtype and old_mask.device == orig.device and bits is not None
-            and sole_holders(old_mask, 4)):
+    if (reuse and old_mask.dtype == orig.dtype and old_mask.device == orig.device
+            and bits is not None and sole_holders(old_mask, 4)):
         snapshot.rewrite_mask(name, bits)
         return old_mask, memory
     snapshot.drop_mask(name, (old_mask, bits))
