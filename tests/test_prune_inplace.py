@@ -182,8 +182,10 @@ def test_into_refuses_bad_out_and_writes_nothing(bad, message):
 # ------------------------------------------------------------ sole_holders
 def _sole(held, key, n_python=1, n_storage=1):
     # not sole_holders(held[key], ...) inside an assert: pytest's assert rewriting
-    # keeps the subexpression held[key] in a variable of its own (one more holder)
-    return sole_holders(held[key], n_python, n_storage)
+    # keeps the subexpression held[key] in a variable of its own (one more holder).
+    # Passed as a local variable, as lthfast's callers do (+1 holder)
+    t = held[key]
+    return sole_holders(t, n_python + 1, n_storage)
 
 
 def test_sole_holders_counts_every_holder():

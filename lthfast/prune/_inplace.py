@@ -29,15 +29,18 @@ def _py_refs(t) -> int:
     return sys.getrefcount(t)
 
 
-def _through_a_parameter(t) -> int:
+def _through_a_parameter(t, n_python) -> int:
     return _py_refs(t)  # as sole_holders calls it: t is a parameter there too
 
 
 def _probe() -> tuple[int, tuple]:
     """(Python references counted as sole_holders counts them, _tensor_holders) of a
-    tensor held once."""
+    tensor held by a dict and a local variable -- the same call shape as every
+    caller's: a local variable passed on (on Pythons that pass locals as borrowed
+    references, the count is then off by the same amount in both)."""
     held = {"t": torch.empty(1)}
-    return _through_a_parameter(held["t"]), _ops._C._tensor_holders(held["t"])
+    t = held["t"]
+    return _through_a_parameter(t, 2) - 1, _ops._C._tensor_holders(t)
 
 
 _BASE = None  # (python refs, (impl refs, weak refs, storage refs)) of a tensor held once
@@ -45,7 +48,8 @@ _BASE = None  # (python refs, (impl refs, weak refs, storage refs)) of a tensor 
 
 def sole_holders(t: torch.Tensor, n_python: int, n_storage: int | None = 1) -> bool:
     """True when exactly ``n_python`` Python references hold ``t`` (the caller counts
-    its own: dict entries, local variables) and nothing else does: no other Python
+    its own: dict entries, local variables; pass ``t`` as a local variable, as the
+    calibration does) and nothing else does: no other Python
     reference, no C++ reference (autograd graph, saved tensor), no weak reference,
     and its storage is shared by ``n_storage`` tensors (1: by no view or alias; None:
     not checked) and was allocated by the device's allocator."""
