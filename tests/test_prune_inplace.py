@@ -382,3 +382,26 @@ def test_deepcopy_and_later_rounds_after_an_in_place_round():
     gc.collect()
     out, want = net(torch.ones(1, 3, 4, 4)), ref(torch.ones(1, 3, 4, 4))
     assert torch.equal(out, want)
+
+
+def test_a_mask_shared_by_two_modules_is_not_rewritten():
+    """One mask object registered in two modules (a user's shortcut): each module
+    gets its own new mask, and the shared one keeps its values."""
+    torch.manual_seed(3)
+    a, b, ra, rb = (nn.Linear(6, 5) for _ in range(4))
+    rb.load_state_dict(b.state_dict())
+    ra.load_state_dict(a.state_dict())
+    shared = (torch.rand(5, 6) > 0.3).float()
+    for lib, (x, y) in ((lprune, (a, b)), (tprune, (ra, rb))):
+        lib.custom_from_mask(x, "weight", shared)
+        lib.custom_from_mask(y, "weight", shared)
+        x._buffers["weight_mask"] = y._buffers["weight_mask"] = shared
+    before = shared.clone()
+    lprune.global_unstructured([(a, "weight"), (b, "weight")], pruning_method=lprune.L1Unstructured,
+                               amount=0.4)
+    tprune.global_unstructured([(ra, "weight"), (rb, "weight")], pruning_method=tprune.L1Unstructured,
+                               amount=0.4)
+    assert torch.equal(shared, before)
+    assert a.weight_mask is not shared and b.weight_mask is not shared
+    assert torch.equal(a.weight_mask, ra.weight_mask) and torch.equal(b.weight_mask, rb.weight_mask)
+    assert torch.equal(a.weight, ra.weight) and torch.equal(b.weight, rb.weight)
