@@ -22,6 +22,7 @@ import torch.nn.utils.prune as tprune
 
 import lthfast
 import lthfast.prune as lprune
+import lthfast.prune.global_ as lprune_global
 from lthfast import _reference
 from lthfast.bitmask import pack_bits, unpack_bits
 from lthfast.prune._inplace import alias_of, product_into, sole_holders
@@ -36,6 +37,12 @@ _CUDA = pytest.param("cuda", marks=[
                             and lthfast.build_info().get("cuda")), reason="no CUDA GPU or build")])
 DEVICES = ["cpu", _CUDA]
 op = torch.ops.lthfast
+
+
+@pytest.fixture(autouse=True)
+def _rewrite_small_tensors_too(monkeypatch):
+    """The nets here are tiny; lthfast rewrites only tensors of >= 2^15 entries."""
+    monkeypatch.setattr(lprune_global, "_REWRITE_MIN_NUMEL", 0)
 
 
 # ------------------------------------------------------ threshold_mask_into
@@ -405,3 +412,19 @@ def test_a_mask_shared_by_two_modules_is_not_rewritten():
     assert a.weight_mask is not shared and b.weight_mask is not shared
     assert torch.equal(a.weight_mask, ra.weight_mask) and torch.equal(b.weight_mask, rb.weight_mask)
     assert torch.equal(a.weight, ra.weight) and torch.equal(b.weight, rb.weight)
+
+
+def test_only_tensors_of_2_15_entries_or_more_are_rewritten(monkeypatch):
+    """Small tensors come from heap pages already mapped and cost mostly Python time:
+    they get new tensors, as before; large ones are rewritten."""
+    monkeypatch.setattr(lprune_global, "_REWRITE_MIN_NUMEL", 1 << 15)
+    torch.manual_seed(4)
+    small, big = nn.Linear(8, 8), nn.Linear(256, 128)  # 64 and 32768 weights
+    pairs = [(small, "weight"), (big, "weight")]
+    lprune.global_unstructured(pairs, pruning_method=lprune.L1Unstructured, amount=0.3)
+    ids = [(id(m.weight_mask), m.weight.data_ptr()) for m, _ in pairs]
+    lprune.global_unstructured(pairs, pruning_method=lprune.L1Unstructured, amount=0.3)
+    assert id(big.weight_mask) == ids[1][0] and big.weight.data_ptr() == ids[1][1]
+    # (ids and addresses of freed tensors may come back: the pruned tensor's history tells)
+    assert type(small.weight.grad_fn).__name__ == "MulBackward0"
+    assert type(big.weight.grad_fn).__name__ == "_MaskProductBackward"

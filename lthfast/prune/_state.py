@@ -97,11 +97,6 @@ class Snapshot:
         key = name + "_mask"
         self.buffers[key] = _Rewritten(self.buffers[key], packed)
 
-    def compact(self, name: str, known_bits: tuple | None = None) -> None:
-        """``drop_mask`` and ``drop_pruned``: the old mask and tensor are let go."""
-        self.drop_mask(name, known_bits)
-        self.drop_pruned(name)
-
     def restore(self) -> None:
         m = self.module
         for key, value in self.buffers.items():
@@ -134,7 +129,7 @@ class _Dropped:
         self.ref = weakref.ref(t)
         self.packed = packed  # pack_bits(t) when the caller has it already
         if bits:
-            # t is a dense bool or float tensor that requires no grad (Snapshot.compact
+            # t is a dense bool or float tensor that requires no grad (Snapshot.drop_mask
             # checks): nothing to record, so no no_grad context and the op without its
             # Python wrapper's checks (round 2 of bench/host_overhead_prune.py: 57 -> 52
             # us per tensor). A float mask is packed as it is (nonzero = kept): no bool

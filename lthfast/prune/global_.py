@@ -76,6 +76,12 @@ def _targets(parameters, importance_scores):
     return targets
 
 
+#: Tensors from this many entries on are rewritten in place / get the fused product:
+#: 128 KiB of fp32, glibc's default threshold for serving an allocation with fresh
+#: pages (mmap) instead of from the heap.
+_REWRITE_MIN_NUMEL = 1 << 15
+
+
 def _kernel_eligibility(targets):
     """``(eligibility, n_remaining, bits)`` for the kernel: per-tensor eligibility
     (None: all), the number of eligible entries, and the earlier masks' bits
@@ -148,9 +154,11 @@ def _install_from_kernel(method, targets, snapshots):
         del score  # pruning again, the old pruned tensor (whose grad_fn holds the old mask)
         # On the CPU the mask pass writes the new mask and pruned tensor (orig * mask)
         # into the old ones where it may, else into new tensors. (On CUDA, where the op
-        # would write them through temporaries, the op makes the mask and the hook the
-        # pruned tensor, as before.)
-        cpu = orig.device.type == "cpu"
+        # would write them through temporaries, and for small tensors, which the heap
+        # serves from pages it has already mapped and whose time is the ~20 us of
+        # Python this bookkeeping adds, the op makes the mask and the hook the pruned
+        # tensor, as before.)
+        cpu = orig.device.type == "cpu" and orig.numel() >= _REWRITE_MIN_NUMEL
         mask_out = memory = None
         if old_mask is not None:
             # the old mask and pruned tensor (the scores) go when the new ones replace
