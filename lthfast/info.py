@@ -37,7 +37,10 @@ def registered_ops() -> list[dict]:
     except Exception:  # noqa: BLE001
         names = [f"lthfast::{n}" for n in sorted(dir(torch.ops.lthfast)) if not n.startswith("_")]
     return [{"name": n.split("::", 1)[1], "cpu": _has_kernel(n, "CPU"),
-             "cuda": _has_kernel(n, "CUDA"), "fake": _has_fake(n)} for n in names]
+             "cuda": _has_kernel(n, "CUDA"),
+             # a kernel composed of other ops, for devices without one of their own
+             "composite": _has_kernel(n, "CompositeExplicitAutograd"),
+             "fake": _has_fake(n)} for n in names]
 
 
 def collect() -> dict:
@@ -156,6 +159,8 @@ def format_report(info: dict) -> str:
     width = max([len(o["name"]) for o in info["ops"]] + [20])
     for o in info["ops"]:
         devs = [d for d, k in (("CPU", "cpu"), ("CUDA", "cuda")) if o[k]]
+        if o.get("composite") and not o["cuda"] and info["cuda_kernels"]:
+            devs.append("CUDA (composed of other ops)")
         fake = {True: "  +fake", False: "", None: ""}[o["fake"]]
         add(f"  {o['name']:<{width}}  {' '.join(devs) or 'no kernels'}{fake}")
     if not info["cuda_kernels"] and any(o["cuda"] for o in info["ops"]):

@@ -123,6 +123,21 @@ def test_info_json(capsys):
         assert {o["name"] for o in facts["ops"]} >= {"global_threshold", "global_magnitude_masks"}
 
 
+def test_info_marks_ops_composed_of_other_ops(monkeypatch, capsys):
+    """An op whose CUDA side is composed of other ops (mask_counts_packed,
+    threshold_mask_into) says so where CUDA kernels are built, and only there."""
+    from lthfast import info
+    ops = [{"name": "own", "cpu": True, "cuda": True, "composite": False, "fake": True},
+           {"name": "composed", "cpu": True, "cuda": False, "composite": True, "fake": True}]
+    monkeypatch.setattr(info, "registered_ops", lambda: ops)
+    for cuda in (True, False):
+        monkeypatch.setattr(_ops, "build_info", lambda: {"compiled": True, "cuda": cuda})
+        assert main(["info"]) == 0
+        text = capsys.readouterr().out
+        line = next(l for l in text.splitlines() if l.strip().startswith("composed"))
+        assert ("CUDA (composed of other ops)" in line) == cuda, line
+
+
 def test_info_when_not_built(monkeypatch, capsys):
     from lthfast import info
     monkeypatch.setattr(_ops, "build_info", lambda: {"compiled": False, "error": "No module named x"})
