@@ -18,6 +18,8 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "ops/masked_conv/cpu/sparse_isa.h"
+
 namespace lthfast {
 namespace masked_optim {
 void bind_python(pybind11::module_& m);
@@ -29,6 +31,7 @@ static pybind11::dict build_info() {
   d["version"] = LTHFAST_VERSION;
   d["torch_version"] = LTHFAST_TORCH_VERSION;
   d["cpu"] = true;
+  d["cpu_sparse_isa"] = lthfast::masked_conv::sparse_cpu_isa();
   // Built with -fopenmp (every C++ source has the same flags): at::parallel_for
   // in the CPU kernels runs on torch's OpenMP threads, not on the caller alone.
 #ifdef _OPENMP
@@ -68,5 +71,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "What this build of lthfast._C contains.");
   m.def("_tensor_holders", &tensor_holders,
         "(TensorImpl refs, weak refs, storage refs, ordinary allocation) of a tensor.");
+  m.def(
+      "_sparse_cpu_isa",
+      [](std::optional<std::string> cap) {
+        return std::string(cap ? lthfast::masked_conv::cap_sparse_cpu_isa(*cap)
+                               : lthfast::masked_conv::sparse_cpu_isa());
+      },
+      pybind11::arg("cap") = pybind11::none(),
+      "The instruction set of the CPU sparse conv kernels (\"avx512\", \"avx2\", \"base\"); "
+      "cap: use at most that one from now on (tests).");
   lthfast::masked_optim::bind_python(m);
 }

@@ -67,6 +67,8 @@ def collect() -> dict:
         "cpu_openmp": build.get("openmp"),
         "torch_openmp": bool(torch._C.has_openmp),
         "cpu_threads": torch.get_num_threads(),
+        # the instruction set the sparse conv kernels run with (avx512, avx2, base)
+        "cpu_sparse_isa": build.get("cpu_sparse_isa"),
         "cuda_kernels": compiled and bool(build.get("cuda")) and any(o["cuda"] for o in ops),
         "cuda_version": build.get("cuda_version"),
         "cuda_archs": build.get("cuda_archs"),
@@ -132,6 +134,8 @@ def format_report(info: dict) -> str:
 
     add("kernels")
     row("CPU", _yes_no(info["cpu_kernels"]) + _cpu_threads(info))
+    if info["cpu_kernels"] and info.get("cpu_sparse_isa"):
+        row("CPU sparse conv", f"{info['cpu_sparse_isa']} kernels (the best this CPU runs)")
     if info["cuda_kernels"]:
         row("CUDA", f"yes (CUDA {info['cuda_version'] or '?'}; archs {_archs(info['cuda_archs'])})")
     elif info["compiled"]:
@@ -141,7 +145,7 @@ def format_report(info: dict) -> str:
         row("CUDA", "no (not built)")
     extra = {k: v for k, v in info["build"].items()
              if k not in ("version", "torch_version", "cpu", "cuda", "cuda_version", "cuda_archs",
-                          "compiled", "error", "openmp")}
+                          "compiled", "error", "openmp", "cpu_sparse_isa")}
     for k, v in sorted(extra.items()):
         row(k, v)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -81,6 +82,8 @@ def test_info(capsys):
     if _ops.available():
         assert "global_magnitude_masks" in out and "global_threshold" in out
         assert f"on {torch.get_num_threads()} thread" in out
+        isa = _ops.build_info()["cpu_sparse_isa"]
+        assert re.search(rf"CPU sparse conv +{isa} kernels", out)
     else:
         assert "NOT BUILT" in out
 

@@ -1,6 +1,7 @@
 """The CPU sparse convolution kernel's own code paths (tile widths, channel
-blocks, stride phases, threads, scratch reuse) and masked_conv2d's fast path
-for an unchanged weight, against the reference and F.conv2d."""
+blocks, stride phases, threads, scratch reuse; each instruction set this CPU
+runs: AVX-512, AVX2, the baseline) and masked_conv2d's fast path for an
+unchanged weight, against the reference and F.conv2d."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,25 @@ from _masked_conv_cases import assert_conv_close, conv_problem
 pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
 
 ops = torch.ops.lthfast
+ISAS = ("base", "avx2", "avx512")
+
+
+def _isas_here():
+    if not lthfast._ops.available():
+        return ["base"]
+    best = lthfast._ops._C._sparse_cpu_isa("avx512")  # no cap: the best this CPU has
+    return list(ISAS[:ISAS.index(best) + 1])
+
+
+@pytest.fixture(params=_isas_here())
+def isa(request):
+    """Runs the test with the sparse kernels of each instruction set this CPU has."""
+    got = lthfast._ops._C._sparse_cpu_isa(request.param)
+    assert got == request.param
+    try:
+        yield got
+    finally:
+        lthfast._ops._C._sparse_cpu_isa("avx512")
 
 # (N, C, H, W, Cout, kernel, stride, padding, dilation, groups), chosen for the kernel's paths.
 KERNEL_CASES = [
@@ -33,7 +53,7 @@ KERNEL_CASES = [
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=[str(c[:6]) for c in KERNEL_CASES])
-def test_kernel_paths_match_reference(case):
+def test_kernel_paths_match_reference(case, isa):
     for seed, sparsity in enumerate((0.0, 0.6, 0.9, 0.99, 1.0)):
         x, w, m, b, conf = conv_problem(case, sparsity=sparsity, seed=seed, bias=seed % 2 == 1)
         out = masked_conv2d(x, w, m, b, **conf, path="sparse")
@@ -41,7 +61,7 @@ def test_kernel_paths_match_reference(case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
-def test_kernel_strided_copy_other_dtypes(dtype):
+def test_kernel_strided_copy_other_dtypes(dtype, isa):
     # stride 2 and non-contiguous rows go through the generic (converting) copy
     for case in (KERNEL_CASES[4], KERNEL_CASES[6]):
         x, w, m, b, conf = conv_problem(case, dtype=dtype, sparsity=0.8, seed=4)
@@ -52,7 +72,7 @@ def test_kernel_strided_copy_other_dtypes(dtype):
         assert_conv_close(masked_conv2d(x, w, m, b, **conf, path="sparse"), x, w, m, b, conf)
 
 
-def test_kernel_noncontiguous_and_channels_last_input_with_stride():
+def test_kernel_noncontiguous_and_channels_last_input_with_stride(isa):
     case = (2, 6, 15, 16, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1)
     x, w, m, b, conf = conv_problem(case, sparsity=0.7, seed=6)
     wide = torch.randn(2, 6, 15, 32)
@@ -62,7 +82,7 @@ def test_kernel_noncontiguous_and_channels_last_input_with_stride():
     assert_conv_close(masked_conv2d(xl, w, m, b, **conf, path="sparse"), x, w, m, b, conf)
 
 
-def test_kernel_two_threads_and_scratch_reuse():
+def test_kernel_two_threads_and_scratch_reuse(isa):
     old = torch.get_num_threads()
     try:
         for threads in (1, 2):
@@ -76,7 +96,7 @@ def test_kernel_two_threads_and_scratch_reuse():
         torch.set_num_threads(old)
 
 
-def test_kernel_rows_without_weights_in_some_blocks():
+def test_kernel_rows_without_weights_in_some_blocks(isa):
     # only the first and the last input channel kept: every other channel block is empty
     x, w, m, b, conf = conv_problem(KERNEL_CASES[3], sparsity=0.0, seed=7)
     m[:] = False
@@ -85,7 +105,16 @@ def test_kernel_rows_without_weights_in_some_blocks():
     assert_conv_close(masked_conv2d(x, w, m, b, **conf, path="sparse"), x, w, m, b, conf)
 
 
-def test_kernel_rejects_corrupt_packs():
+def test_isa_is_reported_and_a_bad_cap_names_the_value():
+    info = lthfast._ops._C.build_info()
+    assert info["cpu_sparse_isa"] in ISAS
+    assert lthfast._ops._C._sparse_cpu_isa() == info["cpu_sparse_isa"]
+    with pytest.raises(ValueError, match='got "sse9"'):
+        lthfast._ops._C._sparse_cpu_isa("sse9")
+    assert lthfast._ops._C._sparse_cpu_isa() == info["cpu_sparse_isa"]  # unchanged
+
+
+def test_kernel_rejects_corrupt_packs(isa):
     x, w, m, b, conf = conv_problem(KERNEL_CASES[1], sparsity=0.5, seed=8)
     rp, ci, va = ops.sparse_pack(w, m)
     args = (b, [3, 3], [1, 1], [1, 1], [1, 1], 1)

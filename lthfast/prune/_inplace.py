@@ -79,24 +79,20 @@ def alias_of(t: torch.Tensor) -> torch.Tensor:
 
 
 class _MaskProduct(torch.autograd.Function):
-    """``mask * orig`` in a given tensor (``out_box[0]``; ``written``: it holds the
-    product already, else it is computed into it), with the gradient torch's ``mask *
-    orig`` has: ``grad * mask`` for ``orig`` (the mask is a buffer and needs none).
-    (forward takes ctx: with a separate setup_context, apply binds the arguments
-    through inspect.signature, ~70 us per call.)"""
+    """Returns ``out_box[0]``, which holds ``mask * orig`` already, with the gradient
+    torch's ``mask * orig`` has: ``grad * mask`` for ``orig`` (the mask is a buffer and
+    needs none). (forward takes ctx: with a separate setup_context, apply binds the
+    arguments through inspect.signature, ~70 us per call.)"""
 
     @staticmethod
-    def forward(ctx, orig, mask, out_box, written):
-        out = out_box.pop()
-        if not written:
-            torch.mul(mask, orig, out=out)
+    def forward(ctx, orig, mask, out_box):
         ctx.save_for_backward(mask)
-        return out
+        return out_box.pop()
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None
+        return grad * mask, None, None
 
 
 def fits_product(orig: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> bool:
@@ -108,17 +104,12 @@ def fits_product(orig: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> b
             and orig.device == mask.device == out.device)
 
 
-def product_into(orig: torch.Tensor, mask: torch.Tensor, out: torch.Tensor,
-                 written: bool = False) -> torch.Tensor | None:
-    """``mask * orig``, as the pruning hook computes it (autograd history included
-    when grad mode is on and ``orig`` requires grad), in ``out``: computed into it, or
-    already there (``written``); None (nothing written) where ``out`` does not fit
-    (``fits_product``)."""
+def as_product(orig: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+    """``out``, which holds ``mask * orig`` (the mask pass wrote it), as the pruning hook's
+    ``mask * orig`` would be: with its autograd history when grad mode is on and ``orig``
+    requires grad. None where ``out`` does not fit (``fits_product``)."""
     if not fits_product(orig, mask, out):
         return None
     if torch.is_grad_enabled() and orig.requires_grad:
-        return _MaskProduct.apply(orig, mask, [out], written)
-    if not written:
-        with torch.no_grad():
-            torch.mul(mask, orig, out=out)
+        return _MaskProduct.apply(orig, mask, [out])
     return out

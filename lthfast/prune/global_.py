@@ -16,7 +16,7 @@ import torch
 
 from lthfast import _ops
 from lthfast.prune import validate
-from lthfast.prune._inplace import alias_of, product_into, sole_holders
+from lthfast.prune._inplace import alias_of, as_product, sole_holders
 from lthfast.prune._state import Snapshot, TorchBase, TorchContainer, find_hook, is_a
 from lthfast.prune.base import combine_masks, uses_stock_compute_mask
 from lthfast.magnitude import iter_global_magnitude_masks, mask_counts_packed
@@ -176,7 +176,7 @@ def _install_from_kernel(method, targets, snapshots):
         keep = next(masks)
         mask = keep if keep.dtype == orig.dtype and keep.device == orig.device else keep.to(orig)
         del keep
-        pruned = product_into(orig, mask, product, written=True) if slot[1] else None
+        pruned = as_product(orig, mask, product) if slot[1] else None
         del product
         # global_unstructured's snapshots restore every module on failure: no
         # per-tensor snapshot, and the hook found by _targets is used as is

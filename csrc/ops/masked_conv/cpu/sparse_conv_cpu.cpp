@@ -8,10 +8,11 @@
 //   out[oh*Wq + ow] += w * P_c[(kh*dh)%sh][(kw*dw)%sw][(oh + (kh*dh)/sh)*Wq + ow + (kw*dw)/sw]
 // for the whole output plane at once (columns ow >= OW are computed and
 // dropped). So the work is (kept weights) x (output plane), vectorised along
-// it, with no index arithmetic in the inner loop. The plane is held in up to
-// 16 vector registers (wider planes: equal tiles), the input channels are cut
-// in blocks whose rows fit L1, and threads split (sample, chunk of output
-// channels), one large chunk per thread so that every output channel of it
+// it, with no index arithmetic in the inner loop. The plane is held in
+// registers (up to 16 64-byte vectors with AVX-512, 6 with AVX2; wider planes:
+// equal tiles), the input channels are cut in blocks whose rows fit L1, and
+// threads split (sample, chunk of output channels), one large chunk per
+// thread so that every output channel of it
 // reads a block while it is in L1. Floor and measurements: docs/masked-conv.md.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -21,85 +22,128 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <string>
 #include <new>
 #include <cstdint>
 #include <vector>
 
+#include "ops/masked_conv/cpu/sparse_isa.h"
 #include "ops/masked_conv/masked_conv_check.h"
 
 namespace lthfast {
 namespace masked_conv {
 namespace cpu_rows {
 
+// Vector widths and register budgets (sparse_rows_kernel.h), the budgets in
+// 64-byte units: AVX-512 has 32 zmm registers (16 accumulators), AVX2 16 ymm (6
+// units of two ymm), SSE2 16 xmm (3 units of four xmm).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define LTHFAST_MULTIVERSION 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
 #pragma GCC optimize("fp-contract=fast")
+#define LTHFAST_ROWS_VBYTES 64
+#define LTHFAST_ROWS_ACC 16
+#define LTHFAST_ROWS_INFLIGHT 8
 namespace avx512 {
 #include "ops/masked_conv/cpu/sparse_rows_kernel.h"
 }
+#undef LTHFAST_ROWS_VBYTES
+#undef LTHFAST_ROWS_ACC
+#undef LTHFAST_ROWS_INFLIGHT
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #pragma GCC optimize("fp-contract=fast")
+#define LTHFAST_ROWS_VBYTES 32
+#define LTHFAST_ROWS_ACC 6
+#define LTHFAST_ROWS_INFLIGHT 4
 namespace avx2 {
 #include "ops/masked_conv/cpu/sparse_rows_kernel.h"
 }
+#undef LTHFAST_ROWS_VBYTES
+#undef LTHFAST_ROWS_ACC
+#undef LTHFAST_ROWS_INFLIGHT
 #pragma GCC pop_options
 #endif
+#define LTHFAST_ROWS_VBYTES 16
+#define LTHFAST_ROWS_ACC 3
+#define LTHFAST_ROWS_INFLIGHT 2
 namespace base {
 #include "ops/masked_conv/cpu/sparse_rows_kernel.h"
 }
+#undef LTHFAST_ROWS_VBYTES
+#undef LTHFAST_ROWS_ACC
+#undef LTHFAST_ROWS_INFLIGHT
 
-// The tile kernels of the best instruction set this CPU has: table[nv] for
-// tiles of nv vectors (1..16).
+// The kernels of the best instruction set this CPU has (capped by
+// cap_sparse_cpu_isa, for tests): tile tables indexed by a tile's width in
+// 64-byte units, the strided and the whole-row copies of the input.
 template <typename T>
 using TileFn = base::TileFn<T>;
 using CopyFn = void (*)(const float*, int64_t, float*, int64_t);
 using RowFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, float*);
+enum Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+constexpr const char* kIsaNames[] = {"base", "avx2", "avx512"};
+inline Isa supported() {
+#ifdef LTHFAST_MULTIVERSION
+  if (__builtin_cpu_supports("avx512f")) return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+#endif
+  return kBase;
+}
+inline std::atomic<int>& isa_cap() {
+  static std::atomic<int> cap{kAvx512};
+  return cap;
+}
+inline Isa isa() { return static_cast<Isa>(std::min<int>(supported(), isa_cap().load())); }
+
 // The vector row copy needs 512-bit vectors to be worth it; nullptr elsewhere.
 inline RowFn copy_row_f32() {
 #ifdef LTHFAST_MULTIVERSION
-  if (__builtin_cpu_supports("avx512f")) return avx512::copy_row_f32;
+  if (isa() == kAvx512) return avx512::copy_row_f32;
 #endif
   return nullptr;
 }
-inline CopyFn copy_f32() {
 #ifdef LTHFAST_MULTIVERSION
-  if (__builtin_cpu_supports("avx512f")) return avx512::copy_strided_f32;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::copy_strided_f32;
+#define LTHFAST_BY_ISA(name) \
+  (isa() == kAvx512 ? avx512::name : isa() == kAvx2 ? avx2::name : base::name)
+#else
+#define LTHFAST_BY_ISA(name) (base::name)
 #endif
-  return base::copy_strided_f32;
-}
+inline CopyFn copy_f32() { return LTHFAST_BY_ISA(copy_strided_f32); }
+// The widest tile, in 64-byte units.
+inline int64_t max_tile_vectors() { return LTHFAST_BY_ISA(kMaxTileVectors); }
 template <typename T>
 struct Pick;
 template <>
 struct Pick<float> {
-  static const TileFn<float>* get() {
-#ifdef LTHFAST_MULTIVERSION
-    if (__builtin_cpu_supports("avx512f")) return avx512::kTilesF32;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::kTilesF32;
-#endif
-    return base::kTilesF32;
-  }
+  static const TileFn<float>* get() { return LTHFAST_BY_ISA(kTilesF32); }
 };
 template <>
 struct Pick<double> {
-  static const TileFn<double>* get() {
-#ifdef LTHFAST_MULTIVERSION
-    if (__builtin_cpu_supports("avx512f")) return avx512::kTilesF64;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2::kTilesF64;
-#endif
-    return base::kTilesF64;
-  }
+  static const TileFn<double>* get() { return LTHFAST_BY_ISA(kTilesF64); }
 };
+#undef LTHFAST_BY_ISA
 
 }  // namespace cpu_rows
 
+const char* sparse_cpu_isa() { return cpu_rows::kIsaNames[cpu_rows::isa()]; }
+
+const char* cap_sparse_cpu_isa(const std::string& cap) {
+  for (int i = 0; i < 3; ++i) {
+    if (cap == cpu_rows::kIsaNames[i]) {
+      cpu_rows::isa_cap().store(i);
+      return sparse_cpu_isa();
+    }
+  }
+  TORCH_CHECK_VALUE(false, "cap_sparse_cpu_isa: cap must be \"base\", \"avx2\" or \"avx512\", got \"",
+                    cap, "\"");
+  return nullptr;
+}
+
 namespace {
 
-constexpr int64_t kMaxVectors = 16;  // tile width: up to 16 vector registers of accumulators
 // Channel blocking: a block of input channels is as large as fits kL1Bytes of
 // input rows for one tile, but at least large enough that an output channel
 // has about kMinTaps kept weights in it (a block with fewer spends more time
@@ -263,8 +307,10 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
                                             (kh / sh) * Wq + kw / sw);
       }
 
-  // Tiles: the padded plane cut in equal tiles of at most kMaxVectors vectors.
-  const int64_t ntiles = (nvec + kMaxVectors - 1) / kMaxVectors;
+  // Tiles: the padded plane cut in equal tiles of at most as many vectors as
+  // this CPU holds accumulators in registers (16 with AVX-512, 6 with AVX2).
+  const int64_t max_nv = cpu_rows::max_tile_vectors();
+  const int64_t ntiles = (nvec + max_nv - 1) / max_nv;
   const int64_t NV = (nvec + ntiles - 1) / ntiles;
   // Channel blocks (see l1_bytes / min_taps).
   const int64_t halo = ((dh * (KH - 1)) / sh) * Wq + (dw * (KW - 1)) / sw;

@@ -13,21 +13,47 @@
 // block ends at the first column >= limit; the cursor is left there for the
 // next block. Unsigned compare: a negative (corrupt) column also stops the
 // walk, before it is used as an index, and the caller reports the row.
+//
+// The includer defines its instruction set's vector width in bytes,
+// LTHFAST_ROWS_VBYTES, and its register budget in 64-byte units (a tile is
+// counted in those whatever the width): LTHFAST_ROWS_ACC (accumulators that fit
+// in registers with room left for the loads and the broadcast) and
+// LTHFAST_ROWS_INFLIGHT (how many keep the fused multiply-adds busy: latency x
+// issue rate). The arithmetic is on vectors of the native width: GCC lowers a
+// 64-byte vector type on AVX2 through the stack (the weight broadcast became 16
+// scalar stores; the kernel ran 10-15x slower than on AVX-512), and a tile wider
+// than the registers spills its accumulators on every weight.
 
 typedef float vf __attribute__((vector_size(64)));
-typedef double vd __attribute__((vector_size(64)));
+typedef float nvf __attribute__((vector_size(LTHFAST_ROWS_VBYTES)));
+typedef double nvd __attribute__((vector_size(LTHFAST_ROWS_VBYTES)));
 
+// Widest tile, in 64-byte units (the caller cuts the plane in tiles of at most this).
+static constexpr int kMaxTileVectors = LTHFAST_ROWS_ACC;
+
+// Sets of accumulators a tile of nv units alternates between: about
+// LTHFAST_ROWS_INFLIGHT units in flight, within the register budget.
+static constexpr int interleave(int nv) {
+  int p = 1;
+  while (p * 2 <= nv) p *= 2;  // largest power of two <= nv
+  int s = LTHFAST_ROWS_INFLIGHT / p;
+  while (s > 1 && s * nv > LTHFAST_ROWS_ACC) --s;
+  return s < 1 ? 1 : s;
+}
+
+// V: a native vector; NV: the tile's width in 64-byte units.
 template <typename V, typename T, int NV>
 static void rows_tile(const T* __restrict src, const int32_t* __restrict col,
                       const int32_t* __restrict col_off, const T* __restrict w, int64_t* cursor,
                       int64_t end, uint32_t limit, T* __restrict out, bool add) {
   constexpr int kLanes = int(sizeof(V) / sizeof(T));
+  constexpr int NR = NV * int(64 / sizeof(V));  // native vectors per tile
   // A fused multiply-add waits ~4 cycles for its accumulator and two issue per
-  // cycle: narrow tiles alternate S sets of accumulators so that about 8 are
-  // in flight (summed at the end).
-  constexpr int S = NV >= 8 ? 1 : NV >= 4 ? 2 : NV >= 2 ? 4 : 8;
-  V acc[S][NV];
-  for (int v = 0; v < NV; ++v) {
+  // cycle: narrow tiles alternate S sets of accumulators so that enough are in
+  // flight (summed at the end). AVX-512: 8 vectors, S = 8, 4, 4, 2, 2, 2, 2, 1...
+  constexpr int S = interleave(NV);
+  V acc[S][NR];
+  for (int v = 0; v < NR; ++v) {
     if (add) {
       __builtin_memcpy(&acc[0][v], out + v * kLanes, sizeof(V));
     } else {
@@ -50,7 +76,7 @@ static void rows_tile(const T* __restrict src, const int32_t* __restrict col,
       }
       const T* p = src + col_off[c];
       const T wt = w[t];
-      for (int v = 0; v < NV; ++v) {
+      for (int v = 0; v < NR; ++v) {
         V x;
         __builtin_memcpy(&x, p + v * kLanes, sizeof(V));
         acc[s][v] += wt * x;
@@ -58,7 +84,7 @@ static void rows_tile(const T* __restrict src, const int32_t* __restrict col,
     }
   }
   *cursor = t;
-  for (int v = 0; v < NV; ++v) {
+  for (int v = 0; v < NR; ++v) {
     for (int s = 1; s < S; ++s) acc[0][v] += acc[s][v];
     __builtin_memcpy(out + v * kLanes, &acc[0][v], sizeof(V));
   }
@@ -108,12 +134,21 @@ template <typename T>
 using TileFn = void (*)(const T*, const int32_t*, const int32_t*, const T*, int64_t*, int64_t,
                         uint32_t, T*, bool);
 
-// kTilesF32[nv] / kTilesF64[nv]: the kernel for a tile of nv vectors, 1..16.
+// kTilesF32[nv] / kTilesF64[nv]: the kernel for a tile of nv 64-byte units,
+// 1..kMaxTileVectors (nullptr above).
+template <typename V, typename T, int NV>
+static constexpr TileFn<T> tile() {
+  if constexpr (NV <= kMaxTileVectors) {
+    return rows_tile<V, T, NV>;
+  } else {
+    return nullptr;
+  }
+}
 #define LTHFAST_TILES(V, T) \
-  { nullptr, rows_tile<V, T, 1>, rows_tile<V, T, 2>, rows_tile<V, T, 3>, rows_tile<V, T, 4>, \
-    rows_tile<V, T, 5>, rows_tile<V, T, 6>, rows_tile<V, T, 7>, rows_tile<V, T, 8>, \
-    rows_tile<V, T, 9>, rows_tile<V, T, 10>, rows_tile<V, T, 11>, rows_tile<V, T, 12>, \
-    rows_tile<V, T, 13>, rows_tile<V, T, 14>, rows_tile<V, T, 15>, rows_tile<V, T, 16> }
-static const TileFn<float> kTilesF32[17] = LTHFAST_TILES(vf, float);
-static const TileFn<double> kTilesF64[17] = LTHFAST_TILES(vd, double);
+  { nullptr, tile<V, T, 1>(), tile<V, T, 2>(), tile<V, T, 3>(), tile<V, T, 4>(), \
+    tile<V, T, 5>(), tile<V, T, 6>(), tile<V, T, 7>(), tile<V, T, 8>(), \
+    tile<V, T, 9>(), tile<V, T, 10>(), tile<V, T, 11>(), tile<V, T, 12>(), \
+    tile<V, T, 13>(), tile<V, T, 14>(), tile<V, T, 15>(), tile<V, T, 16>() }
+static const TileFn<float> kTilesF32[17] = LTHFAST_TILES(nvf, float);
+static const TileFn<double> kTilesF64[17] = LTHFAST_TILES(nvd, double);
 #undef LTHFAST_TILES
