@@ -65,4 +65,15 @@ def test_dispatch_table_lookup(threads):
     assert use_sparse(cpu, torch.float32, "1x1", 8, 0.8, (128, 256, 1, 1), 56 * 56)
     assert use_sparse(cpu, torch.float32, "1x1", 8, 0.9, (256, 64, 1, 1), 56 * 56)
     assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.8, (256, 64, 1, 1), 56 * 56)
+    # linear with many rows (a box head's ~1000 proposals): large layers from 80-90%
+    fc6, fc7, pred = (1024, 12544), (1024, 1024), (91, 1024)
+    assert use_sparse(cpu, torch.float32, "linear", 1000, 0.9, fc6)
+    assert not use_sparse(cpu, torch.float32, "linear", 1000, 0.8, fc7)
+    assert use_sparse(cpu, torch.float32, "linear", 64, 0.8, fc7)
+    assert use_sparse(cpu, torch.float32, "linear", 1000, 0.95, (364, 1024))
+    assert not use_sparse(cpu, torch.float32, "linear", 1000, 0.99, pred)
+    assert not use_sparse(cpu, torch.float32, "linear", 4096, 0.99, fc6)  # not measured
+    assert use_sparse(cpu, torch.float32, "linear", 8, 0.95, pred)       # the batch <= 8 rows
+    threads(1)
+    assert not use_sparse(cpu, torch.float32, "linear", 1000, 0.95, fc6)  # measured at 2 threads
     assert not use_sparse(cuda, torch.float32, "3x3", 1, 0.99)      # measured on an H200: cuDNN always wins

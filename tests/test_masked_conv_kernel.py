@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import lthfast
 from lthfast.ops import masked_conv2d
 
-from _masked_conv_cases import assert_conv_close, conv_problem
+from _masked_conv_cases import assert_conv_close, assert_linear_close, conv_problem
 
 pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
 
@@ -103,6 +103,26 @@ def test_kernel_rows_without_weights_in_some_blocks(isa):
     m[:, 0, 1, 1] = True
     m[::3, -1, 0, 2] = True
     assert_conv_close(masked_conv2d(x, w, m, b, **conf, path="sparse"), x, w, m, b, conf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_sparse_linear_with_many_rows_runs_as_a_conv(dtype, isa):
+    """From 16 rows on, sparse_linear runs the conv kernel over a 1 x rows plane (x read
+    through its row stride); fewer rows keep the per-row gather. Both against the
+    reference, with bias or not, 2-D / 3-D / non-contiguous inputs, empty output rows."""
+    gen = torch.Generator().manual_seed(21)
+    w = torch.randn(37, 70, generator=gen).to(dtype)
+    m = torch.rand(w.shape, generator=gen) > 0.85
+    m[5] = False  # an output with no kept weight: bias only
+    b = torch.randn(37, generator=gen).to(dtype)
+    packed = ops.sparse_pack(w, m)
+    for shape in ((15, 70), (16, 70), (17, 70), (130, 70), (3, 40, 70)):
+        x = torch.randn(shape, generator=gen).to(dtype)
+        for bias in (b, None):
+            assert_linear_close(ops.sparse_linear(x, *packed, bias), x, w, m, bias)
+    wide = torch.randn(50, 140, generator=gen).to(dtype)
+    xs = wide[:, ::2]  # rows of stride 140, columns of stride 2
+    assert_linear_close(ops.sparse_linear(xs, *packed, b), xs, w, m, b)
 
 
 def test_isa_is_reported_and_a_bad_cap_names_the_value():

@@ -49,6 +49,15 @@ SPARSE_RULES = [
     ("cpu",  ("float32", "float64"), "1x1",       1,      8,        0,   10**9,   None),   # 64-channel layer1
     ("cpu",  ("float32", "float64"), "linear",    1,      1,        0,   10**9,   0.90),
     ("cpu",  ("float32", "float64"), "linear",    1,      8,        0,   10**9,   0.95),
+    # More rows (a detection box head runs ~1000 proposals): sparse_linear runs the
+    # conv kernel over the rows from 16 on. Measured at 2 threads on an AVX2 host
+    # (bench/results/cpu-linear-rows-avx2.txt): fc6/fc7-sized layers win from 80%
+    # up to 64 rows and from 90% up to 1000; 364x1024 from 80% / 95%; the
+    # 91-output predictor never. More than 1024 rows: not measured, dense.
+    ("cpu",  ("float32", "float64"), "linear",    2,     64,  1000000,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "linear",    2,   1024,  1000000,   10**9,   0.90),
+    ("cpu",  ("float32", "float64"), "linear",    2,     64,   262144,   10**9,   0.80),
+    ("cpu",  ("float32", "float64"), "linear",    2,   1024,   262144,   10**9,   0.95),
     # CUDA, measured (bench/results/cuda-conv.txt: NVIDIA H200, fp32, every resnet50
     # Conv2d, batch 1 / 8 / 32, sparsity 0.5-0.98): the direct sparse kernel never beat
     # cuDNN on the masked weight (at best 0.51x its speed, 7x7 at 98%; 0.1-0.3x typical).

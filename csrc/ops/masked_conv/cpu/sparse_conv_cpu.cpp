@@ -418,6 +418,13 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& rowptr,
   return out;
 }
 
+// From this many rows on, sparse_linear runs as the 1x1 convolution of a 1 x M
+// plane with K channels: the conv kernel vectorises along the rows and keeps each
+// tile of rows in registers while the kept weights stream by, instead of
+// gathering x[m, k] one row at a time. (fc6 of a detection box head, 1024 x 12544
+// at 95%, 1000 rows, AVX2 host: 607 -> 158 ms; dense 375 ms.)
+constexpr int64_t kRowsThroughConv = 16;
+
 // out[m, o] = sum over kept (o, k) of w * x[m, k]; threads split the outputs.
 at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& rowptr,
                              const at::Tensor& colidx, const at::Tensor& values,
@@ -439,6 +446,18 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& rowptr,
   auto rp = rowptr.contiguous(), ci = colidx.contiguous(), va = values.contiguous();
   const at::Tensor bias_c = contiguous_bias(bias);
   const int64_t M = out.numel() / O;  // not reshape(-1, K): K may be 0
+  if (M >= kRowsThroughConv && K > 0 && K * (M + 64) < (int64_t(1) << 31)) {
+    // x as (1, K, 1, M): channel k's plane is column k of x (row stride K)
+    const at::Tensor xv = input.reshape({M, K}).t().unsqueeze(0).unsqueeze(2);
+    at::Tensor y = at::empty({1, O, 1, M}, input.options());
+    const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparse_linear", [&] {
+      using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      conv_impl<scalar_t, acc_t>(xv, rp, ci, va, bias, one, one, zero, one, 1, y);
+    });
+    out.view({M, O}).copy_(y.view({O, M}).t());
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparse_linear", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     at::Tensor x = input.reshape({M, K}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
