@@ -11,9 +11,9 @@
 // it, with no index arithmetic in the inner loop. The plane is held in
 // registers (up to 16 64-byte vectors with AVX-512, 6 with AVX2; wider planes:
 // equal tiles), the input channels are cut in blocks whose rows fit L1, and
-// threads split (sample, chunk of output channels), one large chunk per
-// thread so that every output channel of it
-// reads a block while it is in L1. Floor and measurements: docs/masked-conv.md.
+// threads split (sample, chunk of output channels), one large chunk per thread
+// so that every output channel of it reads a block while it is in L1. Floor
+// and measurements: docs/masked-conv.md.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -21,10 +21,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <memory>
-#include <string>
-#include <new>
 #include <cstdint>
+#include <memory>
+#include <new>
+#include <string>
 #include <vector>
 
 #include "ops/masked_conv/cpu/sparse_isa.h"
