@@ -58,6 +58,9 @@ TORCH_LIBRARY(lthfast, m) {
   m.def("count_bits(Tensor packed) -> Tensor");
   // Overlap of two packed masks of the same length: int64 [2] = (|a & b|, |a | b|).
   m.def("overlap_bits(Tensor a, Tensor b) -> Tensor");
+  // Zeroes the entries of self (float, any strides) whose bit in packed is 0
+  // (Ticket.apply: a model's pruned weights straight from the ticket's bits).
+  m.def("zero_pruned_(Tensor(a!) self, Tensor packed) -> ()");
   // ---- Fused masked optimizers (lthfast.optim): one multi-tensor pass per step.
   // params, grads, states and masks are lists with one entry per parameter; each
   // state has the parameter's shape, dtype and strides; a grad with other

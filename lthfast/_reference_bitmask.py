@@ -35,6 +35,10 @@ def unpack_bits_into(packed: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(unpack_bits(packed, out.shape))
 
 
+def zero_pruned_(tensor: torch.Tensor, packed: torch.Tensor) -> None:
+    tensor.masked_fill_(~unpack_bits(packed, tensor.shape), 0)
+
+
 def count_bits(packed: torch.Tensor) -> torch.Tensor:
     return unpack_bits(packed, (packed.numel() * 8,)).sum(dtype=torch.int64)
 

@@ -111,6 +111,24 @@ def unpack_bits_into(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def zero_pruned_(tensor: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """Zeroes, in place, the entries of the float tensor ``tensor`` (any strides) whose
+    bit in ``packed`` is 0, leaving the kept ones untouched; returns tensor. Same result
+    as ``tensor.masked_fill_(~unpack_bits(packed, tensor.shape), 0)`` with no bool mask
+    and one pass over the tensor."""
+    _check_packed(packed)
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise TypeError(f"tensor must be a float tensor, got {got}")
+    if packed.numel() != packed_nbytes(tensor.numel()):
+        raise ValueError(f"packed has {packed.numel()} bytes but tensor {tuple(tensor.shape)} "
+                         f"needs {packed_nbytes(tensor.numel())}")
+    if tensor.device != packed.device:
+        raise ValueError(f"tensor is on {tensor.device} but packed is on {packed.device}")
+    _op("zero_pruned_")(tensor, packed)
+    return tensor
+
+
 def count_bits(packed: torch.Tensor) -> int:
     """Number of set bits (kept entries)."""
     _check_packed(packed)
@@ -141,6 +159,10 @@ if _ops.available():
 
     @torch.library.register_fake("lthfast::unpack_bits_into")
     def _unpack_bits_into_fake(packed, out):
+        return None
+
+    @torch.library.register_fake("lthfast::zero_pruned_")
+    def _zero_pruned_fake(tensor, packed):
         return None
 
     @torch.library.register_fake("lthfast::count_bits")

@@ -186,3 +186,63 @@ def test_bad_input_raises_clearly():
     with pytest.raises(RuntimeError, match="torch.bool"):
         torch.ops.lthfast.unpack_bits_into(p, out.to(torch.uint8))
     assert not out.any()
+
+
+# ---------------------------------------------------------------- zero_pruned_
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 63, 1000, 70001, 300_007])
+def test_zero_pruned_matches_masked_fill(dtype, n):
+    """Pruned entries become +0.0 (NaN, inf and -0.0 included), kept ones stay bit for
+    bit; against masked_fill_ and the reference, with lengths not a multiple of 8."""
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(n, generator=g).to(dtype)
+    keep = torch.rand(n, generator=g) < 0.4
+    keep[: n // 3] = True  # a run of whole kept bytes (skipped by the kernel)
+    flat = w.view(-1)
+    for i, v in enumerate((float("nan"), float("-inf"), -0.0, float("inf"))):
+        if n > i:
+            flat[(i * 7919) % n] = v
+    p = bitmask.pack_bits(keep)
+    want = w.clone().masked_fill_(~keep, 0)
+    got = bitmask.zero_pruned_(w.clone(), p)
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))  # bit for bit
+    ref_out = w.clone()
+    ref.zero_pruned_(ref_out, p)
+    assert torch.equal(ref_out.view(torch.uint8), want.view(torch.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "sliced", "transposed"])
+def test_zero_pruned_any_layout(fmt):
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 5, 3, 4, generator=g)
+    if fmt == "channels_last":
+        w = base.contiguous(memory_format=torch.channels_last)
+    elif fmt == "sliced":
+        w = torch.randn(6, 5, 3, 8, generator=g)[..., ::2]
+    else:
+        w = torch.randn(4, 3, 5, 6, generator=g).permute(3, 2, 1, 0)
+    keep = torch.rand(w.shape, generator=g) < 0.5  # row-major logical order, whatever the layout
+    want = w.clone().masked_fill_(~keep, 0)
+    stride = w.stride()
+    got = bitmask.zero_pruned_(w, bitmask.pack_bits(keep))
+    assert got is w and w.stride() == stride and torch.equal(w, want)
+
+
+def test_zero_pruned_opcheck_and_errors():
+    w = torch.randn(4, 3, 5, 5)
+    p = bitmask.pack_bits(torch.rand(w.shape) < 0.5)
+    torch.library.opcheck(torch.ops.lthfast.zero_pruned_, (w.clone(), p))
+    torch.library.opcheck(torch.ops.lthfast.zero_pruned_,
+                          (w.clone().contiguous(memory_format=torch.channels_last), p))
+    before = w.clone()
+    with pytest.raises(ValueError, match="needs 38"):
+        bitmask.zero_pruned_(w, p[:-1])
+    with pytest.raises(RuntimeError, match="needs 38"):
+        torch.ops.lthfast.zero_pruned_(w, p[:-1])
+    with pytest.raises(TypeError, match="float tensor"):
+        bitmask.zero_pruned_(w.to(torch.int32), p)
+    with pytest.raises(TypeError, match="self has dtype Int; it must be float32"):
+        torch.ops.lthfast.zero_pruned_(w.to(torch.int32), p)
+    with pytest.raises(ValueError, match="uint8"):
+        bitmask.zero_pruned_(w, p.to(torch.int32))
+    assert torch.equal(w, before)  # nothing written

@@ -74,6 +74,20 @@ def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.lthfast.overlap_bits, (p, p.clone()))
 
 
+def test_cuda_zero_pruned():
+    """On CUDA zero_pruned_ is composed of unpack_bits and masked_fill_: same result."""
+    g = torch.Generator().manual_seed(4)
+    for shape in ((1001,), (6, 5, 3, 4)):
+        w = torch.randn(shape, generator=g)
+        w.view(-1)[0] = float("nan")
+        keep = torch.rand(shape, generator=g) < 0.5
+        want = w.clone().masked_fill_(~keep, 0)
+        got = bitmask.zero_pruned_(w.cuda(), bitmask.pack_bits(keep).cuda())
+        assert torch.equal(got.cpu(), want)
+    torch.library.opcheck(torch.ops.lthfast.zero_pruned_,
+                          (w.cuda(), bitmask.pack_bits(keep).cuda()))
+
+
 def test_cuda_ticket_roundtrip():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 4)).cuda()
     t = lthfast.Ticket.from_model(model, 0.5)

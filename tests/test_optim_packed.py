@@ -244,3 +244,24 @@ def test_set_masks_with_bool_dict_stores_packed_and_keeps_no_bool_mask():
     assert held.dtype == torch.uint8 and held.numel() == 4
     assert held.untyped_storage().data_ptr() != m.untyped_storage().data_ptr()
     assert torch.equal(opt.mask_of(p), m)
+
+
+def test_zero_pruned_from_bits_any_layout_and_state_strides():
+    """The optimizers zero a parameter's pruned entries and its per-entry state straight
+    from the bits (memory order): channels_last parameters, state with the parameter's
+    strides or others, and 'step' left alone."""
+    from lthfast.optim._masks import zero_pruned
+    g = torch.Generator().manual_seed(5)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        p = torch.randn(6, 5, 3, 3, generator=g).contiguous(memory_format=fmt)
+        keep = torch.rand(p.shape, generator=g) < 0.5
+        state = {"exp_avg": torch.randn(p.shape, generator=g).contiguous(memory_format=fmt),
+                 "momentum_buffer": torch.randn(p.shape, generator=g),  # contiguous: other strides
+                 "step": torch.tensor(3.0)}
+        want = {k: v.clone().masked_fill_(~keep, 0) for k, v in state.items() if k != "step"}
+        want_p = p.clone().masked_fill_(~keep, 0)
+        zero_pruned(p, pack_memory_order(keep, p), state)
+        assert torch.equal(p, want_p) and p.is_contiguous(memory_format=fmt)
+        for k, v in want.items():
+            assert torch.equal(state[k], v), k
+        assert state["step"].item() == 3.0

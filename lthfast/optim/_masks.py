@@ -164,15 +164,20 @@ def resolve_masks(name: str, groups: list[dict], *, ticket=None, masks=None,
 @torch.no_grad()
 def zero_pruned(param: torch.Tensor, packed: torch.Tensor, state: dict) -> None:
     """Pruned entries of the weight and of its per-entry optimizer state to 0.0
-    (`packed`: the packed mask in param's memory order; unpacked here for a moment)."""
-    pruned = ~unpack_memory_order(packed, param)
-    param.masked_fill_(pruned, 0.0)
-    for k, v in state.items():
-        # per-entry state only: Adam's 'step' counter has a 0-dim parameter's shape too
-        if k == "step":
-            continue
-        if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point():
-            v.masked_fill_(pruned, 0.0)
+    (`packed`: the packed mask in param's memory order). Straight from the bits
+    (bitmask.zero_pruned_ on a view whose row-major order is param's memory order);
+    a state tensor with other strides or on another device through a bool mask."""
+    order = None if param.is_contiguous() else memory_order(param)
+    pruned = None
+    # per-entry state only: Adam's 'step' counter has a 0-dim parameter's shape too
+    for t in [param] + [v for k, v in state.items() if k != "step" and isinstance(v, torch.Tensor)
+                        and v.shape == param.shape and v.is_floating_point()]:
+        if t.stride() == param.stride() and t.device == packed.device:
+            bitmask.zero_pruned_(t if order is None else t.permute(order), packed)
+        else:
+            if pruned is None:
+                pruned = ~unpack_memory_order(packed.to(param.device), param)
+            t.masked_fill_(pruned.to(t.device), 0.0)
 
 
 class MaskedOptimizerMixin:

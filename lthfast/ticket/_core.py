@@ -146,8 +146,10 @@ class Ticket:
         return self._packed[self._key(name)]
 
     def _mask_on(self, name, device) -> torch.Tensor:
-        p = self._packed[name]
-        return bitmask.unpack_bits(p.to(device), self._shapes[name])
+        return bitmask.unpack_bits(self._packed_on(name, device), self._shapes[name])
+
+    def _packed_on(self, name, device) -> torch.Tensor:
+        return self._packed[name].to(device)
 
     def numel(self, name: str | None = None) -> int:
         if name is not None:
@@ -274,12 +276,13 @@ class Ticket:
         Checks first: a ticket that does not match changes nothing. Returns model."""
         self.check(model, strict=strict)
         named = [(n, model.get_parameter(n)) for n in self._names]
-        masks = [self._mask_on(n, p.device) for n, p in named]  # all made before any write
+        # the bits on each parameter's device, all made before any write; the pruned
+        # entries are zeroed from them directly (no bool mask: one pass per weight)
+        bits = [self._packed_on(n, p.device) for n, p in named]
         with torch.no_grad():
-            for (n, p), m in zip(named, masks):
-                p.masked_fill_(~m, 0)
+            for (n, p), b in zip(named, bits):
+                bitmask.zero_pruned_(p, b)
                 self._bindings.bind(p, n)
-        del masks  # the bool masks were for zeroing only: bindings keep names, not masks
         return model
 
     def mask_for(self, param: torch.Tensor) -> torch.Tensor | None:
