@@ -96,17 +96,24 @@ def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
     return _op("unpack_bits")(packed, list(shape))
 
 
+def _check_written(packed, t, what: str, ok, wanted: str) -> None:
+    """Checks a tensor that ``packed`` is written into: a tensor that passes ``ok``
+    (TypeError naming ``wanted`` otherwise), with packed's number of entries, on
+    packed's device."""
+    _check_packed(packed)
+    if not isinstance(t, torch.Tensor) or not ok(t):
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise TypeError(f"{what} must be {wanted}, got {got}")
+    if packed.numel() != packed_nbytes(t.numel()):
+        raise ValueError(f"packed has {packed.numel()} bytes but {what} {tuple(t.shape)} needs "
+                         f"{packed_nbytes(t.numel())}")
+    if t.device != packed.device:
+        raise ValueError(f"{what} is on {t.device} but packed is on {packed.device}")
+
+
 def unpack_bits_into(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Writes the mask ``packed`` holds into the bool tensor ``out`` (any strides); returns out."""
-    _check_packed(packed)
-    if not isinstance(out, torch.Tensor) or out.dtype != torch.bool:
-        got = out.dtype if isinstance(out, torch.Tensor) else type(out).__name__
-        raise TypeError(f"out must be a torch.bool tensor, got {got}")
-    if packed.numel() != packed_nbytes(out.numel()):
-        raise ValueError(f"packed has {packed.numel()} bytes but out {tuple(out.shape)} needs "
-                         f"{packed_nbytes(out.numel())}")
-    if out.device != packed.device:
-        raise ValueError(f"out is on {out.device} but packed is on {packed.device}")
+    _check_written(packed, out, "out", lambda t: t.dtype == torch.bool, "a torch.bool tensor")
     _op("unpack_bits_into")(packed, out)
     return out
 
@@ -116,15 +123,7 @@ def zero_pruned_(tensor: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     bit in ``packed`` is 0, leaving the kept ones untouched; returns tensor. Same result
     as ``tensor.masked_fill_(~unpack_bits(packed, tensor.shape), 0)`` with no bool mask
     and one pass over the tensor."""
-    _check_packed(packed)
-    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-        got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise TypeError(f"tensor must be a float tensor, got {got}")
-    if packed.numel() != packed_nbytes(tensor.numel()):
-        raise ValueError(f"packed has {packed.numel()} bytes but tensor {tuple(tensor.shape)} "
-                         f"needs {packed_nbytes(tensor.numel())}")
-    if tensor.device != packed.device:
-        raise ValueError(f"tensor is on {tensor.device} but packed is on {packed.device}")
+    _check_written(packed, tensor, "tensor", torch.Tensor.is_floating_point, "a float tensor")
     _op("zero_pruned_")(tensor, packed)
     return tensor
 
