@@ -37,7 +37,13 @@ def threads():
 
 
 def test_dispatch_table_lookup(threads):
-    from lthfast.ops._conv_dispatch import kernel_class, min_sparsity, use_sparse
+    """The rows measured with the AVX-512 kernels (which the base kernels use too)."""
+    from functools import partial
+
+    from lthfast.ops import _conv_dispatch
+    from lthfast.ops._conv_dispatch import kernel_class
+    min_sparsity = partial(_conv_dispatch.min_sparsity, isa="avx512")
+    use_sparse = partial(_conv_dispatch.use_sparse, isa="avx512")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert kernel_class((3, 3), 1, 64) == "3x3" and kernel_class((1, 1), 1, 64) == "1x1"
     assert kernel_class((3, 3), 32, 32) == "depthwise" and kernel_class(None, 1, 8) == "linear"
@@ -77,3 +83,55 @@ def test_dispatch_table_lookup(threads):
     threads(1)
     assert not use_sparse(cpu, torch.float32, "linear", 1000, 0.95, fc6)  # measured at 2 threads
     assert not use_sparse(cuda, torch.float32, "3x3", 1, 0.99)      # measured on an H200: cuDNN always wins
+
+
+def test_dispatch_table_avx2_rows(threads):
+    """The rows measured with the AVX2 kernels (2 threads); one thread falls back to the
+    AVX-512 rows, as does the base ISA."""
+    from functools import partial
+
+    from lthfast.ops import _conv_dispatch
+    use_sparse = partial(_conv_dispatch.use_sparse, isa="avx2")
+    cpu = torch.device("cpu")
+    threads(2)
+    assert use_sparse(cpu, torch.float32, "3x3", 1, 0.8) and use_sparse(cpu, torch.float32, "3x3", 8, 0.8)
+    assert not use_sparse(cpu, torch.float32, "kxk", 1, 0.9, (64, 3, 7, 7), 112 * 112)
+    assert use_sparse(cpu, torch.float32, "kxk", 1, 0.95, (64, 3, 7, 7), 112 * 112)
+    assert use_sparse(cpu, torch.float32, "kxk", 8, 0.9, (64, 3, 7, 7), 112 * 112)
+    # 1x1, batch 1: the large ones of layers 3-4 from 80%, the others from 90%
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (1024, 256, 1, 1), 14 * 14)
+    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 512, 1, 1), 14 * 14)
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (256, 512, 1, 1), 14 * 14)
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (128, 256, 1, 1), 56 * 56)
+    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.99, (256, 64, 1, 1), 56 * 56)  # 64->256
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (64, 64, 1, 1), 56 * 56)
+    # 1x1, batch 8: from 90%, never the 64->64 one
+    assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.8, (1024, 256, 1, 1), 14 * 14)
+    assert use_sparse(cpu, torch.float32, "1x1", 8, 0.9, (1024, 256, 1, 1), 14 * 14)
+    assert use_sparse(cpu, torch.float32, "1x1", 8, 0.9, (256, 64, 1, 1), 56 * 56)
+    assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.99, (64, 64, 1, 1), 56 * 56)
+    # linear: the shared rows
+    assert use_sparse(cpu, torch.float32, "linear", 1000, 0.9, (1024, 12544))
+    threads(1)  # not measured on AVX2: the AVX-512 rows
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 512, 1, 1), 14 * 14)
+    assert _conv_dispatch.use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 512, 1, 1), 14 * 14,
+                                     isa="base")
+
+
+def test_dispatch_table_uses_the_kernels_isa(threads):
+    """Without isa=, the rows of the instruction set the sparse kernels run with (capped
+    in tests) apply."""
+    from lthfast.ops._conv_dispatch import kernel_isa, use_sparse
+    cpu = torch.device("cpu")
+    isa = lthfast._ops._C._sparse_cpu_isa()
+    assert kernel_isa(cpu) == isa and kernel_isa(torch.device("meta")) == ""
+    threads(2)
+    shape, px = (256, 512, 1, 1), 14 * 14  # 1x1 at 80%: sparse on AVX-512, dense on AVX2
+    try:
+        for cap in ("avx512", "avx2", "base"):
+            got = lthfast._ops._C._sparse_cpu_isa(cap)
+            assert kernel_isa(cpu) == got
+            assert use_sparse(cpu, torch.float32, "1x1", 1, 0.8, shape, px) == (got != "avx2")
+    finally:
+        lthfast._ops._C._sparse_cpu_isa("avx512")
+        assert lthfast._ops._C._sparse_cpu_isa() == isa
