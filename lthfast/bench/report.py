@@ -9,8 +9,10 @@ from lthfast.cli._common import atomic_write, format_table, human_bytes, human_c
 def header(result: dict) -> str:
     m, cfg, lt = result["machine"], result["config"], result["lthfast"]
     dev = cfg["device"]
+    isa = lt["build_info"].get("cpu_sparse_isa")  # the CPU conv rows depend on it
     where = (f"{m['gpu']['name']}" if dev.startswith("cuda") and m.get("gpu")
-             else f"{m['cpu_model']}, {m['torch_threads']} threads of {m['usable_cores']} cores")
+             else f"{m['cpu_model']}, {m['torch_threads']} threads of {m['usable_cores']} cores"
+             + (f", {isa} kernels" if isa else ""))
     kernels = "compiled kernels" if lt["build_info"].get("compiled") else (
         "PURE-PYTORCH REFERENCE (extension not built: lthfast timings are not the kernels')")
     lines = [f"lthfast bench | device {dev} ({where}) | torch {result['torch']['version']} | "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lthfast.optim import _kernels
-from lthfast.optim._masks import MaskedOptimizerMixin, new_step_tensor
+from lthfast.optim._masks import MaskedOptimizerMixin, align_entry_state, new_step_tensor
 from lthfast.optim._step import amp_scalars, check_lr, gather, reject_unsupported, split_lr
 
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -81,6 +81,9 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if amsgrad and "max_exp_avg_sq" not in st:
             st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        avg = st.get("exp_avg")
+        if avg is not None and avg.stride() != p.stride():  # p's layout changed since made
+            align_entry_state(p, st, _STATE_KEYS)
         return st
 
     @torch.no_grad()
@@ -89,6 +92,7 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._follow_layouts()
         if not self._planned_step():
             self._checked_step()
         return loss

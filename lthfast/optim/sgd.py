@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from lthfast.optim import _kernels
-from lthfast.optim._masks import MaskedOptimizerMixin
+from lthfast.optim._masks import MaskedOptimizerMixin, align_entry_state
 from lthfast.optim._step import amp_scalars, check_lr, gather, reject_unsupported, split_lr
 
 
@@ -56,6 +56,7 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._follow_layouts()
         if not self._planned_step():
             self._checked_step()
         return loss
@@ -105,7 +106,11 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
                     continue
                 old, new = [], []
                 for p, g in pairs:
-                    buf = self.state[p].get("momentum_buffer")
+                    st = self.state[p]
+                    buf = st.get("momentum_buffer")
+                    if buf is not None and buf.stride() != p.stride():  # p's layout changed
+                        align_entry_state(p, st, ("momentum_buffer",))
+                        buf = st["momentum_buffer"]
                     (new if buf is None else old).append((p, g, buf))
                 if old:
                     self._call([p for p, _, _ in old], [g for _, g, _ in old],
