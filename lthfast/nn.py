@@ -9,6 +9,7 @@ objects, so optimizers holding them keep working.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
@@ -158,6 +159,33 @@ def _unknown_hint(params: dict, unknown: list[str]) -> str:
     return ""
 
 
+# Modules whose forward reads the weights of some of their Linear / Conv2d children
+# directly (passing `self.qkv.weight` to a functional) instead of calling those
+# children: a masked child would never run, so sparsify leaves them (with a warning).
+# (module, class name) -> the children's attribute names; found in sys.modules only,
+# since a model can hold these classes only once their module was imported.
+_READS_CHILD_WEIGHTS = {
+    ("torchvision.models.swin_transformer", "ShiftedWindowAttention"): ("qkv", "proj"),
+    ("torchvision.models.video.swin_transformer", "ShiftedWindowAttention3d"): ("qkv", "proj"),
+}
+
+
+def _children_read_directly(model: nn.Module) -> set[int]:
+    """ids of the modules in `model` whose parent reads their weight itself."""
+    classes = []
+    for (mod, cls), attrs in _READS_CHILD_WEIGHTS.items():
+        c = getattr(sys.modules.get(mod), cls, None)
+        if c is not None:
+            classes.append((c, attrs))
+    out: set[int] = set()
+    if classes:
+        for m in model.modules():
+            for c, attrs in classes:
+                if isinstance(m, c):  # subclasses too (ShiftedWindowAttentionV2)
+                    out.update(id(getattr(m, a)) for a in attrs if isinstance(getattr(m, a, None), nn.Module))
+    return out
+
+
 def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module:
     """Swaps every nn.Conv2d / nn.Linear whose weight has a mask for MaskedConv2d /
     MaskedLinear holding it (as a bool buffer on the weight's device); returns the model.
@@ -167,8 +195,10 @@ def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module
     masked weight (tied) all get its mask. A layer that is already masked gets
     the new mask and path. Masks of other parameters (e.g. ConvTranspose2d weights,
     subclasses of nn.Conv2d / nn.Linear, whose forward may differ) are left alone
-    with a warning. Everything is checked before the first module is swapped: on
-    error the model is unchanged.
+    with a warning, as are those of layers whose parent module reads their weight
+    itself instead of calling them (torchvision's Swin attention: qkv / proj).
+    Everything is checked before the first module is swapped: on error the model is
+    unchanged.
     """
     _check_path(path)
     masks = _masks_of(ticket_or_masks)
@@ -190,12 +220,17 @@ def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module
                              "masks differ")
     plan, buffers = {}, {}  # id(module) -> (module, class, key); id(weight) -> mask buffer
     seen = set()
+    read_directly = _children_read_directly(model)
+    bypassed = []
     for name, module in model.named_modules(remove_duplicate=False):
         weight = module._parameters.get("weight")
         if weight is None or id(weight) not in by_weight or id(module) in seen:
             continue
         seen.add(id(module))
         key = f"{name}.weight" if name else "weight"
+        if id(module) in read_directly:
+            bypassed.append(key)
+            continue
         cls = _MASKED_OF.get(type(module)) or (type(module) if type(module) in _DENSE_OF else None)
         if cls is None:
             skipped.append(key)
@@ -218,6 +253,11 @@ def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module
     if skipped:
         warnings.warn(f"sparsify: {len(skipped)} masks are not of nn.Conv2d/nn.Linear weights (or "
                       f"are of subclasses) and were not applied: {skipped[:5]}", stacklevel=2)
+    if bypassed:
+        warnings.warn(f"sparsify: {len(bypassed)} masks are of layers whose parent module reads "
+                      f"their weight itself (not through the layer), so a masked layer would "
+                      f"never run; they were not applied: {bypassed[:5]} (zero those weights "
+                      "with ticket.apply(model) if they should stay pruned)", stacklevel=2)
     new_of = {}
     for module, cls, _ in plan.values():
         new = module if type(module) is cls else _retype(module, cls)

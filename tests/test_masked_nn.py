@@ -120,3 +120,24 @@ def test_sparsified_detector_gives_same_detections():
     assert torch.equal(want["labels"], got["labels"])
     torch.testing.assert_close(got["boxes"], want["boxes"], rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(got["scores"], want["scores"], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls_name", ["ShiftedWindowAttention", "ShiftedWindowAttentionV2"])
+def test_sparsify_leaves_layers_whose_parent_reads_their_weight(cls_name):
+    """torchvision's Swin attention passes self.qkv.weight / self.proj.weight to a
+    functional and never calls those Linears: a MaskedLinear there would never run.
+    sparsify leaves them, with a warning, and swaps the rest."""
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+    torch.manual_seed(0)
+    attn = getattr(swin, cls_name)(16, [4, 4], [2, 2], num_heads=2)
+    model = nn.Sequential(attn, nn.Linear(16, 5)).eval()
+    ticket = lthfast.Ticket.from_model(model, 0.7)
+    dense = copy.deepcopy(model)
+    ticket.apply(dense)
+    with pytest.warns(UserWarning, match=r"parent module reads their weight.*'0\.qkv\.weight'"):
+        sp = sparsify(copy.deepcopy(dense), ticket)
+    assert type(sp[0].qkv) is nn.Linear and type(sp[0].proj) is nn.Linear
+    assert isinstance(sp[1], MaskedLinear)
+    x = torch.randn(2, 8, 8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(sp(x), dense(x))
