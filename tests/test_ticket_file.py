@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import lthfast
+from _ticket_files import reseal
 from lthfast import Ticket
 
 pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
@@ -23,7 +24,7 @@ def ticket():
 
 
 def _write_raw(path, header, data=b""):
-    raw = json.dumps(header).encode()
+    raw = json.dumps(reseal(header)).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw + data)
 

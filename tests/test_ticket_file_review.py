@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import lthfast
+from _ticket_files import reseal
 from lthfast import Ticket, bitmask
 
 pytestmark = [pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built"),
@@ -31,7 +32,7 @@ def _split(path):
 def _rewrite(path, edit):
     header, data = _split(path)
     edit(header)
-    raw = json.dumps(header).encode()
+    raw = json.dumps(reseal(header)).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw + data)
 
@@ -494,3 +495,25 @@ def test_run_report_tables_never_round_a_sparsity_to_100_or_0():
     assert "<td>&gt;99.99%</td>" in html    # was 100.00%
     assert "<td>&lt;0.01%</td>" in html     # was 0.00%
     assert "<td>100.00%</td>" in html and "<td>0.00%</td>" in html
+
+
+@pytest.mark.parametrize("old, new", [(b'"round":"1"', b'"round":"3"'),
+                                      (b'"layerwise":"0"', b'"layerwise":"1"'),
+                                      (b'"lr\\": 0.1', b'"lr\\": 0.3')])
+def test_a_flipped_digit_in_the_header_fails_its_crc(tmp_path, old, new):
+    """The data's CRC does not cover the metadata, and a flipped digit there is still
+    valid JSON: the header has its own CRC (files written before it load as before)."""
+    path = tmp_path / "t.safetensors"
+    t = Ticket({"a": torch.tensor([[True, False, True]])}, round=1)
+    t.meta["lr"] = 0.1
+    t.save(path)
+    blob = path.read_bytes()
+    assert blob.count(old) == 1, blob[:400]
+    path.write_bytes(blob.replace(old, new))  # same length: the header stays in place
+    with pytest.raises(ValueError, match="t.safetensors.*header fails the CRC-32 check"):
+        Ticket.load(path)
+    header, data = _split(path)
+    del header["__metadata__"]["header_crc32"]  # as written before the header CRC existed
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    assert Ticket.load(path).round == (3 if old.startswith(b'"round') else 1)

@@ -27,7 +27,7 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
 
     Same arguments and defaults as torch.optim.Adam, plus keyword-only `ticket=` (an
     applied lthfast.Ticket) or `masks=` ({param: bool mask, True = kept}). Parameters
-    without a mask update exactly like torch.optim.Adam. State keys ('step', 'exp_avg',
+    without a mask update as torch.optim.Adam does (within float rounding). State keys ('step', 'exp_avg',
     'exp_avg_sq', 'max_exp_avg_sq') are torch's, so `state_dict()` loads into
     torch.optim.Adam and back. 'step' is a CPU tensor for CPU parameters (as in
     torch.optim) and a float32 tensor on the parameter's GPU for GPU parameters (as in

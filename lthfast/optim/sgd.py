@@ -14,7 +14,7 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
 
     Same arguments and defaults as torch.optim.SGD, plus keyword-only `ticket=` (an
     applied lthfast.Ticket) or `masks=` ({param: bool mask, True = kept}). Parameters
-    without a mask update exactly like torch.optim.SGD. One fused kernel call per
+    without a mask update as torch.optim.SGD does (within float rounding). One fused kernel call per
     parameter group and device; `state_dict()` loads into torch.optim.SGD and back.
     `foreach`/`fused` are accepted for drop-in use and ignored (the step is always fused).
     """

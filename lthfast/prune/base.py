@@ -132,7 +132,12 @@ class BasePruningMethod(TorchBase):
             saved = hook._pruning_methods
             hook.add_pruning_method(method)
             try:
-                default = getattr(module, name + "_mask").detach().clone()
+                # torch clones the old mask contiguous; an unstructured mask keeps the
+                # weight's memory format here (docs/prune-differences.md: torch cannot
+                # prune a channels_last weight unstructured at all)
+                fmt = (torch.preserve_format if getattr(method, "PRUNING_TYPE", None) == "unstructured"
+                       else torch.contiguous_format)
+                default = getattr(module, name + "_mask").detach().clone(memory_format=fmt)
                 mask = hook.compute_mask(scores, default_mask=default)
             except BaseException:
                 hook._pruning_methods = saved

@@ -85,7 +85,11 @@ def count_to_prune(amount, n_available: int, *, bool_ok: bool = False) -> int:
             raise TypeError(f"amount={amount!r} is a bool: pass an int (how many to prune) or a "
                             "float in [0, 1]")
         return k
-    return int(round(amount * n_available))
+    k = int(round(amount * n_available))
+    if k > n_available:  # a float16 / float32 amount's product can round above the count
+        raise ValueError(f"amount={amount} gives {k} units to prune, more than the "
+                         f"{n_available} that can still be pruned")
+    return k
 
 
 # ----------------------------------------------------------------- structure
@@ -183,7 +187,9 @@ def require_parameter(module, name: str, value) -> torch.nn.Parameter:
         raise TypeError(
             f"{_describe(module)}.{name} is a buffer, not a Parameter: only parameters can be pruned")
     if value is None:
-        raise TypeError(f"{_describe(module)}.{name} is None: there is no tensor to prune")
+        # an AttributeError too: global_unstructured's caller may catch torch's, which
+        # fails there on None.device
+        raise ArgumentKindError(f"{_describe(module)}.{name} is None: there is no tensor to prune")
     if not isinstance(value, torch.nn.Parameter) or module._parameters.get(name) is not value:
         raise TypeError(
             f"{_describe(module)}.{name} is a {type(value).__name__}, not a registered Parameter: "

@@ -4,8 +4,8 @@ JSON header, then the raw bytes), written here without the safetensors package.
 Each mask is a uint8 tensor ("U8", shape [ceil(numel / 8)]) named by its
 parameter; ``__metadata__`` (string values only, as the format requires) holds
 format, version, lthfast version, names, shapes, kept counts, sparsity, round,
-the free-form meta dict (JSON) and a CRC-32 of the data. Loading parses JSON and
-bytes only (nothing is unpickled) and checks everything against everything.
+the free-form meta dict (JSON), a CRC-32 of the data and one of the header. Loading
+parses JSON and bytes only (nothing is unpickled) and checks everything against everything.
 """
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def write(path, names, shapes, packed, kept, round_, meta, lthfast_version, laye
     for n, blob in zip(names, blobs):
         header[n] = {"dtype": "U8", "shape": [len(blob)], "data_offsets": [offset, offset + len(blob)]}
         offset += len(blob)
+    metadata["header_crc32"] = str(_header_crc(header))
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * ((-len(raw)) % 8)  # data starts 8-byte aligned, as safetensors writes it
 
@@ -80,6 +81,16 @@ def write(path, names, shapes, packed, kept, round_, meta, lthfast_version, laye
             f.write(data)
 
     atomic_write(path, write_to)
+
+
+def _header_crc(header: dict) -> int:
+    """CRC-32 of the header (metadata and tensor entries) as canonical JSON, without the
+    header_crc32 entry itself: a flipped digit in 'round' or 'meta' is valid JSON too, and
+    the data's CRC does not cover it."""
+    md = {k: v for k, v in header["__metadata__"].items() if k != "header_crc32"}
+    canon = json.dumps({**header, "__metadata__": md}, sort_keys=True, separators=(",", ":"),
+                       ensure_ascii=True)
+    return zlib.crc32(canon.encode("ascii"))
 
 
 def _non_str_key(obj):
@@ -166,7 +177,7 @@ def _parse(blob: bytes, size: int | None = None):
         raise _Bad("its header is not valid JSON (nested too deeply)") from None
     if not isinstance(header, dict):
         raise _Bad("its header is not a JSON object")
-    md = header.pop("__metadata__", None)
+    md = header.get("__metadata__")
     if not isinstance(md, dict):
         raise _Bad("it has no lthfast ticket metadata (a safetensors file of something else?)")
     if md.get("format") != FORMAT:
@@ -181,6 +192,11 @@ def _parse(blob: bytes, size: int | None = None):
                        "upgrade lthfast")
         raise _Bad(f"its ticket format version is {version!r} ({type(version).__name__}){by}; "
                    f"this lthfast reads format version {VERSION!r} (a str) only")
+    if "header_crc32" in md:  # absent in files written before it existed
+        if not (isinstance(md["header_crc32"], str) and md["header_crc32"].isdigit()
+                and int(md["header_crc32"]) == _header_crc(header)):
+            raise _Bad("its header fails the CRC-32 check (corrupted metadata)")
+    del header["__metadata__"]
     for key in ("names", "shapes", "kept", "round", "meta", "crc32", "sparsity"):
         if key not in md:
             raise _Bad(f"metadata {key!r} is missing")
