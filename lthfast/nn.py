@@ -26,6 +26,15 @@ def _sparsity_repr(mask: torch.Tensor) -> str:
     return f"sparsity={1.0 - int(torch.count_nonzero(mask)) / n if n else 0.0:.4f}"
 
 
+def _forget_weight(module: nn.Module) -> None:
+    # The cache entry's weak reference to the weight would make torch.utils.swap_tensors
+    # refuse it (torch.__future__.set_swap_module_params_on_conversion(True), used by
+    # .to() / load_state_dict), and the weight is about to change anyway.
+    w = module._parameters.get("weight")
+    if w is not None:
+        _weight_cache.forget(w)
+
+
 def _train(module: nn.Module, mode: bool) -> nn.Module:
     # Writes through `weight.data` (rewinding, old-style training loops) bypass
     # the version counter the weight cache trusts: a mode switch drops it.
@@ -75,6 +84,14 @@ class MaskedConv2d(nn.Conv2d):
         return masked_conv2d(input, weight, mask, bias, self.stride, padding, self.dilation,
                              self.groups, path=self.path)
 
+    def _apply(self, fn, recurse=True):
+        _forget_weight(self)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        _forget_weight(self)
+        return super()._load_from_state_dict(*args, **kwargs)
+
     def train(self, mode: bool = True):
         return _train(self, mode)
 
@@ -93,6 +110,14 @@ class MaskedLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, mask, bias = _tensors(self)
         return masked_linear(input, weight, mask, bias, path=self.path)
+
+    def _apply(self, fn, recurse=True):
+        _forget_weight(self)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        _forget_weight(self)
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def train(self, mode: bool = True):
         return _train(self, mode)

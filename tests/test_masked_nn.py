@@ -141,3 +141,30 @@ def test_sparsify_leaves_layers_whose_parent_reads_their_weight(cls_name):
     x = torch.randn(2, 8, 8, 16)
     with torch.no_grad():
         torch.testing.assert_close(sp(x), dense(x))
+
+
+def test_swap_module_params_on_conversion_after_a_forward():
+    """torch's opt-in swap_tensors conversion refuses a tensor with weak references: the
+    masked layers drop their weight's cache entry (which holds one) before .to() /
+    load_state_dict."""
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model = sparsify(nn.Sequential(nn.Linear(4, 4), nn.Conv2d(1, 2, 3)),
+                         {"0.weight": torch.rand(4, 4) > 0.5, "1.weight": torch.rand(2, 1, 3, 3) > 0.5})
+        model.eval()
+        with torch.no_grad():
+            model[0](torch.randn(2, 4))
+            model[1](torch.randn(1, 1, 5, 5))
+        w = model[0].weight
+        model.double()
+        assert model[0].weight is w and w.dtype == torch.float64
+        with torch.no_grad():
+            model[0](torch.randn(2, 4, dtype=torch.float64))
+        model.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            out = model[0](torch.ones(1, 4, dtype=torch.float64))
+        torch.testing.assert_close(out, torch.ones(1, 4, dtype=torch.float64) @ (w * model[0].mask).T
+                                   + model[0].bias)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)
