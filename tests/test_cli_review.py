@@ -22,7 +22,7 @@ def _settings(argv):
 
 def _fake_run(path, rounds=1, done=1, **settings):
     """A run directory as `lthfast imp` leaves it (config.json, metrics.json), no weights."""
-    os.makedirs(path)
+    os.makedirs(path, exist_ok=True)  # (lthfast imp makes the folder first, to lock it)
     saved = {"task": "classification", "model": "resnet18", "data": "shapes", "rounds": rounds,
              "rate": 0.2, "target": None, "iters": 2, "seed": 0, "out": str(path), **settings}
     (path / "config.json").write_text(json.dumps({"settings": saved}))

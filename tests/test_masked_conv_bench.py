@@ -95,26 +95,23 @@ def test_dispatch_table_avx2_rows(threads):
     cpu = torch.device("cpu")
     threads(2)
     assert use_sparse(cpu, torch.float32, "3x3", 1, 0.8) and use_sparse(cpu, torch.float32, "3x3", 8, 0.8)
-    assert not use_sparse(cpu, torch.float32, "kxk", 1, 0.9, (64, 3, 7, 7), 112 * 112)
-    assert use_sparse(cpu, torch.float32, "kxk", 1, 0.95, (64, 3, 7, 7), 112 * 112)
-    assert use_sparse(cpu, torch.float32, "kxk", 8, 0.9, (64, 3, 7, 7), 112 * 112)
-    # 1x1, batch 1: the large ones of layers 3-4 from 80%, the others from 90%
-    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (1024, 256, 1, 1), 14 * 14)
-    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 512, 1, 1), 14 * 14)
-    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (256, 512, 1, 1), 14 * 14)
-    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (128, 256, 1, 1), 56 * 56)
-    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.99, (256, 64, 1, 1), 56 * 56)  # 64->256
+    for batch in (1, 8):  # the 7x7 stem from 90% (80% on AVX-512)
+        assert not use_sparse(cpu, torch.float32, "kxk", batch, 0.8, (64, 3, 7, 7), 112 * 112)
+        assert use_sparse(cpu, torch.float32, "kxk", batch, 0.9, (64, 3, 7, 7), 112 * 112)
+    # 1x1 on 56x56 planes with >= 32768 weights (layer2.0.conv1) from 90% (80% on AVX-512)
+    for batch in (1, 8):
+        assert not use_sparse(cpu, torch.float32, "1x1", batch, 0.8, (128, 256, 1, 1), 56 * 56)
+        assert use_sparse(cpu, torch.float32, "1x1", batch, 0.9, (128, 256, 1, 1), 56 * 56)
+    # the rest as on AVX-512
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 512, 1, 1), 14 * 14)
+    assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.8, (256, 512, 1, 1), 14 * 14)
     assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (64, 64, 1, 1), 56 * 56)
-    # 1x1, batch 8: from 90%, never the 64->64 one
-    assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.8, (1024, 256, 1, 1), 14 * 14)
-    assert use_sparse(cpu, torch.float32, "1x1", 8, 0.9, (1024, 256, 1, 1), 14 * 14)
-    assert use_sparse(cpu, torch.float32, "1x1", 8, 0.9, (256, 64, 1, 1), 56 * 56)
     assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.99, (64, 64, 1, 1), 56 * 56)
-    # linear: the shared rows
     assert use_sparse(cpu, torch.float32, "linear", 1000, 0.9, (1024, 12544))
     threads(1)  # not measured on AVX2: the AVX-512 rows
-    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 512, 1, 1), 14 * 14)
-    assert _conv_dispatch.use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 512, 1, 1), 14 * 14,
+    assert use_sparse(cpu, torch.float32, "kxk", 1, 0.8, (64, 3, 7, 7), 112 * 112)
+    threads(2)
+    assert _conv_dispatch.use_sparse(cpu, torch.float32, "kxk", 1, 0.8, (64, 3, 7, 7), 112 * 112,
                                      isa="base")
 
 
@@ -126,7 +123,7 @@ def test_dispatch_table_uses_the_kernels_isa(threads):
     isa = lthfast._ops._C._sparse_cpu_isa()
     assert kernel_isa(cpu) == isa and kernel_isa(torch.device("meta")) == ""
     threads(2)
-    shape, px = (256, 512, 1, 1), 14 * 14  # 1x1 at 80%: sparse on AVX-512, dense on AVX2
+    shape, px = (128, 256, 1, 1), 56 * 56  # 1x1 at 80%: sparse on AVX-512, dense on AVX2
     try:
         for cap in ("avx512", "avx2", "base"):
             got = lthfast._ops._C._sparse_cpu_isa(cap)

@@ -151,6 +151,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 def check_writable_target(path: str | os.PathLike, what: str) -> None:
     """Fails early (before long work) when `path` cannot be written."""
     path = os.fspath(path)
+    if not path.strip():
+        raise CLIError(f"{what} is empty; give a file path")
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise CLIError(f"{what} {path!r} is a directory; give a file path")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from lthfast.cli._common import CLIError, format_table, int_at_least
 
@@ -19,7 +21,7 @@ classification) and RUN_DIR gets an atomic checkpoint, so a killed run continues
 --resume RUN_DIR.
 
 With no arguments it runs the built-in demo: a small Faster R-CNN (resnet18-FPN) on the
-synthetic `shapes` dataset, sized to finish in about 10 minutes on a 2-core CPU.
+synthetic `shapes` dataset, sized to finish in 5-10 minutes on a 2-core CPU.
 
 RUN_DIR holds config.json, metrics.json / metrics.csv (one row per round: sparsity,
 per-scope sparsity, collapsed_layers (tensors pruned to nothing), every AP, times),
@@ -216,12 +218,31 @@ def run(args) -> int:
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from lthfast.imp.ddp import spawn
         return spawn(args.nproc, getattr(args, "argv", sys.argv[1:]))
-    from lthfast.imp.jobs import JobError, build_job, settings_from_args
+    from lthfast.imp.jobs import JobError, settings_from_args
+    from lthfast.imp.rundir import RunDirBusy, hold
     try:
         settings = settings_from_args(args)
+        made = not os.path.exists(settings.out)
+        # DDP: rank 0 writes the files and holds the lock
+        lock = hold(settings.out) if int(os.environ.get("RANK", "0")) == 0 else None
+    except (JobError, ValueError, FileNotFoundError, RunDirBusy) as e:
+        raise CLIError(str(e), code=2) from None
+    try:
+        return _run_locked(settings, made)
+    finally:
+        if lock is not None:
+            os.close(lock)  # releases the lock (main() may be called again in this process)
+
+
+def _run_locked(settings, made: bool) -> int:
+    from lthfast.imp.jobs import JobError, build_job
+    try:
         job = build_job(settings)
     except (JobError, ValueError, FileNotFoundError) as e:
+        if made and os.path.isdir(settings.out) and not os.listdir(settings.out):
+            os.rmdir(settings.out)  # made for the lock: leave nothing behind
         raise CLIError(str(e), code=2) from None
+    previous = _raise_on_sigterm()
     try:
         return job.run_and_print(_print_table)
     except (OSError, ValueError, FloatingPointError) as e:
@@ -232,3 +253,22 @@ def run(args) -> int:
             hint = (f"; finished rounds are kept in {settings.out}: fix the cause, then "
                     f"`lthfast imp --resume {settings.out}`")
         raise CLIError(f"{e}{hint}", code=1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, docker stop, a batch scheduler's time limit): stops the run as
+    Ctrl-C does, so status.json says "interrupted" instead of "running" for ever."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("SIGTERM")
+
+
+def _raise_on_sigterm():
+    """Installs _on_sigterm (main thread only); returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 from lthfast.cli._common import (CLIError, atomic_write, check_writable_target, eprint,
@@ -96,8 +97,13 @@ def _check_args(args) -> None:
                        "see `lthfast prune --help`", code=2)
     if args.amount is None:
         raise CLIError("--amount is required, e.g. --amount 0.8 to prune 80% of the weights", code=2)
-    if args.save:
+    if args.save is not None:
         check_writable_target(args.save, "--save")
+        for src in (args.model, getattr(args, "weights", None)):
+            if (src and os.path.isfile(src) and os.path.exists(args.save)
+                    and os.path.samefile(args.save, src)):
+                raise CLIError(f"--save {args.save!r} is the checkpoint being pruned; give "
+                               "another file (the input is never overwritten)", code=2)
 
 
 def _sync(device) -> None:

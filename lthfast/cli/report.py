@@ -53,6 +53,8 @@ def check_run_files(path: str) -> None:
 def _check_out(path: str) -> None:
     """--out must be a file path in an existing folder, and never an existing file that is
     not an HTML page (a run's config.json, a ticket): those are not overwritten."""
+    if not path.strip():
+        raise CLIError("--out is empty; give the HTML file to write, e.g. report.html", code=2)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise CLIError(f"--out {path!r} is a directory; give the HTML file to write, e.g. "

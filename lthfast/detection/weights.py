@@ -122,6 +122,15 @@ def load_detection_weights(model: nn.Module, spec, *, name: str, source: str | N
     own = model.state_dict()
     report = LoadReport(src, "model")
     report.unmapped = [k for k in sd if k not in own and not k.endswith("num_batches_tracked")]
+    if not any(k in own and own[k].shape == v.shape for k, v in sd.items()):
+        # loading nothing would train from scratch with the layers frozen for pre-trained
+        # weights left at their random init
+        roots = sorted({k.split(".")[0] for k in sd})[:6]
+        hint = ("; it looks like an ImageNet classifier: pass it as --backbone-weights"
+                if any(k.startswith(("conv1.", "layer1.", "features.")) for k in sd) else "")
+        raise WeightsError(f"no tensor of {src} fits {name} (file keys start with {roots}, the "
+                           f"model's with {sorted({k.split('.')[0] for k in own})[:6]}): it is not "
+                           f"a detection checkpoint of this model{hint}")
     return _apply(model, sd, report)
 
 

@@ -126,9 +126,23 @@ def _absolute(key: str, value):
     return value
 
 
+def _check_given(given: dict) -> None:
+    """What no default can mend: an empty path or name (an unset shell variable, `--out
+    $RUN`, would otherwise start a new run in the current folder or ignore the flag),
+    and --rate with --target (the target decides the rate per round)."""
+    for key, value in given.items():
+        if isinstance(value, str) and not value.strip():
+            raise JobError(f"--{key.replace('_', '-')} is empty: give a value (or leave the "
+                           "flag out for its default)")
+    if given.get("rate") is not None and given.get("target") is not None:
+        raise JobError(f"--rate {given['rate']} and --target {given['target']}: give one (with "
+                       "--target the rate per round follows from it and --rounds)")
+
+
 def settings_from_args(args) -> Settings:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
              if hasattr(args, f.name)}
+    _check_given(given)
     if given.get("resume"):
         return _resume_settings(given)
     s = Settings(**{k: v for k, v in given.items() if v is not None})  # the rest: defaults
@@ -198,6 +212,14 @@ def check_new_run_dir(out: str, differs: list | None = None) -> None:
     `differs`: the flags in which an earlier run there differs, for the message."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise JobError(f"--out {out}: is a file, not a run directory; give a new folder")
+    # the folder is made later, after data and model: say now if it cannot be
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise JobError(f"--out {out}: {parent} is a file, not a folder; give another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise JobError(f"--out {out}: cannot create folders in {parent} (no write permission)")
     if RunDir(out).exists():
         why = f" made with other {', '.join(differs)}" if differs else ""
         raise JobError(f"--out {out}: holds an earlier run{why}; continue it as it was with "
@@ -226,6 +248,12 @@ def check_settings(s: Settings) -> IMPConfig:
                        "or --backbone-weights PATH")
     if rewind.kind == "iter" and rewind.iteration > s.iters:
         raise JobError(f"--rewind {rewind}: K={rewind.iteration} is beyond --iters {s.iters}")
+    late = [k for k in (s.lr_steps or ()) if k >= s.iters]
+    if late or (s.warmup or 0) > s.iters:
+        from lthfast.cli._common import eprint
+        what = (f"--lr-steps {','.join(map(str, late))} (the rate never drops there)" if late
+                else f"--warmup {s.warmup} (the rate never reaches --lr)")
+        eprint(f"lthfast imp: warning: {what} is beyond --iters {s.iters}")
     if s.task != "classification" and s.data.startswith("folder:"):
         raise JobError(f"--data {s.data}: image folders are for --task classification; "
                        "detection tasks take shapes or coco:PATH")

@@ -23,6 +23,33 @@ from lthfast._atomic import atomic_write as _atomic_write
 CHECKPOINT = "checkpoint.pt"
 
 
+class RunDirBusy(RuntimeError):
+    """Another process is running in this run directory."""
+
+
+def hold(path: str) -> int | None:
+    """Locks the run directory for this process (an exclusive flock on the folder itself,
+    so no file is added to it; released when the process ends): a second `lthfast imp`
+    on the same folder stops at once instead of writing the same files. Returns the
+    descriptor that holds the lock (None where flock does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirBusy(f"{path} is in use by another lthfast imp process; wait for it to end "
+                         "(or stop it) before running or resuming there") from None
+    except OSError:  # a file system without locks: run unlocked
+        os.close(fd)
+        return None
+    return fd
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """`write(tmp)` then rename over `path`, creating the run's folders as needed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
