@@ -122,3 +122,18 @@ def test_prune_never_overwrites_its_input(tmp_path, capsys):
                  "--save", str(ckpt)]) == 2
     assert "is the checkpoint being pruned" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
+
+
+def test_an_unknown_detection_model_is_named_before_the_data_are_made(tmp_path, monkeypatch,
+                                                                      capsys):
+    pytest.importorskip("torchvision")
+    from lthfast.detection import data as det_data
+
+    def no_data(*a, **k):
+        raise AssertionError("the data were made before the model name was checked")
+
+    monkeypatch.setattr(det_data, "load_dataset", no_data)
+    assert main(["imp", "--model", "nosuch", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown detection model 'nosuch'" in err and "fasterrcnn_resnet18_fpn" in err
+    assert not (tmp_path / "run").exists()

@@ -37,6 +37,21 @@ def model_names() -> list[str]:
     return sorted(set(tv) | set(SMALL_MODELS))
 
 
+def check_model_name(name, task: str) -> None:
+    """ValueError listing the valid names unless `name` is a detection model for `task`
+    (checked before anything slow, e.g. generating the data, is done)."""
+    check_task(task)
+    if not isinstance(name, str) or name not in model_names():
+        import difflib
+        close = difflib.get_close_matches(str(name), model_names(), n=3)
+        raise ValueError(f"unknown detection model {name!r}"
+                         + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         + f"; valid names: {', '.join(model_names())}")
+    if family_of(name) not in TASK_FAMILIES[task]:
+        ok = [n for n in model_names() if family_of(n) in TASK_FAMILIES[task]]
+        raise ValueError(f"model {name!r} does not fit task {task!r}; models for {task}: {', '.join(ok)}")
+
+
 def _anchor_generator(sizes=(8, 16, 32, 64, 128)):
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     return AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
@@ -111,17 +126,7 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
     `backbone_weights` it has no effect, as in torchvision: every layer trains and a
     UserWarning names the value (a value out of range is an error either way).
     """
-    check_task(task)
-    if not isinstance(name, str) or name not in model_names():
-        import difflib
-        close = difflib.get_close_matches(str(name), model_names(), n=3)
-        raise ValueError(f"unknown detection model {name!r}"
-                         + (f" (did you mean {', '.join(close)}?)" if close else "")
-                         + f"; valid names: {', '.join(model_names())}")
-    fam = family_of(name)
-    if fam not in TASK_FAMILIES[task]:
-        ok = [n for n in model_names() if family_of(n) in TASK_FAMILIES[task]]
-        raise ValueError(f"model {name!r} does not fit task {task!r}; models for {task}: {', '.join(ok)}")
+    check_model_name(name, task)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (background + classes), got {num_classes!r}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 32):

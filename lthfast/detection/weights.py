@@ -77,7 +77,8 @@ def read_state_dict(spec, *, name: str, backbone: bool) -> tuple[dict, str]:
     if not os.path.exists(path):
         looks_like_path = os.sep in path or path.endswith((".pt", ".pth", ".ckpt", ".bin", ".tar"))
         if looks_like_path:
-            raise WeightsError(f"weights file {path} does not exist")
+            flag = "--backbone-weights" if backbone else "--weights"
+            raise WeightsError(f"weights file {path} ({flag}) does not exist")
         return _download(path, name, backbone), path
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

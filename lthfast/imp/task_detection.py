@@ -23,6 +23,7 @@ def build(s, device):
     from lthfast.optim import MaskedSGD
 
     s.scope = s.scope or "paper"
+    det_models.check_model_name(s.model, s.task)  # before the data are generated / read
     shapes_kw = (dict(n_train=s.n_train, n_val=s.n_val, image_size=s.image_size, seed=s.seed)
                  if s.data == "shapes" else {})
     train_set = ddp.on_main_first(det_data.load_dataset, s.data, "train", task=s.task,
