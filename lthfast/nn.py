@@ -63,7 +63,20 @@ def _check_path(path: str) -> str:
     return path
 
 
-class MaskedConv2d(nn.Conv2d):
+class _DropsCachedWeight:
+    """Mixin of the masked layers: .to() / .double() / load_state_dict first drop the
+    weight's cache entry (see _forget_weight)."""
+
+    def _apply(self, fn, recurse=True):
+        _forget_weight(self)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        _forget_weight(self)
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+class MaskedConv2d(_DropsCachedWeight, nn.Conv2d):
     """nn.Conv2d computing conv2d(x, weight * mask); `mask` is a bool buffer (all True
     at construction)."""
 
@@ -84,14 +97,6 @@ class MaskedConv2d(nn.Conv2d):
         return masked_conv2d(input, weight, mask, bias, self.stride, padding, self.dilation,
                              self.groups, path=self.path)
 
-    def _apply(self, fn, recurse=True):
-        _forget_weight(self)
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        _forget_weight(self)
-        return super()._load_from_state_dict(*args, **kwargs)
-
     def train(self, mode: bool = True):
         return _train(self, mode)
 
@@ -99,7 +104,7 @@ class MaskedConv2d(nn.Conv2d):
         return f"{super().extra_repr()}, {_sparsity_repr(self.mask)}, path={self.path!r}"
 
 
-class MaskedLinear(nn.Linear):
+class MaskedLinear(_DropsCachedWeight, nn.Linear):
     """nn.Linear computing linear(x, weight * mask); `mask` is a bool buffer."""
 
     def __init__(self, *args, path: str = "auto", **kwargs):
@@ -110,14 +115,6 @@ class MaskedLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, mask, bias = _tensors(self)
         return masked_linear(input, weight, mask, bias, path=self.path)
-
-    def _apply(self, fn, recurse=True):
-        _forget_weight(self)
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        _forget_weight(self)
-        return super()._load_from_state_dict(*args, **kwargs)
 
     def train(self, mode: bool = True):
         return _train(self, mode)
