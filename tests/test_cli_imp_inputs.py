@@ -137,3 +137,24 @@ def test_an_unknown_detection_model_is_named_before_the_data_are_made(tmp_path, 
     err = capsys.readouterr().err
     assert "unknown detection model 'nosuch'" in err and "fasterrcnn_resnet18_fpn" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_model_name_errors_name_their_flag(tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision")
+    ckpt = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
+    assert main(["prune", str(ckpt), "--arch", "resnet1", "--amount", "0.5"]) != 0
+    err = capsys.readouterr().err
+    assert "--arch 'resnet1' is not a torchvision model name" in err and "resnet18" in err
+    assert main(["bench", "threshold", "--models", "nosuch"]) != 0
+    assert "--models 'nosuch' is not a torchvision model name" in capsys.readouterr().err
+    assert main(["prune", "resnet18", "--amount", "1.5"]) == 2
+    assert "did you mean" not in capsys.readouterr().err  # 1.5 is no percentage
+    assert main(["prune", "resnet18", "--amount", "80"]) == 2
+    assert "did you mean 0.8?" in capsys.readouterr().err
+
+
+def test_report_on_a_file_says_it_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(tmp_path / "afile"), "--out", str(tmp_path / "r.html")]) != 0
+    assert "is a file, not a run directory" in capsys.readouterr().err

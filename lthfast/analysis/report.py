@@ -50,7 +50,8 @@ def _overview(runs) -> str:
                      "network sparsity": r.rows[-1].get("sparsity_network", ""),
                      "layer-wise": r.config.get("schedule", {}).get("layerwise", ""),
                      "rewind": r.config.get("schedule", {}).get("rewind", ""),
-                     "final metric": key, "value": val,
+                     "final metric": key,
+                     "value": round(val, 4) if isinstance(val, float) else val,
                      "ticket from": os.path.basename(r.config.get("ticket_source", "") or "") or "-",
                      "path": r.path})
     return "<h2>Runs</h2>" + html_table(rows) + _transfers(runs)

@@ -157,7 +157,8 @@ def load_run(path: str, *, label: str | None = None, allow_running: bool = True)
             raise RunError(f"label={label!r} for run {path} is empty; give a name or None "
                            "(the folder name)")
     if not os.path.isdir(path):
-        raise RunError(f"{path}: no such run directory")
+        raise RunError(f"{path}: is a file, not a run directory" if os.path.exists(path)
+                       else f"{path}: no such run directory")
     run = RunDir(path)
     if not os.path.exists(run.file("config.json")):
         raise RunError(f"{path}: not an lthfast run directory (no config.json)")

@@ -38,12 +38,15 @@ def detection_model_names() -> list[str]:
     return sorted(tv.models.list_models(module=tv.models.detection))
 
 
-def unknown_model_error(name: str) -> CLIError:
+def unknown_model_error(name: str, flag: str | None = None) -> CLIError:
+    """`flag`: the option that named it (--arch, --models), whose value can only be a
+    torchvision model name; None: MODEL, which may also be a checkpoint file."""
     close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return CLIError(
-        f"unknown model {name!r}: it is neither a torchvision model name nor an existing "
-        f"checkpoint file.{hint} Run `lthfast prune --list-models` to see the valid names.")
+    what = (f"{flag} {name!r} is not a torchvision model name" if flag else
+            f"unknown model {name!r}: it is neither a torchvision model name nor an existing "
+            "checkpoint file")
+    return CLIError(f"{what}.{hint} Run `lthfast prune --list-models` to see the valid names.")
 
 
 def build_model(name: str) -> nn.Module:
@@ -149,6 +152,8 @@ def resolve_model(model: str, *, arch: str | None = None, weights: str | None = 
             raise CLIError(
                 f"{model!r} holds a state_dict: pass --arch NAME to say which torchvision "
                 "architecture it belongs to (e.g. --arch resnet50)")
+        if arch not in set(model_names()):
+            raise unknown_model_error(arch, "--arch")
         net = build_model(arch)
         load_state_dict_into(net, obj, model)
         return net, f"{arch} with weights from {model}"

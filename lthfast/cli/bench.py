@@ -142,7 +142,7 @@ def run(args) -> int:
         known = set(model_names())
         for m in models:
             if m not in known:
-                raise unknown_model_error(m)
+                raise unknown_model_error(m, "--models")
         _check_models_for(args.suite, models, args.quick)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else 1

@@ -43,7 +43,8 @@ def amount_arg(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid amount {text!r}: {hint}") from None
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        extra = f"; did you mean {value / 100:g}?" if 1.0 < value <= 100.0 else ""
+        # 80 for 80%; not 1.5 (a fraction over 1, not a percentage)
+        extra = f"; did you mean {value / 100:g}?" if 2.0 <= value <= 100.0 else ""
         raise argparse.ArgumentTypeError(f"amount {text} is out of range: {hint}{extra}")
     return value
 

@@ -64,7 +64,8 @@ def build(s, device):
 
     describe = (f"lthfast imp: {s.task}, {s.model} on {s.data} ({len(train_set)} train / "
                 f"{len(val_set)} val images), scope {s.scope}: {len(names)} pruned weight tensors, "
-                f"a dense round and {s.rounds} pruned round{_s(s.rounds)} of {s.iters} "
+                f"{'round 0 with the --ticket masks' if s.ticket else 'a dense round'} and "
+                f"{s.rounds} pruned round{_s(s.rounds)} of {s.iters} "
                 f"iterations (batch {s.batch_size}, lr {s.lr}), "
                 f"rewind {s.rewind}, device {device}\nrun directory: {s.out}")
     return model, names, train_fn, eval_fn, det_scopes.scope_of, describe
