@@ -29,7 +29,8 @@ class RunDirBusy(RuntimeError):
 
 def hold(path: str) -> int | None:
     """Locks the run directory for this process (an exclusive flock on the folder itself,
-    so no file is added to it; released when the process ends): a second `lthfast imp`
+    so no file is added to it; released when the descriptor is closed or the process
+    ends): a second `lthfast imp`
     on the same folder stops at once instead of writing the same files. Returns the
     descriptor that holds the lock (None where flock does not exist)."""
     try:

@@ -273,8 +273,8 @@ class MaskedOptimizerMixin:
             was = packed_for[id(p)]
             if (p.is_contiguous() if was is None else p.stride() == was):
                 continue
-            like = torch.empty_strided(p.shape, was if was is not None else _row_major(p.shape),
-                                       device="meta")
+            like = (torch.empty(p.shape, device="meta") if was is None  # (strides only)
+                    else torch.empty_strided(p.shape, was, device="meta"))
             keep = unpack_memory_order(packed.to(p.device), like)
             self._masks[p] = pack_memory_order(keep, p)
             st = self.state.get(p)
@@ -376,14 +376,6 @@ class MaskedOptimizerMixin:
                 m = self._masks.get(p)
                 if m is not None:
                     zero_pruned(p, m, st)
-
-
-def _row_major(shape) -> tuple[int, ...]:
-    strides, n = [], 1
-    for size in reversed(tuple(shape)):
-        strides.append(n)
-        n *= max(int(size), 1)
-    return tuple(reversed(strides))
 
 
 def align_entry_state(p: torch.Tensor, st: dict, keys=None) -> None:
