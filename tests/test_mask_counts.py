@@ -92,6 +92,25 @@ def test_mask_counts_packed_matches_counts_and_pack_bits(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_fp32_masks_with_odd_values_in_whole_blocks(device):
+    """fp32 masks are counted and packed 16 entries at a time (SSE2) with a tail:
+    -0.0 (zero), NaN, +-Inf, 2.0, -1.0, 0.5 (neither), and 1.0 spread through whole
+    blocks, at lengths and view offsets that leave tails, against the reference."""
+    g = torch.Generator().manual_seed(9)
+    values = torch.tensor([0.0, -0.0, 1.0, 1.0, 1.0, float("nan"), float("inf"), -float("inf"),
+                           2.0, -1.0, 0.5, 1.0])
+    base = values[torch.randint(0, len(values), (200_000,), generator=g)]
+    masks = [base[:n].clone() for n in (16, 31, 48, 65_536, 65_553, 140_001)]
+    masks.append(base[3:100_003])  # a view that does not start on a 16-byte boundary
+    masks = [m.to(device) for m in masks]
+    counts, packed = mask_counts_packed(masks)
+    assert torch.equal(counts.cpu(), ref.mask_counts([m.cpu() for m in masks]))
+    assert torch.equal(torch.ops.lthfast.mask_counts(masks).cpu(), counts.cpu())
+    for m, p in zip(masks, packed):
+        assert torch.equal(p.cpu(), ref_pack_bits(m.cpu() != 0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_bool_bytes_other_than_one_pack_as_kept(device):
     """A bool tensor viewing bytes other than 0/1: counted as True by mask_counts,
     so packed as 1 by mask_counts_packed and pack_bits (every length and offset

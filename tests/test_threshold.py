@@ -285,6 +285,48 @@ def test_large_inputs_sampled_range_path(values, case):
         assert torch.equal(g != 0, w)
 
 
+@pytest.mark.parametrize("values", ["normal", "special"])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "float_odd", "bits"])
+def test_sampled_range_vector_blocks(values, mask_kind):
+    """The fp32 range pass runs whole blocks of 16 in explicit vectors and the rest
+    (a chunk's last entries) one by one: sizes that leave tails in every chunk, and
+    float masks whose entries are -0.0 (not eligible), NaN and 2.0 (eligible, as
+    `mask != 0` says), against the reference, for the threshold and the masks."""
+    g = torch.Generator().manual_seed(hash((values, mask_kind)) % 2**31)
+    tensors = [make_tensor((1_300_007,), torch.float32, "contiguous", values, g),
+               make_tensor((3, 433_331), torch.float32, "contiguous", values, g),
+               make_tensor((65_541,), torch.float32, "contiguous", values, g)]
+    masks = bool_masks = None
+    if mask_kind != "none":
+        bool_masks = [torch.rand(t.shape, generator=g) > 0.3 for t in tensors]
+        masks = bool_masks
+        if mask_kind.startswith("float"):
+            masks = [m.float() for m in bool_masks]
+        if mask_kind == "float_odd":
+            for m in masks:
+                flat = m.view(-1)
+                pick = torch.randint(0, flat.numel(), (flat.numel() // 7,), generator=g)
+                odd = torch.tensor([-0.0, float("nan"), 2.0, 0.0])[
+                    torch.randint(0, 4, (pick.numel(),), generator=g)]
+                flat[pick] = odd
+            bool_masks = [m != 0 for m in masks]
+        if mask_kind == "bits":
+            from lthfast.bitmask import pack_bits
+            masks = [pack_bits(m) for m in bool_masks]
+    ref_masks = bool_masks or []
+    total = sum(int(m.sum()) for m in bool_masks) if bool_masks else sum(t.numel() for t in tensors)
+    for k in [1, total // 5, total // 2 + 1, total - 3]:
+        if mask_kind == "bits":
+            got = list(torch.ops.lthfast.global_magnitude_masks(tensors, masks, k))
+            t, ties = (float(v) for v in torch.ops.lthfast.global_threshold(tensors, masks, k))
+        else:
+            got = lthfast.global_magnitude_masks(tensors, k, masks=masks)
+            t, ties = lthfast.global_magnitude_threshold(tensors, k, masks=masks)
+        _assert_masks_equal(got, ref.global_magnitude_masks(tensors, ref_masks, k), tensors)
+        rt, rties = ref.global_threshold(tensors, ref_masks, k)
+        assert ties == rties and ((math.isnan(t) and math.isnan(rt)) or t == rt)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_small_and_radix_paths_agree_at_their_boundary(seed):
     """Inputs of up to 2^15 entries take the gather + nth_element path, larger ones the

@@ -60,6 +60,53 @@ int64_t count_nonzero_bytes(const uint8_t* __restrict x, int64_t n) {
   return total + o;
 }
 
+// fp32 masks, counted and (bits != nullptr) packed in one SSE2 loop: per 4 entries
+// a compare with +1.0 and one with +-0 (lanes count down), and per 16 one movemask
+// for the bits. The separate count loop did not vectorise (GCC 12) and the pack
+// read the masks again from cache: 23 ms for keypointrcnn's 59M entries on 2
+// threads, where reading them takes ~10 ms. Bits as pack16_floats makes them.
+// Returns false (nothing done) where SSE2 is not there.
+bool count_pack_fp32(const uint32_t* __restrict x, int64_t begin, int64_t end, int64_t& ones,
+                     int64_t& others, uint8_t* __restrict bits) {
+#if defined(__SSE2__) && defined(__x86_64__)
+  const __m128i one = _mm_set1_epi32(0x3F800000), mag = _mm_set1_epi32(0x7FFFFFFF);
+  const __m128i zero = _mm_setzero_si128();
+  __m128i n_one = zero, n_zero = zero;  // per lane, counting down; a chunk fits 32 bits
+  int64_t j = begin;
+  for (; j + 16 <= end; j += 16) {
+    __m128i z[4];
+    for (int q = 0; q < 4; ++q) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j) + q);
+      z[q] = _mm_cmpeq_epi32(_mm_and_si128(v, mag), zero);
+      n_zero = _mm_add_epi32(n_zero, z[q]);
+      n_one = _mm_add_epi32(n_one, _mm_cmpeq_epi32(v, one));
+    }
+    if (bits) {
+      const __m128i bytes = _mm_packs_epi16(_mm_packs_epi32(z[0], z[1]), _mm_packs_epi32(z[2], z[3]));
+      const uint16_t b = static_cast<uint16_t>(~_mm_movemask_epi8(bytes));
+      bits[j / 8] = static_cast<uint8_t>(b);
+      bits[j / 8 + 1] = static_cast<uint8_t>(b >> 8);
+    }
+  }
+  alignas(16) int32_t lanes[8];
+  _mm_store_si128(reinterpret_cast<__m128i*>(lanes), n_one);
+  _mm_store_si128(reinterpret_cast<__m128i*>(lanes + 4), n_zero);
+  int64_t o = -(int64_t(lanes[0]) + lanes[1] + lanes[2] + lanes[3]);
+  int64_t zs = -(int64_t(lanes[4]) + lanes[5] + lanes[6] + lanes[7]);
+  for (int64_t t = j; t < end; ++t) {
+    o += x[t] == 0x3F800000u;
+    zs += (x[t] & 0x7FFFFFFFu) == 0;
+  }
+  if (bits && j < end) bitmask::pack_range(x, 4, j, end, bits);
+  ones += o;
+  others += (end - begin) - o - zs;
+  return true;
+#else
+  (void)x, (void)begin, (void)end, (void)ones, (void)others, (void)bits;
+  return false;
+#endif
+}
+
 struct Item {
   const void* data;
   int64_t numel;
@@ -118,6 +165,11 @@ at::Tensor counts_cpu(at::TensorList masks, const char* op, std::vector<at::Tens
   parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const Item& it = items[ch.item];
+    if (it.bits.bytes == 4 &&
+        count_pack_fp32(static_cast<const uint32_t*>(it.data), ch.begin, ch.end, ones[c], others[c],
+                        packed ? bits[ch.item] : nullptr)) {
+      return;  // (a permuted mask's bits: nullptr, packed after the pass in row-major order)
+    }
     count_item(it, ch.begin, ch.end, ones[c], others[c]);
     if (packed && bits[ch.item]) {
       bitmask::pack_range(it.data, it.bits.bytes, ch.begin, ch.end, bits[ch.item]);

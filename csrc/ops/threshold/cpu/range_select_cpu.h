@@ -29,6 +29,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/threshold/cpu/count_collect_vec.h"
 #include "ops/threshold/cpu/select_cpu.h"
 
 namespace lthfast {
@@ -105,6 +106,7 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
   for (size_t i = 1; i < p.entries.size(); ++i) base[i] = base[i - 1] + p.entries[i - 1].numel;
   const int nthreads = std::max(1, at::get_num_threads());
   std::vector<std::vector<key_t>> part(nthreads);
+  for (auto& v : part) v.reserve(static_cast<size_t>(2 * kSample / nthreads + 1024));
   for_chunks(p, [&](int64_t, const Chunk& ch, const Entry& e) {
     std::vector<key_t>& mine = part[at::get_thread_num()];
     const int64_t g = base[ch.entry] + ch.begin;  // global index of the chunk's start
@@ -186,6 +188,14 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   if constexpr (kBits) TORCH_INTERNAL_ASSERT((begin & 7) == 0, "chunk start ", begin);
   const uint64_t* spread = kBits ? bitmask::bit_spread_table().data() : nullptr;
   alignas(16) uint8_t okb[kBlock];
+#if defined(LTHFAST_THRESHOLD_VEC)
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<key_t, uint32_t>) {
+    // fp32: explicit vectors (count_collect_vec.h); the tail below
+    int64_t below64 = 0;
+    n = vec::fp32_blocks<kWrite, kRaw>(x, m, begin, end, slo, shi, out, pos, codes, &below64, &j);
+    below = static_cast<uint32_t>(below64);
+  }
+#endif
   for (; j + kBlock <= end; j += kBlock) {
     uint32_t any = 0;
     if constexpr (kBits) {
