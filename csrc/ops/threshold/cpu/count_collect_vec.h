@@ -15,6 +15,10 @@
 #include <cstring>
 #include <type_traits>
 
+#if defined(__SSE2__) && defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 #include "ops/threshold/cpu/keys_cpu.h"
 
 namespace lthfast {
@@ -66,6 +70,41 @@ inline uint32_t block_bits(M m, int64_t j) {
   }
 }
 
+// The eligibility of a block's 16 keys, ok[g] for keys j + 4g ... GCC lowers the
+// byte <-> int conversions of the vector extensions to scalar code on SSE2 (the
+// bool-mask pass ran slower than the auto-vectorised loop before it), so bool masks
+// take one 16-byte compare and unpacks there.
+template <typename M>
+inline void block_ok(M m, int64_t j, uint32_t bits16, v4i ok[4]) {
+#if defined(__SSE2__) && defined(__x86_64__)
+  if constexpr (std::is_same_v<M, const uint8_t*>) {
+    const __m128i no = _mm_cmpeq_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + j)),
+                                      _mm_setzero_si128());  // 0xFF: not eligible
+    const __m128i lo = _mm_unpacklo_epi8(no, no), hi = _mm_unpackhi_epi8(no, no);
+    ok[0] = ~reinterpret_cast<v4i>(_mm_unpacklo_epi16(lo, lo));
+    ok[1] = ~reinterpret_cast<v4i>(_mm_unpackhi_epi16(lo, lo));
+    ok[2] = ~reinterpret_cast<v4i>(_mm_unpacklo_epi16(hi, hi));
+    ok[3] = ~reinterpret_cast<v4i>(_mm_unpackhi_epi16(hi, hi));
+    return;
+  }
+#endif
+  for (int g = 0; g < 4; ++g) ok[g] = ok4(m, j, g, bits16);
+}
+
+// codes[0..16) = the 0/1 lanes of keep[0..4), one byte each.
+inline void store_codes(uint8_t* codes, const v4i keep[4]) {
+#if defined(__SSE2__) && defined(__x86_64__)
+  const __m128i a = _mm_packs_epi32(reinterpret_cast<__m128i>(keep[0]), reinterpret_cast<__m128i>(keep[1]));
+  const __m128i b = _mm_packs_epi32(reinterpret_cast<__m128i>(keep[2]), reinterpret_cast<__m128i>(keep[3]));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm_packus_epi16(a, b));
+#else
+  for (int g = 0; g < 4; ++g) {
+    const v4b c = __builtin_convertvector(keep[g], v4b);
+    std::memcpy(codes + 4 * g, &c, sizeof(c));
+  }
+#endif
+}
+
 // The whole blocks of 16 fp32 keys in x[begin, end) (begin a multiple of 8 for
 // packed bits), as count_collect_typed's block loop: the eligible keys below lo
 // are counted into *below, those inside [lo, hi] stored at out[0..n) (with kWrite
@@ -82,6 +121,8 @@ fp32_blocks(const float* __restrict x, M m, int64_t begin, int64_t end, int32_t 
   int64_t n = 0, j = begin;
   for (; j + 16 <= end; j += 16) {
     const uint32_t bits16 = block_bits(m, j);
+    v4i ok_g[4], keep[4];
+    block_ok(m, j, bits16, ok_g);
     v4i inside = splat(0);  // lane l: bit 4g + l for key j + 4g + l
     for (int g = 0; g < 4; ++g) {
       v4i key = load4(x + j + 4 * g) & splat(0x7FFFFFFF);
@@ -89,15 +130,13 @@ fp32_blocks(const float* __restrict x, M m, int64_t begin, int64_t end, int32_t 
         const v4i nan = key > splat(kInfBits);
         key = (key & ~nan) | (splat(static_cast<int32_t>(kNanKey32)) & nan);
       }
-      const v4i ok = ok4(m, j, g, bits16);
+      const v4i ok = ok_g[g];
       const v4i lt = key < vlo;
       nbelow += ok & lt;
       inside |= ok & ~lt & (key <= vhi) & (v4i{1, 2, 4, 8} << (4 * g));
-      if constexpr (kWrite) {
-        const v4b c = __builtin_convertvector(ok & (key > vhi) & splat(1), v4b);
-        std::memcpy(codes + j + 4 * g, &c, sizeof(c));
-      }
+      if constexpr (kWrite) keep[g] = ok & (key > vhi) & splat(1);
     }
+    if constexpr (kWrite) store_codes(codes + j, keep);
     // ~1 block in 10 holds inside keys: only those are visited, in order
     for (uint32_t in = static_cast<uint32_t>(inside[0] | inside[1] | inside[2] | inside[3]); in;
          in &= in - 1) {
