@@ -119,20 +119,23 @@ def retrain_perturbed(model, ticket, train_fn, eval_fn, *, kinds=KINDS, rewind_s
     return rows
 
 
-def _job_of_run(run):
+def _job_of_run(run, threads: int | None = None):
     from lthfast.imp import jobs
     s = jobs.Settings(**{k: v for k, v in run.settings.items() if k in jobs.Settings.__dataclass_fields__})
     s.quiet, s.resume = True, None
+    if threads:  # the caller's count, not the one the run was made with
+        s.threads = threads
     if s.device and s.device.startswith("cuda") and not torch.cuda.is_available():
         s.device = "cpu"
     return s, jobs.build_job(s)
 
 
 def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: int = 0,
-                 write: bool = True, log=None) -> dict:
+                 write: bool = True, log=None, threads: int | None = None) -> dict:
     """The perturbation test on the ticket of `round` (default: the last) of the run in
     `run_dir`; `seed` draws the random / swapped masks (retraining uses the run's own
-    seed, as its round did). Returns {"round", "metric", "ticket": the run's own row, "results": [rows]}
+    seed, as its round did); `threads`: CPU threads for the retraining (default: those
+    the run was made with, if it set any). Returns {"round", "metric", "ticket": the run's own row, "results": [rows]}
     and (write=True) merges it into RUN_DIR/perturbation.json."""
     from lthfast.analysis.runs import RunError, load_run
     from lthfast.imp.config import Rewind
@@ -153,7 +156,7 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
         raise RunError(f"run {run.path} has no saved rewind point (checkpoint.pt missing or "
                        "made with --rewind none): the perturbed masks cannot be retrained "
                        "from the ticket's starting weights")
-    s, job = _job_of_run(run)
+    s, job = _job_of_run(run, threads)
     rewind = Rewind.parse(s.rewind)
     start_iter = rewind.iteration if rewind.kind == "iter" else 0
     rows = retrain_perturbed(job.model, ticket, job.train_fn, job.eval_fn, kinds=kinds,

@@ -100,6 +100,10 @@ def add_parser(sub) -> None:
                    help="comma-separated torchvision model names instead of the defaults of "
                         "threshold, ticket and optim; train_step takes one classifier; conv "
                         "only maskrcnn_resnet50_fpn (adds its heads' shapes); imp_round none")
+    p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's choice); every suite is "
+                        "measured with that many threads, and the header and the JSON "
+                        "(machine.torch_threads) show the count")
     p.add_argument("--list", action="store_true", help="list the suites and whether they run, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
@@ -117,6 +121,9 @@ def _list() -> int:
 def run(args) -> int:
     if args.list:
         return _list()
+    if args.threads is not None:  # main() restores the caller's count afterwards
+        import torch
+        torch.set_num_threads(args.threads)
     from lthfast import _ops, bench
     from lthfast.bench.report import format_not_built, header, write_json
     from lthfast.bench.runner import failures

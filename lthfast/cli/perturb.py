@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lthfast.cli._common import CLIError, eprint, format_table
+from lthfast.cli._common import CLIError, eprint, format_table, int_at_least
 
 _EPILOG = """\
 examples:
@@ -29,17 +29,22 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random and swapped masks (default: 0); retraining "
                         "uses the run's own seed, as its round did")
+    p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.threads is not None:  # main() restores the caller's count afterwards
+        import torch
+        torch.set_num_threads(args.threads)
     from lthfast.analysis.perturb import parse_kinds, perturbation, table
     from lthfast.analysis.runs import RunError
     try:
         kinds = parse_kinds(args.kinds)
         res = perturbation(args.run_dir, round=args.round, kinds=kinds, seed=args.seed,
-                           log=None if args.quiet else eprint)
+                           log=None if args.quiet else eprint, threads=args.threads)
     except (RunError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e), code=2) from None
     metric = res["metric"]

@@ -7,7 +7,8 @@ import os
 import time
 
 from lthfast.cli._common import (CLIError, atomic_write, check_writable_target, eprint,
-                                 format_table, human_bytes, human_count, resolve_device, step)
+                                 format_table, human_bytes, human_count, int_at_least,
+                                 resolve_device, step)
 
 _DESCRIPTION = """\
 Prunes the weights of every Conv2d, ConvTranspose2d and Linear layer of MODEL with one
@@ -70,6 +71,8 @@ def add_parser(sub) -> None:
                    help="write the pruned state_dict here (atomically: never a partial file)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where to prune (default: cpu)")
+    p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--layerwise", action="store_true",
                    help="prune --amount of each layer separately (l1_unstructured) instead of "
                         "one global threshold")
@@ -118,6 +121,8 @@ def run(args) -> int:
         return _list_models()
     _check_args(args)
     import torch
+    if args.threads is not None:  # main() restores the caller's count afterwards
+        torch.set_num_threads(args.threads)
     from lthfast.cli._models import prunable_layers, resolve_model
     try:
         import lthfast.prune as prune
