@@ -66,7 +66,7 @@ def test_perturbation_uses_the_seed_it_is_given(tmp_path, monkeypatch):
     job = types.SimpleNamespace(model=model, train_fn=lambda ctx: seen.append(ctx),
                                 eval_fn=lambda m, ctx: {"top1": 40.0})
     settings = types.SimpleNamespace(seed=5, rewind="init")
-    monkeypatch.setattr(pt, "_job_of_run", lambda r: (settings, job))
+    monkeypatch.setattr(pt, "_job_of_run", lambda r, threads=None: (settings, job))
     res = pt.perturbation(run, kinds="random", seed=9, write=False)
     assert seen[0].ticket == random_mask(tickets[2], seed=9)
     assert seen[0].seed == 5 * 1000 + 2

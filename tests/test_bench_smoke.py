@@ -5,20 +5,11 @@ import json
 
 import pytest
 import torch
+from _cli_env import kernels_or_reference, needs_torchvision  # noqa: F401 (autouse fixture)
 
 from lthfast import _ops, bench
 from lthfast.bench.measure import CpuMemoryProbe, measure
 from lthfast.cli import main
-
-
-needs_torchvision = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("torchvision") is None, reason="needs torchvision")
-
-
-@pytest.fixture(autouse=True)
-def _kernels_or_reference(monkeypatch):
-    if not _ops.available():
-        monkeypatch.setenv("LTHFAST_REFERENCE", "1")
 
 
 @needs_torchvision

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _cli_env import kernels_or_reference, needs_torchvision  # noqa: F401 (autouse fixture)
 
-from lthfast import _ops, bench
+from lthfast import bench
 from lthfast.bench import imp_round, train_step
 from lthfast.cli._common import Progress
-
-needs_torchvision = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("torchvision") is None, reason="needs torchvision")
-
-
-@pytest.fixture(autouse=True)
-def _kernels_or_reference(monkeypatch):
-    if not _ops.available():
-        monkeypatch.setenv("LTHFAST_REFERENCE", "1")
 
 
 def _ctx():
