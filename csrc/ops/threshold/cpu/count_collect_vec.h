@@ -8,8 +8,9 @@
 // reading them takes ~10-16 ms. Here every compare is a vector op.
 //
 // Same results as the scalar loop, entry for entry: a block of 16 keys gives its
-// eligible count below lo, its mask codes (kWrite) and whether any eligible key
-// lies inside [lo, hi] (the caller then collects that block's keys, as before).
+// eligible count below lo, its mask codes (kWrite) and a 16-bit set of the
+// eligible keys inside [lo, hi], which are then collected one by one (the scalar
+// loop walked all 16 keys of such a block).
 #pragma once
 #include <cstdint>
 #include <cstring>
