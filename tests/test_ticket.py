@@ -339,3 +339,46 @@ def test_prune_reads_the_tickets_bits_as_the_unpacked_masks_give(monkeypatch):
     for bad, err in ((1.5, ValueError), (True, TypeError), (10**9, ValueError)):
         with pytest.raises(err, match="amount"):
             t1.prune(model, bad)
+
+
+def test_bindings_survive_swapped_conversions():
+    """Bindings hold no weak reference to the parameters: torch.utils.swap_tensors
+    refuses those, so `model.to(...)` and `load_state_dict` failed after apply under
+    torch.__future__.set_swap_module_params_on_conversion(True). A swap keeps the
+    Parameter object, and its binding; a parameter replaced in the model is unbound."""
+    model = net(7)
+    t = Ticket.from_model(model, 0.5)
+    t.apply(model)
+    ids = {n: id(model.get_parameter(n)) for n in WEIGHTS}
+    state = copy.deepcopy(model.state_dict())
+    was = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to(torch.float64)
+        model.load_state_dict({k: v.double() for k, v in state.items()})
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(was)
+    for n in WEIGHTS:
+        p = model.get_parameter(n)
+        assert id(p) == ids[n] and p.dtype == torch.float64
+        assert t.name_of(p) == n and torch.equal(t.mask_for(p), t[n])
+    assert len(t._bindings) == len(WEIGHTS)
+    old = model.conv.weight
+    model.conv.weight = nn.Parameter(old.detach().clone())
+    assert t.mask_for(model.conv.weight) is None and t.mask_for(old) is None
+    assert len(t._bindings) == len(WEIGHTS) - 1
+    opt = lthfast.optim.MaskedSGD(model.parameters(), lr=0.1, ticket=t)  # finds the rest
+    assert opt.mask_of(model.get_parameter(WEIGHTS[-1])) is not None
+
+
+def test_a_ticket_applied_to_two_models_binds_both():
+    a, b = net(8), net(8)
+    t = Ticket.from_model(a, 0.5)
+    t.apply(a)
+    t.apply(b)
+    for m in (a, b):
+        assert all(t.name_of(m.get_parameter(n)) == n for n in WEIGHTS)
+    del a
+    gc.collect()
+    assert len(t._bindings) == len(WEIGHTS)
+    assert t.name_of(b.conv.weight) == "conv.weight"

@@ -282,7 +282,7 @@ class Ticket:
         with torch.no_grad():
             for (n, p), b in zip(named, bits):
                 bitmask.zero_pruned_(p, b)
-                self._bindings.bind(p, n)
+                self._bindings.bind(model, p, n)
         return model
 
     def mask_for(self, param: torch.Tensor) -> torch.Tensor | None:
