@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
                    help="seed of the random and swapped masks (default: 0); retraining "
                         "uses the run's own seed, as its round did")
     p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
-                   help="CPU threads for torch (default: torch's choice)")
+                   help="CPU threads for torch (default: torch's choice); when not given, the "
+                        "retraining uses the --threads the run was made with, if any")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
