@@ -35,8 +35,6 @@ namespace vec {
 typedef int32_t v4i __attribute__((vector_size(16)));
 typedef uint8_t v4b __attribute__((vector_size(4)));
 
-constexpr int32_t kInfBits = 0x7F800000;  // the +Inf key; NaN keys are above it
-
 inline v4i splat(int32_t x) { return v4i{x, x, x, x}; }
 
 inline v4i load4(const void* p) {
@@ -128,7 +126,7 @@ fp32_blocks(const float* __restrict x, M m, int64_t begin, int64_t end, int32_t 
     for (int g = 0; g < 4; ++g) {
       v4i key = load4(x + j + 4 * g) & splat(0x7FFFFFFF);
       if constexpr (!kRaw) {
-        const v4i nan = key > splat(kInfBits);
+        const v4i nan = key > splat(static_cast<int32_t>(kInfKey32));
         key = (key & ~nan) | (splat(static_cast<int32_t>(kNanKey32)) & nan);
       }
       const v4i ok = ok_g[g];

@@ -94,6 +94,8 @@ void for_each_key_strided(const Entry& e, int64_t first, int64_t end, int64_t st
   });
 }
 
+constexpr uint32_t kInfKey32 = 0x7F800000u;  // key32(+Inf); every NaN's raw key is above it
+
 // scan_keys: like for_each_key, for hot branch-free loops. The body is a small
 // struct taken and returned by value: its accumulators stay in registers and
 // the loop vectorises (a lambda capturing outer locals by reference does not).

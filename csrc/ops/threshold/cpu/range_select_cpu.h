@@ -133,7 +133,6 @@ bool sample_range(const Prepared& p, int64_t k, Range& r) {
 // +Inf key, so against a range [lo, hi] with hi <= the +Inf key it compares as
 // the canonical key does (and no key inside such a range is a NaN): the hot
 // loop then spends one AND per key instead of four ops.
-constexpr uint32_t kInfKey32 = 0x7F800000u;  // key32(+Inf); every NaN's raw key is above it
 
 inline uint32_t raw_key32(float x) {
   uint32_t b;
