@@ -203,3 +203,42 @@ def test_cuda_model_with_cpu_ticket_shares_the_bound_packed_copy():
         assert held.device.type == "cuda" and held is ticket.packed_for(p)
         assert torch.equal(ticket.mask_for(p).cpu(), ticket[n])
     assert len(ticket._bindings.held()) == len(ticket)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_cuda_model_moved_after_the_optimizer_was_built(kind):
+    """torch.optim allows `model.cuda()` between building the optimizer and its first step;
+    so do the masked optimizers: the masks follow their parameters to the GPU, and the
+    trajectory is the one of an optimizer built on the GPU."""
+    torch.manual_seed(0)
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(),
+                                   torch.nn.Linear(8 * 6 * 6, 4))
+
+    def make_opt(model, ticket):
+        if kind == "sgd":
+            return lo.MaskedSGD(model.parameters(), lr=0.1, momentum=0.9, ticket=ticket)
+        return lo.MaskedAdamW(model.parameters(), lr=0.01, ticket=ticket)
+
+    moved, ref = build(), build().to(DEV)
+    ticket = lthfast.Ticket.from_model(moved, 0.6)
+    ticket.apply(moved)
+    opt = make_opt(moved, ticket)  # built on the CPU
+    moved.to(DEV)
+    ref_ticket = lthfast.Ticket.from_model(ref, 0.6)
+    ref_ticket.apply(ref)
+    ref_opt = make_opt(ref, ref_ticket)
+    x = torch.randn(5, 3, 8, 8, device=DEV)
+    for _ in range(3):
+        for model, o in ((moved, opt), (ref, ref_opt)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for (n, a), b in zip(moved.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
+    for n in ticket.names():
+        p = moved.get_parameter(n)
+        assert opt.packed_mask_of(p).device.type == "cuda"
+        assert not p[~opt.mask_of(p)].any()

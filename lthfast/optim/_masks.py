@@ -293,19 +293,29 @@ class MaskedOptimizerMixin:
         The masks are stored packed (1 bit per weight); the dict's tensors are not kept."""
         self._install(resolve_masks(type(self).__name__, self.param_groups, masks=masks), None)
 
-    def mask_of(self, param: torch.Tensor) -> torch.Tensor | None:
-        """The bool keep-mask this optimizer applies to `param` (param's shape and
-        strides), unpacked now from the packed mask it holds; None: unmasked."""
-        self._follow_layouts()
+    def _mask_on_device(self, param: torch.Tensor) -> torch.Tensor | None:
+        """`param`'s packed mask on param's device. A model moved after the optimizer was
+        built (`model.cuda()`; torch.optim allows that before the first step) takes its
+        masks along here, once: the checked step path and mask_of come through this."""
         packed = self._masks.get(param)
+        if packed is not None and packed.device != param.device:
+            packed = self._masks[param] = packed.to(param.device)
+            self._plan = None
+        return packed
+
+    def mask_of(self, param: torch.Tensor) -> torch.Tensor | None:
+        """The bool keep-mask this optimizer applies to `param` (param's shape, strides
+        and device), unpacked now from the packed mask it holds; None: unmasked."""
+        self._follow_layouts()
+        packed = self._mask_on_device(param)
         return None if packed is None else unpack_memory_order(packed, param)
 
     def packed_mask_of(self, param: torch.Tensor) -> torch.Tensor | None:
         """The packed mask this optimizer holds for `param` (uint8, 1 bit per entry in
-        param's memory order; for a contiguous parameter of an applied Ticket, the
-        ticket's own packed tensor), or None."""
+        param's memory order, on param's device; for a contiguous parameter of an applied
+        Ticket, the ticket's own packed tensor), or None."""
         self._follow_layouts()
-        return self._masks.get(param)
+        return self._mask_on_device(param)
 
     @property
     def ticket(self):

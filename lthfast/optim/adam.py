@@ -148,7 +148,7 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
                     params, [g for _, g in pairs], [s["exp_avg"] for s in states],
                     [s["exp_avg_sq"] for s in states],
                     [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
-                    [s["step"] for s in states], [self._masks.get(p) for p in params],
+                    [s["step"] for s in states], [self._mask_on_device(p) for p in params],
                     lr, lr_t, float(beta1), float(beta2), float(group["weight_decay"]),
                     float(group["eps"]), amsgrad, bool(group["maximize"]),
                     bool(group["decoupled_weight_decay"]), grad_scale, found_inf)

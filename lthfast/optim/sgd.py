@@ -131,7 +131,7 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
 
     def _call(self, params, grads, bufs, args, first, grad_scale, found_inf):
         lr, lr_t, momentum, dampening, wd, nesterov, maximize = args
-        masks = [self._masks.get(p) for p in params]
+        masks = [self._mask_on_device(p) for p in params]
         _kernels.masked_sgd_(params, grads, bufs, masks, lr, lr_t, float(momentum),
                              float(dampening), wd, bool(nesterov), bool(maximize), first,
                              grad_scale, found_inf)
