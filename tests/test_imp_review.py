@@ -232,6 +232,27 @@ def test_resume_refuses_a_ticket_file_that_is_not_the_checkpoints(tmp_path):
         go(mlp(), IMPConfig(rounds=2, rate=0.3), tmp_path, resume=True)
 
 
+def test_resume_refuses_a_checkpoint_copied_from_another_run(tmp_path):
+    """Two runs of the same model and schedule give the same tickets, so the ticket digest
+    cannot tell their checkpoints apart: the run id in config.json does."""
+    cfg = IMPConfig(rounds=1, rate=0.3)
+    go(mlp(), cfg, tmp_path / "a")
+    go(mlp(), cfg, tmp_path / "b")
+    ids = [json.loads((tmp_path / d / "config.json").read_text())["run_id"] for d in "ab"]
+    assert ids[0] != ids[1]
+    before = {f: (tmp_path / "b" / f).read_bytes() for f in ("config.json", "metrics.json")}
+    (tmp_path / "b" / "checkpoint.pt").write_bytes((tmp_path / "a" / "checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match="written by another run"):
+        go(mlp(), IMPConfig(rounds=2, rate=0.3), tmp_path / "b", resume=True)
+    assert {f: (tmp_path / "b" / f).read_bytes() for f in before} == before
+    # a run made before run ids (no id in config.json or checkpoint) still resumes
+    cfg_json = json.loads(before["config.json"])
+    del cfg_json["run_id"]
+    (tmp_path / "b" / "config.json").write_text(json.dumps(cfg_json))
+    rows = go(mlp(), IMPConfig(rounds=2, rate=0.3), tmp_path / "b", resume=True).rows
+    assert [r["round"] for r in rows] == [0, 1, 2]
+
+
 def test_fresh_run_into_an_existing_run_is_refused(tmp_path):
     # it overwrote the run file by file; killed in round 0, resume=True then went on
     # from the old run's checkpoint under the new config.json

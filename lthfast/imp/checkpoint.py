@@ -46,12 +46,22 @@ def _restore_rng(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _run_id(run: RunDir) -> str | None:
+    """The id config.json gives the run (None for runs made before ids were)."""
+    try:
+        rid = run.config().get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rid if isinstance(rid, str) else None
+
+
 def save(run: RunDir, *, round_index: int, model, ticket, rewind, rows, objects: dict,
          ticket_digest: str | None = None) -> None:
     """`ticket_digest`: of the round's ticket file, so that a resume can tell that the
     file is the one this checkpoint was written with."""
     payload = {
         "format": FORMAT,
+        "run_id": _run_id(run),
         "round": round_index,
         "ticket_digest": ticket_digest,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -79,6 +89,11 @@ def load(run: RunDir, ticket_cls) -> dict | None:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"cannot resume: {path} is not an lthfast IMP checkpoint "
                          f"(format {payload.get('format') if isinstance(payload, dict) else None!r})")
+    ours, theirs = _run_id(run), payload.get("run_id")
+    if ours is not None and theirs is not None and ours != theirs:
+        raise ValueError(f"cannot resume: {path} was written by another run (run id {theirs}; "
+                         f"this run's config.json says {ours}); copy the whole run directory "
+                         "to continue a run elsewhere")
     r = int(payload["round"])
     ticket = ticket_cls.load(run.ticket_path(r))
     _restore_rng(payload["rng"])

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -245,7 +246,8 @@ class IMP:
                  "rewind": snapshot(self.model) if rewind.kind in ("init", "pretrained") else None,
                  "saved_round": -1, "kept0": ticket.kept()}
         if self.run is not None and self.main:
-            self.run.start({"schedule": cfg.to_dict(), **self.meta,
+            # the id ties checkpoint.pt to this run: a resume refuses one copied from another
+            self.run.start({"run_id": uuid.uuid4().hex, "schedule": cfg.to_dict(), **self.meta,
                             "pruned_params": len(self.names)}, self.names)
         return state
 

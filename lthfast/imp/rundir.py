@@ -1,7 +1,8 @@
 """The files of an IMP run directory, every one written atomically.
 
 RUN_DIR/
-  config.json          what was asked (model, data, schedule, pruned set); written first
+  config.json          what was asked (model, data, schedule, pruned set) and the run's id;
+                       written first
   status.json          {"state": "running" | "complete" | "failed" | "interrupted",
                         "round": last done, "error": why it stopped (failed / interrupted)}
   metrics.json / .csv  one row per finished round
