@@ -27,9 +27,8 @@ def _sparsity_repr(mask: torch.Tensor) -> str:
 
 
 def _forget_weight(module: nn.Module) -> None:
-    # The cache entry's weak reference to the weight would make torch.utils.swap_tensors
-    # refuse it (torch.__future__.set_swap_module_params_on_conversion(True), used by
-    # .to() / load_state_dict), and the weight is about to change anyway.
+    # The weight is about to change: its cached masked copies are freed now rather than
+    # when its old storage goes.
     w = module._parameters.get("weight")
     if w is not None:
         _weight_cache.forget(w)

@@ -143,6 +143,53 @@ def test_sparsify_leaves_layers_whose_parent_reads_their_weight(cls_name):
         torch.testing.assert_close(sp(x), dense(x))
 
 
+def test_swap_conversion_after_functional_masked_ops():
+    """The weight cache holds no weak reference to the weight (swap_tensors would refuse
+    it): a plain model that calls lthfast.ops.masked_conv2d / masked_linear on its own
+    parameters converts under the swap flag with no forget_cached, and the next call
+    uses the converted weight."""
+    from lthfast.ops import masked_conv2d, masked_linear
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Linear(4, 4))
+        cmask, lmask = torch.rand(3, 2, 3, 3) > 0.5, torch.rand(4, 4) > 0.5
+        x, y = torch.randn(1, 2, 6, 6), torch.randn(2, 4)
+        conv, lin = model[0], model[1]
+        for path in ("dense", "sparse"):
+            with torch.no_grad():
+                masked_conv2d(x, conv.weight, cmask, conv.bias, path=path)
+                masked_linear(y, lin.weight, lmask, lin.bias, path=path)
+        w = conv.weight
+        model.double()  # raised "Cannot swap t1 because it has weakref associated with it"
+        assert conv.weight is w and w.dtype == torch.float64
+        with torch.no_grad():
+            w.mul_(2)
+            for path in ("dense", "sparse"):
+                got = masked_conv2d(x.double(), w, cmask, conv.bias, path=path)
+                torch.testing.assert_close(got, torch.nn.functional.conv2d(
+                    x.double(), w * cmask, conv.bias))
+                got = masked_linear(y.double(), lin.weight, lmask, lin.bias, path=path)
+                torch.testing.assert_close(got, y.double() @ (lin.weight * lmask).T + lin.bias)
+        model.load_state_dict(model.state_dict())
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)
+
+
+def test_weight_cache_tells_views_of_one_storage_apart():
+    """Temporary views come back with the id of the previous (dead) one: a transposed view
+    of the same memory, with the same shape and data pointer, gets its own masked weight."""
+    from lthfast.ops import masked_linear
+    torch.manual_seed(1)
+    base, mask, x = torch.randn(5, 5), torch.rand(5, 5) > 0.4, torch.randn(3, 5)
+    with torch.no_grad():
+        for _ in range(3):
+            for w in (lambda: base.view(5, 5), lambda: base.t(), lambda: base[:, :]):
+                got = masked_linear(x, w(), mask, path="dense")
+                torch.testing.assert_close(got, x @ (w() * mask).T, rtol=0, atol=1e-6)
+
+
 def test_swap_module_params_on_conversion_after_a_forward():
     """torch's opt-in swap_tensors conversion refuses a tensor with weak references: the
     masked layers drop their weight's cache entry (which holds one) before .to() /

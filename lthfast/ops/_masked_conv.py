@@ -167,7 +167,9 @@ def _repeat_call(input, weight, mask, bias, path: str, groups: int):
         return None, None
     try:
         if (e.stamp != (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(),
-                        weight.shape)  # _weight_cache._stamp, inlined
+                        weight.shape, None if weight.is_contiguous() else weight.stride(),
+                        id(weight.untyped_storage()))
+                # (_weight_cache._stamp, inlined)
                 or (_grad_enabled() and (input.requires_grad or weight.requires_grad
                                          or (bias is not None and bias.requires_grad)))):
             return None, None
@@ -193,7 +195,8 @@ def _autocast_repeat(input, weight, mask, bias, path: str, groups: int):
         return None
     try:
         if (e.stamp != (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(),
-                        weight.shape)
+                        weight.shape, None if weight.is_contiguous() else weight.stride(),
+                        id(weight.untyped_storage()))
                 or (_grad_enabled() and (input.requires_grad or weight.requires_grad
                                          or (bias is not None and bias.requires_grad)))):
             return None

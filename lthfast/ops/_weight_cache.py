@@ -2,14 +2,25 @@
 dense weight, the compressed (CSR) sparse weight, the sparsity and the path
 `auto` chose per batch size.
 
-Entries are keyed by the weight tensor's id and hold only weak references to
-the weight (an entry goes when its weight goes) and to the mask it was made
-with, stamped with the weight's and mask's `_version` counters and data
-pointers and the weight's shape, so any in-place update of either (an
-optimizer step, pruning, `.data =` assignment, load_state_dict) or another
-mask object rebuilds them on next use, and nothing is rebuilt while neither
-changed. The lookup is a dict get, a weakref call and one tuple compare: it runs
-on every forward, and on small convolutions microseconds count.
+Entries are keyed by the weight tensor's id and hold only weak references: to
+the weight's storage (an entry goes when the storage goes) and to the mask it was
+made with. They are stamped with the weight's and mask's `_version` counters and
+data pointers, the weight's shape and (where not row-major) strides and the id
+of its storage, so any
+in-place update of either (an optimizer step, pruning, `.data =` assignment,
+load_state_dict) or another mask object rebuilds them on next use, and nothing
+is rebuilt while neither changed. The lookup is a dict get, a weakref call and
+one tuple compare: it runs on every forward, and on small convolutions
+microseconds count.
+
+Why the storage and not the weight: torch.utils.swap_tensors refuses a tensor
+that has weak references, and `model.to()` / `load_state_dict` swap parameters
+under torch.__future__.set_swap_module_params_on_conversion(True). A swap gives
+the Parameter other storage: its old storage dies and takes the entry with it.
+An entry present is one whose storage is alive, so a weight whose storage has
+the stamped id reads that very storage, at the stamped offset, shape, strides
+and version: the cached tensors are what it would give (even when the weight
+object is another one that reused a dead weight's id).
 
 Writes the version counter does not see: fused optimizer kernels (torch's
 `fused=True`, lthfast.optim's Masked*) do not bump `_version`, so every
@@ -33,7 +44,14 @@ def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
     # mask can come back with the id, address and version of a dead one.
     if weight.is_inference() or mask.is_inference():
         return None  # no version counter (reading _version raises): never fresh
-    return (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(), weight.shape)
+    try:
+        storage = weight.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # a tensor subclass without storage
+        return None
+    # strides only where they are not the row-major ones (is_contiguous is ~0.2 us cheaper
+    # than stride(), and a contiguous tensor's shape fixes the order of its bytes)
+    return (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(), weight.shape,
+            None if weight.is_contiguous() else weight.stride(), id(storage))
 
 
 def _drop(key: int, ref) -> None:
@@ -48,9 +66,11 @@ class Entry:
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, stamp):
         key = id(weight)
-        # The callback removes the entry as the weight dies, before its id can
-        # be reused: an entry found under id(weight) is that weight's.
-        self.ref = weakref.ref(weight, lambda r, key=key: _drop(key, r))
+        # The callback removes the entry as the weight's storage dies, before the
+        # storage's id can be reused (see the module docstring). An entry with no
+        # stamp is never fresh and never kept in the cache.
+        self.ref = (None if stamp is None else
+                    weakref.ref(weight.untyped_storage(), lambda r, key=key: _drop(key, r)))
         self.mask_ref = weakref.ref(mask)
         self.stamp = stamp
         self.dense = None
@@ -71,7 +91,10 @@ def entry(weight: torch.Tensor, mask: torch.Tensor) -> Entry:
     e = _CACHE.get(id(weight))
     if e is None or not e.fresh(weight, mask):
         e = Entry(weight, mask, _stamp(weight, mask))
-        _CACHE[id(weight)] = e
+        if e.stamp is not None:
+            _CACHE[id(weight)] = e
+        else:
+            _CACHE.pop(id(weight), None)
     return e
 
 
