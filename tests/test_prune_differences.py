@@ -275,3 +275,27 @@ def test_cuda_masks_match_cpu():
     assert list(cpu_state) == list(cuda_state)
     for key in cpu_state:
         assert torch.equal(cpu_state[key], cuda_state[key].cpu()), key
+
+
+# ------------------------------------------------------------------ meta device
+def test_global_l1_on_the_meta_device():
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 4, 3, device="meta"), nn.Linear(4, 2, device="meta"))
+
+    params = lambda m: [(m[0], "weight"), (m[1], "weight")]  # noqa: E731
+    m = net()
+    with pytest.raises(NotImplementedError):
+        tprune.global_unstructured(params(m), tprune.L1Unstructured, amount=0.3)
+    m = net()
+    lprune.global_unstructured(params(m), lprune.L1Unstructured, amount=0.3)
+    for mod in m:
+        assert mod.weight_mask.device.type == "meta"
+        assert mod.weight_mask.shape == mod.weight.shape == mod.weight_orig.shape
+    before = ([(n, id(t)) for n, t in m.named_parameters()]
+              + [(n, id(t)) for n, t in m.named_buffers()])
+    hooks = [list(mod._forward_pre_hooks.values()) for mod in m]
+    with pytest.raises(NotImplementedError):
+        lprune.global_unstructured(params(m), lprune.L1Unstructured, amount=0.3)
+    assert before == ([(n, id(t)) for n, t in m.named_parameters()]
+                      + [(n, id(t)) for n, t in m.named_buffers()])
+    assert hooks == [list(mod._forward_pre_hooks.values()) for mod in m]
