@@ -19,6 +19,7 @@
 #endif
 
 #include "ops/masked_conv/cpu/sparse_isa.h"
+#include "ops/threshold/cpu/threshold_isa.h"
 
 namespace lthfast {
 namespace masked_optim {
@@ -32,6 +33,7 @@ static pybind11::dict build_info() {
   d["torch_version"] = LTHFAST_TORCH_VERSION;
   d["cpu"] = true;
   d["cpu_sparse_isa"] = lthfast::masked_conv::sparse_cpu_isa();
+  d["cpu_threshold_isa"] = lthfast::threshold::threshold_cpu_isa();
   // Built with -fopenmp (every C++ source has the same flags): at::parallel_for
   // in the CPU kernels runs on torch's OpenMP threads, not on the caller alone.
 #ifdef _OPENMP
@@ -79,6 +81,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       pybind11::arg("cap") = pybind11::none(),
       "The instruction set of the CPU sparse conv kernels (\"avx512\", \"avx2\", \"base\"); "
+      "cap: use at most that one from now on (tests).");
+  m.def(
+      "_threshold_cpu_isa",
+      [](std::optional<std::string> cap) {
+        return std::string(cap ? lthfast::threshold::cap_threshold_cpu_isa(*cap)
+                               : lthfast::threshold::threshold_cpu_isa());
+      },
+      pybind11::arg("cap") = pybind11::none(),
+      "The instruction set of the CPU threshold's range pass (\"avx2\", \"base\"); "
       "cap: use at most that one from now on (tests).");
   lthfast::masked_optim::bind_python(m);
 }

@@ -69,6 +69,8 @@ def collect() -> dict:
         "cpu_threads": torch.get_num_threads(),
         # the instruction set the sparse conv kernels run with (avx512, avx2, base)
         "cpu_sparse_isa": build.get("cpu_sparse_isa"),
+        # ... and the threshold's range pass (avx2, base)
+        "cpu_threshold_isa": build.get("cpu_threshold_isa"),
         "cuda_kernels": compiled and bool(build.get("cuda")) and any(o["cuda"] for o in ops),
         "cuda_version": build.get("cuda_version"),
         "cuda_archs": build.get("cuda_archs"),
@@ -136,6 +138,8 @@ def format_report(info: dict) -> str:
     row("CPU", _yes_no(info["cpu_kernels"]) + _cpu_threads(info))
     if info["cpu_kernels"] and info.get("cpu_sparse_isa"):
         row("CPU sparse conv", f"{info['cpu_sparse_isa']} kernels (the best this CPU runs)")
+    if info["cpu_kernels"] and info.get("cpu_threshold_isa"):
+        row("CPU threshold", f"{info['cpu_threshold_isa']} range pass (the best this CPU runs)")
     if info["cuda_kernels"]:
         row("CUDA", f"yes (CUDA {info['cuda_version'] or '?'}; archs {_archs(info['cuda_archs'])})")
     elif info["compiled"]:
@@ -145,7 +149,8 @@ def format_report(info: dict) -> str:
         row("CUDA", "no (not built)")
     extra = {k: v for k, v in info["build"].items()
              if k not in ("version", "torch_version", "cpu", "cuda", "cuda_version", "cuda_archs",
-                          "compiled", "error", "openmp", "cpu_sparse_isa")}
+                          "compiled", "error", "openmp", "cpu_sparse_isa",
+                          "cpu_threshold_isa")}
     for k, v in sorted(extra.items()):
         row(k, v)
 

@@ -84,6 +84,8 @@ def test_info(capsys):
         assert f"on {torch.get_num_threads()} thread" in out
         isa = _ops.build_info()["cpu_sparse_isa"]
         assert re.search(rf"CPU sparse conv +{isa} kernels", out)
+        isa = _ops.build_info()["cpu_threshold_isa"]
+        assert isa in ("avx2", "base") and re.search(rf"CPU threshold +{isa} range pass", out)
     else:
         assert "NOT BUILT" in out
 

@@ -285,13 +285,28 @@ def test_large_inputs_sampled_range_path(values, case):
         assert torch.equal(g != 0, w)
 
 
+@pytest.fixture(params=["avx2", "base"])
+def range_isa(request):
+    """Runs the test with the range pass's AVX2 blocks and with the 4-lane ones (where
+    the CPU has AVX2; the compiled kernels pick AVX2 by themselves)."""
+    if not lthfast._ops.available():
+        pytest.skip("lthfast._C not built")
+    isa = lthfast._ops._C._threshold_cpu_isa
+    best = isa("avx2")
+    if isa(request.param) != request.param:
+        pytest.skip(f"this CPU runs the range pass with {best!r} only")
+    yield request.param
+    isa(best)
+
+
 @pytest.mark.parametrize("values", ["normal", "special"])
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "float_odd", "bits"])
-def test_sampled_range_vector_blocks(values, mask_kind):
-    """The fp32 range pass runs whole blocks of 16 in explicit vectors and the rest
-    (a chunk's last entries) one by one: sizes that leave tails in every chunk, and
-    float masks whose entries are -0.0 (not eligible), NaN and 2.0 (eligible, as
-    `mask != 0` says), against the reference, for the threshold and the masks."""
+def test_sampled_range_vector_blocks(values, mask_kind, range_isa):
+    """The fp32 range pass runs whole blocks of 16 in explicit vectors (8-lane AVX2 or
+    4-lane) and the rest (a chunk's last entries) one by one: sizes that leave tails in
+    every chunk, and float masks whose entries are -0.0 (not eligible), NaN and 2.0
+    (eligible, as `mask != 0` says), against the reference, for the threshold and the
+    masks."""
     g = torch.Generator().manual_seed(hash((values, mask_kind)) % 2**31)
     tensors = [make_tensor((1_300_007,), torch.float32, "contiguous", values, g),
                make_tensor((3, 433_331), torch.float32, "contiguous", values, g),

@@ -29,9 +29,10 @@ namespace vec {
 
 #if defined(__GNUC__)
 #define LTHFAST_THRESHOLD_VEC 1
-// 4 lanes: one SSE2 / NEON register. (An 8-lane AVX2 clone was no faster on the
-// AVX2 host, the pass being bound by memory, and GCC spilled its baseline clone's
-// 32-byte vectors to the stack.)
+// 4 lanes: one SSE2 / NEON register. CPUs with AVX2 run the 8-lane version in
+// count_collect_avx2.h instead (written with intrinsics in a target("avx2") region:
+// an earlier target_clones attempt on these 16-byte vector types had GCC spill the
+// 32-byte vectors of its baseline clone to the stack, and gained nothing).
 typedef int32_t v4i __attribute__((vector_size(16)));
 typedef uint8_t v4b __attribute__((vector_size(4)));
 

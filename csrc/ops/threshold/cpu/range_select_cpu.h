@@ -29,7 +29,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/threshold/cpu/count_collect_avx2.h"
 #include "ops/threshold/cpu/count_collect_vec.h"
+#include "ops/threshold/cpu/threshold_isa.h"
 #include "ops/threshold/cpu/select_cpu.h"
 
 namespace lthfast {
@@ -191,7 +193,15 @@ __attribute__((noinline)) int64_t count_collect_typed(const scalar_t* __restrict
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<key_t, uint32_t>) {
     // fp32: explicit vectors (count_collect_vec.h); the tail below
     int64_t below64 = 0;
+#if defined(LTHFAST_THRESHOLD_AVX2)
+    if (range_uses_avx2()) {
+      n = avx2::fp32_blocks<kWrite, kRaw>(x, m, begin, end, slo, shi, out, pos, codes, &below64, &j);
+    } else {
+      n = vec::fp32_blocks<kWrite, kRaw>(x, m, begin, end, slo, shi, out, pos, codes, &below64, &j);
+    }
+#else
     n = vec::fp32_blocks<kWrite, kRaw>(x, m, begin, end, slo, shi, out, pos, codes, &below64, &j);
+#endif
     below = static_cast<uint32_t>(below64);
   }
 #endif

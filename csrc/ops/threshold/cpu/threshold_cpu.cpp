@@ -23,6 +23,7 @@
 
 #include "ops/threshold/cpu/radix_select_cpu.h"
 #include "ops/threshold/cpu/range_select_cpu.h"
+#include "ops/threshold/cpu/threshold_isa.h"
 #include "ops/threshold/threshold_common.h"
 #include "ops/threshold/threshold_prepare.h"
 
@@ -129,6 +130,16 @@ std::vector<at::Tensor> global_magnitude_masks_cpu(at::TensorList scores, at::Te
 }
 
 }  // namespace
+
+const char* threshold_cpu_isa() { return cpu::range_uses_avx2() ? "avx2" : "base"; }
+
+const char* cap_threshold_cpu_isa(const std::string& cap) {
+  TORCH_CHECK_VALUE(cap == "avx2" || cap == "base",
+                    "cap_threshold_cpu_isa: cap must be \"base\" or \"avx2\", got \"", cap, "\"");
+  cpu::range_isa_cap().store(cap == "avx2" ? 1 : 0);
+  return threshold_cpu_isa();
+}
+
 }  // namespace threshold
 }  // namespace lthfast
 
