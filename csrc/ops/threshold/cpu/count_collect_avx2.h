@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "ops/bitmask/cpu/pack_cpu.h"
+#include "ops/threshold/cpu/count_collect_vec.h"
 #include "ops/threshold/cpu/keys_cpu.h"
 
 namespace lthfast {
@@ -54,15 +55,6 @@ inline __m256i ok8(const float* m, int64_t j, int h, uint32_t) {
   return _mm256_xor_si256(_mm256_cmpeq_epi32(v, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
 }
 
-template <typename M>
-inline uint32_t block_bits(M m, int64_t j) {
-  if constexpr (std::is_same_v<M, PackedBits>) {
-    return uint32_t(m.bits[j >> 3]) | (uint32_t(m.bits[(j >> 3) + 1]) << 8);
-  } else {
-    return 0;
-  }
-}
-
 inline uint32_t movemask8(__m256i v) {
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(v)));
 }
@@ -79,7 +71,7 @@ fp32_blocks(const float* __restrict x, M m, int64_t begin, int64_t end, int32_t 
   __m256i nbelow = _mm256_setzero_si256();  // -1 per eligible key below lo; a chunk fits 32 bits
   int64_t n = 0, j = begin;
   for (; j + 16 <= end; j += 16) {
-    const uint32_t bits16 = block_bits(m, j);
+    const uint32_t bits16 = vec::block_bits(m, j);
     uint32_t inside = 0, keep = 0;  // bit i: key j + i
     for (int h = 0; h < 2; ++h) {
       __m256i key = _mm256_and_si256(
