@@ -4,7 +4,8 @@ swap them into (and out of) any model, torchvision detection models included.
 A masked layer is the plain layer plus a bool `mask` buffer: its state_dict has
 the same `weight` / `bias` keys, plus `mask`. Its forward is
 lthfast.ops.masked_conv2d / masked_linear (dense or sparse path by the measured
-rule; `path` attribute overrides). The swap shares the original Parameter
+rule; the `path` attribute overrides: "dense", "sparse", or "tuned" to time both
+on the first call). The swap shares the original Parameter
 objects, so optimizers holding them keep working.
 """
 from __future__ import annotations

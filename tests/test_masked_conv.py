@@ -12,7 +12,7 @@ from _masked_conv_cases import CONV_CASES, assert_conv_close, assert_linear_clos
 
 pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
 
-PATHS = ["dense", "sparse", "auto"]
+PATHS = ["dense", "sparse", "auto", "tuned"]
 
 
 def _cpu_supports(dtype):

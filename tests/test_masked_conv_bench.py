@@ -24,8 +24,28 @@ def test_conv_suite_pieces():
     res = {"threads": 1, "load_average_start": [1.0] * 3, "load_average_end": [1.0] * 3,
            "cases": cases, "e2e": [], "rule_from_measurements": conv.suggest_rule(cases),
            "targets": conv.targets(cases, cfg.device)}
+    assert cases[1]["tuned_choice"] in ("dense", "sparse") and cases[1]["tuned_vs_best"] > 0
     text = format_conv(res)
-    assert "layer3.x" in text and "measured rule" in text and "auto ran" in text
+    assert "layer3.x" in text and "measured rule" in text and "auto ran" in text and "tuned ran" in text
+    assert sum("tuned time / min(dense, sparse)" in t["what"] for t in res["targets"]) == 1
+
+
+def test_conv_suite_end_to_end_case(monkeypatch):
+    """The end-to-end case (a toy model in place of resnet50): auto, tuned and all-sparse
+    models against the dense model with masked weights, and the table's row."""
+    def toy(name):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(8, 8, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    monkeypatch.setattr(conv, "build_model", toy)
+    cfg = BenchConfig(device=torch.device("cpu"), quick=True, repeat=1, warmup=0)
+    case = dict(conv._e2e_case("toy", 0.9, cfg.device, cfg), status="ok")
+    assert set(case["min_s"]) == {"torch_masked_weights", "lthfast_auto", "lthfast_sparse", "lthfast_tuned"}
+    assert case["n_masked_layers"] == 3 and 0 <= case["n_layers_tuned_sparse"] <= 3
+    assert case["tuning_call_s"] > 0 and case["tuned_speedup"] > 0
+    text = format_conv({"threads": 1, "load_average_start": [1.0] * 3, "load_average_end": [1.0] * 3,
+                        "cases": [], "e2e": [case], "rule_from_measurements": [], "targets": []})
+    assert "lthfast tuned" in text and "tuning call ms" in text
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[str(c[:6]) for c in CONV_CASES])
-@pytest.mark.parametrize("path", ["dense", "sparse", "auto"])
+@pytest.mark.parametrize("path", ["dense", "sparse", "auto", "tuned"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 def test_conv_cuda(case, path, dtype):
     for seed, sparsity in enumerate((0.0, 0.6, 0.97)):
@@ -34,7 +34,7 @@ def test_conv_cuda(case, path, dtype):
         assert_conv_close(out.cpu(), x.cpu(), w.cpu(), m.cpu(), None if b is None else b.cpu(), conf)
 
 
-@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("path", ["dense", "sparse", "tuned"])
 def test_linear_cuda(path):
     gen = torch.Generator().manual_seed(3)
     for dtype in (torch.float32, torch.float64, torch.bfloat16):

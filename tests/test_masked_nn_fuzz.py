@@ -18,7 +18,7 @@ from _masked_conv_cases import masked_copy, random_masks
 from lthfast.ops import _weight_cache, masked_conv2d, masked_linear
 
 pytestmark = pytest.mark.skipif(not lthfast._ops.available(), reason="lthfast._C not built")
-PATHS = ("dense", "sparse", "auto")
+PATHS = ("dense", "sparse", "auto", "tuned")
 
 
 def _set_path(model, path):

@@ -32,9 +32,9 @@ suites:
              step, and the dense foreach step; time as a multiple of the bandwidth floor (bytes
              the fused step moves / measured copy bandwidth). On CUDA the time per step of 10
              steps back to back (as in training). --quick: resnet18.
-  conv       masked sparse convolution: lthfast.ops.masked_conv2d dense / sparse / auto vs
-             F.conv2d(x, w * mask) for every distinct Conv2d shape of resnet50 at sparsity
-             0.5-0.98, batch 1 and 8 (GPU: 1, 8, 32), and resnet50 and
+  conv       masked sparse convolution: lthfast.ops.masked_conv2d dense / sparse / auto /
+             tuned vs F.conv2d(x, w * mask) for every distinct Conv2d shape of resnet50 at
+             sparsity 0.5-0.98, batch 1 and 8 (GPU: 1, 8, 32), and resnet50 and
              fasterrcnn_resnet50_fpn eval end to end at 80% / 95%; at least --repeat rounds
              per case, more while cheap, the minimum shown. --quick: end to end on resnet50
              only (same shapes and sparsities). --models maskrcnn_resnet50_fpn (not with

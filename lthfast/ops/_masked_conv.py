@@ -8,6 +8,8 @@ weight is multiplied by a mask, on the faster of two paths.
   sparse convolution whose work scales with the kept weights. Inference only:
   whenever a gradient is needed the dense path runs.
 - auto (default): sparse where the measured rule in _conv_dispatch says it wins.
+- tuned: the first call of each configuration times both paths and keeps the
+  faster (_tune; as torch.backends.cudnn.benchmark).
 
 Host overhead per call matters (a small convolution is 30-50 us on a GPU): an eager
 inference call with an unchanged weight and mask and an input shape already checked
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lthfast import _ops
-from lthfast.ops import _conv_dispatch, _weight_cache
+from lthfast.ops import _conv_dispatch, _tune, _weight_cache
 
 _CACHE = _weight_cache._CACHE
 _is_compiling = torch.compiler.is_dynamo_compiling  # the slow path checks is_compiling()
@@ -33,7 +35,7 @@ _compiling = torch.compiler.is_compiling  # dynamo or export: both trace the ops
 _grad_enabled = torch.is_grad_enabled
 _any_autocast = torch._C._is_any_autocast_enabled  # one C call; the per-device check is slower
 
-PATHS = ("auto", "dense", "sparse")
+PATHS = ("auto", "dense", "sparse", "tuned")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")  # others: is_autocast_enabled raises
 _FLOAT_SET = frozenset(_FLOATS)
@@ -268,8 +270,10 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
 
     mask: bool (or the weight's dtype), weight's shape. Differentiable (dense path;
     grad_weight is exactly 0 where the mask is 0). path: "auto" (measured rule),
-    "dense" or "sparse" (the sparse kernel runs only when no gradient is needed).
-    Under torch.compile, "auto" is dense (the rule needs the mask's sparsity).
+    "dense", "sparse" (the sparse kernel runs only when no gradient is needed) or
+    "tuned" (the first inference call of each configuration times both paths and
+    keeps the faster, as torch.backends.cudnn.benchmark; see lthfast.ops.tuned_paths).
+    Under torch.compile, "auto" and "tuned" are dense (they need the mask's sparsity).
     Under autocast it computes in autocast's dtype, as F.conv2d does.
     """
     if _any_autocast():
@@ -319,6 +323,7 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         return F.conv2d(input, weight * mask, bias, stride, padding, dilation, groups)
     e = _weight_cache.entry(weight, mask)
     sparse = path == "sparse"
+    out = None
     if path == "auto" and _ops.available():
         kind = _conv_dispatch.kernel_class(tuple(weight.shape[2:]), groups, input.shape[1])
         out_px = 1
@@ -328,7 +333,15 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         sparse = _conv_dispatch.use_sparse(input.device, input.dtype, kind, input.shape[0],
                                            _weight_cache.sparsity(e, mask), tuple(weight.shape),
                                            out_px)
-    if sparse:
+    elif path == "tuned" and _tunable(input, weight):
+        sparse, out = _tuned(
+            e, "conv2d", input, weight, mask, bias, (stride, padding, dilation, groups),
+            lambda: F.conv2d(input, _weight_cache.masked_weight(e, weight, mask), bias, stride,
+                             padding, dilation, groups),
+            lambda: _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups))
+    if out is not None:
+        pass
+    elif sparse:
         _ops.require()
         out = _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups)
     else:
@@ -340,6 +353,28 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     e.choice[(input.shape, groups, path)] = sparse
     e.last[path] = (input.shape, groups, sparse)
     return out
+
+
+def _tunable(input, weight) -> bool:
+    """Whether path="tuned" may time the sparse kernel here (else it runs dense): the
+    kernels are built, on a device they have, with input and weight of one dtype."""
+    return (_ops.available() and input.device.type in ("cpu", "cuda")
+            and input.dtype == weight.dtype)
+
+
+def _tuned(e, op, input, weight, mask, bias, geometry, dense, sparse):
+    """path="tuned": (sparse?, output) — the output when this call did the timing
+    (it ran both paths), else None. The path not chosen lets go of its cached weight."""
+    k = _tune.key(op, input, weight, bias, _weight_cache.sparsity(e, mask), geometry)
+    chosen = _tune.choice(k)
+    if chosen is not None:
+        return chosen, None
+    chosen, out = _tune.tune(k, input.device, dense, sparse)
+    if chosen:
+        e.dense = None
+    else:
+        e.packed = None
+    return chosen, out
 
 
 def _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups):
@@ -431,11 +466,19 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         return F.linear(input, weight * mask, bias)
     e = _weight_cache.entry(weight, mask)
     sparse = path == "sparse"
+    out = None
     if path == "auto" and _ops.available():
         batch = input.numel() // max(1, input.shape[-1])
         sparse = _conv_dispatch.use_sparse(input.device, input.dtype, "linear", batch,
                                            _weight_cache.sparsity(e, mask), tuple(weight.shape))
-    if sparse:
+    elif path == "tuned" and _tunable(input, weight):
+        sparse, out = _tuned(
+            e, "linear", input, weight, mask, bias, (),
+            lambda: F.linear(input, _weight_cache.masked_weight(e, weight, mask), bias),
+            lambda: _SPARSE_LINEAR_OP(input, *_weight_cache.packed_weight(e, weight, mask), bias))
+    if out is not None:
+        pass
+    elif sparse:
         _ops.require()
         out = torch.ops.lthfast.sparse_linear(input, *_weight_cache.packed_weight(e, weight, mask),
                                               bias)
