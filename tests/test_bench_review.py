@@ -105,7 +105,7 @@ def test_models_naming_no_model_is_an_error_not_the_full_defaults(no_run, capsys
 @pytest.mark.parametrize("argv, msg", [
     (["imp_round", "--models", "resnet18"], "imp_round takes no --models"),
     (["train_step", "--models", "resnet18,resnet34"], "train_step takes one model"),
-    (["conv", "--models", "resnet18"], "only takes maskrcnn_resnet50_fpn"),
+    (["conv", "--models", "resnet18"], "only takes maskrcnn_resnet50_fpn or fasterrcnn_resnet50_fpn"),
 ])
 def test_models_a_suite_would_ignore_are_refused(no_run, capsys, argv, msg):
     assert main(["bench", *argv]) == 2

@@ -152,3 +152,25 @@ def test_dispatch_table_uses_the_kernels_isa(threads):
     finally:
         lthfast._ops._C._sparse_cpu_isa("avx512")
         assert lthfast._ops._C._sparse_cpu_isa() == isa
+
+
+def test_conv_suite_detector_shapes_run_at_batch_1(monkeypatch):
+    """--models fasterrcnn_resnet50_fpn adds every conv of the detector (here a toy that
+    takes a list of images, as detectors do), measured at batch 1 only."""
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Conv2d(3, 4, 3, stride=8)
+
+        def forward(self, images):
+            return self.backbone(torch.stack(images))
+
+    def build(name):
+        return Detector() if name == "fasterrcnn_resnet50_fpn" else torch.nn.Conv2d(3, 4, 1, stride=16)
+    monkeypatch.setattr(conv, "build_model", build)
+    cfg = BenchConfig(device=torch.device("cpu"), quick=False, repeat=1, warmup=0,
+                      models=("fasterrcnn_resnet50_fpn",))
+    shapes = conv._shapes(cfg)
+    det = [s for s in shapes if s["model"] == "fasterrcnn_resnet50_fpn"]
+    assert len(det) == 1 and det[0]["batches"] == (1,) and det[0]["layer"] == "backbone"
+    assert all("batches" not in s for s in shapes if s["model"] == "resnet50")

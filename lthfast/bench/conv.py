@@ -3,7 +3,8 @@
 
 Per distinct Conv2d shape of torchvision resnet50 (224x224 input; with
 `--models maskrcnn_resnet50_fpn`, not --quick, also that model's heads at 512x512;
-other --models names are refused by `lthfast bench conv`), at sparsities
+with `--models fasterrcnn_resnet50_fpn` every conv of that detector at the 800 px it
+runs at, batch 1; other --models names are refused by `lthfast bench conv`), at sparsities
 0.5 / 0.8 / 0.9 / 0.95 / 0.98 and
 batch 1 and 8 (CPU) or 1 / 8 / 32 (CUDA), methods interleaved call by call:
   torch_masked     F.conv2d(x, w * mask)          (the baseline: masks every call)
@@ -71,6 +72,13 @@ def _shapes(config) -> list[dict]:
         heads = distinct_conv_shapes(det, [torch.rand(3, 512, 512)],
                                      prefix_filter=lambda n: not n.startswith("backbone.body"))
         shapes += [dict(s, model="maskrcnn_resnet50_fpn") for s in heads]
+    if not config.quick and config.models and "fasterrcnn_resnet50_fpn" in config.models:
+        # every conv (backbone, FPN, RPN) at the resolution the detector runs at (its
+        # transform resizes the 512 px image to 800 px): planes up to 400x400, which
+        # resnet50 at 224 px never has; batch 1 (one 800 px image is a batch's worth)
+        det = build_model("fasterrcnn_resnet50_fpn").eval()
+        shapes += [dict(s, model="fasterrcnn_resnet50_fpn", batches=(1,))
+                   for s in distinct_conv_shapes(det, [torch.rand(3, 512, 512)])]
     return shapes
 
 
@@ -218,14 +226,15 @@ def run_suite(config, ctx) -> dict:
     batches = (1, 8, 32) if device.type == "cuda" else (1, 8)
     shapes = _shapes(config)
     e2e_models = ("resnet50",) if config.quick else ("resnet50", "fasterrcnn_resnet50_fpn")
-    n = len(shapes) * len(batches) * len(SPARSITIES) + len(e2e_models) * len(E2E_SPARSITIES)
+    n = (sum(len(s.get("batches", batches)) for s in shapes) * len(SPARSITIES)
+         + len(e2e_models) * len(E2E_SPARSITIES))
     progress = ctx["progress"](n, "conv")
     out = {"status": "ok", "methods": list(METHODS), "sparsities": list(SPARSITIES),
            "batches": list(batches), "threads": torch.get_num_threads(),
            "load_average_start": list(os.getloadavg()), "cases": [], "e2e": []}
     try:
         for shape in shapes:
-            for batch in batches:
+            for batch in shape.get("batches", batches):
                 for sp in SPARSITIES:
                     label = f"{shape['layer']} b{batch} s{sp}"
                     progress.start(label)

@@ -38,7 +38,9 @@ suites:
              fasterrcnn_resnet50_fpn eval end to end at 80% / 95%; at least --repeat rounds
              per case, more while cheap, the minimum shown. --quick: end to end on resnet50
              only (same shapes and sparsities). --models maskrcnn_resnet50_fpn (not with
-             --quick) adds the conv shapes of its FPN and heads; no other --models.
+             --quick) adds the conv shapes of its FPN and heads, --models
+             fasterrcnn_resnet50_fpn every conv of that detector at the 800 px it runs at
+             (batch 1); no other --models.
   train_step one full training step (forward + backward + SGD momentum 0.9) of resnet18 (CPU,
              batch 16 x 112 px) / resnet50 (GPU) with the Conv/Linear weights 80% pruned: the
              dense model vs lthfast Ticket.apply + MaskedSGD vs torch.nn.utils.prune hooks vs
@@ -99,7 +101,8 @@ def add_parser(sub) -> None:
     p.add_argument("--models", metavar="A,B",
                    help="comma-separated torchvision model names instead of the defaults of "
                         "threshold, ticket and optim; train_step takes one classifier; conv "
-                        "only maskrcnn_resnet50_fpn (adds its heads' shapes); imp_round none")
+                        "maskrcnn_resnet50_fpn (adds its heads' shapes) or fasterrcnn_resnet50_fpn (every "
+                        "conv at 800 px); imp_round none")
     p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
                    help="CPU threads for torch (default: torch's choice); every suite is "
                         "measured with that many threads, and the header and the JSON "
@@ -181,7 +184,7 @@ def run(args) -> int:
 
 
 #: how each suite uses --models (the others: every name instead of their defaults)
-_CONV_MODELS = ("maskrcnn_resnet50_fpn",)
+_CONV_MODELS = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn")
 
 
 def _check_models_for(suite: str, models: tuple, quick: bool) -> None:
@@ -195,11 +198,12 @@ def _check_models_for(suite: str, models: tuple, quick: bool) -> None:
         other = [m for m in models if m not in _CONV_MODELS]
         if other:
             raise CLIError(f"conv always measures resnet50's conv shapes; --models only takes "
-                           f"{', '.join(_CONV_MODELS)} (adds its heads' shapes), not "
+                           f"{' or '.join(_CONV_MODELS)} (adds the first's FPN and head shapes, "
+                           f"the second's every conv at 800 px), not "
                            f"{', '.join(other)}", code=2)
         if quick:
-            eprint("note: conv --quick leaves out the maskrcnn_resnet50_fpn shapes; drop "
-                   "--quick to measure them")
+            eprint("note: conv --quick leaves out the --models shapes; drop --quick to "
+                   "measure them")
     if suite == "all":
         eprint("note: --models replaces the models of threshold, ticket and optim; train_step "
                "uses the first name; conv adds maskrcnn_resnet50_fpn's shapes when named; "
