@@ -128,6 +128,15 @@ def test_dispatch_table_avx2_rows(threads):
     assert use_sparse(cpu, torch.float32, "1x1", 1, 0.9, (64, 64, 1, 1), 56 * 56)
     assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.99, (64, 64, 1, 1), 56 * 56)
     assert use_sparse(cpu, torch.float32, "linear", 1000, 0.9, (1024, 12544))
+    # detector planes (fasterrcnn at 800 px, batch 1): 1x1 convs of >= 16384 weights on
+    # planes beyond 56x56 and the 7x7 stem on its 400x400 output from 80%
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 64, 1, 1), 200 * 200)
+    assert use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (512, 256, 1, 1), 100 * 100)
+    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (64, 64, 1, 1), 200 * 200)
+    assert not use_sparse(cpu, torch.float32, "1x1", 1, 0.8, (256, 64, 1, 1), 56 * 56)  # resnet's: 90%
+    assert not use_sparse(cpu, torch.float32, "1x1", 8, 0.8, (256, 64, 1, 1), 200 * 200)  # batch 1 only
+    assert use_sparse(cpu, torch.float32, "kxk", 1, 0.8, (64, 3, 7, 7), 400 * 400)
+    assert not use_sparse(cpu, torch.float32, "kxk", 8, 0.8, (64, 3, 7, 7), 400 * 400)
     threads(1)  # not measured on AVX2: the AVX-512 rows
     assert use_sparse(cpu, torch.float32, "kxk", 1, 0.8, (64, 3, 7, 7), 112 * 112)
     threads(2)

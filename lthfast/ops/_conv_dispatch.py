@@ -33,6 +33,12 @@ SPARSITY_SLACK = 0.005
 # 1x1 convs on 56x56 planes with >= 32768 weights (layer2.0.conv1) from 90%; elsewhere the
 # two runs disagree within the noise (e.g. layer1's 1x1 convs at 90-98%). One thread: not
 # measured, the AVX-512 rows below apply.
+# Detector planes (stop 24: `lthfast bench conv --models fasterrcnn_resnet50_fpn`, every
+# conv of fasterrcnn_resnet50_fpn at the 800 px it runs at, batch 1;
+# bench/results/cpu-conv-detection-avx2-2threads.txt): on planes larger than resnet's
+# 56x56 (100x100 to 400x400) the sparse kernel beats oneDNN from 80% on 1x1 convs of
+# >= 16384 weights (6 of 8 shapes, 1.15-1.97x; the other two 0.81x / 0.91x) and on the
+# 7x7 stem (1.47x); 3x3 convs follow the 80% row everywhere (1.22-1.80x at 80%).
 #
 # AVX-512 (and the base kernels): measured on a 2-core AVX-512 Xeon, same cases;
 # 2 threads: bench/results/cpu-conv-2threads.txt (rows threads>=2, also used with
@@ -44,8 +50,12 @@ SPARSITY_SLACK = 0.005
 #  device  isa       dtypes                    kernel threads>= batch<= weights>= out px<= min sparsity
 SPARSE_RULES = [
     ("cpu",  "avx2",  ("float32", "float64"), "3x3",       2,      8,        0,   10**9,   0.80),
-    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      8,        0,   10**9,   0.90),   # resnet stem 7x7/2
+    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      8,        0,   12544,   0.90),   # resnet stem 7x7/2
+    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      1,        0,   10**9,   0.80),   # the stem at 800 px
+    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      8,        0,   10**9,   0.90),
     ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,     784,   0.80),
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,    3136,   0.90),   # <= 56x56
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,    16384,   10**9,   0.80),   # detector planes
     ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,   10**9,   0.90),
     ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,        0,     784,   0.90),
     ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,    16384,   10**9,   0.90),
