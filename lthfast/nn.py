@@ -213,6 +213,9 @@ def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module
     MaskedLinear holding it (as a bool buffer on the weight's device); returns the model.
 
     ticket_or_masks: {parameter name ("layer1.0.conv1.weight"): mask} or a Ticket.
+    path: every swapped layer's path (lthfast.ops.masked_conv2d): "auto" (the measured
+    table), "dense", "sparse", or "tuned" (each configuration's first inference call
+    times both and keeps the faster).
     A module used at several places is swapped at all of them; modules sharing a
     masked weight (tied) all get its mask. A layer that is already masked gets
     the new mask and path. Masks of other parameters (e.g. ConvTranspose2d weights,
