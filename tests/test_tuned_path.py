@@ -1,6 +1,6 @@
 """path="tuned": the first inference call of a configuration times both paths and
 keeps the faster; later calls (any layer of that configuration) follow the choice
-without timing again; training calls, torch.compile and other dtypes run dense."""
+without timing again; training calls and torch.compile run dense."""
 import pytest
 import torch
 
@@ -113,7 +113,7 @@ def test_training_calls_run_dense_without_timing():
     assert tuned_paths() == {}
 
 
-def test_mixed_dtypes_under_autocast_and_compile_run_dense():
+def test_autocast_tunes_in_its_dtype_and_compile_runs_dense():
     x, w, m, b, conf = conv_problem(CONV_CASES[0], seed=5)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = masked_conv2d(x, w, m, b, **conf, path="tuned")

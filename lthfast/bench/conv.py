@@ -142,7 +142,7 @@ def _conv_case(shape, batch, sparsity, device, config) -> dict:
         fns[p] = (lambda p=p: masked_conv2d(x, w, mask, None, **conf, path=p))
     with torch.no_grad():
         fns["tuned"]()  # the one call that times both paths
-    tuned_choice = "sparse" if _tuned_sparse(w) else "dense"
+    tuned_choice = "sparse" if _ran_sparse(w, "tuned") else "dense"
     med, median, times = _interleaved(fns, device, config.repeat, config.warmup)
     kind = kernel_class(tuple(shape["kernel"]), shape["groups"], shape["in"])
     real_sparsity = 1.0 - mask.float().mean().item()
@@ -210,11 +210,11 @@ def _layers_runs_sparse(model, path: str) -> int:
     n = 0
     for m in model.modules():
         if isinstance(m, (lthfast.nn.MaskedConv2d, lthfast.nn.MaskedLinear)):
-            n += _tuned_sparse(m.weight, path)
+            n += _ran_sparse(m.weight, path)
     return n
 
 
-def _tuned_sparse(weight, path: str = "tuned") -> bool:
+def _ran_sparse(weight, path: str) -> bool:
     """Whether `path` ran the sparse kernel on `weight` (its weight cache's record)."""
     from lthfast.ops import _weight_cache
     e = _weight_cache._CACHE.get(id(weight))

@@ -322,6 +322,14 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                                                    dilation, groups)
         return F.conv2d(input, weight * mask, bias, stride, padding, dilation, groups)
     e = _weight_cache.entry(weight, mask)
+
+    def run_dense():
+        return F.conv2d(input, _weight_cache.masked_weight(e, weight, mask), bias, stride,
+                        padding, dilation, groups)
+
+    def run_sparse():
+        return _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups)
+
     sparse = path == "sparse"
     out = None
     if path == "auto" and _ops.available():
@@ -333,18 +341,13 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         sparse = _conv_dispatch.use_sparse(input.device, input.dtype, kind, input.shape[0],
                                            _weight_cache.sparsity(e, mask), tuple(weight.shape),
                                            out_px)
-    elif path == "tuned" and _tunable(input, weight):
-        sparse, out = _tuned(
-            e, "conv2d", input, weight, mask, bias, (stride, padding, dilation, groups),
-            lambda: F.conv2d(input, _weight_cache.masked_weight(e, weight, mask), bias, stride,
-                             padding, dilation, groups),
-            lambda: _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups))
-    if out is None and sparse:  # (out: "tuned" timed both paths in this call)
-        _ops.require()
-        out = _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups)
-    elif out is None:
-        out = F.conv2d(input, _weight_cache.masked_weight(e, weight, mask), bias, stride, padding,
-                       dilation, groups)
+    elif path == "tuned" and _tunable(input):
+        sparse, out = _tuned(e, "conv2d", input, weight, mask, bias,
+                             (stride, padding, dilation, groups), run_dense, run_sparse)
+    if out is None:  # (else "tuned" timed both paths in this call and has the output)
+        if sparse:
+            _ops.require()
+        out = run_sparse() if sparse else run_dense()
     # Validated: later calls with this input shape take the fast path (a weight
     # is used with one stride/padding in practice; another one is still
     # correct, only its path choice is that of the first).
@@ -353,11 +356,10 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     return out
 
 
-def _tunable(input, weight) -> bool:
+def _tunable(input) -> bool:
     """Whether path="tuned" may time the sparse kernel here (else it runs dense): the
-    kernels are built, on a device they have, with input and weight of one dtype."""
-    return (_ops.available() and input.device.type in ("cpu", "cuda")
-            and input.dtype == weight.dtype)
+    kernels are built, on a device they have (dtypes were checked to match)."""
+    return _ops.available() and input.device.type in ("cpu", "cuda")
 
 
 def _tuned(e, op, input, weight, mask, bias, geometry, dense, sparse):
@@ -463,23 +465,26 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
             return torch.ops.lthfast.masked_linear(input, weight, mask, bias)
         return F.linear(input, weight * mask, bias)
     e = _weight_cache.entry(weight, mask)
+
+    def run_dense():
+        return F.linear(input, _weight_cache.masked_weight(e, weight, mask), bias)
+
+    def run_sparse():
+        return torch.ops.lthfast.sparse_linear(
+            input, *_weight_cache.packed_weight(e, weight, mask), bias)
+
     sparse = path == "sparse"
     out = None
     if path == "auto" and _ops.available():
         batch = input.numel() // max(1, input.shape[-1])
         sparse = _conv_dispatch.use_sparse(input.device, input.dtype, "linear", batch,
                                            _weight_cache.sparsity(e, mask), tuple(weight.shape))
-    elif path == "tuned" and _tunable(input, weight):
-        sparse, out = _tuned(
-            e, "linear", input, weight, mask, bias, (),
-            lambda: F.linear(input, _weight_cache.masked_weight(e, weight, mask), bias),
-            lambda: _SPARSE_LINEAR_OP(input, *_weight_cache.packed_weight(e, weight, mask), bias))
-    if out is None and sparse:  # (out: "tuned" timed both paths in this call)
-        _ops.require()
-        out = torch.ops.lthfast.sparse_linear(input, *_weight_cache.packed_weight(e, weight, mask),
-                                              bias)
-    elif out is None:
-        out = F.linear(input, _weight_cache.masked_weight(e, weight, mask), bias)
+    elif path == "tuned" and _tunable(input):
+        sparse, out = _tuned(e, "linear", input, weight, mask, bias, (), run_dense, run_sparse)
+    if out is None:  # (else "tuned" timed both paths in this call and has the output)
+        if sparse:
+            _ops.require()
+        out = run_sparse() if sparse else run_dense()
     e.choice[(input.shape, 1, path)] = sparse  # what ran (read by the benchmark)
     e.last[path] = (input.shape, 1, sparse)  # checked: the next call takes the fast path
     return out
