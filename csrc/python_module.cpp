@@ -89,7 +89,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                : lthfast::threshold::threshold_cpu_isa());
       },
       pybind11::arg("cap") = pybind11::none(),
-      "The instruction set of the CPU threshold's range pass (\"avx2\", \"base\"); "
+      "The instruction set of the CPU threshold's range and fp32 mask passes (\"avx2\", \"base\"); "
       "cap: use at most that one from now on (tests).");
   lthfast::masked_optim::bind_python(m);
 }

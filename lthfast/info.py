@@ -69,7 +69,7 @@ def collect() -> dict:
         "cpu_threads": torch.get_num_threads(),
         # the instruction set the sparse conv kernels run with (avx512, avx2, base)
         "cpu_sparse_isa": build.get("cpu_sparse_isa"),
-        # ... and the threshold's range pass (avx2, base)
+        # ... and the threshold's range and fp32 mask passes (avx2, base)
         "cpu_threshold_isa": build.get("cpu_threshold_isa"),
         "cuda_kernels": compiled and bool(build.get("cuda")) and any(o["cuda"] for o in ops),
         "cuda_version": build.get("cuda_version"),
@@ -139,7 +139,7 @@ def format_report(info: dict) -> str:
     if info["cpu_kernels"] and info.get("cpu_sparse_isa"):
         row("CPU sparse conv", f"{info['cpu_sparse_isa']} kernels (the best this CPU runs)")
     if info["cpu_kernels"] and info.get("cpu_threshold_isa"):
-        row("CPU threshold", f"{info['cpu_threshold_isa']} range pass (the best this CPU runs)")
+        row("CPU threshold", f"{info['cpu_threshold_isa']} range and mask passes (the best this CPU runs)")
     if info["cuda_kernels"]:
         row("CUDA", f"yes (CUDA {info['cuda_version'] or '?'}; archs {_archs(info['cuda_archs'])})")
     elif info["compiled"]:

@@ -342,6 +342,48 @@ def test_sampled_range_vector_blocks(values, mask_kind, range_isa):
         assert ties == rties and ((math.isnan(t) and math.isnan(rt)) or t == rt)
 
 
+@pytest.mark.parametrize("values", ["normal", "ties", "special"])
+@pytest.mark.parametrize("mask_kind", ["none", "bits"])
+@pytest.mark.parametrize("product", ["none", "new", "over_score"])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_fp32_mask_pass_vector_blocks(values, mask_kind, product, aligned, range_isa):
+    """The fp32 mask pass of threshold_mask_into runs 8-lane AVX2 blocks of 2048 entries
+    with streaming stores where the CPU has AVX2 (where `out` is 32-byte aligned), and
+    defers the product of the blocks that hold ties until they are decided: against the
+    reference, mask and product bit for bit, with ties spread over many blocks and
+    pruned only in part, tails in the last block, and NaN / Inf / -0.0 keys."""
+    from lthfast.bitmask import pack_bits
+    g = torch.Generator().manual_seed(hash((values, mask_kind, product, aligned)) % 2**31)
+    n = 5 * 65536 + 2048 * 3 + 13  # several threads' ranges, a tail
+    score = make_tensor((n,), torch.float32, "contiguous", values, g)
+    orig = torch.randn(n, generator=g)
+    orig[:8] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1.0, -1.0, 2.0])
+    keep = torch.rand(n, generator=g) > 0.3
+    mask = pack_bits(keep) if mask_kind == "bits" else None
+    eligible = keep if mask is not None else torch.ones(n, dtype=torch.bool)
+    n_eligible = int(eligible.sum())
+    for k in (1, n_eligible // 3, n_eligible - 5):
+        t, ties = torch.ops.lthfast.global_threshold([score], [] if mask is None else [mask], k)
+        want, want_left = torch.full((n,), 7.0), ties.clone()
+        ref.threshold_mask_into(score, None if mask is None else keep, t, want_left, want)
+        base = torch.full((n + 8,), 7.0)
+        out = base[:n] if aligned else base[1:n + 1]  # (torch's storage is 64-byte aligned)
+        s = score.clone()
+        args = ()
+        if product == "new":
+            args = (orig, torch.empty(n))
+        elif product == "over_score":
+            args = (orig, s)
+        left = ties.clone()
+        torch.ops.lthfast.threshold_mask_into(s, mask, t, left, out, *args)
+        assert torch.equal(out, want), (k, int(ties))
+        assert int(left) == int(want_left)
+        if args:
+            assert torch.equal(args[1].view(torch.int32), (want * orig).view(torch.int32))
+        if product != "over_score":
+            assert torch.equal(s.view(torch.int32), score.view(torch.int32))  # the score is only read
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_small_and_radix_paths_agree_at_their_boundary(seed):
     """Inputs of up to 2^15 entries take the gather + nth_element path, larger ones the

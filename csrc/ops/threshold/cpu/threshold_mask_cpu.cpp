@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "ops/threshold/cpu/keys_cpu.h"
+#include "ops/threshold/cpu/mask_pass_avx2.h"
+#include "ops/threshold/cpu/threshold_isa.h"
 #include "ops/threshold/threshold_common.h"
 #include "ops/threshold/threshold_prepare.h"
 
@@ -77,10 +79,40 @@ std::vector<int64_t> write_above(const Entry& e, out_t* out, key_t t, Product<sc
   return ties;
 }
 
+#if LTHFAST_MASK_PASS_AVX2
+// write_above for fp32 scores and masks in AVX2 blocks (mask_pass_avx2.h): the
+// eligible ties per block of avx2::kMaskBlock entries; each block without ties
+// also gets its product. `stream`: out is 32-byte aligned (streaming stores).
+template <typename M>
+std::vector<int64_t> write_above_avx2(const Entry& e, M m, float* out, uint32_t t,
+                                      Product<float> prod, bool stream) {
+  constexpr int64_t kBlock = avx2::kMaskBlock;
+  const int64_t nblocks = (e.numel + kBlock - 1) / kBlock;
+  const float* x = static_cast<const float*>(e.data);
+  std::vector<int64_t> ties(nblocks, 0);
+  at::parallel_for(0, nblocks, kChunk / kBlock, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      const int64_t begin = c * kBlock, end = std::min(e.numel, begin + kBlock);
+      ties[c] = avx2::mask_block(x, m, begin, end, t, out, stream);
+      if (prod.orig != nullptr && ties[c] == 0) {
+        avx2::product_block(x, m, begin, end, t, prod.orig, prod.out);
+      }
+    }
+    if (stream) avx2::store_fence();  // visible before other threads resolve the ties
+  });
+  return ties;
+}
+
+// Streaming stores of a mask nothing reads soon: when the pass also writes the
+// product (lthfast.prune's masks), or the mask is larger than a core's L2.
+constexpr int64_t kStreamMinNumel = int64_t(1) << 18;
+#endif
+
 // Prunes the first `left` eligible ties in row-major order; returns how many.
+// ties[c]: the eligible ties among entries [c * block, (c + 1) * block).
 template <typename key_t, typename out_t>
 int64_t resolve_ties(const Entry& e, out_t* out, key_t t, int64_t left,
-                     const std::vector<int64_t>& ties) {
+                     const std::vector<int64_t>& ties, int64_t block = kChunk) {
   int64_t total = 0;
   for (int64_t n : ties) total += n;
   if (total == 0) return 0;
@@ -94,8 +126,8 @@ int64_t resolve_ties(const Entry& e, out_t* out, key_t t, int64_t left,
       for (int64_t c = cb; c < ce; ++c) {
         if (ties[c] == 0 || before[c] >= left) continue;  // nothing to prune here
         int64_t rank = before[c];
-        const int64_t end = std::min(e.numel, (c + 1) * kChunk);
-        for_each_key<key_t>(e, c * kChunk, end, [&](int64_t j, key_t key, uint32_t ok) {
+        const int64_t end = std::min(e.numel, (c + 1) * block);
+        for_each_key<key_t>(e, c * block, end, [&](int64_t j, key_t key, uint32_t ok) {
           if (ok && key == t) decide(j, rank++);
         });
       }
@@ -149,6 +181,37 @@ void write_mask(const Normalized& n, const at::Tensor& threshold, at::Tensor& ti
                      product.strides() == d.strides();
   int64_t pruned_ties = 0;
   const bool as_bool = out.scalar_type() == at::kBool;
+  // the product of the chunks (blocks) that had ties, once they are decided
+  auto multiply_tied = [&](auto* o, auto prod, const std::vector<int64_t>& ties, int64_t block) {
+    for (size_t c = 0; c < ties.size(); ++c) {
+      if (ties[c] != 0) {
+        const int64_t begin = static_cast<int64_t>(c) * block;
+        multiply_range(o, prod.orig, prod.out, begin, std::min(e.numel, begin + block));
+      }
+    }
+  };
+#if LTHFAST_MASK_PASS_AVX2
+  if (narrow && !as_bool && e.dtype == at::kFloat && e.row_major &&
+      (e.mask == nullptr || e.mask_is_bits) && (fused || !product.defined()) &&
+      cpu::range_uses_avx2()) {
+    float* o = out.data_ptr<float>();
+    const uint32_t t = key32(static_cast<float>(tv));
+    Product<float> prod;
+    if (fused) {
+      prod.orig = orig.data_ptr<float>();
+      prod.out = product.data_ptr<float>();
+    }
+    const bool stream = reinterpret_cast<uintptr_t>(o) % 32 == 0 && (fused || e.numel >= kStreamMinNumel);
+    const std::vector<int64_t> ties =
+        e.mask == nullptr
+            ? write_above_avx2(e, NoMask{}, o, t, prod, stream)
+            : write_above_avx2(e, PackedBits{static_cast<const uint8_t*>(e.mask)}, o, t, prod, stream);
+    pruned_ties = resolve_ties(e, o, t, left, ties, avx2::kMaskBlock);
+    if (fused) multiply_tied(o, prod, ties, avx2::kMaskBlock);
+    ties_left.sub_(pruned_ties);
+    return;
+  }
+#endif
   auto run = [&](auto t) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.dtype, "lthfast_threshold_mask", [&] {
       Product<scalar_t> prod;
@@ -159,13 +222,7 @@ void write_mask(const Normalized& n, const at::Tensor& threshold, at::Tensor& ti
       auto pass = [&](auto* o) {
         const std::vector<int64_t> ties = write_above(e, o, t, prod);
         pruned_ties = resolve_ties(e, o, t, left, ties);
-        if (!fused) return;
-        for (size_t c = 0; c < ties.size(); ++c) {  // the chunks that had ties
-          if (ties[c] != 0) {
-            const int64_t begin = static_cast<int64_t>(c) * kChunk;
-            multiply_range(o, prod.orig, prod.out, begin, std::min(e.numel, begin + kChunk));
-          }
-        }
+        if (fused) multiply_tied(o, prod, ties, kChunk);
       };
       if (as_bool) {
         pass(out.data_ptr<bool>());
