@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "ops/threshold/cpu/count_collect_avx2.h"
 #include "ops/threshold/cpu/keys_cpu.h"
 #include "ops/threshold/threshold_common.h"
 
@@ -34,13 +35,10 @@ namespace avx2 {
 // its two loops.
 constexpr int64_t kMaskBlock = 2048;
 
-// Eligibility of entries j .. j + 7 (j a multiple of 8) as lanes of -1 or 0.
-inline __m256i eligible8(NoMask, int64_t) { return _mm256_set1_epi32(-1); }
-inline __m256i eligible8(PackedBits m, int64_t j) {
-  const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  const __m256i b = _mm256_set1_epi32(m.bits[j >> 3]);
-  return _mm256_cmpeq_epi32(_mm256_and_si256(b, lane), lane);
-}
+// Eligibility of entries j .. j + 7 (j a multiple of 8) as lanes of -1 or 0
+// (the range pass's ok8, given the byte of bits that holds them).
+inline __m256i eligible8(NoMask m, int64_t j) { return ok8(m, j, 0, 0); }
+inline __m256i eligible8(PackedBits m, int64_t j) { return ok8(m, j, 0, m.bits[j >> 3]); }
 
 // key32 of 8 floats: |x|'s bits, every NaN as kNanKey32 (0x7FFFFFFF: OR-ing it in
 // is the same as replacing the NaN's bits).

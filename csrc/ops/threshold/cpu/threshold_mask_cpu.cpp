@@ -79,7 +79,7 @@ std::vector<int64_t> write_above(const Entry& e, out_t* out, key_t t, Product<sc
   return ties;
 }
 
-#if LTHFAST_MASK_PASS_AVX2
+#if defined(LTHFAST_MASK_PASS_AVX2)
 // write_above for fp32 scores and masks in AVX2 blocks (mask_pass_avx2.h): the
 // eligible ties per block of avx2::kMaskBlock entries; each block without ties
 // also gets its product. `stream`: out is 32-byte aligned (streaming stores).
@@ -190,7 +190,7 @@ void write_mask(const Normalized& n, const at::Tensor& threshold, at::Tensor& ti
       }
     }
   };
-#if LTHFAST_MASK_PASS_AVX2
+#if defined(LTHFAST_MASK_PASS_AVX2)
   if (narrow && !as_bool && e.dtype == at::kFloat && e.row_major &&
       (e.mask == nullptr || e.mask_is_bits) && (fused || !product.defined()) &&
       cpu::range_uses_avx2()) {
