@@ -200,6 +200,38 @@ def test_weight_cache_entry_goes_with_its_weight():
     assert key not in _weight_cache._CACHE or _weight_cache._CACHE[key].ref() is not None
 
 
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_weight_cache_keeps_one_entry_per_place(path):
+    """A fresh view of the weight on every call (its storage kept alive by the weight)
+    leaves one cache entry, not one per dead view with its derived tensors; views at
+    other places, other weights and forget() / clear() keep the cache consistent."""
+    from lthfast.ops import _weight_cache
+    _weight_cache.clear()
+    x, w, m, b, conf = conv_problem(KERNEL_CASES[0], sparsity=0.5, seed=11)
+    views = []
+    with torch.no_grad():
+        for _ in range(12):
+            v = w.view(w.shape)
+            views.append(v)  # alive: ids cannot be reused
+            assert_conv_close(masked_conv2d(x, v, m, b, **conf, path=path), x, w, m, b, conf)
+        assert len(_weight_cache._CACHE) == 1 and id(views[-1]) in _weight_cache._CACHE
+        # the first view again: rebuilt (its entry was replaced), still correct
+        assert_conv_close(masked_conv2d(x, views[0], m, b, **conf, path=path), x, w, m, b, conf)
+        assert set(_weight_cache._CACHE) == {id(views[0])}
+        other = w.clone()
+        masked_conv2d(x, other, m, b, **conf, path=path)
+        assert set(_weight_cache._CACHE) == {id(views[0]), id(other)}
+    assert set(_weight_cache._PLACES.values()) == set(_weight_cache._CACHE)
+    _weight_cache.forget(other)
+    assert set(_weight_cache._PLACES.values()) == set(_weight_cache._CACHE) == {id(views[0])}
+    del views, v
+    import gc
+    gc.collect()
+    assert not _weight_cache._CACHE or all(e.ref() is not None for e in _weight_cache._CACHE.values())
+    _weight_cache.clear()
+    assert not _weight_cache._CACHE and not _weight_cache._PLACES
+
+
 @pytest.mark.parametrize("path", ["dense", "sparse", "auto"])
 def test_fresh_temporary_masks_are_never_mistaken_for_a_dead_one(path):
     # A temporary mask can come back with the id, data pointer and version of

@@ -22,6 +22,12 @@ the stamped id reads that very storage, at the stamped offset, shape, strides
 and version: the cached tensors are what it would give (even when the weight
 object is another one that reused a dead weight's id).
 
+One entry per place: a new weight object over the bytes of an earlier one (same
+storage, data pointer, shape and strides: a fresh view made on every call, as in
+`masked_conv2d(x, w.view(shape), m)`) replaces the earlier object's entry, which
+its storage, alive through `w`, would otherwise keep with its derived tensors
+after that object is gone.
+
 Writes the version counter does not see: fused optimizer kernels (torch's
 `fused=True`, lthfast.optim's Masked*) do not bump `_version`, so every
 optimizer step drops the entries of its parameters (a global step hook);
@@ -37,6 +43,9 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 _CACHE: dict[int, "Entry"] = {}
+# (id(storage), data pointer, shape, strides or None) -> the key of the entry made for
+# those bytes; holds exactly the places of the entries in _CACHE
+_PLACES: dict[tuple, int] = {}
 
 
 def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
@@ -54,15 +63,21 @@ def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
             None if weight.is_contiguous() else weight.stride(), id(storage))
 
 
+def _pop(key: int) -> None:
+    e = _CACHE.pop(key, None)
+    if e is not None and _PLACES.get(e.place) == key:
+        del _PLACES[e.place]
+
+
 def _drop(key: int, ref) -> None:
     e = _CACHE.get(key)
     if e is not None and e.ref is ref:
-        del _CACHE[key]
+        _pop(key)
 
 
 class Entry:
-    __slots__ = ("ref", "mask_ref", "stamp", "dense", "packed", "sparsity", "choice", "last",
-                 "cast", "__weakref__")
+    __slots__ = ("ref", "mask_ref", "stamp", "place", "dense", "packed", "sparsity", "choice",
+                 "last", "cast", "__weakref__")
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, stamp):
         key = id(weight)
@@ -73,6 +88,7 @@ class Entry:
                     weakref.ref(weight.untyped_storage(), lambda r, key=key: _drop(key, r)))
         self.mask_ref = weakref.ref(mask)
         self.stamp = stamp
+        self.place = None if stamp is None else (stamp[6], stamp[2], stamp[4], stamp[5])
         self.dense = None
         self.packed = None
         self.sparsity = None
@@ -88,13 +104,17 @@ class Entry:
 
 
 def entry(weight: torch.Tensor, mask: torch.Tensor) -> Entry:
-    e = _CACHE.get(id(weight))
+    key = id(weight)
+    e = _CACHE.get(key)
     if e is None or not e.fresh(weight, mask):
         e = Entry(weight, mask, _stamp(weight, mask))
+        _pop(key)
         if e.stamp is not None:
-            _CACHE[id(weight)] = e
-        else:
-            _CACHE.pop(id(weight), None)
+            other = _PLACES.get(e.place)
+            if other is not None:  # another weight object over the same bytes
+                _pop(other)
+            _CACHE[key] = e
+            _PLACES[e.place] = key
     return e
 
 
@@ -122,18 +142,19 @@ def sparsity(e: Entry, mask: torch.Tensor) -> float:
 
 def forget(weight: torch.Tensor) -> None:
     """Drops what was derived from `weight` (after a write `_version` misses)."""
-    _CACHE.pop(id(weight), None)
+    _pop(id(weight))
 
 
 def clear() -> None:
     _CACHE.clear()
+    _PLACES.clear()
 
 
 def _forget_stepped(optimizer, args, kwargs) -> None:
     if _CACHE:
         for group in optimizer.param_groups:
             for p in group["params"]:
-                _CACHE.pop(id(p), None)
+                _pop(id(p))
 
 
 register_optimizer_step_post_hook(_forget_stepped)
