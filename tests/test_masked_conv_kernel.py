@@ -200,13 +200,22 @@ def test_weight_cache_entry_goes_with_its_weight():
     assert key not in _weight_cache._CACHE or _weight_cache._CACHE[key].ref() is not None
 
 
+def _cache_index_consistent(wc) -> bool:
+    """_ON_STORAGE holds exactly the (storage, key) pairs of the entries in _CACHE."""
+    pairs = {(sid, k) for sid, keys in wc._ON_STORAGE.items() for k in keys}
+    return (pairs == {(e.place[0], k) for k, e in wc._CACHE.items()}
+            and all(wc._ON_STORAGE.values()))
+
+
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_weight_cache_keeps_one_entry_per_place(path):
     """A fresh view of the weight on every call (its storage kept alive by the weight)
     leaves one cache entry, not one per dead view with its derived tensors; views at
-    other places, other weights and forget() / clear() keep the cache consistent."""
-    from lthfast.ops import _weight_cache
-    _weight_cache.clear()
+    other places, other weights, new storage under the same object, storage death,
+    forget() and clear() keep the cache's index consistent."""
+    import gc
+    from lthfast.ops import _weight_cache as wc
+    wc.clear()
     x, w, m, b, conf = conv_problem(KERNEL_CASES[0], sparsity=0.5, seed=11)
     views = []
     with torch.no_grad():
@@ -214,22 +223,48 @@ def test_weight_cache_keeps_one_entry_per_place(path):
             v = w.view(w.shape)
             views.append(v)  # alive: ids cannot be reused
             assert_conv_close(masked_conv2d(x, v, m, b, **conf, path=path), x, w, m, b, conf)
-        assert len(_weight_cache._CACHE) == 1 and id(views[-1]) in _weight_cache._CACHE
+        assert len(wc._CACHE) == 1 and id(views[-1]) in wc._CACHE
         # the first view again: rebuilt (its entry was replaced), still correct
         assert_conv_close(masked_conv2d(x, views[0], m, b, **conf, path=path), x, w, m, b, conf)
-        assert set(_weight_cache._CACHE) == {id(views[0])}
+        assert set(wc._CACHE) == {id(views[0])}
+        flat = w.view(w.shape[0], -1)[:, :].reshape(w.shape)  # same bytes, another object
+        masked_conv2d(x, flat, m, b, **conf, path=path)
         other = w.clone()
         masked_conv2d(x, other, m, b, **conf, path=path)
-        assert set(_weight_cache._CACHE) == {id(views[0]), id(other)}
-    assert set(_weight_cache._PLACES.values()) == set(_weight_cache._CACHE)
-    _weight_cache.forget(other)
-    assert set(_weight_cache._PLACES.values()) == set(_weight_cache._CACHE) == {id(views[0])}
-    del views, v
-    import gc
-    gc.collect()
-    assert not _weight_cache._CACHE or all(e.ref() is not None for e in _weight_cache._CACHE.values())
-    _weight_cache.clear()
-    assert not _weight_cache._CACHE and not _weight_cache._PLACES
+        assert set(wc._CACHE) == {id(flat), id(other)} and _cache_index_consistent(wc)
+        other.data = torch.randn_like(other)  # same object, new storage: a new entry
+        assert_conv_close(masked_conv2d(x, other, m, b, **conf, path=path), x, other, m, b, conf)
+        assert set(wc._CACHE) == {id(flat), id(other)} and _cache_index_consistent(wc)
+    del other
+    gc.collect()  # its storage died: its entry went with it
+    assert set(wc._CACHE) == {id(flat)} and _cache_index_consistent(wc)
+    wc.forget(w)  # the weight itself was never called: its views' entries go
+    assert not wc._CACHE and _cache_index_consistent(wc)
+    masked_conv2d(x, views[3], m, b, **conf, path=path)
+    wc.clear()
+    assert not wc._CACHE and not wc._ON_STORAGE
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_a_fused_step_drops_the_entries_of_views_of_its_parameters(path):
+    """A fused optimizer step does not bump _version: the entries of views of its
+    parameters go too, so a fresh view made after the step (which can get a dropped
+    view's id, and then its stamp) is never served the weight from before the step."""
+    from lthfast.ops import _weight_cache as wc
+    wc.clear()
+    x, w, m, b, conf = conv_problem(KERNEL_CASES[0], sparsity=0.5, seed=12)
+    p = torch.nn.Parameter(w.clone())
+    opt = torch.optim.SGD([p], lr=0.5, fused=True)
+    with torch.no_grad():
+        assert_conv_close(masked_conv2d(x, p.view(p.shape), m, b, **conf, path=path), x, w, m, b, conf)
+    assert len(wc._CACHE) == 1
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert not wc._CACHE and _cache_index_consistent(wc)
+    with torch.no_grad():
+        want = p.detach().clone()
+        assert_conv_close(masked_conv2d(x, p.view(p.shape), m, b, **conf, path=path), x, want, m, b,
+                          conf)
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse", "auto"])

@@ -3,6 +3,7 @@ import math
 import signal
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -346,32 +347,45 @@ def test_sampled_range_vector_blocks(values, mask_kind, range_isa):
 @pytest.mark.parametrize("mask_kind", ["none", "bits"])
 @pytest.mark.parametrize("product", ["none", "new", "over_score"])
 @pytest.mark.parametrize("aligned", [True, False])
-def test_fp32_mask_pass_vector_blocks(values, mask_kind, product, aligned, range_isa):
+@pytest.mark.parametrize("shape", [(5 * 65536 + 2048 * 3 + 13,), (40 * 2048,), (5,),
+                                   (64, 33, 3, 3), "transposed"])
+def test_fp32_mask_pass_vector_blocks(values, mask_kind, product, aligned, shape, range_isa):
     """The fp32 mask pass of threshold_mask_into runs 8-lane AVX2 blocks of 2048 entries
     with streaming stores where the CPU has AVX2 (where `out` is 32-byte aligned), and
     defers the product of the blocks that hold ties until they are decided: against the
     reference, mask and product bit for bit, with ties spread over many blocks and
-    pruned only in part, tails in the last block, and NaN / Inf / -0.0 keys."""
+    pruned only in part, tails in the last block or a tensor shorter than one group,
+    whole blocks only, 4-d scores, a permuted score (which takes the generic pass), and
+    NaN / Inf / -0.0 keys."""
     from lthfast.bitmask import pack_bits
-    g = torch.Generator().manual_seed(hash((values, mask_kind, product, aligned)) % 2**31)
-    n = 5 * 65536 + 2048 * 3 + 13  # several threads' ranges, a tail
-    score = make_tensor((n,), torch.float32, "contiguous", values, g)
-    orig = torch.randn(n, generator=g)
-    orig[:8] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1.0, -1.0, 2.0])
-    keep = torch.rand(n, generator=g) > 0.3
+    g = torch.Generator().manual_seed(zlib.crc32(repr((values, mask_kind, product, aligned,
+                                                       shape)).encode()))
+    score = make_tensor((32, 48) if shape == "transposed" else shape, torch.float32,
+                        "contiguous", values, g)
+    if shape == "transposed":
+        score = score.t()
+        if mask_kind == "bits":
+            pytest.skip("packed bits go with row-major scores only")
+    n = score.numel()
+    orig = torch.randn(score.shape, generator=g)
+    orig.view(-1)[:5] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0])
+    keep = torch.rand(score.shape, generator=g) > 0.3
     mask = pack_bits(keep) if mask_kind == "bits" else None
-    eligible = keep if mask is not None else torch.ones(n, dtype=torch.bool)
+    eligible = keep if mask is not None else torch.ones_like(keep)
     n_eligible = int(eligible.sum())
-    for k in (1, n_eligible // 3, n_eligible - 5):
+    for k in sorted({1, n_eligible // 3, max(n_eligible - 5, 1)}):
         t, ties = torch.ops.lthfast.global_threshold([score], [] if mask is None else [mask], k)
-        want, want_left = torch.full((n,), 7.0), ties.clone()
+        want, want_left = torch.full(score.shape, 7.0), ties.clone()
         ref.threshold_mask_into(score, None if mask is None else keep, t, want_left, want)
-        base = torch.full((n + 8,), 7.0)
-        out = base[:n] if aligned else base[1:n + 1]  # (torch's storage is 64-byte aligned)
-        s = score.clone()
+        base = torch.full((n + 8,), 7.0)  # (torch's storage is 64-byte aligned)
+        out = (base[:n] if aligned else base[1:n + 1]).view(score.t().shape if shape == "transposed"
+                                                            else score.shape)
+        if shape == "transposed":
+            out = out.t()  # the score's strides
+        s = score.clone(memory_format=torch.preserve_format)
         args = ()
         if product == "new":
-            args = (orig, torch.empty(n))
+            args = (orig, torch.empty_like(s))
         elif product == "over_score":
             args = (orig, s)
         left = ties.clone()

@@ -26,7 +26,11 @@ One entry per place: a new weight object over the bytes of an earlier one (same
 storage, data pointer, shape and strides: a fresh view made on every call, as in
 `masked_conv2d(x, w.view(shape), m)`) replaces the earlier object's entry, which
 its storage, alive through `w`, would otherwise keep with its derived tensors
-after that object is gone.
+after that object is gone. (Two live objects over the same bytes, called in turn,
+therefore rebuild on each call: correct, only slower.) Forgetting a weight, by
+`forget` or an optimizer step, drops every entry over its storage, views of it
+included: a view made after the step can have a dropped view's id, and its stamp
+would match.
 
 Writes the version counter does not see: fused optimizer kernels (torch's
 `fused=True`, lthfast.optim's Masked*) do not bump `_version`, so every
@@ -43,9 +47,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 _CACHE: dict[int, "Entry"] = {}
-# (id(storage), data pointer, shape, strides or None) -> the key of the entry made for
-# those bytes; holds exactly the places of the entries in _CACHE
-_PLACES: dict[tuple, int] = {}
+# id(storage) -> the keys of the entries over that storage (exactly those in _CACHE)
+_ON_STORAGE: dict[int, set[int]] = {}
 
 
 def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
@@ -65,8 +68,11 @@ def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
 
 def _pop(key: int) -> None:
     e = _CACHE.pop(key, None)
-    if e is not None and _PLACES.get(e.place) == key:
-        del _PLACES[e.place]
+    if e is not None:
+        keys = _ON_STORAGE[e.place[0]]
+        keys.discard(key)
+        if not keys:
+            del _ON_STORAGE[e.place[0]]
 
 
 def _drop(key: int, ref) -> None:
@@ -88,6 +94,7 @@ class Entry:
                     weakref.ref(weight.untyped_storage(), lambda r, key=key: _drop(key, r)))
         self.mask_ref = weakref.ref(mask)
         self.stamp = stamp
+        # (id(storage), data pointer, shape, strides or None): the bytes it was made from
         self.place = None if stamp is None else (stamp[6], stamp[2], stamp[4], stamp[5])
         self.dense = None
         self.packed = None
@@ -110,11 +117,11 @@ def entry(weight: torch.Tensor, mask: torch.Tensor) -> Entry:
         e = Entry(weight, mask, _stamp(weight, mask))
         _pop(key)
         if e.stamp is not None:
-            other = _PLACES.get(e.place)
-            if other is not None:  # another weight object over the same bytes
+            # another weight object over the same bytes: its entry goes
+            for other in [k for k in _ON_STORAGE.get(e.place[0], ()) if _CACHE[k].place == e.place]:
                 _pop(other)
             _CACHE[key] = e
-            _PLACES[e.place] = key
+            _ON_STORAGE.setdefault(e.place[0], set()).add(key)
     return e
 
 
@@ -141,20 +148,27 @@ def sparsity(e: Entry, mask: torch.Tensor) -> float:
 
 
 def forget(weight: torch.Tensor) -> None:
-    """Drops what was derived from `weight` (after a write `_version` misses)."""
+    """Drops what was derived from `weight` and from any other tensor over its storage
+    (after a write `_version` misses)."""
     _pop(id(weight))
+    try:
+        keys = _ON_STORAGE.get(id(weight.untyped_storage()))
+    except (RuntimeError, NotImplementedError):  # a tensor subclass without storage
+        return
+    for key in list(keys or ()):
+        _pop(key)
 
 
 def clear() -> None:
     _CACHE.clear()
-    _PLACES.clear()
+    _ON_STORAGE.clear()
 
 
 def _forget_stepped(optimizer, args, kwargs) -> None:
     if _CACHE:
         for group in optimizer.param_groups:
             for p in group["params"]:
-                _pop(id(p))
+                forget(p)
 
 
 register_optimizer_step_post_hook(_forget_stepped)

@@ -7,8 +7,9 @@
 // chunk's mask, then reads it back for the product, and its stores into the old
 // mask (which nothing reads first) pay a read for ownership: ~20 bytes per entry
 // where 16 must move. Here each block of 2048 entries is read once into the cache
-// and its mask written with streaming stores (no read for ownership; nothing reads
-// the mask soon), then the product is taken from the block's keys, still in L1.
+// and its mask written with streaming stores (no read for ownership; the mask is
+// read again only in the rare blocks that hold ties), then the product is taken
+// from the block's keys, still in L1.
 //
 // Same results as the generic pass, entry for entry (tests run both).
 #pragma once

@@ -103,8 +103,9 @@ std::vector<int64_t> write_above_avx2(const Entry& e, M m, float* out, uint32_t 
   return ties;
 }
 
-// Streaming stores of a mask nothing reads soon: when the pass also writes the
-// product (lthfast.prune's masks), or the mask is larger than a core's L2.
+// Streaming stores of a mask that is not read again soon (only the blocks with ties
+// are): when the pass also writes the product (lthfast.prune's masks), or the mask
+// is larger than a core's L2.
 constexpr int64_t kStreamMinNumel = int64_t(1) << 18;
 #endif
 
