@@ -59,10 +59,8 @@ inline __m256i keep8(const float* x, M m, int64_t j, __m256i vt, __m256i* tie) {
   return _mm256_andnot_si256(_mm256_cmpgt_epi32(vt, key), ok);
 }
 
-inline uint32_t scalar_keep(const float* x, PackedBits m, int64_t j, uint32_t t) {
-  return eligible_at(m, j) & uint32_t(key32_branchless(x[j]) >= t);
-}
-inline uint32_t scalar_keep(const float* x, NoMask m, int64_t j, uint32_t t) {
+template <typename M>
+inline uint32_t scalar_keep(const float* x, M m, int64_t j, uint32_t t) {
   return eligible_at(m, j) & uint32_t(key32_branchless(x[j]) >= t);
 }
 
