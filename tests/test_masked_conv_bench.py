@@ -183,3 +183,29 @@ def test_conv_suite_detector_shapes_run_at_batch_1(monkeypatch):
     det = [s for s in shapes if s["model"] == "fasterrcnn_resnet50_fpn"]
     assert len(det) == 1 and det[0]["batches"] == (1,) and det[0]["layer"] == "backbone"
     assert all("batches" not in s for s in shapes if s["model"] == "resnet50")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+def test_balanced_orders_give_each_method_every_predecessor_alike(n):
+    """A plain rotation keeps each method's predecessor fixed (the cache state it finds):
+    the orders must put every method after every other one, and in every position,
+    equally often."""
+    from collections import Counter
+
+    from lthfast.bench.measure import balanced_orders
+    names = [f"m{i}" for i in range(n)]
+    orders = balanced_orders(names)
+    assert all(sorted(o) == names for o in orders)
+    after = Counter((o[i], o[i + 1]) for o in orders for i in range(n - 1))
+    at = Counter((o[i], i) for o in orders for i in range(n))
+    assert len(after) == n * (n - 1) and len(set(after.values())) <= 1
+    assert len(at) == n * n and len(set(at.values())) == 1
+
+
+def test_interleaved_runs_whole_sets_of_balanced_orders():
+    seq = []
+    fns = {k: (lambda k=k: seq.append(k)) for k in ("a", "b", "c", "d")}
+    _, _, times = conv._interleaved(fns, torch.device("cpu"), repeat=1, warmup=0, budget_s=10.0)
+    assert len(times["a"]) == 24  # cheap rounds: up to 25, ending with a whole set of 4 orders
+    follows = {(seq[i], seq[i + 1]) for i in range(len(seq) - 1) if i % 4 != 3}
+    assert len(follows) == 12

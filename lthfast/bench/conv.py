@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import lthfast
+from lthfast.bench.measure import balanced_orders
 from lthfast.cli._models import build_model
 from lthfast.ops import masked_conv2d
 from lthfast.ops._conv_dispatch import kernel_class, use_sparse
@@ -95,20 +96,22 @@ def _time(fn, device) -> float:
 def _interleaved(fns: dict, device, repeat: int, warmup: int,
                  budget_s: float = 0.5) -> tuple[dict, dict, dict]:
     """(min, median, per-round list) seconds of each callable, the methods run in
-    turn (order rotating per round) so that load on the machine hits them alike. At least `repeat` rounds,
-    more (up to 25) while a round is cheap, within about `budget_s`. Tables show
-    the minimum; ratios are medians of per-round ratios (_paired)."""
+    turn so that load on the machine hits them alike, in balanced orders (each method
+    follows each other one equally often: measure.balanced_orders). At least `repeat`
+    rounds, more (up to 25) while a round is cheap, within about `budget_s`, and on to
+    the end of the set of orders while that costs under 4 * budget_s. Tables show the
+    minimum; ratios are medians of per-round ratios (_paired)."""
     times = {k: [] for k in fns}
+    orders = balanced_orders(list(fns))
+    most = max(len(orders), 25 // len(orders) * len(orders))
     with torch.no_grad():
         for _ in range(warmup):
             for f in fns.values():
                 f()
         spent, rounds = 0.0, 0
-        names = list(fns)
-        while rounds < repeat or (rounds < 25 and spent < budget_s):
-            # the order rotates by one each round: a method that evicts the
-            # caches (the sparse path's scratch) does not always precede the same one
-            for k in names[rounds % len(names):] + names[:rounds % len(names)]:
+        while (rounds < repeat or (rounds < most and spent < budget_s)
+               or (rounds % len(orders) and spent < 4 * budget_s)):
+            for k in orders[rounds % len(orders)]:
                 t = _time(fns[k], device)
                 times[k].append(t)
                 spent += t

@@ -21,7 +21,7 @@ from torch import nn
 
 import lthfast
 import lthfast.optim as lo
-from lthfast.bench.measure import time_call
+from lthfast.bench.measure import balanced_orders, time_call
 from lthfast.cli._models import build_model, prunable_layers
 
 SPARSITY = 0.8
@@ -171,13 +171,13 @@ def run_suite(config, ctx, *, sizes=None) -> dict:
             for _ in range(max(1, config.warmup)):
                 c.step()
         keys = list(cases)
+        orders = balanced_orders(keys)
         for r in range(n_rep):
             progress.start(f"repeat {r + 1}: {steps} steps of each method, interleaved")
             for s in range(steps):
-                # one step of each method in turn (a load burst hits all of them), rotated so
-                # that no method always runs first
-                i = (r * steps + s) % len(keys)
-                for k in keys[i:] + keys[:i]:
+                # one step of each method in turn (a load burst hits all of them), in
+                # balanced orders: no method always runs first or after the same one
+                for k in orders[(r * steps + s) % len(orders)]:
                     times[k].append(time_call(cases[k].step, device)[0])
             for k in keys:
                 progress.done(f"repeat {r + 1}: {k} {statistics.median(times[k]) * 1e3:.1f} ms")
