@@ -27,7 +27,8 @@ def test_conv_suite_pieces():
     assert cases[1]["tuned_choice"] in ("dense", "sparse") and cases[1]["tuned_vs_best"] > 0
     text = format_conv(res)
     assert "layer3.x" in text and "measured rule" in text and "auto ran" in text and "tuned ran" in text
-    assert sum("tuned time / min(dense, sparse)" in t["what"] for t in res["targets"]) == 1
+    assert sum("tuned time / the better path" in t["what"] for t in res["targets"]) == 1
+    assert cases[1]["better_path"] in ("dense", "sparse")
 
 
 def test_conv_suite_end_to_end_case(monkeypatch):
@@ -209,3 +210,10 @@ def test_interleaved_runs_whole_sets_of_balanced_orders():
     assert len(times["a"]) == 24  # cheap rounds: up to 25, ending with a whole set of 4 orders
     follows = {(seq[i], seq[i + 1]) for i in range(len(seq) - 1) if i % 4 != 3}
     assert len(follows) == 12
+
+
+def test_auto_is_held_to_the_better_path_not_the_per_round_minimum():
+    # two paths that trade places round by round: a per-round minimum beats both
+    times = {"dense": [1.0, 2.0, 1.0, 2.0], "sparse": [2.0, 1.0, 2.0, 1.1], "auto": [1.0, 2.0, 1.0, 2.0]}
+    assert conv._better_path(times) == "dense"
+    assert conv._paired(times, "auto", conv._better_path(times)) == 1.0

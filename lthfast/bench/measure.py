@@ -154,7 +154,9 @@ def balanced_orders(names: list) -> list[list]:
     finds its caches warm every round, and one that follows a cache-evicting method
     finds them cold every round (measured on masked convs: `auto`, right after
     `sparse`, timed 15% under it while running the same kernel). len(names) orders
-    for an even count, 2 * len(names) for an odd one."""
+    for an even count, 2 * len(names) for an odd one. Within each order only: a
+    round's first method follows the previous round's last, which no design of whole
+    rounds balances, so callers separate rounds (flush_caches)."""
     n = len(names)
     if n < 2:
         return [list(names)]
@@ -167,6 +169,22 @@ def balanced_orders(names: list) -> list[list]:
             hi -= 1
     rows = [[names[(b + i) % n] for b in base] for i in range(n)]
     return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
+_FLUSH: dict = {}
+
+
+def flush_caches(device: torch.device, nbytes: int = 64 << 20) -> None:
+    """Overwrites `nbytes` (more than a CPU's last-level cache or an H100's 50 MB L2) so
+    that the next timed call finds no data of the call before it in the caches. The
+    buffer is kept: a fresh one would time page faults into whatever runs next."""
+    key = (device.type, device.index)
+    buf = _FLUSH.get(key)
+    if buf is None or buf.numel() * 4 < nbytes:
+        buf = _FLUSH[key] = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    buf.fill_(1.0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @dataclass
