@@ -8,8 +8,9 @@ kernel never wins there (or was not measured) and auto stays dense. Rows are mat
 bottom; the first row whose device, isa (the kernels' instruction set,
 `lthfast._C._sparse_cpu_isa()`: "avx512", "avx2" or "base"), dtype and kernel match, whose
 `threads>=` the thread count reaches (torch.get_num_threads(), CPU only), whose `batch<=`
-covers the batch, whose `weights>=` the weight's element count reaches and whose `out px<=`
-covers the output plane wins. A layer's path is chosen at its first call with an input shape.
+covers the batch, whose `weights>=` the weight's element count and `fan-in>=` its
+multiply-adds per output value (in/groups * kh * kw) reach and whose `out px<=` covers the
+output plane wins. A layer's path is chosen at its first call with an input shape.
 """
 from __future__ import annotations
 
@@ -21,18 +22,22 @@ ANY = "*"
 SPARSITY_SLACK = 0.005
 
 # fmt: off
-# weights = the weight's element count (out * in/groups * kh * kw); out px = output
-# pixels per sample (oh * ow; linear: 1). The sparse kernel pays a fixed cost per
+# weights = the weight's element count (out * in/groups * kh * kw); fan-in = the
+# weights per output channel (in/groups * kh * kw); out px = output pixels per sample
+# (oh * ow; linear: 1). The sparse kernel pays a fixed cost per
 # output and input value (the padded input copy, the output write) and gains the
 # multiply-adds it skips.
 #
 # AVX2 (no AVX-512): measured on a 2-core AMD EPYC, 2 threads, every distinct Conv2d of
-# resnet50 at 224 px, sparsity 0.5-0.98, batch 1 and 8, in two runs (stop 20:
-# bench/results/cpu-conv-avx2-2threads.txt, stop 21: cpu-conv-avx2-2threads-stop21.txt).
-# Rows differ from AVX-512's only where both runs agree: the 7x7 stem from 90% and the
-# 1x1 convs on 56x56 planes with >= 32768 weights (layer2.0.conv1) from 90%; elsewhere the
-# two runs disagree within the noise (e.g. layer1's 1x1 convs at 90-98%). One thread: not
-# measured, the AVX-512 rows below apply.
+# resnet50 at 224 px, sparsity 0.5-0.98, batch 1 and 8. Stop 26 re-read the rows off three
+# runs timed in balanced orders (bench/results/cpu-conv-avx2-2threads-stop26-{a,b,c}.txt;
+# the runs before had timed the sparse path always right after the dense one, cold, which
+# made it look ~15% slower) and changed them only where all three agree: layer4's 3x3 convs
+# (>= 1M weights on 7x7 outputs) win from 50% at batch 1 (1.17-1.44x), the 7x7 stem from 80%
+# at batch 1 (1.07-1.15x), 1x1 convs with >= 512 input channels from 80% at batch 8
+# (1.05-1.54x in 7 of 8 shapes, layer3.0.downsample 0.97-1.19x). Kept from stops 20-21 (two
+# runs): the stem at batch 8 and the 1x1 convs on 56x56 planes with >= 32768 weights
+# (layer2.0.conv1) from 90%. One thread: not measured, the AVX-512 rows below apply.
 # Detector planes (stop 24: `lthfast bench conv --models fasterrcnn_resnet50_fpn`, every
 # conv of fasterrcnn_resnet50_fpn at the 800 px it runs at, batch 1;
 # bench/results/cpu-conv-detection-avx2-2threads.txt): on planes larger than resnet's
@@ -47,53 +52,54 @@ SPARSITY_SLACK = 0.005
 # at batch 8, and, on one thread, at batch 1 too. With two threads the sparse kernel
 # splits output channels over the threads and gains more than oneDNN does on these
 # small convs, so more 1x1 rows go sparse.
-#  device  isa       dtypes                    kernel threads>= batch<= weights>= out px<= min sparsity
+#  device  isa       dtypes                    kernel threads>= batch<= weights>= fan-in>= out px<= min sparsity
 SPARSE_RULES = [
-    ("cpu",  "avx2",  ("float32", "float64"), "3x3",       2,      8,        0,   10**9,   0.80),
-    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      8,        0,   12544,   0.90),   # resnet stem 7x7/2
-    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      1,        0,   10**9,   0.80),   # the stem at 800 px
-    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      8,        0,   10**9,   0.90),
-    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,     784,   0.80),
-    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,    3136,   0.90),   # <= 56x56
-    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,    16384,   10**9,   0.80),   # detector planes
-    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,   10**9,   0.90),
-    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,        0,     784,   0.90),
-    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,    16384,   10**9,   0.90),
-    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,        0,   10**9,   None),   # 64->64 layer1
-    ("cpu",  ANY,     ("float32", "float64"), "3x3",       2,      8,        0,   10**9,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "kxk",       2,      8,        0,   10**9,   0.80),   # resnet stem 7x7/2
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      1,        0,     784,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      1,    32768,   10**9,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      1,        0,   10**9,   0.90),   # 64-channel layer1
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      8,        0,     784,   0.90),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      8,    32768,   10**9,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      8,    16384,   10**9,   0.90),   # 64<->256 layer1
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      8,        0,   10**9,   None),   # 64->64 layer1
-    ("cpu",  ANY,     ("float32", "float64"), "3x3",       1,      8,        0,   10**9,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "kxk",       1,      8,        0,   10**9,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      1,        0,     784,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      8,        0,     784,   0.90),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      1,    32768,   10**9,   0.90),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      8,    32768,   10**9,   0.95),
-    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      8,        0,   10**9,   None),   # 64-channel layer1
-    ("cpu",  ANY,     ("float32", "float64"), "linear",    1,      1,        0,   10**9,   0.90),
-    ("cpu",  ANY,     ("float32", "float64"), "linear",    1,      8,        0,   10**9,   0.95),
+    ("cpu",  "avx2",  ("float32", "float64"), "3x3",       2,      1,  1000000,      0,      49,   0.50),   # layer4 3x3 on 7x7
+    ("cpu",  "avx2",  ("float32", "float64"), "3x3",       2,      8,        0,      0,   10**9,   0.80),
+    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      1,        0,      0,   10**9,   0.80),   # the stem, 224-800 px
+    ("cpu",  "avx2",  ("float32", "float64"), "kxk",       2,      8,        0,      0,   10**9,   0.90),
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,      0,     784,   0.80),
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,      0,    3136,   0.90),   # <= 56x56
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,    16384,      0,   10**9,   0.80),   # detector planes
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      1,        0,      0,   10**9,   0.90),
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,        0,    512,   10**9,   0.80),   # >= 512 in-channels
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,        0,      0,     784,   0.90),
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,    16384,      0,   10**9,   0.90),
+    ("cpu",  "avx2",  ("float32", "float64"), "1x1",       2,      8,        0,      0,   10**9,   None),   # 64->64 layer1
+    ("cpu",  ANY,     ("float32", "float64"), "3x3",       2,      8,        0,      0,   10**9,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "kxk",       2,      8,        0,      0,   10**9,   0.80),   # resnet stem 7x7/2
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      1,        0,      0,     784,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      1,    32768,      0,   10**9,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      1,        0,      0,   10**9,   0.90),   # 64-channel layer1
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      8,        0,      0,     784,   0.90),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      8,    32768,      0,   10**9,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      8,    16384,      0,   10**9,   0.90),   # 64<->256 layer1
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       2,      8,        0,      0,   10**9,   None),   # 64->64 layer1
+    ("cpu",  ANY,     ("float32", "float64"), "3x3",       1,      8,        0,      0,   10**9,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "kxk",       1,      8,        0,      0,   10**9,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      1,        0,      0,     784,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      8,        0,      0,     784,   0.90),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      1,    32768,      0,   10**9,   0.90),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      8,    32768,      0,   10**9,   0.95),
+    ("cpu",  ANY,     ("float32", "float64"), "1x1",       1,      8,        0,      0,   10**9,   None),   # 64-channel layer1
+    ("cpu",  ANY,     ("float32", "float64"), "linear",    1,      1,        0,      0,   10**9,   0.90),
+    ("cpu",  ANY,     ("float32", "float64"), "linear",    1,      8,        0,      0,   10**9,   0.95),
     # More rows (a detection box head runs ~1000 proposals): sparse_linear runs the
     # conv kernel over the rows from 16 on. Measured at 2 threads on an AVX2 host
     # (bench/results/cpu-linear-rows-avx2.txt): fc6/fc7-sized layers win from 80%
     # up to 64 rows and from 90% up to 1000; 364x1024 from 80% / 95%; the
     # 91-output predictor never. More than 1024 rows: not measured, dense.
-    ("cpu",  ANY,     ("float32", "float64"), "linear",    2,     64,  1000000,   10**9,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "linear",    2,   1024,  1000000,   10**9,   0.90),
-    ("cpu",  ANY,     ("float32", "float64"), "linear",    2,     64,   262144,   10**9,   0.80),
-    ("cpu",  ANY,     ("float32", "float64"), "linear",    2,   1024,   262144,   10**9,   0.95),
+    ("cpu",  ANY,     ("float32", "float64"), "linear",    2,     64,  1000000,      0,   10**9,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "linear",    2,   1024,  1000000,      0,   10**9,   0.90),
+    ("cpu",  ANY,     ("float32", "float64"), "linear",    2,     64,   262144,      0,   10**9,   0.80),
+    ("cpu",  ANY,     ("float32", "float64"), "linear",    2,   1024,   262144,      0,   10**9,   0.95),
     # CUDA, measured (bench/results/cuda-conv.txt: NVIDIA H200, fp32, every resnet50
     # Conv2d, batch 1 / 8 / 32, sparsity 0.5-0.98): the direct sparse kernel never beat
     # cuDNN on the masked weight (at best 0.51x its speed, 7x7 at 98%; 0.1-0.3x typical).
-    ("cuda", ANY,     ANY,                    ANY,         1,  10**9,        0,   10**9,   None),
+    ("cuda", ANY,     ANY,                    ANY,         1,  10**9,        0,      0,   10**9,   None),
     # Not measured -> dense: batch > 8, depthwise, fp16/bf16 on CPU (oneDNN's
     # AMX/AVX-512 bf16 kernels).
-    (ANY,    ANY,     ANY,                    ANY,         1,  10**9,        0,   10**9,   None),
+    (ANY,    ANY,     ANY,                    ANY,         1,  10**9,        0,      0,   10**9,   None),
 ]
 # fmt: on
 
@@ -136,14 +142,17 @@ def min_sparsity(device: torch.device, dtype: torch.dtype, kind: str, batch: int
     whose value is not given (weight_shape, out_pixels) is not checked."""
     name = str(dtype).replace("torch.", "")
     nw = None if weight_shape is None else numel(weight_shape)
+    # fan-in: multiply-adds per output value (in/groups * kh * kw; linear: in)
+    fan_in = None if weight_shape is None else nw // max(1, int(tuple(weight_shape)[0]))
     threads = torch.get_num_threads() if device.type == "cpu" else 1
     if isa is None:
         isa = kernel_isa(device)
-    for dev, isas, dtypes, k, tmin, bmax, wmin, pmax, smin in SPARSE_RULES:
+    for dev, isas, dtypes, k, tmin, bmax, wmin, fmin, pmax, smin in SPARSE_RULES:
         if ((dev == ANY or dev == device.type) and (isas == ANY or isas == isa)
                 and (dtypes == ANY or name in dtypes)
                 and (k == ANY or k == kind) and threads >= tmin and batch <= bmax
-                and (nw is None or nw >= wmin) and (out_pixels is None or out_pixels <= pmax)):
+                and (nw is None or (nw >= wmin and fan_in >= fmin))
+                and (out_pixels is None or out_pixels <= pmax)):
             return smin
     return None
 
