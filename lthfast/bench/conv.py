@@ -31,7 +31,10 @@ from lthfast.ops import masked_conv2d
 from lthfast.ops._conv_dispatch import kernel_class, use_sparse
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
-METHODS = ("torch_masked", "torch_premasked", "dense", "sparse", "auto", "tuned")
+# torch_premasked_again is the same call as torch_premasked: the A/A control that shows
+# how far two identical calls' paired ratio strays on this machine (the 5% targets'
+# resolution)
+METHODS = ("torch_masked", "torch_premasked", "dense", "sparse", "auto", "tuned", "torch_premasked_again")
 E2E_SPARSITIES = (0.8, 0.95)
 
 
@@ -106,7 +109,7 @@ def _interleaved(fns: dict, device, repeat: int, warmup: int,
     minimum; ratios are medians of per-round ratios (_paired)."""
     times = {k: [] for k in fns}
     orders = balanced_orders(list(fns))
-    most = max(len(orders), 25 // len(orders) * len(orders))
+    most = -(-25 // len(orders)) * len(orders)  # 25 rounds, up to a whole set of orders
     with torch.no_grad():
         for _ in range(warmup):
             for f in fns.values():
@@ -152,6 +155,7 @@ def _conv_case(shape, batch, sparsity, device, config) -> dict:
            "torch_premasked": lambda: F.conv2d(x, wm, None, **conf)}
     for p in ("dense", "sparse", "auto", "tuned"):
         fns[p] = (lambda p=p: masked_conv2d(x, w, mask, None, **conf, path=p))
+    fns["torch_premasked_again"] = lambda: F.conv2d(x, wm, None, **conf)
     with torch.no_grad():
         fns["tuned"]()  # the one call that times both paths
     tuned_choice = "sparse" if _ran_sparse(w, "tuned") else "dense"
@@ -170,6 +174,7 @@ def _conv_case(shape, batch, sparsity, device, config) -> dict:
             # ratios: medians of per-round ratios (see _paired); the ratios of
             # the minima are kept as *_of_min
             "dense_vs_premasked": _paired(times, "dense", "torch_premasked"),
+            "premasked_again_vs_premasked": _paired(times, "torch_premasked_again", "torch_premasked"),
             "sparse_speedup_vs_dense": _paired(times, "dense", "sparse"),
             "better_path": _better_path(times),
             "auto_vs_best": _paired(times, "auto", _better_path(times)),
@@ -304,10 +309,18 @@ def targets(cases, device) -> list[dict]:
     out = []
     if ok:
         worst = max(ok, key=lambda c: c["dense_vs_premasked"])
-        out.append({"what": "dense path time / F.conv2d on pre-masked weights (worst case)",
+        n_ok = sum(c["dense_vs_premasked"] <= 1.05 for c in ok)
+        out.append({"what": f"dense path time / F.conv2d on pre-masked weights (worst case; {n_ok} of "
+                            f"{len(ok)} cases within 1.05)",
                     "value": worst["dense_vs_premasked"], "limit": "<= 1.05",
                     "met": worst["dense_vs_premasked"] <= 1.05,
                     "where": f"{worst['layer']} b{worst['batch']} s{worst['sparsity']}"})
+        aa = [c["premasked_again_vs_premasked"] for c in ok if "premasked_again_vs_premasked" in c]
+        if aa:
+            out.append({"what": "control, not a target: F.conv2d on pre-masked weights against the same "
+                                f"call (A/A; {sum(v <= 1.05 for v in aa)} of {len(aa)} cases within 1.05)",
+                        "value": max(aa), "limit": "the noise these 5% targets are measured in",
+                        "met": None, "where": "worst case"})
         for p in ("auto", "tuned"):
             worst = max(ok, key=lambda c: c[f"{p}_vs_best"])
             n_ok = sum(c[f"{p}_vs_best"] <= 1.05 for c in ok)

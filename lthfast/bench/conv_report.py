@@ -57,6 +57,6 @@ def format_conv(res: dict) -> str:
     if res.get("targets"):
         lines.append("targets (reported, not enforced):")
         for t in res["targets"]:
-            met = {True: "met", False: "NOT MET"}[t["met"]]
+            met = {True: "met", False: "NOT MET", None: "control"}[t["met"]]
             lines.append(f"  {met:>7}  {t['what']}: {t['value']:.3g} ({t['limit']}) at {t['where']}")
     return "\n".join(lines)
