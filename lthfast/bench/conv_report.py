@@ -9,7 +9,7 @@ def _ms(s):
 
 
 def format_conv(res: dict) -> str:
-    lines = [f"conv: masked convolution, ms (minimum of interleaved runs); torch = F.conv2d(x, w*mask), premasked = "
+    lines = [f"conv: masked convolution, ms (minimum of runs interleaved in balanced orders); torch = F.conv2d(x, w*mask), premasked = "
              f"F.conv2d on w*mask made once; 'sp/dn' = dense time / sparse time (median of per-round ratios); {res['threads']} "
              f"threads; load average {res['load_average_start'][0]:.1f} -> {res['load_average_end'][0]:.1f}"]
     rows = []

@@ -30,7 +30,8 @@ SPARSITY_SLACK = 0.005
 #
 # AVX2 (no AVX-512): measured on a 2-core AMD EPYC, 2 threads, every distinct Conv2d of
 # resnet50 at 224 px, sparsity 0.5-0.98, batch 1 and 8. Stop 26 re-read the rows off three
-# runs timed in balanced orders (bench/results/cpu-conv-avx2-2threads-stop26-{a,b,c}.txt;
+# runs timed in balanced orders (bench/results/cpu-conv-avx2-2threads-stop26-{a,b}.txt and the
+# resnet50 part of cpu-conv-detection-avx2-2threads-stop26.txt;
 # the runs before had timed the sparse path always right after the dense one, cold, which
 # made it look ~15% slower) and changed them only where all three agree: layer4's 3x3 convs
 # (>= 1M weights on 7x7 outputs) win from 50% at batch 1 (1.17-1.44x), the 7x7 stem from 80%
