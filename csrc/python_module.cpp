@@ -68,6 +68,46 @@ static pybind11::tuple tensor_holders(const at::Tensor& t) {
   return pybind11::make_tuple(t.use_count(), t.weak_use_count(), st.use_count(), own);
 }
 
+// The masked ops' weight-cache stamp (lthfast/ops/_weight_cache.py) and its check on their
+// fast path, one call each. In Python the check was a dozen C calls (versions, data
+// pointers, shape, strides, storage, grad mode), each cold after a real convolution has
+// streamed its data through the caches: 2-5 us apiece, ~40 us on a 1 ms batch-1 conv,
+// measured. (weight version, mask version, weight data pointer, mask data pointer, shape,
+// strides where not row-major, the storage's StorageImpl address); None for tensors
+// that have no version counter or no storage (never cached).
+static pybind11::object weight_stamp(const at::Tensor& w, const at::Tensor& m) {
+  try {
+    if (w.is_inference() || m.is_inference() || !w.has_storage()) return pybind11::none();
+    pybind11::tuple shape(w.dim());
+    for (int64_t i = 0; i < w.dim(); ++i) shape[i] = pybind11::int_(w.size(i));
+    pybind11::object strides = pybind11::none();
+    if (!w.is_contiguous()) {
+      pybind11::tuple st(w.dim());
+      for (int64_t i = 0; i < w.dim(); ++i) st[i] = pybind11::int_(w.stride(i));
+      strides = std::move(st);
+    }
+    return pybind11::make_tuple(
+        w._version(), m._version(), reinterpret_cast<intptr_t>(w.data_ptr()),
+        reinterpret_cast<intptr_t>(m.data_ptr()), std::move(shape), std::move(strides),
+        reinterpret_cast<intptr_t>(w.storage().unsafeGetStorageImpl()));
+  } catch (const c10::Error&) {  // a tensor whose data pointer cannot be read
+    return pybind11::none();
+  }
+}
+
+// Whether an eager call may reuse the entry stamped `stamp`: no gradient is needed and
+// weight and mask still have that stamp.
+static bool stamp_current(const at::Tensor& input, const at::Tensor& w, const at::Tensor& m,
+                          const std::optional<at::Tensor>& bias, pybind11::handle stamp) {
+  if (c10::GradMode::is_enabled() &&
+      (input.requires_grad() || w.requires_grad() ||
+       (bias.has_value() && bias->defined() && bias->requires_grad()))) {
+    return false;
+  }
+  pybind11::object now = weight_stamp(w, m);
+  return !now.is_none() && now.equal(stamp);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lthfast compiled kernels (ops are registered under torch.ops.lthfast)";
   m.def("build_info", &build_info, "What this build of lthfast._C contains.");
@@ -91,5 +131,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       pybind11::arg("cap") = pybind11::none(),
       "The instruction set of the CPU threshold's range and fp32 mask passes (\"avx2\", \"base\"); "
       "cap: use at most that one from now on (tests).");
+  m.def("_weight_stamp", &weight_stamp,
+        "The masked ops' cache stamp of (weight, mask); None: never cached.");
+  m.def("_stamp_current", &stamp_current,
+        "Whether (input, weight, mask, bias) may reuse the cache entry stamped `stamp`.");
   lthfast::masked_optim::bind_python(m);
 }

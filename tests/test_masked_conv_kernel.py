@@ -200,6 +200,38 @@ def test_weight_cache_entry_goes_with_its_weight():
     assert key not in _weight_cache._CACHE or _weight_cache._CACHE[key].ref() is not None
 
 
+def test_compiled_weight_stamp_matches_the_python_one():
+    """The fast path's compiled stamp and check (one call each) give what the Python
+    ones give: the same tuples for plain, permuted and offset views, meta tensors; None
+    for inference tensors; no reuse when a gradient is needed or anything changed."""
+    from lthfast.ops import _weight_cache as wc
+    if wc._stamp is wc._py_stamp:
+        pytest.skip("lthfast._C not built")
+    w = torch.randn(6, 4, 3, 3)
+    m = torch.rand(w.shape) > 0.5
+    cases = [(w, m), (w.permute(1, 0, 2, 3), m.permute(1, 0, 2, 3)), (w[2:], m[2:]),
+             (w[:, :, 1], m[:, :, 1]), (torch.randn(3, 2, device="meta"),
+                                        torch.ones(3, 2, dtype=torch.bool, device="meta"))]
+    for a, b in cases:
+        assert wc._stamp(a, b) == wc._py_stamp(a, b) is not None
+    with torch.inference_mode():
+        wi = torch.randn(3)
+    assert wc._stamp(wi, torch.ones(3, dtype=torch.bool)) is None is wc._py_stamp(wi, torch.ones(3, dtype=torch.bool))
+    x, bias = torch.randn(1, 4, 5, 5), torch.randn(6)
+    for current in (wc.stamp_current, wc._py_stamp_current):
+        stamp = wc._stamp(w, m)
+        assert current(x, w, m, None, stamp) and current(x, w, m, bias, stamp)
+        with torch.no_grad():
+            assert current(x.requires_grad_(), w, m, bias.requires_grad_(), stamp)
+        assert not current(x, w, m, bias, stamp) and not current(x.detach(), w, m, bias, stamp)
+        x, bias = x.detach(), bias.detach()
+        assert current(x, w, m, bias, stamp)
+        w.add_(0)  # version
+        assert not current(x, w, m, None, stamp)
+        assert not current(x, w.clone(), m, None, wc._stamp(w, m))  # another storage
+        assert not current(x, w, m.clone(), None, wc._stamp(w, m))  # the mask's address
+
+
 def _cache_index_consistent(wc) -> bool:
     """_ON_STORAGE holds exactly the (storage, key) pairs of the entries in _CACHE."""
     pairs = {(sid, k) for sid, keys in wc._ON_STORAGE.items() for k in keys}

@@ -30,6 +30,7 @@ from lthfast import _ops
 from lthfast.ops import _conv_dispatch, _tune, _weight_cache
 
 _CACHE = _weight_cache._CACHE
+_stamp_current = _weight_cache.stamp_current
 _is_compiling = torch.compiler.is_dynamo_compiling  # the slow path checks is_compiling()
 _compiling = torch.compiler.is_compiling  # dynamo or export: both trace the ops
 _grad_enabled = torch.is_grad_enabled
@@ -168,14 +169,9 @@ def _repeat_call(input, weight, mask, bias, path: str, groups: int):
     if e is None or type(input) is not torch.Tensor or e.mask_ref() is not mask:
         return None, None
     try:
-        if (e.stamp != (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(),
-                        weight.shape, None if weight.is_contiguous() else weight.stride(),
-                        id(weight.untyped_storage()))
-                # (_weight_cache._stamp, inlined)
-                or (_grad_enabled() and (input.requires_grad or weight.requires_grad
-                                         or (bias is not None and bias.requires_grad)))):
+        if not _stamp_current(input, weight, mask, bias, e.stamp):
             return None, None
-    except RuntimeError:  # an inference tensor: no _version (never cached)
+    except (RuntimeError, TypeError):  # a bias that is no tensor: the full checks say so
         return None, None
     last = e.last.get(path)  # (input shape, groups, sparse?) of the last checked call
     if last is None or last[0] != input.shape or last[1] != groups:
@@ -196,13 +192,9 @@ def _autocast_repeat(input, weight, mask, bias, path: str, groups: int):
     if e is None or not e.cast or type(input) is not _Tensor or e.mask_ref() is not mask:
         return None
     try:
-        if (e.stamp != (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(),
-                        weight.shape, None if weight.is_contiguous() else weight.stride(),
-                        id(weight.untyped_storage()))
-                or (_grad_enabled() and (input.requires_grad or weight.requires_grad
-                                         or (bias is not None and bias.requires_grad)))):
+        if not _stamp_current(input, weight, mask, bias, e.stamp):
             return None
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         return None
     dev = input.device.type
     hit = e.cast.get((path, dev))

@@ -5,20 +5,20 @@ dense weight, the compressed (CSR) sparse weight, the sparsity and the path
 Entries are keyed by the weight tensor's id and hold only weak references: to
 the weight's storage (an entry goes when the storage goes) and to the mask it was
 made with. They are stamped with the weight's and mask's `_version` counters and
-data pointers, the weight's shape and (where not row-major) strides and the id
+data pointers, the weight's shape and (where not row-major) strides and the address
 of its storage, so any
 in-place update of either (an optimizer step, pruning, `.data =` assignment,
 load_state_dict) or another mask object rebuilds them on next use, and nothing
 is rebuilt while neither changed. The lookup is a dict get, a weakref call and
-one tuple compare: it runs on every forward, and on small convolutions
-microseconds count.
+one compiled check (stamp_current): it runs on every forward, and on small
+convolutions microseconds count.
 
 Why the storage and not the weight: torch.utils.swap_tensors refuses a tensor
 that has weak references, and `model.to()` / `load_state_dict` swap parameters
 under torch.__future__.set_swap_module_params_on_conversion(True). A swap gives
 the Parameter other storage: its old storage dies and takes the entry with it.
 An entry present is one whose storage is alive, so a weight whose storage has
-the stamped id reads that very storage, at the stamped offset, shape, strides
+the stamped address reads that very storage, at the stamped offset, shape, strides
 and version: the cached tensors are what it would give (even when the weight
 object is another one that reused a dead weight's id).
 
@@ -46,24 +46,45 @@ import weakref
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from lthfast import _ops
+
 _CACHE: dict[int, "Entry"] = {}
-# id(storage) -> the keys of the entries over that storage (exactly those in _CACHE)
+# storage key (_storage_key) -> the keys of the entries over that storage (exactly those in _CACHE)
 _ON_STORAGE: dict[int, set[int]] = {}
 
 
-def _stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
+def _storage_key(weight: torch.Tensor) -> int:
+    """The address of the weight's StorageImpl: what identifies its storage while it lives
+    (the same number as the compiled stamp's last field)."""
+    return weight.untyped_storage()._cdata
+
+
+def _py_stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
     # The mask object itself is checked through Entry.mask_ref: a temporary
     # mask can come back with the id, address and version of a dead one.
     if weight.is_inference() or mask.is_inference():
         return None  # no version counter (reading _version raises): never fresh
     try:
-        storage = weight.untyped_storage()
+        storage = _storage_key(weight)
     except (RuntimeError, NotImplementedError):  # a tensor subclass without storage
         return None
-    # strides only where they are not the row-major ones (is_contiguous is ~0.2 us cheaper
-    # than stride(), and a contiguous tensor's shape fixes the order of its bytes)
-    return (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(), weight.shape,
-            None if weight.is_contiguous() else weight.stride(), id(storage))
+    # strides only where they are not the row-major ones (a contiguous tensor's shape
+    # fixes the order of its bytes)
+    return (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(), tuple(weight.shape),
+            None if weight.is_contiguous() else weight.stride(), storage)
+
+
+def _py_stamp_current(input, weight, mask, bias, stamp) -> bool:
+    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return False
+    return stamp == _py_stamp(weight, mask)
+
+
+# The compiled versions check in one call what the Python ones check in a dozen, each
+# cold after a real convolution (csrc/python_module.cpp); the same tuples either way.
+_stamp = getattr(_ops._C, "_weight_stamp", None) or _py_stamp
+stamp_current = getattr(_ops._C, "_stamp_current", None) or _py_stamp_current
 
 
 def _pop(key: int) -> None:
@@ -94,7 +115,7 @@ class Entry:
                     weakref.ref(weight.untyped_storage(), lambda r, key=key: _drop(key, r)))
         self.mask_ref = weakref.ref(mask)
         self.stamp = stamp
-        # (id(storage), data pointer, shape, strides or None): the bytes it was made from
+        # (storage key, data pointer, shape, strides or None): the bytes it was made from
         self.place = None if stamp is None else (stamp[6], stamp[2], stamp[4], stamp[5])
         self.dense = None
         self.packed = None
@@ -152,7 +173,7 @@ def forget(weight: torch.Tensor) -> None:
     (after a write `_version` misses)."""
     _pop(id(weight))
     try:
-        keys = _ON_STORAGE.get(id(weight.untyped_storage()))
+        keys = _ON_STORAGE.get(_storage_key(weight))
     except (RuntimeError, NotImplementedError):  # a tensor subclass without storage
         return
     for key in list(keys or ()):
