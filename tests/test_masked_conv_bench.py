@@ -224,6 +224,12 @@ def test_interleaved_runs_whole_sets_of_balanced_orders():
     assert len(times["a"]) == 28  # cheap rounds: 25, up to the end of a whole set of 4 orders
     follows = {(seq[i], seq[i + 1]) for i in range(len(seq) - 1) if i % 4 != 3}
     assert len(follows) == 12
+    # an expensive case (no budget left after the first round) still runs a whole set
+    _, _, times = conv._interleaved(fns, torch.device("cpu"), repeat=1, warmup=0, budget_s=0.0)
+    assert len(times["a"]) == 4
+    odd = {k: (lambda: None) for k in "abcdefg"}  # 7 methods: a set is 14 orders
+    _, _, times = conv._interleaved(odd, torch.device("cpu"), repeat=3, warmup=0, budget_s=0.0)
+    assert len(times["a"]) == 14
 
 
 def test_auto_is_held_to_the_better_path_not_the_per_round_minimum():

@@ -103,10 +103,11 @@ def _interleaved(fns: dict, device, repeat: int, warmup: int,
     follows each other one equally often: measure.balanced_orders; the caches are
     flushed before each round, whose first method would otherwise follow the previous
     round's last: the sparse kernel's timings differ 1.5x after a call that left its
-    packed weight in the caches and after a dense one). At least `repeat`
-    rounds, more (up to 25) while a round is cheap, within about `budget_s`, and on to
-    the end of the set of orders while that costs under 4 * budget_s. Tables show the
-    minimum; ratios are medians of per-round ratios (_paired)."""
+    packed weight in the caches and after a dense one). At least `repeat` rounds, more
+    while a round is cheap (within about `budget_s`, up to 25), and always on to the end
+    of a set of orders: with an odd number of methods the first half of a set is not
+    balanced on its own. Tables show the minimum; ratios are medians of per-round ratios
+    (_paired)."""
     times = {k: [] for k in fns}
     orders = balanced_orders(list(fns))
     most = -(-25 // len(orders)) * len(orders)  # 25 rounds, up to a whole set of orders
@@ -115,8 +116,7 @@ def _interleaved(fns: dict, device, repeat: int, warmup: int,
             for f in fns.values():
                 f()
         spent, rounds = 0.0, 0
-        while (rounds < repeat or (rounds < most and spent < budget_s)
-               or (rounds % len(orders) and spent < 4 * budget_s)):
+        while rounds < repeat or rounds % len(orders) or (rounds < most and spent < budget_s):
             flush_caches(device)
             for k in orders[rounds % len(orders)]:
                 t = _time(fns[k], device)

@@ -175,8 +175,9 @@ def run_suite(config, ctx, *, sizes=None) -> dict:
         for r in range(n_rep):
             progress.start(f"repeat {r + 1}: {steps} steps of each method, interleaved")
             for s in range(steps):
-                # one step of each method in turn (a load burst hits all of them), in
-                # balanced orders: no method always runs first or after the same one
+                # one step of each method in turn (a load burst hits all of them), in the
+                # orders of balanced_orders: no method always runs first or after the same
+                # one (no flush between rounds: a whole training step leaves nothing cached)
                 for k in orders[(r * steps + s) % len(orders)]:
                     times[k].append(time_call(cases[k].step, device)[0])
             for k in keys:

@@ -2,7 +2,7 @@
 
 ONE table, set from `lthfast bench conv` (bench/results/cpu-conv*.txt, cuda-conv.txt): for each
 (device, instruction set of the CPU sparse kernels, dtype, kernel class, CPU threads, batch,
-weight size, output size) the smallest weight sparsity (fraction of pruned weights) at which
+weight size, fan-in, output size) the smallest weight sparsity (fraction of pruned weights) at which
 the direct sparse kernel beat the library convolution on the masked weight. None: the sparse
 kernel never wins there (or was not measured) and auto stays dense. Rows are matched top to
 bottom; the first row whose device, isa (the kernels' instruction set,

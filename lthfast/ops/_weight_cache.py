@@ -109,7 +109,7 @@ class Entry:
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, stamp):
         key = id(weight)
         # The callback removes the entry as the weight's storage dies, before the
-        # storage's id can be reused (see the module docstring). An entry with no
+        # storage's address can be reused (see the module docstring). An entry with no
         # stamp is never fresh and never kept in the cache.
         self.ref = (None if stamp is None else
                     weakref.ref(weight.untyped_storage(), lambda r, key=key: _drop(key, r)))
@@ -135,7 +135,10 @@ def entry(weight: torch.Tensor, mask: torch.Tensor) -> Entry:
     key = id(weight)
     e = _CACHE.get(key)
     if e is None or not e.fresh(weight, mask):
-        e = Entry(weight, mask, _stamp(weight, mask))
+        try:
+            e = Entry(weight, mask, _stamp(weight, mask))
+        except (RuntimeError, NotImplementedError):  # a subclass that refuses untyped_storage()
+            e = Entry(weight, mask, None)
         _pop(key)
         if e.stamp is not None:
             # another weight object over the same bytes: its entry goes
