@@ -35,9 +35,12 @@ suites:
   conv       masked sparse convolution: lthfast.ops.masked_conv2d dense / sparse / auto /
              tuned vs F.conv2d(x, w * mask) for every distinct Conv2d shape of resnet50 at
              sparsity 0.5-0.98, batch 1 and 8 (GPU: 1, 8, 32), and resnet50 and
-             fasterrcnn_resnet50_fpn eval end to end at 80% / 95%; at least --repeat rounds
-             per case, more while cheap, the minimum shown. --quick: end to end on resnet50
-             only (same shapes and sparsities). --models maskrcnn_resnet50_fpn (not with
+             fasterrcnn_resnet50_fpn eval end to end at 80% / 95%; the methods interleaved
+             in balanced orders (each after each other one equally often, caches flushed
+             between rounds), at least --repeat rounds and one whole set of orders per case,
+             more while cheap, the minimum shown; auto / tuned against the better path, and
+             an A/A control (the pre-masked call twice) for the 5% targets. --quick: end to
+             end on resnet50 only (same shapes and sparsities). --models maskrcnn_resnet50_fpn (not with
              --quick) adds the conv shapes of its FPN and heads, --models
              fasterrcnn_resnet50_fpn every conv of that detector at the 800 px it runs at
              (batch 1); no other --models.
