@@ -40,10 +40,10 @@ suites:
              between rounds), at least --repeat rounds and one whole set of orders per case,
              more while cheap, the minimum shown; auto / tuned against the better path, and
              an A/A control (the pre-masked call twice) for the 5% targets. --quick: end to
-             end on resnet50 only (same shapes and sparsities). --models maskrcnn_resnet50_fpn (not with
-             --quick) adds the conv shapes of its FPN and heads, --models
-             fasterrcnn_resnet50_fpn every conv of that detector at the 800 px it runs at
-             (batch 1); no other --models.
+             end on resnet50 only (same shapes and sparsities). --models
+             maskrcnn_resnet50_fpn (not with --quick) adds the conv shapes of its FPN and
+             heads, --models fasterrcnn_resnet50_fpn every conv of that detector at the 800
+             px it runs at (batch 1); no other --models.
   train_step one full training step (forward + backward + SGD momentum 0.9) of resnet18 (CPU,
              batch 16 x 112 px) / resnet50 (GPU) with the Conv/Linear weights 80% pruned: the
              dense model vs lthfast Ticket.apply + MaskedSGD vs torch.nn.utils.prune hooks vs
