@@ -31,6 +31,8 @@ from lthfast.ops import _conv_dispatch, _tune, _weight_cache
 
 _CACHE = _weight_cache._CACHE
 _stamp_current = _weight_cache.stamp_current
+# One C call for a repeated dense eager conv (csrc/python_module.cpp); None in a build without it.
+_dense_repeat = getattr(_ops._C, "_dense_repeat", None)
 _is_compiling = torch.compiler.is_dynamo_compiling  # the slow path checks is_compiling()
 _compiling = torch.compiler.is_compiling  # dynamo or export: both trace the ops
 _grad_enabled = torch.is_grad_enabled
@@ -283,6 +285,13 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
             _remember_cast(input, weight, mask, bias, path, groups, cast)
             return out
     if type(padding) is not str:
+        if _dense_repeat is not None and not _is_compiling():
+            e = _CACHE.get(id(weight))
+            last = None if e is None else e.last.get(path)
+            if last is not None and last[2] is False:
+                out = _dense_repeat(last, input, weight, mask, bias, stride, padding, dilation, groups)
+                if out is not None:
+                    return out
         e, sparse = _repeat_call(input, weight, mask, bias, path, groups)
         try:
             if sparse is False:
@@ -344,7 +353,8 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     # is used with one stride/padding in practice; another one is still
     # correct, only its path choice is that of the first).
     e.choice[(input.shape, groups, path)] = sparse
-    e.last[path] = (input.shape, groups, sparse)
+    # (input shape, groups, sparse?, then for _dense_repeat: mask weakref, stamp, masked weight)
+    e.last[path] = (input.shape, groups, sparse, e.mask_ref, e.stamp, None if sparse else e.dense)
     return out
 
 
@@ -363,7 +373,8 @@ def _tuned(e, op, input, weight, mask, bias, geometry, dense, sparse):
         return chosen, None
     chosen, out = _tune.tune(k, input.device, dense, sparse)
     if chosen:
-        e.dense = None
+        e.dense = None  # (and the dense records that hold it)
+        e.last = {p: last for p, last in e.last.items() if last[2] is not False}
     else:
         e.packed = None
     return chosen, out

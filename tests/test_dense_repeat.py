@@ -1,0 +1,192 @@
+"""masked_conv2d's compiled fast path for a repeated dense eager call (_C._dense_repeat).
+
+It runs conv2d on the cached masked weight only when the call repeats the last fully
+checked one (same mask object, weight and mask unchanged, same input shape and groups, no
+gradient needed, plain tensors, no torch-function or Python dispatch mode, int / pair
+arguments); in every other case it returns None and the Python path decides, so results,
+errors and modes are those of the Python path.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lthfast
+from lthfast.ops import _masked_conv, _weight_cache, masked_conv2d
+
+pytestmark = pytest.mark.skipif(_masked_conv._dense_repeat is None,
+                                reason="lthfast._C not built (or built without _dense_repeat)")
+dense_repeat = _masked_conv._dense_repeat
+
+
+def _problem(groups=1, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 4 // groups, 3, 3, generator=g)
+    m = torch.rand(w.shape, generator=g) < 0.4
+    x = torch.randn(2, 4, 7, 7, generator=g)
+    b = torch.randn(6, generator=g) if bias else None
+    return x, w, m, b
+
+
+def _warm(x, w, m, b, path="dense", **conf):
+    with torch.no_grad():
+        masked_conv2d(x, w, m, b, **conf, path=path)
+    return _weight_cache._CACHE[id(w)].last[path]
+
+
+@pytest.mark.parametrize("path", ["dense", "auto"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("conf", [dict(stride=1, padding=1), dict(stride=(2, 1), padding=[0, 1], dilation=(1, 2)),
+                                  dict(padding=1, groups=2)])
+def test_repeat_call_is_compiled_and_bit_identical(path, bias, conf):
+    x, w, m, b = _problem(groups=conf.get("groups", 1), bias=bias)
+    rec = _warm(x, w, m, b, path, **conf)
+    if rec[2] is not False:
+        pytest.skip("auto chose the sparse kernel here")
+    full = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **conf}
+    args = (full["stride"], full["padding"], full["dilation"], full["groups"])
+    with torch.no_grad():
+        out = dense_repeat(rec, x, w, m, b, *args)
+        assert out is not None
+        want = F.conv2d(x, w * m, b, *args)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        torch.testing.assert_close(masked_conv2d(x, w, m, b, **conf, path=path), want, rtol=0, atol=0)
+    # grad mode on, nothing requires grad: still the compiled call
+    assert dense_repeat(rec, x, w, m, b, *args) is not None
+
+
+def test_declines_whatever_differs_from_the_checked_call():
+    x, w, m, b = _problem()
+    rec = _warm(x, w, m, b, stride=1, padding=1)
+    ok = (1, 1, 1, 1)
+    with torch.no_grad():
+        assert dense_repeat(rec, x, w, m, b, *ok) is not None
+        assert dense_repeat(rec, x, w, m.clone(), b, *ok) is None  # another mask object
+        assert dense_repeat(rec, x[:1], w, m, b, *ok) is None  # another input shape
+        assert dense_repeat(rec, x, w, m, b, 1, 1, 1, 2) is None  # other groups
+        assert dense_repeat(rec, x, w.clone(), m, b, *ok) is None  # another weight's bytes
+        assert dense_repeat(rec, x, w, m, b, True, 1, 1, 1) is None  # a bool is no int
+        assert dense_repeat(rec, x, w, m, b, 1, "same", 1, 1) is None
+        assert dense_repeat(rec, x, w, m, b, 1, (1, 1, 1), 1, 1) is None
+        assert dense_repeat(rec, x, w, m, b, torch.tensor(1), 1, 1, 1) is None
+        assert dense_repeat(rec, x, w, m, 3.0, *ok) is None  # a bias that is no tensor
+        assert dense_repeat((*rec[:2], True, *rec[3:]), x, w, m, b, *ok) is None  # sparse record
+        assert dense_repeat((*rec[:4], None, rec[5]), x, w, m, b, *ok) is None  # never-fresh entry
+        assert dense_repeat(rec[:5], x, w, m, b, *ok) is None
+        assert dense_repeat(None, x, w, m, b, *ok) is None
+
+        class Sub(torch.Tensor):
+            pass
+
+        assert dense_repeat(rec, x.as_subclass(Sub), w, m, b, *ok) is None
+        m.logical_not_()  # the mask changed in place
+        assert dense_repeat(rec, x, w, m, b, *ok) is None
+        m.logical_not_()
+        w.mul_(2)  # the weight changed in place
+        assert dense_repeat(rec, x, w, m, b, *ok) is None
+    # a gradient needed
+    rec = _warm(x, w, m, b, stride=1, padding=1)
+    assert dense_repeat(rec, x.requires_grad_(), w, m, b, *ok) is None
+    with torch.no_grad():
+        assert dense_repeat(rec, x, w, m, b, *ok) is not None
+
+
+def test_errors_of_the_library_call_fall_back_to_the_clear_ones():
+    x, w, m, b = _problem()
+    rec = _warm(x, w, m, b, padding=1)
+    with torch.no_grad():
+        assert dense_repeat(rec, x.double(), w, m, b, 1, 1, 1, 1) is None  # conv2d raised
+        assert dense_repeat(rec, x, w, m, b, 1, -1, 1, 1) is None
+        with pytest.raises(TypeError, match="input dtype"):
+            masked_conv2d(x.double(), w, m, b, padding=1, path="dense")
+        with pytest.raises(ValueError, match="padding"):
+            masked_conv2d(x, w, m, b, padding=-1, path="dense")
+        with pytest.raises(ValueError, match="bias must have shape"):
+            masked_conv2d(x, w, m, b[:3], padding=1, path="dense")
+
+
+def test_modes_still_see_the_call():
+    x, w, m, b = _problem()
+    _warm(x, w, m, b, padding=1)
+    seen = []
+
+    class FunctionLog(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    class DispatchLog(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad():
+        want = masked_conv2d(x, w, m, b, padding=1, path="dense")
+        with FunctionLog():
+            torch.testing.assert_close(masked_conv2d(x, w, m, b, padding=1, path="dense"), want)
+        assert "conv2d" in seen
+        seen.clear()
+        with DispatchLog():
+            torch.testing.assert_close(masked_conv2d(x, w, m, b, padding=1, path="dense"), want)
+        assert any("convolution" in s for s in seen)
+
+
+def test_vmap_and_threads():
+    x, w, m, b = _problem()
+    _warm(x, w, m, b, padding=1)
+    xs = torch.randn(3, *x.shape)
+    with torch.no_grad():
+        got = torch.func.vmap(lambda xi: masked_conv2d(xi, w, m, b, padding=1, path="dense"))(xs)
+        torch.testing.assert_close(got, torch.stack([F.conv2d(xi, w * m, b, padding=1) for xi in xs]))
+    # the compiled call lets go of the GIL around conv2d, as torch's bindings do: threads
+    # calling it at once all get the right output
+    outs = [None] * 4
+
+    def run(i):
+        with torch.no_grad():
+            outs[i] = masked_conv2d(x, w, m, b, padding=1, path="dense")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for o in outs:
+        torch.testing.assert_close(o, F.conv2d(x, w * m, b, padding=1), rtol=0, atol=0)
+
+
+def test_tuned_choosing_sparse_lets_go_of_the_dense_records(monkeypatch):
+    from lthfast.ops import _tune, clear_tuned
+
+    clear_tuned()
+    x, w, m, b = _problem()
+    _warm(x, w, m, b, "dense", padding=1)
+    monkeypatch.setattr(_tune, "tune", lambda k, device, dense, sparse: (True, sparse()))
+    try:
+        with torch.no_grad():
+            masked_conv2d(x, w, m, b, padding=1, path="tuned")
+        e = _weight_cache._CACHE[id(w)]
+        assert e.dense is None and "dense" not in e.last and e.last["tuned"][2] is True
+        with torch.no_grad():  # the dense path rebuilds its weight
+            torch.testing.assert_close(masked_conv2d(x, w, m, b, padding=1, path="dense"),
+                                       F.conv2d(x, w * m, b, padding=1), rtol=0, atol=0)
+    finally:
+        clear_tuned()
+
+
+def test_module_takes_it():
+    conv = lthfast.nn.MaskedConv2d(4, 6, 3, padding=1).eval()
+    conv.mask.copy_(torch.rand(conv.mask.shape) < 0.5)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        first = conv(x)
+        rec = _weight_cache._CACHE[id(conv.weight)].last["auto"]
+        if rec[2] is False:
+            assert dense_repeat(rec, x, conv.weight, conv.mask, conv.bias, conv.stride, conv.padding,
+                                conv.dilation, conv.groups) is not None
+        torch.testing.assert_close(conv(x), first, rtol=0, atol=0)
