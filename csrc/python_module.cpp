@@ -1,10 +1,13 @@
 // The lthfast._C Python module: importing it loads the library, which registers
 // every op with the dispatcher (csrc/lthfast.cpp and the kernels). Its Python
-// functions report what was built and, for the masked optimizers' eager step,
-// call their ops unboxed (ops/masked_optim/masked_optim_python.cpp).
+// functions report what was built, check and run the masked ops' repeated eager calls
+// (the weight cache's stamp, masked_conv2d's dense fast path) and, for the masked
+// optimizers' eager step, call their ops unboxed (ops/masked_optim/masked_optim_python.cpp).
 #include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/extension.h>
+#include <torch/csrc/Dtype.h>
 
 #ifndef LTHFAST_VERSION
 #define LTHFAST_VERSION "unknown"
@@ -187,15 +190,21 @@ static bool refers_to(PyObject* ref, PyObject* obj) {
 
 // masked_conv2d's fast path for a repeated dense eager call, in one C call: the Python one
 // (a function call, a dozen attribute reads, a shape compare, then F.conv2d's argument
-// parsing) cost ~3 us per call over F.conv2d on pre-masked weights; on a GPU, where a
-// small convolution is 30-50 us of host time, that alone was 5-10%.
-// rec = (input shape, groups, False, mask weakref, stamp, masked dense weight): what the
-// last fully checked call with this weight and path ran (the weight cache entry's `last`,
-// lthfast/ops/_masked_conv.py). Returns conv2d's output, or None whenever anything differs
-// from that call (another mask object, a changed weight or mask, another input shape or
-// groups, a gradient needed, a tensor subclass or functorch wrapper, a __torch_function__
-// or Python dispatch mode, arguments in types other than int / pair of ints) or conv2d
-// raises: the Python path then runs, and raises the clear error.
+// parsing) cost ~3 us per call over F.conv2d on pre-masked weights (~10 us under
+// autocast); on a GPU, where a small convolution is 30-50 us of host time, that alone was
+// 5-10%.
+// rec: what the last fully checked call with this weight and path ran (the weight cache
+// entry's `last` / `cast`, lthfast/ops/_masked_conv.py):
+//   (input shape, groups, False, mask weakref, stamp, masked dense weight), autocast off;
+//   the same and (input dtype, bias dtype or None, autocast dtype) under autocast, the
+//   masked weight already in autocast's dtype: conv2d's autocast kernel then casts input
+//   and bias as it does for F.conv2d.
+// Returns conv2d's output, or None whenever anything differs from that call (another
+// mask object, a changed weight or mask, another input shape, dtype or groups, autocast
+// switched or another autocast dtype, a gradient needed, a tensor subclass or functorch
+// wrapper, a __torch_function__ or Python dispatch mode, arguments in types other than
+// int / pair of ints) or conv2d raises: the Python path then runs, and raises the clear
+// error.
 static pybind11::object dense_repeat(pybind11::handle rec, pybind11::handle input,
                                      pybind11::handle weight, pybind11::handle mask,
                                      pybind11::handle bias, pybind11::handle stride,
@@ -203,8 +212,10 @@ static pybind11::object dense_repeat(pybind11::handle rec, pybind11::handle inpu
                                      pybind11::handle groups) {
   const pybind11::object none = pybind11::none();
   PyObject* r = rec.ptr();
-  if (!PyTuple_CheckExact(r) || PyTuple_GET_SIZE(r) != 6 || PyTuple_GET_ITEM(r, 2) != Py_False)
-    return none;
+  if (!PyTuple_CheckExact(r) || PyTuple_GET_ITEM(r, 2) != Py_False) return none;
+  const Py_ssize_t n = PyTuple_GET_SIZE(r);
+  const bool cast = n == 9;
+  if (n != 6 && !cast) return none;
   if (!refers_to(PyTuple_GET_ITEM(r, 3), mask.ptr())) return none;
   if (!THPVariable_CheckExact(input.ptr()) || !THPVariable_CheckExact(weight.ptr()) ||
       !THPVariable_CheckExact(mask.ptr()) ||
@@ -228,9 +239,21 @@ static pybind11::object dense_repeat(pybind11::handle rec, pybind11::handle inpu
     if (t->key_set().has_any(c10::functorch_transforms_ks)) return none;
   if (b && b->key_set().has_any(c10::functorch_transforms_ks)) return none;
   if (needs_grad(x, w, b)) return none;
+  auto dtype_is = [](PyObject* o, at::ScalarType t) {
+    return THPDtype_Check(o) && reinterpret_cast<THPDtype*>(o)->scalar_type == t;
+  };
   try {
     if (!stamp_matches(w, m, PyTuple_GET_ITEM(r, 4))) return none;
     if (!ints_are(PyTuple_GET_ITEM(r, 0), x.sizes())) return none;  // (a torch.Size is a tuple)
+    // (throws for a device type autocast does not know: None)
+    const bool autocast = at::autocast::is_autocast_enabled(x.device().type());
+    if (autocast != cast) return none;
+    if (cast && !(dtype_is(PyTuple_GET_ITEM(r, 6), x.scalar_type()) &&
+                  (b ? dtype_is(PyTuple_GET_ITEM(r, 7), b->scalar_type())
+                     : PyTuple_GET_ITEM(r, 7) == Py_None) &&
+                  dtype_is(PyTuple_GET_ITEM(r, 8),
+                           at::autocast::get_autocast_dtype(x.device().type()))))
+      return none;
     at::Tensor dense = THPVariable_Unpack(PyTuple_GET_ITEM(r, 5));  // a reference of our own
     at::Tensor out;
     {

@@ -190,3 +190,29 @@ def test_module_takes_it():
             assert dense_repeat(rec, x, conv.weight, conv.mask, conv.bias, conv.stride, conv.padding,
                                 conv.dilation, conv.groups) is not None
         torch.testing.assert_close(conv(x), first, rtol=0, atol=0)
+
+
+def test_autocast_records_are_compiled_and_follow_autocast():
+    x, w, m, b = _problem()
+    ok = (1, 1, 1, 1)
+    with torch.no_grad():
+        plain = _warm(x, w, m, b, padding=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            masked_conv2d(x, w, m, b, padding=1, path="dense")
+            rec = _weight_cache._CACHE[id(w)].cast["dense"]
+            assert len(rec) == 9 and rec[5].dtype == torch.bfloat16
+            out = dense_repeat(rec, x, w, m, b, *ok)
+            assert out is not None and out.dtype == torch.bfloat16
+            want = F.conv2d(x, w * m, b, padding=1)
+            torch.testing.assert_close(out, want, rtol=0, atol=0)
+            torch.testing.assert_close(masked_conv2d(x, w, m, b, padding=1, path="dense"), want,
+                                       rtol=0, atol=0)
+            assert dense_repeat(plain, x, w, m, b, *ok) is None  # the fp32 record: not under autocast
+            assert dense_repeat(rec, x, w, m, None, *ok) is None  # no bias where there was one
+            assert dense_repeat(rec, x.double(), w, m, b, *ok) is None  # another input dtype
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert dense_repeat(rec, x, w, m, b, *ok) is None  # another autocast dtype
+            torch.testing.assert_close(masked_conv2d(x, w, m, b, padding=1, path="dense"),
+                                       F.conv2d(x, w * m, b, padding=1), rtol=0, atol=0)
+        assert dense_repeat(rec, x, w, m, b, *ok) is None  # autocast off
+        assert dense_repeat(plain, x, w, m, b, *ok) is not None

@@ -13,8 +13,11 @@ weight is multiplied by a mask, on the faster of two paths.
 
 Host overhead per call matters (a small convolution is 30-50 us on a GPU): an eager
 inference call with an unchanged weight and mask and an input shape already checked
-takes _repeat_call's fast path (the cached masked / packed weight; under autocast
-_autocast_repeat's, the masked weight cached in autocast's dtype); an eager training
+takes a fast path. A dense conv2d one is a single compiled call, _C._dense_repeat
+(csrc/python_module.cpp: the checks and conv2d on the cached masked weight, under
+autocast the one cached in autocast's dtype; None sends anything unusual on to the
+Python); the others take _repeat_call's (the cached masked / packed weight) or
+_autocast_repeat's (the masked weight cached in autocast's dtype); an eager training
 call (a gradient is needed) skips torch.library's Python autograd wrapper: conv2d
 through torch's autograd on where(mask, weight, 0) (_grad_conv: the op's exact
 arithmetic), linear through _MaskedLinearFn (the op and its backward op). Arguments
@@ -199,10 +202,10 @@ def _autocast_repeat(input, weight, mask, bias, path: str, groups: int):
     except (RuntimeError, TypeError):
         return None
     dev = input.device.type
-    hit = e.cast.get((path, dev))
-    if (hit is None or hit[0] != input.shape or hit[1] != groups or hit[2] is not input.dtype
-            or hit[3] is not (None if bias is None else bias.dtype)
-            or not torch.is_autocast_enabled(dev) or torch.get_autocast_dtype(dev) is not hit[4]):
+    hit = e.cast.get(path)
+    if (hit is None or hit[0] != input.shape or hit[1] != groups or hit[6] is not input.dtype
+            or hit[7] is not (None if bias is None else bias.dtype) or dev not in _AUTOCAST_DEVICES
+            or not torch.is_autocast_enabled(dev) or torch.get_autocast_dtype(dev) is not hit[8]):
         return None
     return hit[5]
 
@@ -221,9 +224,9 @@ def _remember_cast(input, weight, mask, bias, path: str, groups: int, cast) -> N
         return
     e = _weight_cache.entry(weight, mask)
     if e.stamp is not None:  # None: an inference tensor, never fresh
-        e.cast[(path, dev)] = (input.shape, groups, input.dtype,
-                               None if bias is None else bias.dtype,
-                               torch.get_autocast_dtype(dev), inner.dense)
+        # the layout of e.last's records (see masked_conv2d), then what autocast decides by
+        e.cast[path] = (input.shape, groups, False, e.mask_ref, e.stamp, inner.dense, input.dtype,
+                        None if bias is None else bias.dtype, torch.get_autocast_dtype(dev))
 
 
 def _int_pair(v) -> bool:
@@ -270,7 +273,16 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     Under torch.compile, "auto" and "tuned" are dense (they need the mask's sparsity).
     Under autocast it computes in autocast's dtype, as F.conv2d does.
     """
-    if _any_autocast():
+    autocast = _any_autocast()
+    if type(padding) is not str and _dense_repeat is not None and not _is_compiling():
+        e = _CACHE.get(id(weight))
+        # the last checked dense call with this path: autocast's or the plain one
+        last = None if e is None else (e.cast if autocast else e.last).get(path)
+        if last is not None and last[2] is False:
+            out = _dense_repeat(last, input, weight, mask, bias, stride, padding, dilation, groups)
+            if out is not None:
+                return out
+    if autocast:
         if type(padding) is not str:
             w = _autocast_repeat(input, weight, mask, bias, path, groups)
             if w is not None:
@@ -285,13 +297,6 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
             _remember_cast(input, weight, mask, bias, path, groups, cast)
             return out
     if type(padding) is not str:
-        if _dense_repeat is not None and not _is_compiling():
-            e = _CACHE.get(id(weight))
-            last = None if e is None else e.last.get(path)
-            if last is not None and last[2] is False:
-                out = _dense_repeat(last, input, weight, mask, bias, stride, padding, dilation, groups)
-                if out is not None:
-                    return out
         e, sparse = _repeat_call(input, weight, mask, bias, path, groups)
         try:
             if sparse is False:

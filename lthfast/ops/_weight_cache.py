@@ -121,9 +121,12 @@ class Entry:
         self.packed = None
         self.sparsity = None
         self.choice = {}  # (input shape, groups, path) -> True when the sparse kernel runs
-        self.last = {}  # path -> the last checked call with it: (input shape, groups, sparse)
-        # (path, device type) -> the last checked dense call under autocast: (input shape,
-        # groups, input dtype, bias dtype, autocast dtype, masked weight in that dtype)
+        # path -> the last checked call with it: (input shape, groups, sparse?), for conv
+        # then (mask weakref, stamp, masked weight or None), what _C._dense_repeat reads
+        self.last = {}
+        # path -> the last checked dense call under autocast: (input shape, groups, False,
+        # mask weakref, stamp, masked weight in autocast's dtype, input dtype, bias dtype,
+        # autocast dtype)
         self.cast = {}
 
     def fresh(self, weight: torch.Tensor, mask: torch.Tensor) -> bool:
