@@ -8,6 +8,7 @@
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/extension.h>
 #include <torch/csrc/Dtype.h>
+#include <torch/csrc/Exceptions.h>
 
 #ifndef LTHFAST_VERSION
 #define LTHFAST_VERSION "unknown"
@@ -188,83 +189,169 @@ static bool refers_to(PyObject* ref, PyObject* obj) {
 #endif
 }
 
-// masked_conv2d's fast path for a repeated dense eager call, in one C call: the Python one
-// (a function call, a dozen attribute reads, a shape compare, then F.conv2d's argument
-// parsing) cost ~3 us per call over F.conv2d on pre-masked weights (~10 us under
-// autocast); on a GPU, where a small convolution is 30-50 us of host time, that alone was
-// 5-10%.
-// rec: what the last fully checked call with this weight and path ran (the weight cache
-// entry's `last` / `cast`, lthfast/ops/_masked_conv.py):
+// The masked ops' fast path for a repeated dense eager call: _conv_repeat / _linear_repeat
+// do the weight cache lookup, the checks and the op in one C call (METH_FASTCALL: no
+// pybind11 dispatch). In Python (a function call, a dozen attribute reads, a shape compare,
+// then F.conv2d's argument parsing) that cost ~3 us per call over F.conv2d on pre-masked
+// weights warm (~10 us under autocast) and ~28 us after a real convolution had streamed
+// its data through the caches, ~5% of a batch-1 resnet50 conv on 2 CPU threads; on a GPU,
+// where a small convolution is 30-50 us of host time, the warm cost alone was 5-10%.
+//
+// The cache (lthfast/ops/_weight_cache.py) maps id(weight) to an Entry whose `last` (or,
+// when autocast is on for the input's device, `cast`) maps the path to the record of the
+// last fully checked call with it (lthfast/ops/_masked_conv.py):
 //   (input shape, groups, False, mask weakref, stamp, masked dense weight), autocast off;
 //   the same and (input dtype, bias dtype or None, autocast dtype) under autocast, the
-//   masked weight already in autocast's dtype: conv2d's autocast kernel then casts input
-//   and bias as it does for F.conv2d.
-// Returns conv2d's output, or None whenever anything differs from that call (another
-// mask object, a changed weight or mask, another input shape, dtype or groups, autocast
-// switched or another autocast dtype, a gradient needed, a tensor subclass or functorch
+//   masked weight already in autocast's dtype: the op's autocast kernel then casts input
+//   and bias as it does for F.conv2d / F.linear.
+// They return the op's output, or None whenever anything differs from that call (no
+// record, another mask object, a changed weight or mask, another input shape, dtype or
+// groups, another autocast dtype, a gradient needed, a tensor subclass or functorch
 // wrapper, a __torch_function__ or Python dispatch mode, arguments in types other than
-// int / pair of ints) or conv2d raises: the Python path then runs, and raises the clear
-// error.
-static pybind11::object dense_repeat(pybind11::handle rec, pybind11::handle input,
-                                     pybind11::handle weight, pybind11::handle mask,
-                                     pybind11::handle bias, pybind11::handle stride,
-                                     pybind11::handle padding, pybind11::handle dilation,
-                                     pybind11::handle groups) {
-  const pybind11::object none = pybind11::none();
-  PyObject* r = rec.ptr();
-  if (!PyTuple_CheckExact(r) || PyTuple_GET_ITEM(r, 2) != Py_False) return none;
-  const Py_ssize_t n = PyTuple_GET_SIZE(r);
-  const bool cast = n == 9;
-  if (n != 6 && !cast) return none;
-  if (!refers_to(PyTuple_GET_ITEM(r, 3), mask.ptr())) return none;
-  if (!THPVariable_CheckExact(input.ptr()) || !THPVariable_CheckExact(weight.ptr()) ||
-      !THPVariable_CheckExact(mask.ptr()) ||
-      !(bias.is_none() || THPVariable_CheckExact(bias.ptr())) ||
-      !THPVariable_CheckExact(PyTuple_GET_ITEM(r, 5)))
-    return none;
-  int64_t g = 0, g_rec = 0, s[2], p[2], d[2];
-  if (!exact_int(groups.ptr(), g) || !exact_int(PyTuple_GET_ITEM(r, 1), g_rec) || g != g_rec)
-    return none;
-  if (!int_pair(stride.ptr(), s) || !int_pair(padding.ptr(), p) || !int_pair(dilation.ptr(), d))
-    return none;
+// int / pair of ints) or the op raises: the Python path then runs, and raises the clear
+// error. Warnings of the op reach Python's warnings module, as from F.conv2d.
+static PyObject* g_last = nullptr;  // interned "last" / "cast": the Entry slots read here
+static PyObject* g_cast = nullptr;
+
+struct Repeat {
+  at::Tensor dense;
+  std::optional<at::Tensor> b;
+};
+
+// The record for (weight, path), a new reference; nullptr (no error set) when there is none.
+static PyObject* record_of(PyObject* cache, PyObject* weight, PyObject* path, bool autocast) {
+  PyObject* key = PyLong_FromVoidPtr(weight);  // id(weight)
+  if (key == nullptr) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  PyObject* entry = PyDict_GetItemWithError(cache, key);  // borrowed
+  Py_DECREF(key);
+  if (entry == nullptr) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  PyObject* records = PyObject_GetAttr(entry, autocast ? g_cast : g_last);
+  if (records == nullptr) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  // (an unhashable path: no record; the Python path raises the clear error)
+  PyObject* rec = PyDict_Check(records) ? PyDict_GetItemWithError(records, path) : nullptr;
+  if (rec == nullptr)
+    PyErr_Clear();
+  else
+    Py_INCREF(rec);
+  Py_DECREF(records);
+  return rec;
+}
+
+// Whether (input, weight, mask, bias, groups) repeat the recorded call; fills `out` if so.
+// May throw c10::Error (a tensor whose data pointer cannot be read, a device type autocast
+// does not know): the callers return None then.
+static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject* mask,
+                    PyObject* bias, PyObject* path, int64_t groups, Repeat& out) {
+  if (!THPVariable_CheckExact(input) || !THPVariable_CheckExact(weight) ||
+      !THPVariable_CheckExact(mask) || !(bias == Py_None || THPVariable_CheckExact(bias)))
+    return false;
   // F.conv2d would call a __torch_function__ mode; a Python dispatch mode (FakeTensorMode,
   // FlopCounterMode...) runs Python inside the op: both take the Python path.
-  if (at::impl::torch_function_mode_enabled() || c10::impl::dispatch_mode_enabled()) return none;
-  const at::Tensor& x = THPVariable_Unpack(input.ptr());
-  const at::Tensor& w = THPVariable_Unpack(weight.ptr());
-  const at::Tensor& m = THPVariable_Unpack(mask.ptr());
+  if (at::impl::torch_function_mode_enabled() || c10::impl::dispatch_mode_enabled()) return false;
+  const at::Tensor& x = THPVariable_Unpack(input);
+  const bool cast = at::autocast::is_autocast_enabled(x.device().type());
+  PyObject* r = record_of(cache, weight, path, cast);
+  if (r == nullptr) return false;
+  pybind11::object hold = pybind11::reinterpret_steal<pybind11::object>(r);
+  if (!PyTuple_CheckExact(r) || PyTuple_GET_SIZE(r) != (cast ? 9 : 6) ||
+      PyTuple_GET_ITEM(r, 2) != Py_False)
+    return false;
+  int64_t g_rec = 0;
+  if (!exact_int(PyTuple_GET_ITEM(r, 1), g_rec) || g_rec != groups) return false;
+  if (!refers_to(PyTuple_GET_ITEM(r, 3), mask) || !THPVariable_CheckExact(PyTuple_GET_ITEM(r, 5)))
+    return false;
+  const at::Tensor& w = THPVariable_Unpack(weight);
+  const at::Tensor& m = THPVariable_Unpack(mask);
   std::optional<at::Tensor> b;
-  if (!bias.is_none()) b = THPVariable_Unpack(bias.ptr());
+  if (bias != Py_None) b = THPVariable_Unpack(bias);
   for (const at::Tensor* t : {&x, &w, &m})
-    if (t->key_set().has_any(c10::functorch_transforms_ks)) return none;
-  if (b && b->key_set().has_any(c10::functorch_transforms_ks)) return none;
-  if (needs_grad(x, w, b)) return none;
-  auto dtype_is = [](PyObject* o, at::ScalarType t) {
-    return THPDtype_Check(o) && reinterpret_cast<THPDtype*>(o)->scalar_type == t;
-  };
+    if (t->key_set().has_any(c10::functorch_transforms_ks)) return false;
+  if (b && b->key_set().has_any(c10::functorch_transforms_ks)) return false;
+  if (needs_grad(x, w, b)) return false;
+  if (!stamp_matches(w, m, PyTuple_GET_ITEM(r, 4))) return false;
+  if (!ints_are(PyTuple_GET_ITEM(r, 0), x.sizes())) return false;  // (a torch.Size is a tuple)
+  if (cast) {
+    auto dtype_is = [](PyObject* o, at::ScalarType t) {
+      return THPDtype_Check(o) && reinterpret_cast<THPDtype*>(o)->scalar_type == t;
+    };
+    if (!dtype_is(PyTuple_GET_ITEM(r, 6), x.scalar_type()) ||
+        !(b ? dtype_is(PyTuple_GET_ITEM(r, 7), b->scalar_type()) : PyTuple_GET_ITEM(r, 7) == Py_None) ||
+        !dtype_is(PyTuple_GET_ITEM(r, 8), at::autocast::get_autocast_dtype(x.device().type())))
+      return false;
+  }
+  out.dense = THPVariable_Unpack(PyTuple_GET_ITEM(r, 5));  // references of our own
+  out.b = std::move(b);
+  return true;
+}
+
+// _conv_repeat(cache, input, weight, mask, bias, stride, padding, dilation, groups, path)
+static PyObject* conv_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 10 || !PyDict_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "_conv_repeat(cache, input, weight, mask, bias, stride, "
+                                     "padding, dilation, groups, path)");
+    return nullptr;
+  }
+  int64_t g = 0, s[2], p[2], d[2];
+  if (!exact_int(args[8], g) || !int_pair(args[5], s) || !int_pair(args[6], p) ||
+      !int_pair(args[7], d))
+    Py_RETURN_NONE;
   try {
-    if (!stamp_matches(w, m, PyTuple_GET_ITEM(r, 4))) return none;
-    if (!ints_are(PyTuple_GET_ITEM(r, 0), x.sizes())) return none;  // (a torch.Size is a tuple)
-    // (throws for a device type autocast does not know: None)
-    const bool autocast = at::autocast::is_autocast_enabled(x.device().type());
-    if (autocast != cast) return none;
-    if (cast && !(dtype_is(PyTuple_GET_ITEM(r, 6), x.scalar_type()) &&
-                  (b ? dtype_is(PyTuple_GET_ITEM(r, 7), b->scalar_type())
-                     : PyTuple_GET_ITEM(r, 7) == Py_None) &&
-                  dtype_is(PyTuple_GET_ITEM(r, 8),
-                           at::autocast::get_autocast_dtype(x.device().type()))))
-      return none;
-    at::Tensor dense = THPVariable_Unpack(PyTuple_GET_ITEM(r, 5));  // a reference of our own
+    Repeat a;
+    if (!repeats(args[0], args[1], args[2], args[3], args[4], args[9], g, a)) Py_RETURN_NONE;
+    const at::Tensor& x = THPVariable_Unpack(args[1]);
     at::Tensor out;
     {
       pybind11::gil_scoped_release no_gil;  // as torch's own bindings do around an op
-      out = at::conv2d(x, dense, b, s, p, d, g);
+      out = at::conv2d(x, a.dense, a.b, s, p, d, g);
     }
-    return pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(std::move(out)));
+    return THPVariable_Wrap(std::move(out));
   } catch (const c10::Error&) {
-    return none;
+    Py_RETURN_NONE;
   }
+  END_HANDLE_TH_ERRORS
 }
+
+// _linear_repeat(cache, input, weight, mask, bias, path)
+static PyObject* linear_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 6 || !PyDict_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "_linear_repeat(cache, input, weight, mask, bias, path)");
+    return nullptr;
+  }
+  try {
+    Repeat a;
+    if (!repeats(args[0], args[1], args[2], args[3], args[4], args[5], 1, a)) Py_RETURN_NONE;
+    const at::Tensor& x = THPVariable_Unpack(args[1]);
+    at::Tensor out;
+    {
+      pybind11::gil_scoped_release no_gil;
+      out = at::linear(x, a.dense, a.b);
+    }
+    return THPVariable_Wrap(std::move(out));
+  } catch (const c10::Error&) {
+    Py_RETURN_NONE;
+  }
+  END_HANDLE_TH_ERRORS
+}
+
+static PyMethodDef repeat_methods[] = {
+    {"_conv_repeat", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(conv_repeat)),
+     METH_FASTCALL,
+     "masked_conv2d's fast path for a repeated dense eager call: conv2d's output, or None."},
+    {"_linear_repeat",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(linear_repeat)), METH_FASTCALL,
+     "masked_linear's fast path for a repeated dense eager call: linear's output, or None."},
+};
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lthfast compiled kernels (ops are registered under torch.ops.lthfast)";
@@ -293,7 +380,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The masked ops' cache stamp of (weight, mask); None: never cached.");
   m.def("_stamp_current", &stamp_current,
         "Whether (input, weight, mask, bias) may reuse the cache entry stamped `stamp`.");
-  m.def("_dense_repeat", &dense_repeat,
-        "masked_conv2d's fast path for a repeated dense eager call: conv2d's output, or None.");
+  g_last = PyUnicode_InternFromString("last");
+  g_cast = PyUnicode_InternFromString("cast");
+  if (g_last == nullptr || g_cast == nullptr) throw pybind11::error_already_set();
+  for (PyMethodDef& def : repeat_methods) {
+    PyObject* f = PyCFunction_NewEx(&def, nullptr, m.attr("__name__").ptr());
+    if (f == nullptr) throw pybind11::error_already_set();
+    m.add_object(def.ml_name, pybind11::reinterpret_steal<pybind11::object>(f));
+  }
   lthfast::masked_optim::bind_python(m);
 }

@@ -1,6 +1,7 @@
-"""masked_conv2d's compiled fast path for a repeated dense eager call (_C._dense_repeat).
+"""The masked ops' compiled fast path for a repeated dense eager call (_C._conv_repeat,
+_C._linear_repeat: the weight cache lookup, the checks and the op in one C call).
 
-It runs conv2d on the cached masked weight only when the call repeats the last fully
+It runs conv2d / linear on the cached masked weight only when the call repeats the last fully
 checked one (same mask object, weight and mask unchanged, same input shape and groups, no
 gradient needed, plain tensors, no torch-function or Python dispatch mode, int / pair
 arguments); in every other case it returns None and the Python path decides, so results,
@@ -17,11 +18,23 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lthfast
-from lthfast.ops import _masked_conv, _weight_cache, masked_conv2d
+from lthfast.ops import _masked_conv, _weight_cache, masked_conv2d, masked_linear
 
-pytestmark = pytest.mark.skipif(_masked_conv._dense_repeat is None,
-                                reason="lthfast._C not built (or built without _dense_repeat)")
-dense_repeat = _masked_conv._dense_repeat
+pytestmark = pytest.mark.skipif(not hasattr(lthfast._ops._C, "_conv_repeat"),
+                                reason="lthfast._C not built")
+
+
+def dense_repeat(rec, x, w, m, b, stride, padding, dilation, groups, path="dense"):
+    """_C._conv_repeat with `rec` as the record of (w, path) (None: leave the cache as it is)."""
+    if rec is not None and id(w) in _weight_cache._CACHE:
+        e = _weight_cache._CACHE[id(w)]
+        (e.cast if len(rec) == 9 else e.last)[path] = rec
+    return lthfast._ops._C._conv_repeat(_weight_cache._CACHE, x, w, m, b, stride, padding, dilation,
+                                        groups, path)
+
+
+def linear_repeat(x, w, m, b, path="dense"):
+    return lthfast._ops._C._linear_repeat(_weight_cache._CACHE, x, w, m, b, path)
 
 
 def _problem(groups=1, bias=True, seed=0):
@@ -51,13 +64,13 @@ def test_repeat_call_is_compiled_and_bit_identical(path, bias, conf):
     full = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **conf}
     args = (full["stride"], full["padding"], full["dilation"], full["groups"])
     with torch.no_grad():
-        out = dense_repeat(rec, x, w, m, b, *args)
+        out = dense_repeat(rec, x, w, m, b, *args, path=path)
         assert out is not None
         want = F.conv2d(x, w * m, b, *args)
         torch.testing.assert_close(out, want, rtol=0, atol=0)
         torch.testing.assert_close(masked_conv2d(x, w, m, b, **conf, path=path), want, rtol=0, atol=0)
     # grad mode on, nothing requires grad: still the compiled call
-    assert dense_repeat(rec, x, w, m, b, *args) is not None
+    assert dense_repeat(rec, x, w, m, b, *args, path=path) is not None
 
 
 def test_declines_whatever_differs_from_the_checked_call():
@@ -77,8 +90,13 @@ def test_declines_whatever_differs_from_the_checked_call():
         assert dense_repeat(rec, x, w, m, 3.0, *ok) is None  # a bias that is no tensor
         assert dense_repeat((*rec[:2], True, *rec[3:]), x, w, m, b, *ok) is None  # sparse record
         assert dense_repeat((*rec[:4], None, rec[5]), x, w, m, b, *ok) is None  # never-fresh entry
-        assert dense_repeat(rec[:5], x, w, m, b, *ok) is None
-        assert dense_repeat(None, x, w, m, b, *ok) is None
+        for short in ((), rec[:2], rec[:5], rec + (None,)):
+            assert dense_repeat(short, x, w, m, b, *ok) is None
+        assert dense_repeat(rec, x, w, m, b, *ok) is not None
+        assert dense_repeat(None, x, w, m, b, *ok, path="sparse") is None  # no record for it
+        assert dense_repeat(None, x, w, m, b, *ok, path=["dense"]) is None  # unhashable: no record
+        with pytest.raises(ValueError, match="path must be one of"):
+            masked_conv2d(x, w, m, b, padding=1, path=["dense"])
 
         class Sub(torch.Tensor):
             pass
@@ -91,9 +109,12 @@ def test_declines_whatever_differs_from_the_checked_call():
         assert dense_repeat(rec, x, w, m, b, *ok) is None
     # a gradient needed
     rec = _warm(x, w, m, b, stride=1, padding=1)
-    assert dense_repeat(rec, x.requires_grad_(), w, m, b, *ok) is None
+    assert dense_repeat(rec, x.detach().requires_grad_(), w, m, b, *ok) is None
+    assert dense_repeat(rec, x, w, m, b.detach().requires_grad_(), *ok) is None
     with torch.no_grad():
-        assert dense_repeat(rec, x, w, m, b, *ok) is not None
+        assert dense_repeat(rec, x, w, m, b.detach().requires_grad_(), *ok) is not None
+    with torch.inference_mode():
+        assert dense_repeat(rec, x.clone(), w, m, b, *ok) is not None
 
 
 def test_errors_of_the_library_call_fall_back_to_the_clear_ones():
@@ -188,7 +209,7 @@ def test_module_takes_it():
         rec = _weight_cache._CACHE[id(conv.weight)].last["auto"]
         if rec[2] is False:
             assert dense_repeat(rec, x, conv.weight, conv.mask, conv.bias, conv.stride, conv.padding,
-                                conv.dilation, conv.groups) is not None
+                                conv.dilation, conv.groups, path="auto") is not None
         torch.testing.assert_close(conv(x), first, rtol=0, atol=0)
 
 
@@ -207,12 +228,97 @@ def test_autocast_records_are_compiled_and_follow_autocast():
             torch.testing.assert_close(out, want, rtol=0, atol=0)
             torch.testing.assert_close(masked_conv2d(x, w, m, b, padding=1, path="dense"), want,
                                        rtol=0, atol=0)
-            assert dense_repeat(plain, x, w, m, b, *ok) is None  # the fp32 record: not under autocast
+            e = _weight_cache._CACHE[id(w)]
+            saved = dict(e.cast)
+            e.cast.clear()  # only the fp32 record left: not used under autocast
+            assert e.last["dense"] is plain and dense_repeat(None, x, w, m, b, *ok) is None
+            e.cast.update(saved)
             assert dense_repeat(rec, x, w, m, None, *ok) is None  # no bias where there was one
             assert dense_repeat(rec, x.double(), w, m, b, *ok) is None  # another input dtype
         with torch.autocast("cpu", dtype=torch.float16):
             assert dense_repeat(rec, x, w, m, b, *ok) is None  # another autocast dtype
             torch.testing.assert_close(masked_conv2d(x, w, m, b, padding=1, path="dense"),
                                        F.conv2d(x, w * m, b, padding=1), rtol=0, atol=0)
-        assert dense_repeat(rec, x, w, m, b, *ok) is None  # autocast off
-        assert dense_repeat(plain, x, w, m, b, *ok) is not None
+        out = dense_repeat(None, x, w, m, b, *ok)  # autocast off: the fp32 record
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, F.conv2d(x, w * m, b, padding=1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_linear_repeat_call_is_compiled_and_declines_changes(autocast):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(8, 16, generator=g)
+    m = torch.rand(w.shape, generator=g) < 0.5
+    x, b = torch.randn(5, 3, 16, generator=g), torch.randn(8, generator=g)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    with torch.no_grad(), ctx:
+        masked_linear(x, w, m, b, path="dense")
+        out = linear_repeat(x, w, m, b)
+        want = F.linear(x, w * m, b)
+        assert out is not None and out.dtype == want.dtype
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        torch.testing.assert_close(masked_linear(x, w, m, b, path="dense"), want, rtol=0, atol=0)
+        assert linear_repeat(x[:1], w, m, b) is None
+        assert linear_repeat(x, w, m.clone(), b) is None
+        m[0].logical_not_()
+        assert linear_repeat(x, w, m, b) is None
+        torch.testing.assert_close(masked_linear(x, w, m, b, path="dense"), F.linear(x, w * m, b),
+                                   rtol=0, atol=0)
+        with pytest.raises(ValueError, match="in_features"):
+            masked_linear(x[..., :4], w, m, b, path="dense")
+
+
+def test_the_module_and_functional_calls_take_it_and_follow_changes(monkeypatch):
+    """Once warm, a repeated eval call never reaches the Python fast path; every change
+    of the weight (in place, .data =, load_state_dict) or of the input's format is seen."""
+    conv = lthfast.nn.MaskedConv2d(4, 6, 3, padding=1, path="dense").eval()
+    conv.mask.copy_(torch.rand(conv.mask.shape) < 0.5)
+    x = torch.randn(2, 4, 8, 8)
+
+    def ref(inp):
+        return F.conv2d(inp, conv.weight * conv.mask, conv.bias, padding=1)
+
+    with torch.no_grad():
+        conv(x)
+
+        def no_python(*args):
+            raise AssertionError("the Python fast path ran")
+
+        monkeypatch.setattr(_masked_conv, "_repeat_call", no_python)
+        torch.testing.assert_close(conv(x), ref(x), rtol=0, atol=0)
+        monkeypatch.undo()
+        conv.weight.mul_(-1)  # in place
+        torch.testing.assert_close(conv(x), ref(x), rtol=0, atol=0)
+        conv.weight.data = torch.randn_like(conv.weight)  # new storage
+        torch.testing.assert_close(conv(x), ref(x), rtol=0, atol=0)
+        conv.load_state_dict({**conv.state_dict(), "weight": torch.randn_like(conv.weight)})
+        torch.testing.assert_close(conv(x), ref(x), rtol=0, atol=0)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        conv(xc)
+        out = conv(xc)
+        assert out.is_contiguous(memory_format=torch.channels_last) == \
+            ref(xc).is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, ref(xc))
+        with torch._C.DisableTorchFunction():
+            torch.testing.assert_close(conv(x), ref(x), rtol=0, atol=0)
+
+
+def test_tuned_choosing_sparse_frees_the_autocast_record_of_a_bf16_weight(monkeypatch):
+    from lthfast.ops import _tune, clear_tuned
+
+    clear_tuned()
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 4, 3, 3, generator=g).bfloat16()
+    m = torch.rand(w.shape, generator=g) < 0.3
+    x = torch.randn(2, 4, 7, 7, generator=g)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            masked_conv2d(x, w, m, padding=1, path="dense")
+            e = _weight_cache._CACHE[id(w)]
+            dense = e.dense
+            assert dense is not None and e.cast["dense"][5] is dense
+            monkeypatch.setattr(_tune, "tune", lambda k, device, dn, sp: (True, sp()))
+            masked_conv2d(x, w, m, padding=1, path="tuned")
+            assert e.dense is None and "dense" not in e.cast and "dense" not in e.last
+    finally:
+        clear_tuned()

@@ -13,10 +13,10 @@ weight is multiplied by a mask, on the faster of two paths.
 
 Host overhead per call matters (a small convolution is 30-50 us on a GPU): an eager
 inference call with an unchanged weight and mask and an input shape already checked
-takes a fast path. A dense conv2d one is a single compiled call, _C._dense_repeat
-(csrc/python_module.cpp: the checks and conv2d on the cached masked weight, under
-autocast the one cached in autocast's dtype; None sends anything unusual on to the
-Python); the others take _repeat_call's (the cached masked / packed weight) or
+takes a fast path. A dense one is a single compiled call, _C._conv_repeat /
+_linear_repeat (csrc/python_module.cpp: the cache lookup, the checks and conv2d / linear
+on the cached masked weight, under autocast the one cached in autocast's dtype; None
+sends anything unusual on to the Python); the others take _repeat_call's (the cached masked / packed weight) or
 _autocast_repeat's (the masked weight cached in autocast's dtype); an eager training
 call (a gradient is needed) skips torch.library's Python autograd wrapper: conv2d
 through torch's autograd on where(mask, weight, 0) (_grad_conv: the op's exact
@@ -34,8 +34,10 @@ from lthfast.ops import _conv_dispatch, _tune, _weight_cache
 
 _CACHE = _weight_cache._CACHE
 _stamp_current = _weight_cache.stamp_current
-# One C call for a repeated dense eager conv (csrc/python_module.cpp); None in a build without it.
-_dense_repeat = getattr(_ops._C, "_dense_repeat", None)
+# One C call for a repeated dense eager conv / linear: the weight cache lookup, the checks
+# and the op (csrc/python_module.cpp); None where the call is not a repeat (or no _C).
+_conv_repeat = getattr(_ops._C, "_conv_repeat", None) or (lambda *args: None)
+_linear_repeat = getattr(_ops._C, "_linear_repeat", None) or (lambda *args: None)
 _is_compiling = torch.compiler.is_dynamo_compiling  # the slow path checks is_compiling()
 _compiling = torch.compiler.is_compiling  # dynamo or export: both trace the ops
 _grad_enabled = torch.is_grad_enabled
@@ -171,7 +173,8 @@ def _repeat_call(input, weight, mask, bias, path: str, groups: int):
     if _is_compiling():
         return None, None
     e = _CACHE.get(id(weight))
-    if e is None or type(input) is not torch.Tensor or e.mask_ref() is not mask:
+    if (e is None or type(input) is not torch.Tensor or e.mask_ref() is not mask
+            or type(path) is not str):  # (a path that is no str: the checks say so)
         return None, None
     try:
         if not _stamp_current(input, weight, mask, bias, e.stamp):
@@ -194,7 +197,8 @@ def _autocast_repeat(input, weight, mask, bias, path: str, groups: int):
     if _is_compiling():
         return None
     e = _CACHE.get(id(weight))
-    if e is None or not e.cast or type(input) is not _Tensor or e.mask_ref() is not mask:
+    if (e is None or not e.cast or type(input) is not _Tensor or e.mask_ref() is not mask
+            or type(path) is not str):
         return None
     try:
         if not _stamp_current(input, weight, mask, bias, e.stamp):
@@ -273,16 +277,11 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     Under torch.compile, "auto" and "tuned" are dense (they need the mask's sparsity).
     Under autocast it computes in autocast's dtype, as F.conv2d does.
     """
-    autocast = _any_autocast()
-    if type(padding) is not str and _dense_repeat is not None and not _is_compiling():
-        e = _CACHE.get(id(weight))
-        # the last checked dense call with this path: autocast's or the plain one
-        last = None if e is None else (e.cast if autocast else e.last).get(path)
-        if last is not None and last[2] is False:
-            out = _dense_repeat(last, input, weight, mask, bias, stride, padding, dilation, groups)
-            if out is not None:
-                return out
-    if autocast:
+    if not _is_compiling():
+        out = _conv_repeat(_CACHE, input, weight, mask, bias, stride, padding, dilation, groups, path)
+        if out is not None:
+            return out
+    if _any_autocast():
         if type(padding) is not str:
             w = _autocast_repeat(input, weight, mask, bias, path, groups)
             if w is not None:
@@ -358,7 +357,7 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     # is used with one stride/padding in practice; another one is still
     # correct, only its path choice is that of the first).
     e.choice[(input.shape, groups, path)] = sparse
-    # (input shape, groups, sparse?, then for _dense_repeat: mask weakref, stamp, masked weight)
+    # (input shape, groups, sparse?, then for _C._conv_repeat: mask weakref, stamp, masked weight)
     e.last[path] = (input.shape, groups, sparse, e.mask_ref, e.stamp, None if sparse else e.dense)
     return out
 
@@ -378,8 +377,11 @@ def _tuned(e, op, input, weight, mask, bias, geometry, dense, sparse):
         return chosen, None
     chosen, out = _tune.tune(k, input.device, dense, sparse)
     if chosen:
-        e.dense = None  # (and the dense records that hold it)
+        # the masked weight goes, with the records that hold it (autocast's hold it when the
+        # weight is in autocast's dtype already)
         e.last = {p: last for p, last in e.last.items() if last[2] is not False}
+        e.cast = {p: rec for p, rec in e.cast.items() if rec[5] is not e.dense}
+        e.dense = None
     else:
         e.packed = None
     return chosen, out
@@ -425,6 +427,10 @@ class _MaskedLinearFn(torch.autograd.Function):
 def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                   bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
     """`F.linear(input, weight * mask, bias)`, faster; same paths as masked_conv2d."""
+    if not _is_compiling():
+        out = _linear_repeat(_CACHE, input, weight, mask, bias, path)
+        if out is not None:
+            return out
     if _any_autocast():
         w = _autocast_repeat(input, weight, mask, bias, path, 1)
         if w is not None:
@@ -494,5 +500,6 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
             _ops.require()
         out = run_sparse() if sparse else run_dense()
     e.choice[(input.shape, 1, path)] = sparse  # what ran (read by the benchmark)
-    e.last[path] = (input.shape, 1, sparse)  # checked: the next call takes the fast path
+    # checked: the next call takes the fast path (the record's layout: see masked_conv2d)
+    e.last[path] = (input.shape, 1, sparse, e.mask_ref, e.stamp, None if sparse else e.dense)
     return out
