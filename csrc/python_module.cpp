@@ -8,6 +8,7 @@
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/extension.h>
 #include <torch/csrc/Dtype.h>
+#include <torch/csrc/DynamicTypes.h>
 #include <torch/csrc/Exceptions.h>
 
 #ifndef LTHFAST_VERSION
@@ -79,8 +80,9 @@ static pybind11::tuple tensor_holders(const at::Tensor& t) {
 // pointers, shape, strides, storage, grad mode), each cold after a real convolution has
 // streamed its data through the caches: 2-5 us apiece, ~40 us on a 1 ms batch-1 conv,
 // measured. (weight version, mask version, weight data pointer, mask data pointer, shape,
-// strides where not row-major, the storage's StorageImpl address); None for tensors
-// that have no version counter or no storage (never cached).
+// strides where not row-major, the storage's StorageImpl address, dtype: a view in another
+// dtype over the same bytes is another weight); None for tensors that have no version
+// counter or no storage (never cached).
 static pybind11::object weight_stamp(const at::Tensor& w, const at::Tensor& m) {
   try {
     if (w.is_inference() || m.is_inference() || !w.has_storage()) return pybind11::none();
@@ -95,7 +97,8 @@ static pybind11::object weight_stamp(const at::Tensor& w, const at::Tensor& m) {
     return pybind11::make_tuple(
         w._version(), m._version(), reinterpret_cast<intptr_t>(w.data_ptr()),
         reinterpret_cast<intptr_t>(m.data_ptr()), std::move(shape), std::move(strides),
-        reinterpret_cast<intptr_t>(w.storage().unsafeGetStorageImpl()));
+        reinterpret_cast<intptr_t>(w.storage().unsafeGetStorageImpl()),
+        pybind11::handle(reinterpret_cast<PyObject*>(torch::getTHPDtype(w.scalar_type()))));
   } catch (const c10::Error&) {  // a tensor whose data pointer cannot be read
     return pybind11::none();
   }
@@ -122,10 +125,14 @@ static bool ints_are(PyObject* o, c10::IntArrayRef v) {
   return true;
 }
 
+static bool dtype_is(PyObject* o, at::ScalarType t) {
+  return THPDtype_Check(o) && reinterpret_cast<THPDtype*>(o)->scalar_type == t;
+}
+
 // Whether (w, m) still have the stamp weight_stamp gave, compared field by field without
 // building a new tuple (the check runs on every fast-path call).
 static bool stamp_matches(const at::Tensor& w, const at::Tensor& m, PyObject* stamp) {
-  if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 7) return false;
+  if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 8) return false;
   if (w.is_inference() || m.is_inference() || !w.has_storage()) return false;
   auto int_is = [](PyObject* o, int64_t v) {
     int64_t got = 0;
@@ -139,7 +146,8 @@ static bool stamp_matches(const at::Tensor& w, const at::Tensor& m, PyObject* st
          ints_are(PyTuple_GET_ITEM(stamp, 4), w.sizes()) &&
          (strides == Py_None ? w.is_contiguous() : (!w.is_contiguous() && ints_are(strides, w.strides()))) &&
          int_is(PyTuple_GET_ITEM(stamp, 6),
-                reinterpret_cast<intptr_t>(w.storage().unsafeGetStorageImpl()));
+                reinterpret_cast<intptr_t>(w.storage().unsafeGetStorageImpl())) &&
+         dtype_is(PyTuple_GET_ITEM(stamp, 7), w.scalar_type());
 }
 
 static bool needs_grad(const at::Tensor& input, const at::Tensor& w,
@@ -279,10 +287,11 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
   if (needs_grad(x, w, b)) return false;
   if (!stamp_matches(w, m, PyTuple_GET_ITEM(r, 4))) return false;
   if (!ints_are(PyTuple_GET_ITEM(r, 0), x.sizes())) return false;  // (a torch.Size is a tuple)
+  // The op checks the bias's dtype (conv2d) or not at all (linear broadcasts it and
+  // casts it down): the checked call had a 1-D bias of the weight's length and dtype.
+  if (b && (b->dim() != 1 || b->size(0) != w.size(0) || (!cast && b->scalar_type() != w.scalar_type())))
+    return false;
   if (cast) {
-    auto dtype_is = [](PyObject* o, at::ScalarType t) {
-      return THPDtype_Check(o) && reinterpret_cast<THPDtype*>(o)->scalar_type == t;
-    };
     if (!dtype_is(PyTuple_GET_ITEM(r, 6), x.scalar_type()) ||
         !(b ? dtype_is(PyTuple_GET_ITEM(r, 7), b->scalar_type()) : PyTuple_GET_ITEM(r, 7) == Py_None) ||
         !dtype_is(PyTuple_GET_ITEM(r, 8), at::autocast::get_autocast_dtype(x.device().type())))
@@ -308,13 +317,15 @@ static PyObject* conv_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssize
   try {
     Repeat a;
     if (!repeats(args[0], args[1], args[2], args[3], args[4], args[9], g, a)) Py_RETURN_NONE;
-    const at::Tensor& x = THPVariable_Unpack(args[1]);
+    const at::Tensor x = THPVariable_Unpack(args[1]);  // ours while the GIL is released
     at::Tensor out;
     {
       pybind11::gil_scoped_release no_gil;  // as torch's own bindings do around an op
       out = at::conv2d(x, a.dense, a.b, s, p, d, g);
     }
     return THPVariable_Wrap(std::move(out));
+  } catch (const c10::OutOfMemoryError&) {
+    throw;  // raised as it is, not retried by the Python path
   } catch (const c10::Error&) {
     Py_RETURN_NONE;
   }
@@ -331,13 +342,15 @@ static PyObject* linear_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssi
   try {
     Repeat a;
     if (!repeats(args[0], args[1], args[2], args[3], args[4], args[5], 1, a)) Py_RETURN_NONE;
-    const at::Tensor& x = THPVariable_Unpack(args[1]);
+    const at::Tensor x = THPVariable_Unpack(args[1]);
     at::Tensor out;
     {
       pybind11::gil_scoped_release no_gil;
       out = at::linear(x, a.dense, a.b);
     }
     return THPVariable_Wrap(std::move(out));
+  } catch (const c10::OutOfMemoryError&) {
+    throw;  // raised as it is, not retried by the Python path
   } catch (const c10::Error&) {
     Py_RETURN_NONE;
   }

@@ -37,6 +37,14 @@ def linear_repeat(x, w, m, b, path="dense"):
     return lthfast._ops._C._linear_repeat(_weight_cache._CACHE, x, w, m, b, path)
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """The helpers below write records into the live cache: none outlives its test."""
+    _weight_cache.clear()
+    yield
+    _weight_cache.clear()
+
+
 def _problem(groups=1, bias=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(6, 4 // groups, 3, 3, generator=g)
@@ -82,7 +90,7 @@ def test_declines_whatever_differs_from_the_checked_call():
         assert dense_repeat(rec, x, w, m.clone(), b, *ok) is None  # another mask object
         assert dense_repeat(rec, x[:1], w, m, b, *ok) is None  # another input shape
         assert dense_repeat(rec, x, w, m, b, 1, 1, 1, 2) is None  # other groups
-        assert dense_repeat(rec, x, w.clone(), m, b, *ok) is None  # another weight's bytes
+        assert dense_repeat(rec, x, w.clone(), m, b, *ok) is None  # another weight: no entry
         assert dense_repeat(rec, x, w, m, b, True, 1, 1, 1) is None  # a bool is no int
         assert dense_repeat(rec, x, w, m, b, 1, "same", 1, 1) is None
         assert dense_repeat(rec, x, w, m, b, 1, (1, 1, 1), 1, 1) is None
@@ -107,6 +115,13 @@ def test_declines_whatever_differs_from_the_checked_call():
         m.logical_not_()
         w.mul_(2)  # the weight changed in place
         assert dense_repeat(rec, x, w, m, b, *ok) is None
+        rec = _warm(x, w, m, b, stride=1, padding=1)
+        w.data = w.clone()  # other bytes under the same weight object
+        assert dense_repeat(rec, x, w, m, b, *ok) is None
+        rec = _warm(x, w, m, b, stride=1, padding=1)
+        wide = b.double()  # a bias the op would reject, or linear broadcast
+        assert dense_repeat(rec, x, w, m, wide, *ok) is None
+        assert dense_repeat(rec, x, w, m, b[:1], *ok) is None
     # a gradient needed
     rec = _warm(x, w, m, b, stride=1, padding=1)
     assert dense_repeat(rec, x.detach().requires_grad_(), w, m, b, *ok) is None
@@ -322,3 +337,44 @@ def test_tuned_choosing_sparse_frees_the_autocast_record_of_a_bf16_weight(monkey
             assert e.dense is None and "dense" not in e.cast and "dense" not in e.last
     finally:
         clear_tuned()
+
+
+def test_a_view_in_another_dtype_is_another_weight():
+    """Same bytes, shape, strides, version and (a temporary view's) id: only the dtype
+    tells a bfloat16 view of float16 weights from the float16 view the entry was made for."""
+    from lthfast.ops import _weight_cache as wc
+
+    raw = torch.randn(6, 4, 3, 3).half()
+    m = torch.rand(raw.shape) < 0.5
+    assert wc._stamp(raw, m) != wc._stamp(raw.view(torch.bfloat16), m)
+    assert wc._stamp(raw, m)[:7] == wc._stamp(raw.view(torch.bfloat16), m)[:7]
+
+
+def test_linear_fast_paths_keep_the_bias_checks_and_skip_python(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(8, 16, generator=g)
+    m = torch.rand(w.shape, generator=g) < 0.5
+    x = torch.randn(4, 16, generator=g)
+    with torch.no_grad():
+        for b in (torch.randn(8, generator=g), None):
+            masked_linear(x, w, m, b, path="dense")
+            monkeypatch.setattr(_masked_conv, "_repeat_call", lambda *a: pytest.fail("Python path"))
+            torch.testing.assert_close(masked_linear(x, w, m, b, path="dense"), F.linear(x, w * m, b),
+                                       rtol=0, atol=0)
+            monkeypatch.undo()
+        b = torch.randn(8, generator=g)
+        masked_linear(x, w, m, b, path="dense")
+        for bad, err, msg in ((torch.zeros(1), ValueError, "bias must have shape"),
+                              (torch.zeros(4, 8), ValueError, "bias must have shape"),
+                              (b.double(), TypeError, "bias dtype")):
+            with pytest.raises(err, match=msg):
+                masked_linear(x, w, m, bad, path="dense")
+        x1 = torch.randn(16, generator=g)  # 1-D input, warm
+        for _ in range(2):
+            torch.testing.assert_close(masked_linear(x1, w, m, b, path="dense"), F.linear(x1, w * m, b),
+                                       rtol=0, atol=0)
+        lin = lthfast.nn.MaskedLinear(16, 8, path="dense").eval()
+        lin.mask.copy_(m)
+        lin(x)
+        monkeypatch.setattr(_masked_conv, "_repeat_call", lambda *a: pytest.fail("Python path"))
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight * m, lin.bias), rtol=0, atol=0)

@@ -163,6 +163,14 @@ def _like_input_format(out: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _bias_fits(bias, weight, dtype: bool = True) -> bool:
+    """A bias the checked call could have had: None or 1-D of the weight's length and (but
+    under autocast, which casts it) dtype. F.linear would broadcast others, cast them down."""
+    return bias is None or (isinstance(bias, _Tensor) and bias.dim() == 1
+                            and bias.shape[0] == weight.shape[0]
+                            and (not dtype or bias.dtype is weight.dtype))
+
+
 def _repeat_call(input, weight, mask, bias, path: str, groups: int):
     """The fast path of both ops: (cache entry, sparse?) when this is eager inference
     with a weight and mask already seen and unchanged, for the input shape and groups
@@ -182,7 +190,7 @@ def _repeat_call(input, weight, mask, bias, path: str, groups: int):
     except (RuntimeError, TypeError):  # a bias that is no tensor: the full checks say so
         return None, None
     last = e.last.get(path)  # (input shape, groups, sparse?) of the last checked call
-    if last is None or last[0] != input.shape or last[1] != groups:
+    if last is None or last[0] != input.shape or last[1] != groups or not _bias_fits(bias, weight):
         return None, None
     return e, last[2]
 
@@ -207,7 +215,8 @@ def _autocast_repeat(input, weight, mask, bias, path: str, groups: int):
         return None
     dev = input.device.type
     hit = e.cast.get(path)
-    if (hit is None or hit[0] != input.shape or hit[1] != groups or hit[6] is not input.dtype
+    if (hit is None or hit[0] != input.shape or hit[1] != groups
+            or not _bias_fits(bias, weight, dtype=False) or hit[6] is not input.dtype
             or hit[7] is not (None if bias is None else bias.dtype) or dev not in _AUTOCAST_DEVICES
             or not torch.is_autocast_enabled(dev) or torch.get_autocast_dtype(dev) is not hit[8]):
         return None

@@ -5,8 +5,8 @@ dense weight, the compressed (CSR) sparse weight, the sparsity and the path
 Entries are keyed by the weight tensor's id and hold only weak references: to
 the weight's storage (an entry goes when the storage goes) and to the mask it was
 made with. They are stamped with the weight's and mask's `_version` counters and
-data pointers, the weight's shape and (where not row-major) strides and the address
-of its storage, so any
+data pointers, the weight's shape, (where not row-major) strides and dtype and the
+address of its storage, so any
 in-place update of either (an optimizer step, pruning, `.data =` assignment,
 load_state_dict) or another mask object rebuilds them on next use, and nothing
 is rebuilt while neither changed. The lookup is a dict get, a weakref call and
@@ -71,7 +71,7 @@ def _py_stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
     # strides only where they are not the row-major ones (a contiguous tensor's shape
     # fixes the order of its bytes)
     return (weight._version, mask._version, weight.data_ptr(), mask.data_ptr(), tuple(weight.shape),
-            None if weight.is_contiguous() else weight.stride(), storage)
+            None if weight.is_contiguous() else weight.stride(), storage, weight.dtype)
 
 
 def _py_stamp_current(input, weight, mask, bias, stamp) -> bool:
