@@ -302,6 +302,29 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
   return true;
 }
 
+// op(input, the repeat's masked weight and bias) with the GIL released, as torch's own
+// bindings release it, when args = (cache, input, weight, mask, bias, ...) repeat the
+// recorded call; None otherwise or when the op raises (out of memory is raised as it is,
+// not retried by the Python path).
+template <typename Op>
+static PyObject* run_if_repeat(PyObject* const* args, PyObject* path, int64_t groups, Op op) {
+  try {
+    Repeat a;
+    if (!repeats(args[0], args[1], args[2], args[3], args[4], path, groups, a)) Py_RETURN_NONE;
+    const at::Tensor x = THPVariable_Unpack(args[1]);  // ours while the GIL is released
+    at::Tensor out;
+    {
+      pybind11::gil_scoped_release no_gil;
+      out = op(x, a);
+    }
+    return THPVariable_Wrap(std::move(out));
+  } catch (const c10::OutOfMemoryError&) {
+    throw;
+  } catch (const c10::Error&) {
+    Py_RETURN_NONE;
+  }
+}
+
 // _conv_repeat(cache, input, weight, mask, bias, stride, padding, dilation, groups, path)
 static PyObject* conv_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
@@ -314,21 +337,9 @@ static PyObject* conv_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssize
   if (!exact_int(args[8], g) || !int_pair(args[5], s) || !int_pair(args[6], p) ||
       !int_pair(args[7], d))
     Py_RETURN_NONE;
-  try {
-    Repeat a;
-    if (!repeats(args[0], args[1], args[2], args[3], args[4], args[9], g, a)) Py_RETURN_NONE;
-    const at::Tensor x = THPVariable_Unpack(args[1]);  // ours while the GIL is released
-    at::Tensor out;
-    {
-      pybind11::gil_scoped_release no_gil;  // as torch's own bindings do around an op
-      out = at::conv2d(x, a.dense, a.b, s, p, d, g);
-    }
-    return THPVariable_Wrap(std::move(out));
-  } catch (const c10::OutOfMemoryError&) {
-    throw;  // raised as it is, not retried by the Python path
-  } catch (const c10::Error&) {
-    Py_RETURN_NONE;
-  }
+  return run_if_repeat(args, args[9], g, [&](const at::Tensor& x, const Repeat& a) {
+    return at::conv2d(x, a.dense, a.b, s, p, d, g);
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -339,21 +350,9 @@ static PyObject* linear_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssi
     PyErr_SetString(PyExc_TypeError, "_linear_repeat(cache, input, weight, mask, bias, path)");
     return nullptr;
   }
-  try {
-    Repeat a;
-    if (!repeats(args[0], args[1], args[2], args[3], args[4], args[5], 1, a)) Py_RETURN_NONE;
-    const at::Tensor x = THPVariable_Unpack(args[1]);
-    at::Tensor out;
-    {
-      pybind11::gil_scoped_release no_gil;
-      out = at::linear(x, a.dense, a.b);
-    }
-    return THPVariable_Wrap(std::move(out));
-  } catch (const c10::OutOfMemoryError&) {
-    throw;  // raised as it is, not retried by the Python path
-  } catch (const c10::Error&) {
-    Py_RETURN_NONE;
-  }
+  return run_if_repeat(args, args[5], 1, [](const at::Tensor& x, const Repeat& a) {
+    return at::linear(x, a.dense, a.b);
+  });
   END_HANDLE_TH_ERRORS
 }
 
