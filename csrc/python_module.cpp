@@ -222,7 +222,9 @@ static PyObject* g_last = nullptr;  // interned "last" / "cast": the Entry slots
 static PyObject* g_cast = nullptr;
 
 struct Repeat {
-  at::Tensor dense;
+  bool sparse = false;
+  at::Tensor dense;                     // the masked weight (dense records)
+  at::Tensor rowptr, colidx, values;    // the compressed one (sparse records)
   std::optional<at::Tensor> b;
 };
 
@@ -270,13 +272,23 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
   PyObject* r = record_of(cache, weight, path, cast);
   if (r == nullptr) return false;
   pybind11::object hold = pybind11::reinterpret_steal<pybind11::object>(r);
-  if (!PyTuple_CheckExact(r) || PyTuple_GET_SIZE(r) != (cast ? 9 : 6) ||
-      PyTuple_GET_ITEM(r, 2) != Py_False)
+  if (!PyTuple_CheckExact(r) || PyTuple_GET_SIZE(r) != (cast ? 9 : 6)) return false;
+  // dense (False) records, and sparse (True) ones without autocast: their item 5 is the
+  // packed weight (rowptr, colidx, values)
+  PyObject* flag = PyTuple_GET_ITEM(r, 2);
+  const bool sparse = flag == Py_True && !cast;
+  if (flag != Py_False && !sparse) return false;
+  PyObject* weights = PyTuple_GET_ITEM(r, 5);
+  if (sparse) {
+    if (!PyTuple_CheckExact(weights) || PyTuple_GET_SIZE(weights) != 3) return false;
+    for (Py_ssize_t i = 0; i < 3; ++i)
+      if (!THPVariable_CheckExact(PyTuple_GET_ITEM(weights, i))) return false;
+  } else if (!THPVariable_CheckExact(weights)) {
     return false;
+  }
   int64_t g_rec = 0;
   if (!exact_int(PyTuple_GET_ITEM(r, 1), g_rec) || g_rec != groups) return false;
-  if (!refers_to(PyTuple_GET_ITEM(r, 3), mask) || !THPVariable_CheckExact(PyTuple_GET_ITEM(r, 5)))
-    return false;
+  if (!refers_to(PyTuple_GET_ITEM(r, 3), mask)) return false;
   const at::Tensor& w = THPVariable_Unpack(weight);
   const at::Tensor& m = THPVariable_Unpack(mask);
   std::optional<at::Tensor> b;
@@ -297,7 +309,16 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
         !dtype_is(PyTuple_GET_ITEM(r, 8), at::autocast::get_autocast_dtype(x.device().type())))
       return false;
   }
-  out.dense = THPVariable_Unpack(PyTuple_GET_ITEM(r, 5));  // references of our own
+  // the sparse kernels take the weight's dtype only (the dense ops reject others themselves)
+  if (sparse && x.scalar_type() != w.scalar_type()) return false;
+  out.sparse = sparse;  // references of our own below
+  if (sparse) {
+    out.rowptr = THPVariable_Unpack(PyTuple_GET_ITEM(weights, 0));
+    out.colidx = THPVariable_Unpack(PyTuple_GET_ITEM(weights, 1));
+    out.values = THPVariable_Unpack(PyTuple_GET_ITEM(weights, 2));
+  } else {
+    out.dense = THPVariable_Unpack(weights);
+  }
   out.b = std::move(b);
   return true;
 }
@@ -337,7 +358,20 @@ static PyObject* conv_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssize
   if (!exact_int(args[8], g) || !int_pair(args[5], s) || !int_pair(args[6], p) ||
       !int_pair(args[7], d))
     Py_RETURN_NONE;
+  const at::Tensor& w = THPVariable_Unpack(args[2]);  // (checked by repeats before use)
   return run_if_repeat(args, args[9], g, [&](const at::Tensor& x, const Repeat& a) {
+    if (a.sparse) {
+      static const auto op =
+          c10::Dispatcher::singleton().findSchemaOrThrow("lthfast::sparse_conv2d", "").typed<
+              at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
+                         at::IntArrayRef, at::IntArrayRef, int64_t)>();
+      at::Tensor out = op.call(x, a.rowptr, a.colidx, a.values, a.b, w.sizes().slice(2), s, p, d, g);
+      // conv2d's output follows a channels_last input's format; so does this (as _like_input_format)
+      if (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
+        out = out.contiguous(at::MemoryFormat::ChannelsLast);
+      return out;
+    }
     return at::conv2d(x, a.dense, a.b, s, p, d, g);
   });
   END_HANDLE_TH_ERRORS
@@ -351,6 +385,13 @@ static PyObject* linear_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssi
     return nullptr;
   }
   return run_if_repeat(args, args[5], 1, [](const at::Tensor& x, const Repeat& a) {
+    if (a.sparse) {
+      static const auto op =
+          c10::Dispatcher::singleton().findSchemaOrThrow("lthfast::sparse_linear", "").typed<
+              at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         const std::optional<at::Tensor>&)>();
+      return op.call(x, a.rowptr, a.colidx, a.values, a.b);
+    }
     return at::linear(x, a.dense, a.b);
   });
   END_HANDLE_TH_ERRORS

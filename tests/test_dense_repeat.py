@@ -378,3 +378,60 @@ def test_linear_fast_paths_keep_the_bias_checks_and_skip_python(monkeypatch):
         lin(x)
         monkeypatch.setattr(_masked_conv, "_repeat_call", lambda *a: pytest.fail("Python path"))
         torch.testing.assert_close(lin(x), F.linear(x, lin.weight * m, lin.bias), rtol=0, atol=0)
+
+
+def test_sparse_repeat_is_compiled_too(monkeypatch):
+    """A repeated call on the sparse kernel: the same compiled call runs the op on the
+    packed weight, bit-identical to the Python path's call, in the input's format."""
+    x, w, m, b = _problem()
+    w4 = torch.randn(8, 4, 3, 3)
+    m4 = torch.rand(w4.shape) < 0.1
+    with torch.no_grad():
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            first = masked_conv2d(inp, w4, m4, b[:1].expand(8).contiguous(), padding=1, path="sparse")
+            rec = _weight_cache._CACHE[id(w4)].last["sparse"]
+            assert rec[2] is True and len(rec[5]) == 3
+            bias = b[:1].expand(8).contiguous()
+            monkeypatch.setattr(_masked_conv, "_repeat_call", lambda *a: pytest.fail("Python path"))
+            again = masked_conv2d(inp, w4, m4, bias, padding=1, path="sparse")
+            monkeypatch.undo()
+            torch.testing.assert_close(again, first, rtol=0, atol=0)
+            assert again.is_contiguous(memory_format=torch.channels_last) == \
+                first.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(again, F.conv2d(inp, w4 * m4, bias, padding=1))
+        # what differs falls back and gets the clear errors
+        with pytest.raises(TypeError, match="input dtype"):
+            masked_conv2d(x.double(), w4, m4, None, padding=1, path="sparse")
+        m4[0].logical_not_()
+        torch.testing.assert_close(masked_conv2d(x, w4, m4, None, padding=1, path="sparse"),
+                                   F.conv2d(x, w4 * m4, None, padding=1))
+    # a gradient needed: the dense op, never the sparse kernel
+    wg = w4.clone().requires_grad_()
+    with torch.no_grad():
+        masked_conv2d(x, wg, m4, None, padding=1, path="sparse")
+    masked_conv2d(x, wg, m4, None, padding=1, path="sparse").sum().backward()
+    assert (wg.grad[~m4] == 0).all()
+
+
+def test_sparse_linear_repeat_and_tuned_dense_drop_the_packed_records(monkeypatch):
+    from lthfast.ops import _tune, clear_tuned
+
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(8, 16, generator=g)
+    m = torch.rand(w.shape, generator=g) < 0.1
+    x, b = torch.randn(3, 16, generator=g), torch.randn(8, generator=g)
+    with torch.no_grad():
+        first = masked_linear(x, w, m, b, path="sparse")
+        monkeypatch.setattr(_masked_conv, "_repeat_call", lambda *a: pytest.fail("Python path"))
+        torch.testing.assert_close(masked_linear(x, w, m, b, path="sparse"), first, rtol=0, atol=0)
+        monkeypatch.undo()
+        torch.testing.assert_close(first, F.linear(x, w * m, b))
+    clear_tuned()
+    try:
+        monkeypatch.setattr(_tune, "tune", lambda k, device, dn, sp: (False, dn()))
+        with torch.no_grad():
+            masked_linear(x, w, m, b, path="tuned")
+        e = _weight_cache._CACHE[id(w)]
+        assert e.packed is None and "sparse" not in e.last and e.last["tuned"][2] is False
+    finally:
+        clear_tuned()

@@ -366,8 +366,9 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     # is used with one stride/padding in practice; another one is still
     # correct, only its path choice is that of the first).
     e.choice[(input.shape, groups, path)] = sparse
-    # (input shape, groups, sparse?, then for _C._conv_repeat: mask weakref, stamp, masked weight)
-    e.last[path] = (input.shape, groups, sparse, e.mask_ref, e.stamp, None if sparse else e.dense)
+    # (input shape, groups, sparse?, then for _C._conv_repeat: mask weakref, stamp, and the
+    # masked weight, or the packed one for the sparse kernel)
+    e.last[path] = (input.shape, groups, sparse, e.mask_ref, e.stamp, e.packed if sparse else e.dense)
     return out
 
 
@@ -392,6 +393,7 @@ def _tuned(e, op, input, weight, mask, bias, geometry, dense, sparse):
         e.cast = {p: rec for p, rec in e.cast.items() if rec[5] is not e.dense}
         e.dense = None
     else:
+        e.last = {p: last for p, last in e.last.items() if last[2] is not True}
         e.packed = None
     return chosen, out
 
@@ -510,5 +512,5 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         out = run_sparse() if sparse else run_dense()
     e.choice[(input.shape, 1, path)] = sparse  # what ran (read by the benchmark)
     # checked: the next call takes the fast path (the record's layout: see masked_conv2d)
-    e.last[path] = (input.shape, 1, sparse, e.mask_ref, e.stamp, None if sparse else e.dense)
+    e.last[path] = (input.shape, 1, sparse, e.mask_ref, e.stamp, e.packed if sparse else e.dense)
     return out

@@ -122,7 +122,8 @@ class Entry:
         self.sparsity = None
         self.choice = {}  # (input shape, groups, path) -> True when the sparse kernel runs
         # path -> the last checked call with it: (input shape, groups, sparse?, mask weakref,
-        # stamp, masked weight or None), what _C._conv_repeat / _linear_repeat read
+        # stamp, masked weight or packed (rowptr, colidx, values)), what _C._conv_repeat /
+        # _linear_repeat read
         self.last = {}
         # path -> the last checked dense call under autocast: (input shape, groups, False,
         # mask weakref, stamp, masked weight in autocast's dtype, input dtype, bias dtype,
