@@ -197,21 +197,24 @@ static bool refers_to(PyObject* ref, PyObject* obj) {
 #endif
 }
 
-// The masked ops' fast path for a repeated dense eager call: _conv_repeat / _linear_repeat
-// do the weight cache lookup, the checks and the op in one C call (METH_FASTCALL: no
-// pybind11 dispatch). In Python (a function call, a dozen attribute reads, a shape compare,
-// then F.conv2d's argument parsing) that cost ~3 us per call over F.conv2d on pre-masked
-// weights warm (~10 us under autocast) and ~28 us after a real convolution had streamed
-// its data through the caches, ~5% of a batch-1 resnet50 conv on 2 CPU threads; on a GPU,
-// where a small convolution is 30-50 us of host time, the warm cost alone was 5-10%.
+// The masked ops' fast path for a repeated eager inference call: _conv_repeat /
+// _linear_repeat do the weight cache lookup, the checks and the op (dense or the sparse
+// kernel) in one C call (METH_FASTCALL: no pybind11 dispatch). In Python (a function call,
+// a dozen attribute reads, a shape compare, then F.conv2d's argument parsing) the dense
+// call cost ~3 us over F.conv2d on pre-masked weights warm (~10 us under autocast) and
+// ~28 us after a real convolution had streamed its data through the caches, ~5% of a
+// batch-1 resnet50 conv on 2 CPU threads; the sparse one, through torch.ops, ~23 us warm;
+// on a GPU, where a small convolution is 30-50 us of host time, the warm cost alone was
+// 5-10%.
 //
 // The cache (lthfast/ops/_weight_cache.py) maps id(weight) to an Entry whose `last` (or,
 // when autocast is on for the input's device, `cast`) maps the path to the record of the
 // last fully checked call with it (lthfast/ops/_masked_conv.py):
-//   (input shape, groups, False, mask weakref, stamp, masked dense weight), autocast off;
-//   the same and (input dtype, bias dtype or None, autocast dtype) under autocast, the
-//   masked weight already in autocast's dtype: the op's autocast kernel then casts input
-//   and bias as it does for F.conv2d / F.linear.
+//   (input shape, groups, sparse?, mask weakref, stamp, masked dense weight or, for the
+//   sparse kernel, the packed weight (rowptr, colidx, values)), autocast off;
+//   under autocast the same, dense only, and (input dtype, bias dtype or None, autocast
+//   dtype), the masked weight already in autocast's dtype: the op's autocast kernel then
+//   casts input and bias as it does for F.conv2d / F.linear.
 // They return the op's output, or None whenever anything differs from that call (no
 // record, another mask object, a changed weight or mask, another input shape, dtype or
 // groups, another autocast dtype, a gradient needed, a tensor subclass or functorch
@@ -223,6 +226,7 @@ static PyObject* g_cast = nullptr;
 
 struct Repeat {
   bool sparse = false;
+  std::vector<int64_t> kernel;          // the weight's sizes past the first two (conv)
   at::Tensor dense;                     // the masked weight (dense records)
   at::Tensor rowptr, colidx, values;    // the compressed one (sparse records)
   std::optional<at::Tensor> b;
@@ -260,7 +264,8 @@ static PyObject* record_of(PyObject* cache, PyObject* weight, PyObject* path, bo
 // May throw c10::Error (a tensor whose data pointer cannot be read, a device type autocast
 // does not know): the callers return None then.
 static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject* mask,
-                    PyObject* bias, PyObject* path, int64_t groups, Repeat& out) {
+                    PyObject* bias, PyObject* path, int64_t groups, int64_t weight_dim,
+                    Repeat& out) {
   if (!THPVariable_CheckExact(input) || !THPVariable_CheckExact(weight) ||
       !THPVariable_CheckExact(mask) || !(bias == Py_None || THPVariable_CheckExact(bias)))
     return false;
@@ -290,6 +295,8 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
   if (!exact_int(PyTuple_GET_ITEM(r, 1), g_rec) || g_rec != groups) return false;
   if (!refers_to(PyTuple_GET_ITEM(r, 3), mask)) return false;
   const at::Tensor& w = THPVariable_Unpack(weight);
+  // conv2d's and linear's records share the entry: a 4-D weight is conv2d's, a 2-D one linear's
+  if (w.dim() != weight_dim) return false;
   const at::Tensor& m = THPVariable_Unpack(mask);
   std::optional<at::Tensor> b;
   if (bias != Py_None) b = THPVariable_Unpack(bias);
@@ -311,7 +318,8 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
   }
   // the sparse kernels take the weight's dtype only (the dense ops reject others themselves)
   if (sparse && x.scalar_type() != w.scalar_type()) return false;
-  out.sparse = sparse;  // references of our own below
+  out.sparse = sparse;  // references of our own below (read now: the GIL is released next)
+  out.kernel = w.sizes().slice(2).vec();
   if (sparse) {
     out.rowptr = THPVariable_Unpack(PyTuple_GET_ITEM(weights, 0));
     out.colidx = THPVariable_Unpack(PyTuple_GET_ITEM(weights, 1));
@@ -328,10 +336,12 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
 // recorded call; None otherwise or when the op raises (out of memory is raised as it is,
 // not retried by the Python path).
 template <typename Op>
-static PyObject* run_if_repeat(PyObject* const* args, PyObject* path, int64_t groups, Op op) {
+static PyObject* run_if_repeat(PyObject* const* args, PyObject* path, int64_t groups,
+                               int64_t weight_dim, Op op) {
   try {
     Repeat a;
-    if (!repeats(args[0], args[1], args[2], args[3], args[4], path, groups, a)) Py_RETURN_NONE;
+    if (!repeats(args[0], args[1], args[2], args[3], args[4], path, groups, weight_dim, a))
+      Py_RETURN_NONE;
     const at::Tensor x = THPVariable_Unpack(args[1]);  // ours while the GIL is released
     at::Tensor out;
     {
@@ -358,15 +368,14 @@ static PyObject* conv_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssize
   if (!exact_int(args[8], g) || !int_pair(args[5], s) || !int_pair(args[6], p) ||
       !int_pair(args[7], d))
     Py_RETURN_NONE;
-  const at::Tensor& w = THPVariable_Unpack(args[2]);  // (checked by repeats before use)
-  return run_if_repeat(args, args[9], g, [&](const at::Tensor& x, const Repeat& a) {
+  return run_if_repeat(args, args[9], g, 4, [&](const at::Tensor& x, const Repeat& a) {
     if (a.sparse) {
       static const auto op =
           c10::Dispatcher::singleton().findSchemaOrThrow("lthfast::sparse_conv2d", "").typed<
               at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
                          at::IntArrayRef, at::IntArrayRef, int64_t)>();
-      at::Tensor out = op.call(x, a.rowptr, a.colidx, a.values, a.b, w.sizes().slice(2), s, p, d, g);
+      at::Tensor out = op.call(x, a.rowptr, a.colidx, a.values, a.b, a.kernel, s, p, d, g);
       // conv2d's output follows a channels_last input's format; so does this (as _like_input_format)
       if (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
         out = out.contiguous(at::MemoryFormat::ChannelsLast);
@@ -384,7 +393,7 @@ static PyObject* linear_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssi
     PyErr_SetString(PyExc_TypeError, "_linear_repeat(cache, input, weight, mask, bias, path)");
     return nullptr;
   }
-  return run_if_repeat(args, args[5], 1, [](const at::Tensor& x, const Repeat& a) {
+  return run_if_repeat(args, args[5], 1, 2, [](const at::Tensor& x, const Repeat& a) {
     if (a.sparse) {
       static const auto op =
           c10::Dispatcher::singleton().findSchemaOrThrow("lthfast::sparse_linear", "").typed<
@@ -400,10 +409,10 @@ static PyObject* linear_repeat(PyObject* /*self*/, PyObject* const* args, Py_ssi
 static PyMethodDef repeat_methods[] = {
     {"_conv_repeat", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(conv_repeat)),
      METH_FASTCALL,
-     "masked_conv2d's fast path for a repeated dense eager call: conv2d's output, or None."},
+     "masked_conv2d's fast path for a repeated eager inference call: its output, or None."},
     {"_linear_repeat",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(linear_repeat)), METH_FASTCALL,
-     "masked_linear's fast path for a repeated dense eager call: linear's output, or None."},
+     "masked_linear's fast path for a repeated eager inference call: its output, or None."},
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

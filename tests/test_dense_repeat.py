@@ -388,6 +388,7 @@ def test_sparse_repeat_is_compiled_too(monkeypatch):
     m4 = torch.rand(w4.shape) < 0.1
     with torch.no_grad():
         for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            _weight_cache.forget(w4)  # the first call of each format: the Python path
             first = masked_conv2d(inp, w4, m4, b[:1].expand(8).contiguous(), padding=1, path="sparse")
             rec = _weight_cache._CACHE[id(w4)].last["sparse"]
             assert rec[2] is True and len(rec[5]) == 3
@@ -396,12 +397,13 @@ def test_sparse_repeat_is_compiled_too(monkeypatch):
             again = masked_conv2d(inp, w4, m4, bias, padding=1, path="sparse")
             monkeypatch.undo()
             torch.testing.assert_close(again, first, rtol=0, atol=0)
-            assert again.is_contiguous(memory_format=torch.channels_last) == \
-                first.is_contiguous(memory_format=torch.channels_last)
+            assert again.is_contiguous(memory_format=torch.channels_last) is (inp is not x)
+            assert first.is_contiguous(memory_format=torch.channels_last) is (inp is not x)
             torch.testing.assert_close(again, F.conv2d(inp, w4 * m4, bias, padding=1))
         # what differs falls back and gets the clear errors
-        with pytest.raises(TypeError, match="input dtype"):
-            masked_conv2d(x.double(), w4, m4, None, padding=1, path="sparse")
+        for other in (x.double(), x.half()):  # (the kernel itself would take a half input)
+            with pytest.raises(TypeError, match="input dtype"):
+                masked_conv2d(other, w4, m4, None, padding=1, path="sparse")
         m4[0].logical_not_()
         torch.testing.assert_close(masked_conv2d(x, w4, m4, None, padding=1, path="sparse"),
                                    F.conv2d(x, w4 * m4, None, padding=1))
@@ -435,3 +437,47 @@ def test_sparse_linear_repeat_and_tuned_dense_drop_the_packed_records(monkeypatc
         assert e.packed is None and "sparse" not in e.last and e.last["tuned"][2] is False
     finally:
         clear_tuned()
+
+
+@pytest.mark.parametrize("case", ["groups", "float_mask", "tuned"])
+def test_sparse_repeat_cases(monkeypatch, case):
+    from lthfast.ops import _tune, clear_tuned
+
+    g = torch.Generator().manual_seed(7)
+    groups = 2 if case == "groups" else 1
+    w = torch.randn(8, 4 // groups, 3, 3, generator=g)
+    m = torch.rand(w.shape, generator=g) < 0.1
+    if case == "float_mask":
+        m = m.float()
+    x = torch.randn(1, 4, 9, 9, generator=g)
+    path = "tuned" if case == "tuned" else "sparse"
+    clear_tuned()
+    if case == "tuned":
+        monkeypatch.setattr(_tune, "tune", lambda k, device, dn, sp: (True, sp()))
+    try:
+        with torch.no_grad():
+            first = masked_conv2d(x, w, m, None, padding=1, groups=groups, path=path)
+            assert _weight_cache._CACHE[id(w)].last[path][2] is True
+            monkeypatch.setattr(_masked_conv, "_repeat_call", lambda *a: pytest.fail("Python path"))
+            again = masked_conv2d(x, w, m, None, padding=1, groups=groups, path=path)
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        torch.testing.assert_close(again, F.conv2d(x, w * m, None, padding=1, groups=groups))
+    finally:
+        clear_tuned()
+
+
+def test_conv_and_linear_records_on_one_entry_stay_apart():
+    w = torch.randn(8, 4, 1, 1)
+    m = torch.rand(w.shape) < 0.5
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        for path in ("sparse", "dense"):
+            masked_conv2d(x, w, m, path=path)
+            with pytest.raises(ValueError, match="2-D"):
+                masked_linear(x, w, m, path=path)
+    w2, m2 = torch.randn(8, 4), torch.rand(8, 4) < 0.5
+    x2 = torch.randn(2, 4, 7, 4)
+    with torch.no_grad():
+        masked_linear(x2, w2, m2, path="dense")
+        with pytest.raises(ValueError, match="4-D|weight"):
+            masked_conv2d(x2, w2, m2, path="dense")

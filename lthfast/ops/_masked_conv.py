@@ -13,11 +13,13 @@ weight is multiplied by a mask, on the faster of two paths.
 
 Host overhead per call matters (a small convolution is 30-50 us on a GPU): an eager
 inference call with an unchanged weight and mask and an input shape already checked
-takes a fast path. A dense one is a single compiled call, _C._conv_repeat /
-_linear_repeat (csrc/python_module.cpp: the cache lookup, the checks and conv2d / linear
-on the cached masked weight, under autocast the one cached in autocast's dtype; None
-sends anything unusual on to the Python); the others take _repeat_call's (the cached masked / packed weight) or
-_autocast_repeat's (the masked weight cached in autocast's dtype); an eager training
+takes a fast path: a single compiled call, _C._conv_repeat / _linear_repeat
+(csrc/python_module.cpp: the cache lookup, the checks and conv2d / linear on the cached
+masked weight, or the sparse kernel on the packed one; under autocast the masked weight
+cached in autocast's dtype). It returns None for anything unusual, which goes on to the
+Python: _repeat_call's fast path (the cached masked / packed weight),
+_autocast_repeat's (the masked weight cached in autocast's dtype), or the full
+checks. An eager training
 call (a gradient is needed) skips torch.library's Python autograd wrapper: conv2d
 through torch's autograd on where(mask, weight, 0) (_grad_conv: the op's exact
 arithmetic), linear through _MaskedLinearFn (the op and its backward op). Arguments
@@ -171,7 +173,7 @@ def _bias_fits(bias, weight, dtype: bool = True) -> bool:
                             and (not dtype or bias.dtype is weight.dtype))
 
 
-def _repeat_call(input, weight, mask, bias, path: str, groups: int):
+def _repeat_call(input, weight, mask, bias, path: str, groups: int, weight_dim: int):
     """The fast path of both ops: (cache entry, sparse?) when this is eager inference
     with a weight and mask already seen and unchanged, for the input shape and groups
     of the last checked call with this path (so the full checks passed for them);
@@ -190,7 +192,8 @@ def _repeat_call(input, weight, mask, bias, path: str, groups: int):
     except (RuntimeError, TypeError):  # a bias that is no tensor: the full checks say so
         return None, None
     last = e.last.get(path)  # (input shape, groups, sparse?) of the last checked call
-    if last is None or last[0] != input.shape or last[1] != groups or not _bias_fits(bias, weight):
+    if (last is None or last[0] != input.shape or last[1] != groups or not _bias_fits(bias, weight)
+            or weight.dim() != weight_dim):  # (conv2d's and linear's records share the entry)
         return None, None
     return e, last[2]
 
@@ -305,7 +308,7 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
             _remember_cast(input, weight, mask, bias, path, groups, cast)
             return out
     if type(padding) is not str:
-        e, sparse = _repeat_call(input, weight, mask, bias, path, groups)
+        e, sparse = _repeat_call(input, weight, mask, bias, path, groups, 4)
         try:
             if sparse is False:
                 return F.conv2d(input, e.dense, bias, stride, padding, dilation, groups)
@@ -455,7 +458,7 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                 out = masked_linear(*cast, path)
             _remember_cast(input, weight, mask, bias, path, 1, cast)
             return out
-    e, sparse = _repeat_call(input, weight, mask, bias, path, 1)
+    e, sparse = _repeat_call(input, weight, mask, bias, path, 1, 2)
     try:
         if sparse is False:
             return F.linear(input, e.dense, bias)
