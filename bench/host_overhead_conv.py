@@ -1,7 +1,7 @@
 """Per-call host overhead of lthfast's masked layers against torch's, on the CPU.
 
-On a GPU a small convolution takes 30-50 us, so what the masked modules spend in
-Python per call decides whether a sparsified model keeps up with the dense one.
+On a GPU a small convolution takes 30-50 us, so what the masked modules spend on
+the host per call decides whether a sparsified model keeps up with the dense one.
 That cost does not depend on the device: here it is measured with tiny CPU inputs
 (the kernels themselves take a few us), one thread, torch and lthfast interleaved.
 
@@ -12,6 +12,7 @@ Cases (per call, us; min and median over reps; extra = lthfast - torch):
   conv eval inference  same under torch.inference_mode
   conv eval autocast   same under no_grad + torch.autocast("cpu", bfloat16)
   conv train fwd+bwd   train mode, forward + backward of out.sum()
+  conv functional      F.conv2d(x, w * mask) pre-masked vs lthfast.ops.masked_conv2d(x, w, mask)
   linear eval no_grad  nn.Linear(16,16) vs MaskedLinear, 1x16
   linear train fwd+bwd the same in train mode, forward + backward
   resnet18 eval        whole torchvision resnet18 (dense vs sparsified, 50% masks), 1x3x32x32
@@ -26,9 +27,11 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lthfast.nn as lnn
+from lthfast.ops import masked_conv2d
 
 
 def _mask_like(w: torch.Tensor, keep: float, gen: torch.Generator) -> torch.Tensor:
@@ -126,6 +129,13 @@ def main(argv=None) -> None:
             return f
         compare("conv train fwd+bwd", step(c), step(m), args.reps // 2, args.calls)
         c.eval(), m.eval()
+
+    if want("conv functional"):
+        w, mk = m.weight.detach(), m.mask
+        wm = w * mk
+        with torch.no_grad():
+            compare("conv functional", lambda: F.conv2d(x, wm),
+                    lambda: masked_conv2d(x, w, mk, path=args.path), args.reps, args.calls)
 
     dl, ml = _sparsified(nn.Sequential(nn.Linear(16, 16)), path=args.path)
     dl.eval(), ml.eval()

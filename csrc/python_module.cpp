@@ -1,7 +1,7 @@
 // The lthfast._C Python module: importing it loads the library, which registers
 // every op with the dispatcher (csrc/lthfast.cpp and the kernels). Its Python
 // functions report what was built, check and run the masked ops' repeated eager calls
-// (the weight cache's stamp, masked_conv2d's dense fast path) and, for the masked
+// (the weight cache's stamp, masked_conv2d's / masked_linear's repeat fast path) and, for the masked
 // optimizers' eager step, call their ops unboxed (ops/masked_optim/masked_optim_python.cpp).
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/autocast_mode.h>

@@ -1,8 +1,8 @@
-"""The masked ops' compiled fast path for a repeated dense eager call (_C._conv_repeat,
+"""The masked ops' compiled fast path for a repeated eager inference call (_C._conv_repeat,
 _C._linear_repeat: the weight cache lookup, the checks and the op in one C call).
 
-It runs conv2d / linear on the cached masked weight only when the call repeats the last fully
-checked one (same mask object, weight and mask unchanged, same input shape and groups, no
+It runs conv2d / linear on the cached masked weight, or the sparse kernel on the packed
+one, only when the call repeats the last fully checked one (same mask object, weight and mask unchanged, same input shape and groups, no
 gradient needed, plain tensors, no torch-function or Python dispatch mode, int / pair
 arguments); in every other case it returns None and the Python path decides, so results,
 errors and modes are those of the Python path.

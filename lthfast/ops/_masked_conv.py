@@ -36,8 +36,9 @@ from lthfast.ops import _conv_dispatch, _tune, _weight_cache
 
 _CACHE = _weight_cache._CACHE
 _stamp_current = _weight_cache.stamp_current
-# One C call for a repeated dense eager conv / linear: the weight cache lookup, the checks
-# and the op (csrc/python_module.cpp); None where the call is not a repeat (or no _C).
+# One C call for a repeated eager inference conv / linear, dense or on the sparse kernel:
+# the weight cache lookup, the checks and the op (csrc/python_module.cpp); None where the
+# call is not a repeat (or no _C).
 _conv_repeat = getattr(_ops._C, "_conv_repeat", None) or (lambda *args: None)
 _linear_repeat = getattr(_ops._C, "_linear_repeat", None) or (lambda *args: None)
 _is_compiling = torch.compiler.is_dynamo_compiling  # the slow path checks is_compiling()
@@ -191,7 +192,7 @@ def _repeat_call(input, weight, mask, bias, path: str, groups: int, weight_dim: 
             return None, None
     except (RuntimeError, TypeError):  # a bias that is no tensor: the full checks say so
         return None, None
-    last = e.last.get(path)  # (input shape, groups, sparse?) of the last checked call
+    last = e.last.get(path)  # the last checked call's record (layout: see masked_conv2d)
     if (last is None or last[0] != input.shape or last[1] != groups or not _bias_fits(bias, weight)
             or weight.dim() != weight_dim):  # (conv2d's and linear's records share the entry)
         return None, None

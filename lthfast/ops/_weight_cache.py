@@ -9,8 +9,10 @@ data pointers, the weight's shape, (where not row-major) strides and dtype and t
 address of its storage, so any
 in-place update of either (an optimizer step, pruning, `.data =` assignment,
 load_state_dict) or another mask object rebuilds them on next use, and nothing
-is rebuilt while neither changed. The lookup is a dict get, a weakref call and
-one compiled check (stamp_current): it runs on every forward, and on small
+is rebuilt while neither changed. A repeated call does the lookup and its checks
+in one compiled call (_C._conv_repeat / _linear_repeat, reading the entry's `last`
+/ `cast` records); when that declines, the Python lookup is a dict get, a weakref
+call and one compiled check (stamp_current). It runs on every forward, and on small
 convolutions microseconds count.
 
 Why the storage and not the weight: torch.utils.swap_tensors refuses a tensor
@@ -55,7 +57,7 @@ _ON_STORAGE: dict[int, set[int]] = {}
 
 def _storage_key(weight: torch.Tensor) -> int:
     """The address of the weight's StorageImpl: what identifies its storage while it lives
-    (the same number as the compiled stamp's last field)."""
+    (the same number as the compiled stamp's field 6)."""
     return weight.untyped_storage()._cdata
 
 
