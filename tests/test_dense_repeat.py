@@ -481,3 +481,23 @@ def test_conv_and_linear_records_on_one_entry_stay_apart():
         masked_linear(x2, w2, m2, path="dense")
         with pytest.raises(ValueError, match="4-D|weight"):
             masked_conv2d(x2, w2, m2, path="dense")
+
+
+def test_repeat_path_bench_script_runs(tmp_path, capsys):
+    """bench/repeat_path_conv.py (the compiled call against the Python path it replaced, on
+    real layers): one round per case, a whole JSON file."""
+    import importlib.util
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "repeat_path_conv.py"
+    spec = importlib.util.spec_from_file_location("repeat_path_conv", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    compiled = _masked_conv._conv_repeat
+    mod.main(["--rounds", "1", "--repeat", "1", "--json", str(out)])
+    assert _masked_conv._conv_repeat is compiled  # swapped back
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(mod.CASES) and all(r["python_vs_compiled"] > 0 for r in rows)
+    assert "python/compiled" in capsys.readouterr().out
