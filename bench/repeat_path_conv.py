@@ -2,9 +2,11 @@
 
 Batch-1 resnet50 layers on the CPU, each run by masked_conv2d with a fixed path twice
 (the compiled call: "compiled", and the same again: "compiled_again", the A/A control)
-and once with the compiled call swapped out, so that the Python fast path it replaced
-runs ("python"): interleaved in balanced orders with the caches flushed before each
-round, as `lthfast bench conv` runs its methods. Ratios are medians of per-round ratios.
+and once with the compiled call swapped out, so that the Python path runs ("python"):
+interleaved in balanced orders with the caches flushed before each round, as `lthfast
+bench conv` runs its methods. Ratios are medians of per-round ratios. (The Python path
+is the full checks since stop 28; the stop-27 results in bench/results/ compare against
+the Python fast path the compiled call replaced then, removed since.)
 
   python bench/repeat_path_conv.py [--rounds 60] [--repeat 2] [--json PATH]
 """

@@ -157,18 +157,6 @@ static bool needs_grad(const at::Tensor& input, const at::Tensor& w,
           (bias.has_value() && bias->defined() && bias->requires_grad()));
 }
 
-// Whether an eager call may reuse the entry stamped `stamp`: no gradient is needed and
-// weight and mask still have that stamp.
-static bool stamp_current(const at::Tensor& input, const at::Tensor& w, const at::Tensor& m,
-                          const std::optional<at::Tensor>& bias, pybind11::handle stamp) {
-  if (needs_grad(input, w, bias)) return false;
-  try {
-    return stamp_matches(w, m, stamp.ptr());
-  } catch (const c10::Error&) {  // a tensor whose data pointer cannot be read
-    return false;
-  }
-}
-
 // An int, or a tuple / list of two ints (what nn.Conv2d holds); false for anything else
 // (F.conv2d accepts more: those calls take the Python path).
 static bool int_pair(PyObject* o, int64_t out[2]) {
@@ -440,8 +428,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "cap: use at most that one from now on (tests).");
   m.def("_weight_stamp", &weight_stamp,
         "The masked ops' cache stamp of (weight, mask); None: never cached.");
-  m.def("_stamp_current", &stamp_current,
-        "Whether (input, weight, mask, bias) may reuse the cache entry stamped `stamp`.");
   g_last = PyUnicode_InternFromString("last");
   g_cast = PyUnicode_InternFromString("cast");
   if (g_last == nullptr || g_cast == nullptr) throw pybind11::error_already_set();

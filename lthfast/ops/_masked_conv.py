@@ -16,10 +16,9 @@ inference call with an unchanged weight and mask and an input shape already chec
 takes a fast path: a single compiled call, _C._conv_repeat / _linear_repeat
 (csrc/python_module.cpp: the cache lookup, the checks and conv2d / linear on the cached
 masked weight, or the sparse kernel on the packed one; under autocast the masked weight
-cached in autocast's dtype). It returns None for anything unusual, which goes on to the
-Python: _repeat_call's fast path (the cached masked / packed weight),
-_autocast_repeat's (the masked weight cached in autocast's dtype), or the full
-checks. An eager training
+cached in autocast's dtype). It returns None for anything unusual (a functorch
+transform, a torch-function or dispatch mode, arguments in other types), which takes
+the full checks. An eager training
 call (a gradient is needed) skips torch.library's Python autograd wrapper: conv2d
 through torch's autograd on where(mask, weight, 0) (_grad_conv: the op's exact
 arithmetic), linear through _MaskedLinearFn (the op and its backward op). Arguments
@@ -35,7 +34,6 @@ from lthfast import _ops
 from lthfast.ops import _conv_dispatch, _tune, _weight_cache
 
 _CACHE = _weight_cache._CACHE
-_stamp_current = _weight_cache.stamp_current
 # One C call for a repeated eager inference conv / linear, dense or on the sparse kernel:
 # the weight cache lookup, the checks and the op (csrc/python_module.cpp); None where the
 # call is not a repeat (or no _C).
@@ -166,71 +164,13 @@ def _like_input_format(out: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _bias_fits(bias, weight, dtype: bool = True) -> bool:
-    """A bias the checked call could have had: None or 1-D of the weight's length and (but
-    under autocast, which casts it) dtype. F.linear would broadcast others, cast them down."""
-    return bias is None or (isinstance(bias, _Tensor) and bias.dim() == 1
-                            and bias.shape[0] == weight.shape[0]
-                            and (not dtype or bias.dtype is weight.dtype))
-
-
-def _repeat_call(input, weight, mask, bias, path: str, groups: int, weight_dim: int):
-    """The fast path of both ops: (cache entry, sparse?) when this is eager inference
-    with a weight and mask already seen and unchanged, for the input shape and groups
-    of the last checked call with this path (so the full checks passed for them);
-    (None, None) otherwise. Kept to a few attribute reads: on a 0.2 ms convolution each
-    microsecond is 0.5%. The library call / sparse op checks the geometry itself;
-    anything they reject goes through the full checks, which raise the clear error."""
-    if _is_compiling():
-        return None, None
-    e = _CACHE.get(id(weight))
-    if (e is None or type(input) is not torch.Tensor or e.mask_ref() is not mask
-            or type(path) is not str):  # (a path that is no str: the checks say so)
-        return None, None
-    try:
-        if not _stamp_current(input, weight, mask, bias, e.stamp):
-            return None, None
-    except (RuntimeError, TypeError):  # a bias that is no tensor: the full checks say so
-        return None, None
-    last = e.last.get(path)  # the last checked call's record (layout: see masked_conv2d)
-    if (last is None or last[0] != input.shape or last[1] != groups or not _bias_fits(bias, weight)
-            or weight.dim() != weight_dim):  # (conv2d's and linear's records share the entry)
-        return None, None
-    return e, last[2]
-
-
-def _autocast_repeat(input, weight, mask, bias, path: str, groups: int):
-    """_repeat_call under autocast: the masked weight already in autocast's dtype when
-    this eager inference call repeats a checked dense one (weight and mask unchanged,
-    same input shape, input / bias / autocast dtypes, groups); None otherwise. F.conv2d /
-    F.linear under autocast then cast input and bias exactly as _autocast_args does, and
-    the weight is cast once per weight version instead of once per call (casting the
-    masked weight is masking the cast weight: pruned entries are 0 either way)."""
-    if _is_compiling():
-        return None
-    e = _CACHE.get(id(weight))
-    if (e is None or not e.cast or type(input) is not _Tensor or e.mask_ref() is not mask
-            or type(path) is not str):
-        return None
-    try:
-        if not _stamp_current(input, weight, mask, bias, e.stamp):
-            return None
-    except (RuntimeError, TypeError):
-        return None
-    dev = input.device.type
-    hit = e.cast.get(path)
-    if (hit is None or hit[0] != input.shape or hit[1] != groups
-            or not _bias_fits(bias, weight, dtype=False) or hit[6] is not input.dtype
-            or hit[7] is not (None if bias is None else bias.dtype) or dev not in _AUTOCAST_DEVICES
-            or not torch.is_autocast_enabled(dev) or torch.get_autocast_dtype(dev) is not hit[8]):
-        return None
-    return hit[5]
-
-
 def _remember_cast(input, weight, mask, bias, path: str, groups: int, cast) -> None:
     """After an eager autocast inference call that ran the dense path on `cast` (what
     _autocast_args made), keeps its masked weight in autocast's dtype on the entry of
-    the original weight, for _autocast_repeat."""
+    the original weight, for the compiled repeat call (its `cast` records): the weight
+    is then cast once per weight version instead of once per call (casting the masked
+    weight is masking the cast weight: pruned entries are 0 either way), and conv2d /
+    linear under autocast cast input and bias exactly as _autocast_args does."""
     dev = input.device.type
     if (dev not in ("cpu", "cuda") or _is_compiling() or type(input) is not _Tensor
             or _needs_grad(input, weight, bias)):
@@ -295,30 +235,17 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         if out is not None:
             return out
     if _any_autocast():
-        if type(padding) is not str:
-            w = _autocast_repeat(input, weight, mask, bias, path, groups)
-            if w is not None:
-                try:  # autocast casts input and bias, as it does in the call below
-                    return F.conv2d(input, w, bias, stride, padding, dilation, groups)
-                except _FAST_ERRORS:
-                    pass
         cast = _autocast_args(input, weight, mask, bias)
         if cast is not None:
             with torch.autocast(input.device.type, enabled=False):
                 out = masked_conv2d(*cast, stride, padding, dilation, groups, path)
             _remember_cast(input, weight, mask, bias, path, groups, cast)
             return out
-    if type(padding) is not str:
-        e, sparse = _repeat_call(input, weight, mask, bias, path, groups, 4)
+    if _grad_enabled() and type(padding) is not str:
         try:
-            if sparse is False:
-                return F.conv2d(input, e.dense, bias, stride, padding, dilation, groups)
-            if sparse and input.dtype == weight.dtype:
-                return _sparse_conv(input, e, weight, mask, bias, stride, padding, dilation, groups)
-            if _grad_enabled():
-                out = _grad_conv(input, weight, mask, bias, stride, padding, dilation, groups, path)
-                if out is not None:
-                    return out
+            out = _grad_conv(input, weight, mask, bias, stride, padding, dilation, groups, path)
+            if out is not None:
+                return out
         except _FAST_ERRORS:
             pass
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
@@ -447,24 +374,13 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         if out is not None:
             return out
     if _any_autocast():
-        w = _autocast_repeat(input, weight, mask, bias, path, 1)
-        if w is not None:
-            try:  # autocast casts input and bias, as it does in the call below
-                return F.linear(input, w, bias)
-            except _FAST_ERRORS:
-                pass
         cast = _autocast_args(input, weight, mask, bias)
         if cast is not None:
             with torch.autocast(input.device.type, enabled=False):
                 out = masked_linear(*cast, path)
             _remember_cast(input, weight, mask, bias, path, 1, cast)
             return out
-    e, sparse = _repeat_call(input, weight, mask, bias, path, 1, 2)
     try:
-        if sparse is False:
-            return F.linear(input, e.dense, bias)
-        if sparse and input.dtype == weight.dtype:
-            return _SPARSE_LINEAR_OP(input, *e.packed, bias)
         if (_grad_enabled() and not _compiling() and type(input) is _Tensor
                 and type(weight) in _PLAIN
                 and type(mask) in _PLAIN and (bias is None or type(bias) in _PLAIN)

@@ -11,9 +11,8 @@ in-place update of either (an optimizer step, pruning, `.data =` assignment,
 load_state_dict) or another mask object rebuilds them on next use, and nothing
 is rebuilt while neither changed. A repeated call does the lookup and its checks
 in one compiled call (_C._conv_repeat / _linear_repeat, reading the entry's `last`
-/ `cast` records); when that declines, the Python lookup is a dict get, a weakref
-call and one compiled check (stamp_current). It runs on every forward, and on small
-convolutions microseconds count.
+/ `cast` records): it runs on every forward, and on small convolutions microseconds
+count.
 
 Why the storage and not the weight: torch.utils.swap_tensors refuses a tensor
 that has weak references, and `model.to()` / `load_state_dict` swap parameters
@@ -76,17 +75,9 @@ def _py_stamp(weight: torch.Tensor, mask: torch.Tensor) -> tuple | None:
             None if weight.is_contiguous() else weight.stride(), storage, weight.dtype)
 
 
-def _py_stamp_current(input, weight, mask, bias, stamp) -> bool:
-    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        return False
-    return stamp == _py_stamp(weight, mask)
-
-
-# The compiled versions check in one call what the Python ones check in a dozen, each
-# cold after a real convolution (csrc/python_module.cpp); the same tuples either way.
+# The compiled version reads in one call what the Python one reads in a dozen
+# (csrc/python_module.cpp); the same tuples either way.
 _stamp = getattr(_ops._C, "_weight_stamp", None) or _py_stamp
-stamp_current = getattr(_ops._C, "_stamp_current", None) or _py_stamp_current
 
 
 def _pop(key: int) -> None:
