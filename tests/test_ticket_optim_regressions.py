@@ -205,3 +205,54 @@ def test_ticket_file_bad_round_or_layerwise_names_the_file(tmp_path, changes, ms
     h = json.dumps(header).encode()
     (tmp_path / "old.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + raw[8 + n:])
     assert lthfast.Ticket.load(tmp_path / "old.safetensors") == t
+
+
+def test_from_model_names_layers_under_prune_hooks():
+    """The default scope sees a hooked layer's weight as `weight_orig`: it used to leave the
+    layer out without a word (or blame scope= when every layer was hooked)."""
+    import torch.nn.utils.prune as tprune
+
+    model = _net()
+    tprune.l1_unstructured(model[0], "weight", 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for make in (lambda: lthfast.Ticket.from_model(model, 0.5), lambda: lthfast.Ticket.dense(model)):
+        with pytest.raises(ValueError, match=r"torch\.nn\.utils\.prune hooks.*\['0\.weight'\].*from_pruned"):
+            make()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # what the message says to do works
+    assert lthfast.Ticket.from_pruned(model).names() == ["0.weight"]
+    tprune.remove(model[0], "weight")
+    assert lthfast.Ticket.from_model(model, 0.5).names() == ["0.weight", "2.weight"]
+    # an explicit scope is the user's choice
+    tprune.l1_unstructured(model[2], "weight", 0.5)
+    assert lthfast.Ticket.from_model(model, 0.5, scope=["0.weight"]).names() == ["0.weight"]
+
+
+@pytest.mark.parametrize("bad", ["false", "no", 2, None, 0.5])
+def test_layerwise_must_be_a_bool(bad):
+    from lthfast.imp import IMPConfig
+
+    model = _net()
+    t = lthfast.Ticket.from_model(model, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"layerwise must be True or False, got " + repr(bad)):
+        lthfast.Ticket.from_model(model, 0.5, layerwise=bad)
+    if bad is not None:  # (None: prune keeps the ticket's own setting)
+        with pytest.raises(TypeError, match=r"layerwise must be True or False"):
+            t.prune(model, 0.5, layerwise=bad)
+    with pytest.raises(TypeError, match=r"layerwise must be True or False"):
+        lthfast.Ticket({"0.weight": torch.ones(5, 6, dtype=torch.bool)}, layerwise=bad)
+    with pytest.raises(TypeError, match=r"layerwise must be True or False"):
+        IMPConfig(layerwise=bad)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert lthfast.Ticket.from_model(model, 0.5, layerwise=1).layerwise is True
+    assert t.prune(model, 0.5, layerwise=0).layerwise is False
+
+
+@pytest.mark.parametrize("bad", [None, 5, ["t.safetensors"]])
+def test_save_and_load_name_a_bad_path(bad, tmp_path):
+    t = lthfast.Ticket.from_model(_net(), 0.5)
+    with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike, got " + repr(bad).replace("[", r"\[")):
+        t.save(bad)
+    with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike"):
+        lthfast.Ticket.load(bad)

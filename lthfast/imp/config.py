@@ -81,6 +81,8 @@ class IMPConfig:
                 raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
         if self.target is not None and self.rounds == 0:
             raise ValueError("target sparsity needs rounds >= 1")
+        if not isinstance(self.layerwise, bool):  # (checked now, not after round 0's training)
+            raise TypeError(f"layerwise must be True or False, got {self.layerwise!r}")
         Rewind.parse(self.rewind)
         self.rewind = str(Rewind.parse(self.rewind))
 

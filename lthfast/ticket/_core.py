@@ -51,7 +51,7 @@ class Ticket:
         self._kept = dict(kept)
         self.round = int(round_)
         self.meta = dict(meta) if meta else {}
-        self.layerwise = bool(layerwise)
+        self.layerwise = _flag("layerwise", layerwise)
         self._bindings = Bindings()
 
     @classmethod
@@ -67,6 +67,7 @@ class Ticket:
         """Magnitude pruning of ``model`` (unchanged): prunes ``amount`` (a float
         fraction or an int count) of the selected weights, globally (one threshold)
         or, with ``layerwise=True``, of each tensor. Round 1."""
+        layerwise = _flag("layerwise", layerwise)
         named = select_parameters(model, scope, exclude)
         masks = _magnitude_masks(named, amount, None, layerwise)
         return cls._of(named, masks, 1, meta, layerwise)
@@ -89,8 +90,8 @@ class Ticket:
     def prune(self, model: nn.Module, amount, *, layerwise: bool | None = None) -> "Ticket":
         """A new ticket (round + 1) that also prunes ``amount`` of the weights this
         one keeps, by the magnitude of ``model``'s weights; this ticket is unchanged."""
+        layerwise = self.layerwise if layerwise is None else _flag("layerwise", layerwise)
         self.check(model)
-        layerwise = self.layerwise if layerwise is None else bool(layerwise)
         named = [(n, model.get_parameter(n)) for n in self._names]
         masks = None if layerwise else _global_masks_from_bits(
             named, amount, [self._packed[n] for n in self._names], self.kept())
@@ -427,6 +428,14 @@ def _global_masks_from_bits(named, amount, packed, n_kept):
                 tensors, [p.to(dev) for p in packed], k))
     except (RuntimeError, TypeError, ValueError):
         return None
+
+
+def _flag(name: str, value) -> bool:
+    """A bool argument: True / False (or 1 / 0); anything else (a string such as "false"
+    is truthy) is a TypeError naming it."""
+    if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _magnitude_masks(named, amount, masks, layerwise):

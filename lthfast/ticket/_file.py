@@ -29,9 +29,17 @@ def _lthfast_version() -> str:
     return v
 
 
+def _path_arg(path) -> str:
+    """os.fspath(path), with an error that names the argument (as every Ticket argument's does)."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {path!r}") from None
+
+
 def write(path, names, shapes, packed, kept, round_, meta, lthfast_version, layerwise=False) -> None:
     """Atomically writes a ticket file (temp file in the same folder + os.replace)."""
-    path = os.fspath(path)
+    path = _path_arg(path)
     if "__metadata__" in names:  # the safetensors header keeps that key for the metadata
         raise ValueError(f"cannot save the ticket to {path!r}: a mask is named '__metadata__', "
                          "the name safetensors reserves for the file's metadata; rename it")
@@ -115,7 +123,7 @@ class _Bad(ValueError):
 def read(path):
     """``(names, shapes, packed, kept, round, meta, layerwise)`` from a ticket file; ValueError
     naming the file and the problem when it is not a valid, consistent ticket."""
-    path = os.fspath(path)
+    path = _path_arg(path)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

@@ -57,6 +57,13 @@ def select_parameters(model: nn.Module, scope=None, exclude=None) -> list[tuple[
     if scope is None:
         chosen = [n for n in params
                   if n.rpartition(".")[2] == "weight" and isinstance(_module_of(model, n), DEFAULT_TYPES)]
+        # a weight under a torch.nn.utils.prune hook is `weight_orig`: the default scope would
+        # skip it without a word
+        hooked = [n[:-len("_orig")] for n in params
+                  if n.rpartition(".")[2] == "weight_orig" and isinstance(_module_of(model, n), DEFAULT_TYPES)]
+        if hooked:
+            raise ValueError(f"weights pruned with torch.nn.utils.prune hooks in the model: {hooked} "
+                             "(read their masks with Ticket.from_pruned, or prune.remove them first)")
     elif callable(scope):
         chosen = [n for n, p in params.items() if scope(n, p, _module_of(model, n))]
     else:
