@@ -64,6 +64,13 @@ _positive_int = int_at_least(1)
 _nonneg_int = int_at_least(0)
 
 
+def _seed(text: str) -> int:
+    v = _nonneg_int(text)
+    if v >= 2**32:  # (rounds and iterations derive their seeds from it, within torch's 64 bits)
+        raise argparse.ArgumentTypeError(f"{text} is too large: give a seed in 0 .. 2**32 - 1")
+    return v
+
+
 def _steps(text: str) -> list:
     try:
         steps = [int(x) for x in text.split(",") if x.strip()]
@@ -131,7 +138,9 @@ def add_parser(sub) -> None:
                    help="fraction of the remaining weights pruned per round (default: the demo's "
                         "0.5 for detection tasks, 0.2 for classification)")
     s.add_argument("--target", type=_fraction, default=None,
-                   help="final sparsity instead of --rate (with --rounds 1: one-shot pruning)")
+                   help="final sparsity of the pruned set instead of --rate (with --rounds 1: "
+                        "one-shot pruning; with --ticket, counted over all its weights, the "
+                        "ticket's pruned ones included)")
     s.add_argument("--layerwise", action="store_true",
                    help="prune --rate of every layer separately instead of one global threshold")
     s.add_argument("--rewind", default=None, metavar="POINT",
@@ -164,7 +173,7 @@ def add_parser(sub) -> None:
     t.add_argument("--device", default=None, metavar="DEV",
                    help="cpu or cuda (default: cuda when a GPU is visible, else cpu)")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    t.add_argument("--seed", type=int, default=None, help="seed of everything (default: 0)")
+    t.add_argument("--seed", type=_seed, default=None, help="seed of everything (default: 0)")
     t.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice)")
     o = p.add_argument_group("output")

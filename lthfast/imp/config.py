@@ -54,11 +54,13 @@ class IMPConfig:
     Round 0 trains the dense model. Each of the ``rounds`` later rounds prunes
     ``rate`` of the weights still unpruned (global magnitude, or per layer with
     ``layerwise``), rewinds and trains again. ``target`` instead sets the sparsity
-    reached after the last round: the per-round rate is then
-    ``1 - (1 - target) ** (1 / rounds)`` (``rounds=1`` is one-shot pruning). With
-    global pruning the engine turns that into counts, so that the last round ends at
-    exactly ``round(target * n)`` pruned of the ``n`` weights round 0 trained (per-round
-    rounding does not add up); layer-wise, each tensor gets the per-round rate.
+    of the prunable set reached after the last round (the ``sparsity`` column): from a
+    dense start the per-round rate is then ``1 - (1 - target) ** (1 / rounds)``
+    (``rounds=1`` is one-shot pruning); from a starting ticket (transfer) the kept
+    fraction goes geometrically from the ticket's to ``1 - target``. With global pruning
+    the engine turns that into counts, so that the last round ends at exactly
+    ``round(target * n)`` pruned of the ``n`` prunable weights (per-round rounding does
+    not add up); layer-wise, each tensor gets the per-round rate.
     """
 
     rounds: int = 3
@@ -81,6 +83,8 @@ class IMPConfig:
                 raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
         if self.target is not None and self.rounds == 0:
             raise ValueError("target sparsity needs rounds >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not isinstance(self.layerwise, bool):  # (checked now, not after round 0's training)
             raise TypeError(f"layerwise must be True or False, got {self.layerwise!r}")
         Rewind.parse(self.rewind)

@@ -119,6 +119,8 @@ def plain(x):
         return [plain(v) for v in x]
     if isinstance(x, torch.Tensor) and x.numel() == 1:
         return plain(x.item())  # a NaN tensor too becomes null (JSON has no NaN)
+    if hasattr(x, "tolist") and getattr(x, "ndim", 0) > 0:  # tensors, numpy arrays: lists
+        return plain(x.tolist())
     if isinstance(x, float) and not math.isfinite(x):
         return None  # undefined metrics (e.g. APl with no large objects): null in JSON
     if isinstance(x, (bool, int, float, str)) or x is None:
@@ -224,6 +226,10 @@ class IMP:
             if set(initial_ticket.names()) != set(self.names):
                 raise ValueError("initial_ticket must cover exactly the pruned parameters `names`")
             initial_ticket.check(model)
+            if config.target is not None and initial_ticket.sparsity() > config.target:
+                raise ValueError(f"target={config.target!r} is below the sparsity of the starting "
+                                 f"ticket (initial_ticket / --ticket: {initial_ticket.sparsity():.2%}):"
+                                 " pruning cannot lower it")
         # train/eval mode of every module now: put back before each round's training
         self._modes = [(n, m.training) for n, m in model.named_modules()]
 
@@ -323,20 +329,28 @@ class IMP:
         return st
 
     def _amount(self, r: int, ticket, state: dict):
-        """What round r prunes. A target schedule prunes counts, so that after round r
-        exactly round(s_r * kept0) of the kept0 weights round 0 trained are pruned, with
-        s_r = target in the last round (rounding no longer adds up over the rounds; the
-        last round matches one-shot pruning to the target). Layer-wise: the rate."""
+        """What round r prunes. `target` is the final sparsity of the whole prunable set
+        (the `sparsity` column), a starting ticket's pruned weights included: the kept
+        fraction goes geometrically from round 0's, k0, to 1 - target over the rounds,
+        k_r = k0 * ((1 - target) / k0) ** (r / rounds). Globally that is a count, so that
+        after round r exactly round(s_r * n) of the n weights are pruned (per-round rates
+        would not add up after rounding; the last round lands on the target as one-shot
+        pruning does); layer-wise, each tensor prunes the per-round rate."""
         cfg = self.config
-        if cfg.target is None or cfg.layerwise:
+        if cfg.target is None:
             return cfg.per_round_rate()
         if state.get("kept0") is None:
             path = self.run.ticket_path(0) if self.run is not None else None
             state["kept0"] = (self._Ticket.load(path).kept() if path and os.path.exists(path)
                               else ticket.numel())
-        kept0 = state["kept0"]
-        s = float(cfg.target) if r >= cfg.rounds else cfg.expected_sparsity(r)
-        want = round(s * kept0) - (kept0 - ticket.kept())
+        n, kept0 = ticket.numel(), state["kept0"]
+        if n == 0 or kept0 == 0:
+            return 0
+        ratio = (1.0 - float(cfg.target)) * n / kept0  # kept at the end / kept in round 0
+        if cfg.layerwise:
+            return max(0.0, 1.0 - ratio ** (1.0 / cfg.rounds))
+        s = float(cfg.target) if r >= cfg.rounds else 1.0 - kept0 / n * ratio ** (r / cfg.rounds)
+        want = round(s * n) - (n - ticket.kept())
         return min(max(int(want), 0), ticket.kept())
 
     def _restore_modes(self) -> None:

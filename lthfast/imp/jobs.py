@@ -91,7 +91,8 @@ def _resume_settings(given: dict) -> Settings:
                        "settings); continue a run of the Python API with run_imp(..., resume=True)")
     # None / False: not on the command line (the parser's defaults are None for that)
     changed = [k for k, v in given.items() if k not in RESUME_MAY_CHANGE and v is not None
-               and v is not False and saved.get(k, getattr(Settings(), k)) != _absolute(k, v)]
+               and v is not False and saved.get(k, getattr(Settings(), k)) != _absolute(k, v)
+               and not (k == "rewind" and saved.get(k) == _normal_rewind(v))]  # INIT is init
     if changed:
         flags = ", ".join("--" + c.replace("_", "-") for c in changed)
         raise JobError("--resume continues a run with its saved settings; these flags would "
@@ -112,6 +113,15 @@ def _resume_settings(given: dict) -> Settings:
     merged = {**saved, **{k: given[k] for k in RESUME_MAY_CHANGE if given.get(k) is not None}}
     merged["out"] = path
     return Settings(**{k: v for k, v in merged.items() if k in Settings.__dataclass_fields__})
+
+
+def _normal_rewind(value):
+    """--rewind as the run saves it (INIT -> init), or as given when it does not parse
+    (check_settings names it)."""
+    try:
+        return None if value is None else str(Rewind.parse(value))
+    except ValueError:
+        return value
 
 
 def _absolute(key: str, value):
@@ -165,12 +175,16 @@ def settings_from_args(args) -> Settings:
             s.rewind = f"iter:{round(point.iteration * s.iters / defaults['iters'])}"
     if not steps_given and iters_given and defaults.get("iters"):
         # likewise the learning-rate drop (at 250 of 300 iterations in the demo)
-        s.lr_steps = [round(x * s.iters / defaults["iters"]) for x in s.lr_steps or ()]
+        # (a drop scaled onto or past the end of a tiny run is left out: no warning about a
+        # flag that was not given)
+        s.lr_steps = [k for k in (round(x * s.iters / defaults["iters"]) for x in s.lr_steps or ())
+                      if k < s.iters]
     if not warmup_given and iters_given and defaults.get("iters"):
         # and the warm-up: 50 of 300 iterations kept a short run (--iters 20) below its peak lr
         s.warmup = round(s.warmup * s.iters / defaults["iters"])
     for key in ("weights", "backbone_weights", "ticket", "data"):
         setattr(s, key, _absolute(key, getattr(s, key)))
+    s.rewind = _normal_rewind(s.rewind)
     if s.device is None:
         s.device = "cuda" if torch.cuda.is_available() else "cpu"
     if s.out is None:
@@ -184,8 +198,48 @@ def settings_from_args(args) -> Settings:
                f"--resume {s.out}); delete the folder to start over")
         return _resume_settings({**{k: given.get(k) for k in RESUME_MAY_CHANGE},
                                  "resume": s.out, "out": None})
-    check_new_run_dir(s.out, _run_differs(s, RunDir(s.out)))
+    differs = _run_differs(s, RunDir(s.out))
+    if differs and _stopped_before_round_0(RunDir(s.out)):
+        # its fix is often a flag that changes results (--batch-size, --lr): start over
+        if int(os.environ.get("RANK", "0")) != 0:  # (the process group may not be up yet)
+            return s  # rank 0 clears it
+        from lthfast.cli._common import eprint
+        eprint(f"lthfast imp: {s.out} holds a run that stopped before finishing round 0: "
+               "starting over there with these settings")
+        _clear_attempt(RunDir(s.out))
+        differs = None
+    check_new_run_dir(s.out, differs)
     return s
+
+
+# What a run writes before its first round ends (RunDir.start, a failure's status and report).
+_ATTEMPT_FILES = ("config.json", "status.json", "pruned_params.txt", "metrics.json", "metrics.csv",
+                  "report.html")
+
+
+def _stopped_before_round_0(run: RunDir) -> bool:
+    """An `lthfast imp` run that failed or was interrupted before any round finished: no
+    checkpoint, no metric rows, no file but those it wrote when it started."""
+    try:
+        return (run.status().get("state") in ("failed", "interrupted")
+                and not os.path.exists(run.file("checkpoint.pt")) and not run.read_metrics()
+                and set(os.listdir(run.path)) <= set(_ATTEMPT_FILES))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _clear_attempt(run: RunDir) -> None:
+    """Removes the files of such a run, holding its lock (a run going on there: RunDirBusy)."""
+    from lthfast.imp.rundir import hold
+    fd = hold(run.path)
+    try:
+        if _stopped_before_round_0(run):  # (again, under the lock)
+            for name in _ATTEMPT_FILES:
+                if os.path.exists(run.file(name)):
+                    os.remove(run.file(name))
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def default_out(task: str, model: str) -> str:

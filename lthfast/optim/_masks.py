@@ -48,7 +48,10 @@ def check_params(name: str, groups: Iterable[dict], start: int = 0) -> None:
 
 def _is_dense(t: torch.Tensor) -> bool:
     """Non-overlapping and dense (its elements fill one block of memory), so
-    empty_like keeps its strides and the kernels can walk memory order."""
+    empty_like keeps its strides and the kernels can walk memory order (an empty
+    tensor is, whatever its strides: nn.Linear(0, 3).weight has strides (1, 1))."""
+    if t.numel() == 0:
+        return True
     dims = sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1)
     expected = 1
     for st, sz in dims:
