@@ -10,6 +10,7 @@
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/DynamicTypes.h>
 #include <torch/csrc/Exceptions.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 
 #ifndef LTHFAST_VERSION
 #define LTHFAST_VERSION "unknown"
@@ -206,8 +207,8 @@ static bool refers_to(PyObject* ref, PyObject* obj) {
 // They return the op's output, or None whenever anything differs from that call (no
 // record, another mask object, a changed weight or mask, another input shape, dtype or
 // groups, another autocast dtype, a gradient needed, a tensor subclass or functorch
-// wrapper, a __torch_function__ or Python dispatch mode, arguments in types other than
-// int / pair of ints) or the op raises: the Python path then runs, and raises the clear
+// wrapper, a __torch_function__ or Python dispatch mode, torch.jit.trace, arguments in
+// types other than int / pair of ints) or the op raises: the Python path then runs, and raises the clear
 // error. Warnings of the op reach Python's warnings module, as from F.conv2d.
 static PyObject* g_last = nullptr;  // interned "last" / "cast": the Entry slots read here
 static PyObject* g_cast = nullptr;
@@ -260,6 +261,8 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
   // F.conv2d would call a __torch_function__ mode; a Python dispatch mode (FakeTensorMode,
   // FlopCounterMode...) runs Python inside the op: both take the Python path.
   if (at::impl::torch_function_mode_enabled() || c10::impl::dispatch_mode_enabled()) return false;
+  // torch.jit.trace records the op, not a cached weight as a constant
+  if (torch::jit::tracer::isTracing()) return false;
   const at::Tensor& x = THPVariable_Unpack(input);
   const bool cast = at::autocast::is_autocast_enabled(x.device().type());
   PyObject* r = record_of(cache, weight, path, cast);
@@ -291,7 +294,8 @@ static bool repeats(PyObject* cache, PyObject* input, PyObject* weight, PyObject
   for (const at::Tensor* t : {&x, &w, &m})
     if (t->key_set().has_any(c10::functorch_transforms_ks)) return false;
   if (b && b->key_set().has_any(c10::functorch_transforms_ks)) return false;
-  if (needs_grad(x, w, b)) return false;
+  // (a float mask may want a gradient too: the Python path gives it one)
+  if (needs_grad(x, w, b) || (c10::GradMode::is_enabled() && m.requires_grad())) return false;
   if (!stamp_matches(w, m, PyTuple_GET_ITEM(r, 4))) return false;
   if (!ints_are(PyTuple_GET_ITEM(r, 0), x.sizes())) return false;  // (a torch.Size is a tuple)
   // The op checks the bias's dtype (conv2d) or not at all (linear broadcasts it and

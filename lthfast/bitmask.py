@@ -115,6 +115,7 @@ def unpack_bits_into(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Writes the mask ``packed`` holds into the bool tensor ``out`` (any strides); returns out."""
     _check_written(packed, out, "out", lambda t: t.dtype == torch.bool, "a torch.bool tensor")
     _op("unpack_bits_into")(packed, out)
+    _written(out)
     return out
 
 
@@ -125,7 +126,15 @@ def zero_pruned_(tensor: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     and one pass over the tensor."""
     _check_written(packed, tensor, "tensor", torch.Tensor.is_floating_point, "a float tensor")
     _op("zero_pruned_")(tensor, packed)
+    _written(tensor)
     return tensor
+
+
+def _written(t: torch.Tensor) -> None:
+    # The compiled ops write without bumping the version counter (no ADInplaceOrView
+    # kernel): bump it as masked_fill_ would, or the masked layers' weight cache
+    # (lthfast.ops._weight_cache), which is stamped with it, keeps the old weight.
+    torch.autograd.graph.increment_version(t)
 
 
 def count_bits(packed: torch.Tensor) -> int:

@@ -297,6 +297,11 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
                     like = tensors[i] if tensors is not None else s
                     out = torch.empty_like(like, dtype=want)
                 into(s, m, threshold, ties_left, out, orig, product)
+                # the compiled op does not bump the version counters of what it wrote
+                # (masked_fill_ / mul would): caches stamped with them must see the write
+                for written in (out, product):
+                    if written is not None:
+                        torch.autograd.graph.increment_version(written)
                 out_slot[1] = True
                 mask = out
                 request = out = orig = product = None

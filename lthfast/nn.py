@@ -146,6 +146,9 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
 
 def _masks_of(ticket_or_masks) -> dict[str, torch.Tensor]:
     if isinstance(ticket_or_masks, dict):
+        for key in ticket_or_masks:
+            if not isinstance(key, str):
+                raise TypeError(f"sparsify: masks are keyed by parameter name (str), got key {key!r}")
         return dict(ticket_or_masks)
     if hasattr(ticket_or_masks, "names") and hasattr(ticket_or_masks, "__getitem__"):
         return {name: ticket_or_masks[name] for name in ticket_or_masks.names()}
@@ -263,6 +266,9 @@ def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module
         mask = by_weight[id(weight)][1]
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"sparsify: mask of {key!r} must be a tensor, got {type(mask).__name__}")
+        if mask.layout != torch.strided or mask.is_meta:
+            raise ValueError(f"sparsify: mask of {key!r} must be a dense tensor with values, got "
+                             f"{'a meta' if mask.is_meta else mask.layout} tensor")
         if mask.shape != weight.shape:
             raise ValueError(f"sparsify: mask of {key!r} has shape {tuple(mask.shape)}, the weight "
                              f"has {tuple(weight.shape)}")

@@ -168,8 +168,10 @@ def test_fast_path_still_checks_and_follows_changes(path):
         masked_conv2d(x, w, m, b, **{**conf, "padding": -1}, path=path)
     with pytest.raises(ValueError, match="bias must have shape"):
         masked_conv2d(x, w, m, b[:2], **conf, path=path)
+    with pytest.raises(ValueError, match="padding must be 'valid', 'same'"):
+        masked_conv2d(x, w, m, b, **{**conf, "padding": "full"}, path=path)
     with pytest.raises(TypeError, match="padding"):
-        masked_conv2d(x, w, m, b, **{**conf, "padding": "same"}, path=path)
+        masked_conv2d(x, w, m, b, **{**conf, "padding": 1.5}, path=path)
     # gradients after warm inference calls: the autograd op, zero at pruned weights
     wg = w.clone().requires_grad_()
     masked_conv2d(x, wg, m, b, **conf, path=path)

@@ -86,6 +86,9 @@ def _select(names: list[str], scope: str) -> list[str]:
     prefixes = ()
     for part in scope.split("+"):
         part = part.strip()
+        if part in PRESETS and part not in SCOPES:  # (alone it is fine: callers look it up first)
+            raise ValueError(f"prune scope {scope!r}: {part!r} is a preset, which cannot be combined "
+                             f"with '+'; combine the scopes {', '.join(SCOPES)} (e.g. 'fpn+rpn')")
         if part not in SCOPES:
             raise ValueError(f"unknown prune scope {part!r}; valid scopes and presets: "
                              f"{', '.join(valid_scopes())} (scopes combine with '+', e.g. 'fpn+rpn')")
@@ -99,6 +102,7 @@ def prunable_names(model: nn.Module, scope: str = "paper") -> list[str]:
     in model order. A scope that selects nothing in this model is an error."""
     if not isinstance(scope, str):
         raise TypeError(f"scope must be a string, got {type(scope).__name__}")
+    scope = scope.strip()
     names = _layer_names(model)
     if scope in PRESETS:
         preset = PRESETS[scope]
@@ -124,6 +128,7 @@ def scope_of(param_name: str) -> str:
 
 def describe(scope: str) -> str:
     """One line that says what `scope` (a scope or preset) selects."""
+    scope = scope.strip()
     if scope in PRESETS:
         return PRESETS[scope].description
     _select([], scope)  # validates the name(s)

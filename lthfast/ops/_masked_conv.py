@@ -52,6 +52,7 @@ _Tensor = torch.Tensor
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no __torch_function__ of their own
 _BOOL = torch.bool
 _functorch_active = torch._C._are_functorch_transforms_active
+_tracing = torch._C._is_tracing  # torch.jit.trace: record the op, never a cached weight
 # What the fast paths let the library call reject; the full checks then raise the clear error.
 _FAST_ERRORS = (RuntimeError, TypeError, ValueError, AttributeError)
 _below_autograd = torch._C._AutoDispatchBelowAutograd
@@ -164,6 +165,35 @@ def _like_input_format(out: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _masked(weight, mask):
+    """weight * mask as autograd sees it: where() for a bool mask (a pruned entry is 0
+    even where the weight is NaN or inf, as in the op), the product for a float mask
+    (which then gets its gradient)."""
+    return weight.where(mask, 0) if mask.dtype == torch.bool else weight * mask
+
+
+def _string_padding(input, weight, padding: str, stride, dilation):
+    """F.conv2d's padding="valid" / "same" for the ops below, which take ints: (input,
+    padding) with "same" as ints, or, where it is uneven (an even kernel), as an explicit
+    zero pad of the input (more at the end, as F.conv2d does)."""
+    if padding == "valid":
+        return input, 0
+    if padding != "same":
+        raise ValueError(f"masked_conv2d: padding must be 'valid', 'same', an int or a pair of "
+                         f"ints, got {padding!r}")
+    if _pair(stride, "stride") != (1, 1):
+        raise ValueError(f"masked_conv2d: padding='same' needs stride 1 (as F.conv2d), got "
+                         f"stride={stride!r}")
+    dilation = _pair(dilation, "dilation")
+    if not (isinstance(weight, torch.Tensor) and weight.dim() == 4 and isinstance(input, torch.Tensor)):
+        return input, 0  # (the checks name what is wrong)
+    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    if all(t % 2 == 0 for t in total):
+        return input, (total[0] // 2, total[1] // 2)
+    pad = [total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2]
+    return F.pad(input, pad), 0
+
+
 def _remember_cast(input, weight, mask, bias, path: str, groups: int, cast) -> None:
     """After an eager autocast inference call that ran the dense path on `cast` (what
     _autocast_args made), keeps its masked weight in autocast's dtype on the entry of
@@ -173,7 +203,7 @@ def _remember_cast(input, weight, mask, bias, path: str, groups: int, cast) -> N
     linear under autocast cast input and bias exactly as _autocast_args does."""
     dev = input.device.type
     if (dev not in ("cpu", "cuda") or _is_compiling() or type(input) is not _Tensor
-            or _needs_grad(input, weight, bias)):
+            or _needs_grad(input, weight, bias, mask)):
         return
     inner = _CACHE.get(id(cast[1]))
     last = None if inner is None else inner.last.get(path)
@@ -228,7 +258,10 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     "tuned" (the first inference call of each configuration times both paths and
     keeps the faster, as torch.backends.cudnn.benchmark; see lthfast.ops.tuned_paths).
     Under torch.compile, "auto" and "tuned" are dense (they need the mask's sparsity).
-    Under autocast it computes in autocast's dtype, as F.conv2d does.
+    Under autocast it computes in autocast's dtype, as F.conv2d does. padding may also be
+    "same" / "valid", as in F.conv2d; input is 4-D (MaskedConv2d takes unbatched input).
+    A float mask that requires grad gets its gradient (torch's autograd on weight * mask);
+    torch.func transforms and torch.jit.trace work (the trace records the op).
     """
     if not _is_compiling():
         out = _conv_repeat(_CACHE, input, weight, mask, bias, stride, padding, dilation, groups, path)
@@ -248,12 +281,18 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                 return out
         except _FAST_ERRORS:
             pass
+    if isinstance(padding, str):
+        input, padding = _string_padding(input, weight, padding, stride, dilation)
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
                                  _pair(dilation, "dilation"))
     _check_common("masked_conv2d", input, weight, mask, bias, path)
     _check_conv(input, weight, groups, stride, padding, dilation)
-    grad = _needs_grad(input, weight, bias)
-    if torch.compiler.is_compiling():
+    grad = _needs_grad(input, weight, bias, mask)
+    if grad and (mask.requires_grad or _functorch_active() or not _ops.available()):
+        # torch's autograd on the masked weight: the op has no gradient for a (float)
+        # mask, and torch.library's autograd does not compose with torch.func transforms
+        return F.conv2d(input, _masked(weight, mask), bias, stride, padding, dilation, groups)
+    if torch.compiler.is_compiling() or _tracing():
         if path == "sparse" and not grad:
             packed = torch.ops.lthfast.sparse_pack(weight, mask)
             out = torch.ops.lthfast.sparse_conv2d(input, *packed, bias, weight.shape[2:], stride,
@@ -262,10 +301,8 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         return torch.ops.lthfast.masked_conv2d(input, weight, mask, bias, stride, padding,
                                                dilation, groups)
     if grad:
-        if _ops.available():
-            return torch.ops.lthfast.masked_conv2d(input, weight, mask, bias, stride, padding,
-                                                   dilation, groups)
-        return F.conv2d(input, weight * mask, bias, stride, padding, dilation, groups)
+        return torch.ops.lthfast.masked_conv2d(input, weight, mask, bias, stride, padding,
+                                               dilation, groups)
     e = _weight_cache.entry(weight, mask)
 
     def run_dense():
@@ -386,7 +423,8 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                 and type(mask) in _PLAIN and (bias is None or type(bias) in _PLAIN)
                 and (input.requires_grad or weight.requires_grad
                      or (bias is not None and bias.requires_grad))
-                and path in PATHS and not _functorch_active()
+                and not mask.requires_grad  # (the op gives a float mask no gradient)
+                and path in PATHS and not _functorch_active() and not _tracing()
                 and _ops.available()):
             # The op and its backward op, as the op's registered autograd runs them,
             # without its Python wrapper; the op checks its arguments itself.
@@ -399,16 +437,16 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     if input.dim() < 1 or input.shape[-1] != weight.shape[1]:
         raise ValueError(f"masked_linear: input shape {tuple(input.shape)} does not end in "
                          f"in_features = {weight.shape[1]}")
-    grad = _needs_grad(input, weight, bias)
-    if torch.compiler.is_compiling():
+    grad = _needs_grad(input, weight, bias, mask)
+    if grad and (mask.requires_grad or _functorch_active() or not _ops.available()):
+        return F.linear(input, _masked(weight, mask), bias)  # (as masked_conv2d)
+    if torch.compiler.is_compiling() or _tracing():
         if path == "sparse" and not grad:
             packed = torch.ops.lthfast.sparse_pack(weight, mask)
             return torch.ops.lthfast.sparse_linear(input, *packed, bias)
         return torch.ops.lthfast.masked_linear(input, weight, mask, bias)
     if grad:
-        if _ops.available():
-            return torch.ops.lthfast.masked_linear(input, weight, mask, bias)
-        return F.linear(input, weight * mask, bias)
+        return torch.ops.lthfast.masked_linear(input, weight, mask, bias)
     e = _weight_cache.entry(weight, mask)
 
     def run_dense():
