@@ -92,15 +92,18 @@ def detect_kind(ticket, model: nn.Module) -> str:
     return "shared layers"
 
 
-def network_sparsity(ticket, model: nn.Module) -> dict:
-    """Pruned fraction of: the ticket's layers, the backbone's parameters and all the
-    model's parameters (weights, biases, norms: every nn.Parameter)."""
+def network_sparsity(ticket, model: nn.Module, transferred=None) -> dict:
+    """Pruned fraction of: the transferred layers (`transferred`, names in `model`; default:
+    all the ticket's layers), the backbone's parameters and all the model's parameters
+    (weights, biases, norms: every nn.Parameter)."""
     params = dict(model.named_parameters())
     pruned = {n: ticket.numel(n) - ticket.kept(n) for n in ticket.names() if n in params}
     total = sum(p.numel() for p in params.values())
     bb = [n for n in params if n.startswith("backbone.")]
     bb_total = sum(params[n].numel() for n in bb)
-    return {"transferred": ticket.sparsity(),
+    moved = ticket.names() if transferred is None else [n for n in transferred if n in pruned]
+    moved_total = sum(ticket.numel(n) for n in moved)
+    return {"transferred": sum(pruned[n] for n in moved) / moved_total if moved_total else 0.0,
             "backbone": (sum(v for n, v in pruned.items() if n.startswith("backbone."))
                          / bb_total) if bb_total else float("nan"),
             "network": sum(pruned.values()) / total if total else 0.0}
@@ -156,7 +159,8 @@ def transfer_ticket(ticket, model: nn.Module, *, names=None, kind: str = "auto")
     out = Ticket(masks, round=0, meta=meta, layerwise=ticket.layerwise)
     t = Transfer(ticket=out, kind=kind, mapping=mapping, unmapped_source=unmapped,
                  shape_mismatch=mismatch, uncovered_target=[n for n in names if n not in covered])
-    t.sparsity = network_sparsity(out, model)
+    # (the target's own layers in the pruned set start dense: not part of "transferred")
+    t.sparsity = network_sparsity(out, model, transferred=mapping.values())
     return t
 
 

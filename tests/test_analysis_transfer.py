@@ -61,7 +61,10 @@ def test_classifier_ticket_onto_backbone():
     all_total = sum(p.numel() for p in model.parameters())
     assert t.sparsity["backbone"] == pytest.approx(pruned / bb_total)
     assert t.sparsity["network"] == pytest.approx(pruned / all_total)
-    assert network_sparsity(t.ticket, model) == t.sparsity
+    assert network_sparsity(t.ticket, model, transferred=t.mapping.values()) == t.sparsity
+    # "transferred": the mapped layers only (the target's own layers start dense)
+    assert t.sparsity["transferred"] == pytest.approx(pruned / sum(
+        src.numel(n) for n in ("conv1.weight", "layer1.0.weight")))
     text = t.summary()
     assert "fc.weight" in text and "whole network" in text and "backbone" in text
     t.ticket.apply(model)  # it fits the model

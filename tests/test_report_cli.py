@@ -141,3 +141,11 @@ def test_perturb_refuses_bad_rounds_and_kinds(runs, capsys):
     assert "finished rounds: [0, 1]" in capsys.readouterr().err
     assert main(["perturb", runs["cls"], "--kinds", "flip"]) == 2
     assert "'flip'" in capsys.readouterr().err
+
+
+def test_perturb_on_a_ticket_run_says_why_not(runs, capsys):
+    """Round 0 of an `imp --ticket` run is the transferred (sparse) ticket: it was refused
+    as "the dense model"; it cannot be retrained because the run rewinds to iteration K."""
+    assert main(["perturb", runs["det_t"]]) == 2
+    err = capsys.readouterr().err
+    assert "dense" not in err and "round 0 trained from the initial weights" in err

@@ -14,10 +14,12 @@ def _load(t):
 def mask_overlap(a, b, *, shared_only: bool = False) -> dict:
     """IoU of kept weights of tickets `a` and `b` (Ticket or path).
 
-    Returns {"overall": IoU, "layers": [{name, params, kept_a, kept_b, sparsity_a,
-    sparsity_b, iou}], "only_a": [...], "only_b": [...]}. Tickets over different
-    parameters raise ValueError listing them, unless `shared_only` (then the IoU is
-    over the shared layers and the others are listed)."""
+    Returns {"overall": IoU, "chance": the expected IoU of random masks with the same
+    per-layer sparsities, "layers": [{name, params, kept_a, kept_b, sparsity_a,
+    sparsity_b, iou}], "only_a": [...], "only_b": [...], "mismatched": [...]}. Tickets over
+    different parameters (or shapes of one name) raise ValueError listing them, unless
+    `shared_only` (then the IoU is over the shared layers of one shape and the others are
+    listed: only_a / only_b, and mismatched, "name: shape vs shape")."""
     a, b = _load(a), _load(b)
     na, nb = set(a.names()), set(b.names())
     if not na & nb:  # a classifier ticket vs a detector's: compare on the backbone
@@ -30,20 +32,36 @@ def mask_overlap(a, b, *, shared_only: bool = False) -> dict:
                          "the shared layers with "
                          "shared_only=True (lthfast compare --shared)")
     shared = [n for n in a.names() if n in nb]
-    if not shared:
-        raise ValueError("the tickets share no layer: nothing to compare")
     bad = [f"{n}: {a.shapes[n]} vs {b.shapes[n]}" for n in shared if a.shapes[n] != b.shapes[n]]
-    if bad:
-        raise ValueError(f"the tickets disagree on layer shapes: {bad}")
+    if bad and not shared_only:
+        raise ValueError(f"the tickets disagree on layer shapes: {bad}; compare the layers of one "
+                         "shape with shared_only=True (lthfast compare --shared)")
+    # (a classifier's fc layer of another class count: not compared, listed)
+    shared = [n for n in shared if a.shapes[n] == b.shapes[n]]
+    if not shared:
+        raise ValueError("the tickets share no layer" + (f" of one shape ({bad})" if bad else "")
+                         + ": nothing to compare")
     from lthfast.ticket import Ticket
-    sub_a = Ticket({n: a[n] for n in shared}) if only_a else a
-    sub_b = Ticket({n: b[n] for n in shared}) if only_b else b
+    sub_a = Ticket({n: a[n] for n in shared}) if len(shared) < len(a.names()) else a
+    sub_b = Ticket({n: b[n] for n in shared}) if len(shared) < len(b.names()) else b
     res = sub_a.iou(sub_b)
     layers = [{"name": n, "params": a.numel(n), "kept_a": a.kept(n), "kept_b": b.kept(n),
                "sparsity_a": a.sparsity(n), "sparsity_b": b.sparsity(n),
                "iou": res["by_name"][n]} for n in shared]
-    return {"overall": res["overall"], "layers": layers, "only_a": only_a, "only_b": only_b,
+    return {"overall": res["overall"], "chance": chance_iou(layers), "layers": layers,
+            "only_a": only_a, "only_b": only_b, "mismatched": bad,
             "sparsity_a": sub_a.sparsity(), "sparsity_b": sub_b.sparsity()}
+
+
+def chance_iou(layers: list[dict]) -> float:
+    """The expected overall IoU of random masks with the layers' sparsities (each layer
+    random within itself, as in the per-layer chance column): E|a∩b| / E|a∪b| summed over
+    layers. Not random_iou of the overall sparsities: a layer kept only in A and one kept
+    only in B overlap by chance 0, not 1/3."""
+    inter = sum(d["kept_a"] * d["kept_b"] / d["params"] for d in layers if d["params"])
+    union = sum(d["kept_a"] + d["kept_b"] - d["kept_a"] * d["kept_b"] / d["params"]
+                for d in layers if d["params"])
+    return inter / union if union else 1.0
 
 
 def _short(names: list, n: int = 8) -> str:

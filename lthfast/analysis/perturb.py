@@ -10,6 +10,7 @@ and writes RUN_DIR/perturbation.json, which `lthfast report` shows.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 
 import torch
@@ -139,25 +140,34 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
     and (write=True) merges it into RUN_DIR/perturbation.json."""
     from lthfast.analysis.runs import RunError, load_run
     from lthfast.imp.config import Rewind
-    from lthfast.imp.rundir import RunDir, read_json, write_json
+    from lthfast.imp.rundir import RunDir, write_json
     run = load_run(run_dir, allow_running=False)
     kinds = parse_kinds(kinds)
     r = run.rounds[-1] if round is None else int(round)
     if r not in run.rounds:
         raise RunError(f"run {run.path} has no finished round {r}; finished rounds: {run.rounds}")
-    if r == 0:
-        raise RunError("round 0 is the dense model: its complement keeps nothing; "
-                       "pick a pruned round with --round")
     ticket = run.ticket(r)
-    payload = torch.load(RunDir(run.path).file("checkpoint.pt"), map_location="cpu",
-                         weights_only=True) if os.path.exists(
-        RunDir(run.path).file("checkpoint.pt")) else None
-    if payload is None or payload.get("rewind") is None:
+    if ticket.sparsity() == 0:
+        raise RunError(f"round {r}'s ticket is dense: its complement keeps nothing; "
+                       "pick a pruned round with --round")
+    results_path = RunDir(run.path).file(RESULTS_FILE)
+    saved = _saved_tests(results_path)  # a damaged file: said now, not after the retraining
+    ckpt_path = RunDir(run.path).file("checkpoint.pt")
+    try:
+        payload = torch.load(ckpt_path, map_location="cpu", weights_only=True) if os.path.exists(
+            ckpt_path) else None
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise RunError(f"{ckpt_path}: cannot read the run's checkpoint ({e})") from None
+    if not isinstance(payload, dict) or payload.get("rewind") is None:
         raise RunError(f"run {run.path} has no saved rewind point (checkpoint.pt missing or "
                        "made with --rewind none): the perturbed masks cannot be retrained "
                        "from the ticket's starting weights")
     s, job = _job_of_run(run, threads)
     rewind = Rewind.parse(s.rewind)
+    if r == 0 and rewind.kind == "iter":  # (round 0 of a run started from a --ticket)
+        raise RunError(f"round 0 trained from the initial weights, which the run does not keep "
+                       f"(it rewinds to iteration {rewind.iteration}): only the rounds that "
+                       "start from the rewind point can be retrained; pick one with --round")
     start_iter = rewind.iteration if rewind.kind == "iter" else 0
     rows = retrain_perturbed(job.model, ticket, job.train_fn, job.eval_fn, kinds=kinds,
                              rewind_state=payload["rewind"], start_iter=start_iter,
@@ -168,14 +178,30 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
                                                        "iou_with_ticket": 1.0, metric: own.get(metric)},
               "results": rows}
     if write:
-        path = RunDir(run.path).file(RESULTS_FILE)
-        saved = read_json(path) if os.path.exists(path) else {"tests": []}
-        tests = [t for t in saved.get("tests", []) if t.get("round") != r]
-        old = next((t for t in saved.get("tests", []) if t.get("round") == r), None)
+        tests = [t for t in saved if t.get("round") != r]
+        old = next((t for t in saved if t.get("round") == r), None)
         if old:  # keep earlier kinds of this round that were not rerun
             result["results"] = [x for x in old["results"] if x["kind"] not in kinds] + rows
-        write_json(path, {"tests": sorted(tests + [result], key=lambda t: t["round"])})
+        write_json(results_path, {"tests": sorted(tests + [result], key=lambda t: t["round"])})
     return result
+
+
+def _saved_tests(path: str) -> list[dict]:
+    """The tests in a perturbation.json ([] when there is none); RunError naming the file
+    when it is not one lthfast perturb wrote."""
+    from lthfast.analysis.runs import RunError, read_json_file
+    saved = read_json_file(path, dict, "perturbation tests")
+    if saved is None:
+        return []
+    tests = saved.get("tests", [])
+    if not (isinstance(tests, list) and all(
+            isinstance(t, dict) and isinstance(t.get("round"), int) and isinstance(t.get("metric"), str)
+            and isinstance(t.get("ticket"), dict) and isinstance(t.get("results"), list)
+            and all(isinstance(x, dict) and "kind" in x and "sparsity" in x for x in t["results"])
+            for t in tests)):
+        raise RunError(f"{path}: not the perturbation tests lthfast perturb writes (damaged?); "
+                       "move it away to start them over")
+    return tests
 
 
 def metric_key(row: dict) -> str:
@@ -186,10 +212,9 @@ def metric_key(row: dict) -> str:
 
 
 def load_results(run_path: str) -> list[dict]:
-    """The perturbation tests saved in RUN_DIR/perturbation.json ([] when none)."""
-    from lthfast.imp.rundir import read_json
-    path = os.path.join(run_path, RESULTS_FILE)
-    return read_json(path).get("tests", []) if os.path.exists(path) else []
+    """The perturbation tests saved in RUN_DIR/perturbation.json ([] when none); RunError
+    naming the file when it is damaged."""
+    return _saved_tests(os.path.join(run_path, RESULTS_FILE))
 
 
 def table(test: dict) -> list[dict]:

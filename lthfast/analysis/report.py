@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import os
+import pickle
 import warnings
 
 from lthfast.analysis import ap_breakdown as apb
@@ -28,8 +29,24 @@ def _guard(title: str, fn) -> str:
     """A section whose failure (missing data, an old run) is shown, not fatal."""
     try:
         return fn()
-    except (ValueError, OSError, KeyError) as e:
+    except _UNREADABLE as e:
         return f"<h3>{html.escape(title)}</h3>" + _note(f"not available: {e}")
+
+
+# What a missing, damaged or old run file raises (torch.load: RuntimeError / UnpicklingError)
+_UNREADABLE = (ValueError, OSError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+def _each_run(runs, fn) -> tuple[dict, list[str]]:
+    """({label: fn(run)} for the runs it works for, notes on the others): one run's
+    damaged file leaves the others' part of a section."""
+    done, notes = {}, []
+    for r in runs:
+        try:
+            done[r.label] = fn(r)
+        except _UNREADABLE as e:
+            notes.append(_note(f"{r.label}: not available: {e}"))
+    return done, notes
 
 
 def _final_metric(run) -> tuple[str, object]:
@@ -137,7 +154,7 @@ def _overlap(runs) -> str:
         return ""
     out = ["<h2>Mask overlap of the final tickets</h2>",
            _note("IoU of kept weights = |kept in both| / |kept in either|; chance = the "
-                 "expected IoU of random masks with the same sparsities.")]
+                 "expected IoU of random masks with the same per-layer sparsities.")]
     pairs, plots = [], []
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
@@ -148,9 +165,11 @@ def _overlap(runs) -> str:
                 continue
             note = (f"shared layers only ({len(res['layers'])}; {len(res['only_a'])} only in A, "
                     f"{len(res['only_b'])} only in B)" if res["only_a"] or res["only_b"] else "")
+            if res["mismatched"]:
+                note += ("; " if note else "") + f"not compared (other shapes): {res['mismatched'][:3]}"
             pairs.append({"run A": a.label, "run B": b.label, "sparsity A": res["sparsity_a"],
                           "sparsity B": res["sparsity_b"], "IoU": res["overall"],
-                          "chance IoU": ov.random_iou(res["sparsity_a"], res["sparsity_b"]),
+                          "chance IoU": res["chance"],
                           "note": note})
             if len(plots) < 6:
                 plots.append(f"<h3>{html.escape(a.label)} vs {html.escape(b.label)}</h3>"
@@ -162,8 +181,8 @@ def _overlap(runs) -> str:
 
 
 def _early_bird(runs) -> str:
-    data = {r.label: ov.early_bird(r) for r in runs}
-    out = "<h2>Early-bird stability</h2>" + _note(
+    data, notes = _each_run(runs, ov.early_bird)
+    out = "<h2>Early-bird stability</h2>" + "".join(notes) + _note(
         "IoU of the mask of each round with the run's final ticket. IMP masks are nested (a "
         "pruned weight stays pruned), so this IoU is fixed by the sparsities: "
         "(1 - final sparsity) / (1 - round sparsity); whether the mask itself is found "
@@ -171,7 +190,7 @@ def _early_bird(runs) -> str:
         "--early-bird-every N), below when saved.")
     out += (img(ov.plot_early_bird(data), "early-bird stability")
             + html_table([{"run": k, **row} for k, rows in data.items() for row in rows]))
-    iters = {r.label: ov.early_bird_iterations(r) for r in runs}
+    iters, _ = _each_run(runs, ov.early_bird_iterations)
     if any(iters.values()):
         out += ("<h3>During dense training</h3>" + _note(
             "Masks drawn every few iterations of round 0 (lthfast imp --early-bird-every N) "
@@ -182,11 +201,11 @@ def _early_bird(runs) -> str:
 
 
 def _layers(runs) -> str:
-    stats = {r.label: lay.layer_stats(r.ticket()) for r in runs}
+    stats, notes = _each_run(runs, lambda r: lay.layer_stats(r.ticket()))
     groups: dict[tuple, dict] = {}
     for label, s in stats.items():
         groups.setdefault(tuple(d["name"] for d in s), {})[label] = s
-    out = ["<h2>Per-layer structure of the final tickets</h2>",
+    out = ["<h2>Per-layer structure of the final tickets</h2>", *notes,
            html_table([{"run": k, **lay.summary(s)} for k, s in stats.items()])]
     for names, grp in groups.items():
         out.append(img(lay.plot_layer_stats(grp, "per-layer sparsity and fully pruned channels: "
@@ -209,9 +228,15 @@ def _layerwise(runs) -> str:
     out = ["<h2>Layer-wise vs global pruning at the same sparsity</h2>",
            _note("Both masks are computed from the run's last trained weights (checkpoint.pt) "
                  "at the final ticket's sparsity: one global magnitude threshold vs the same "
-                 "fraction pruned in every layer.")]
+                 "fraction pruned in every layer. Pruned weights are 0 there, so the global "
+                 "mask is the run's own ticket.")]
     for r in runs:
         def one(r=r):
+            if r.config.get("schedule", {}).get("layerwise"):
+                return f"<h3>{html.escape(r.label)}</h3>" + _note(
+                    "a --layerwise run: both masks would be its own ticket (its pruned weights "
+                    "are 0 and every layer is at the same sparsity); a global run of the same "
+                    "task compares with it below")
             path = os.path.join(r.path, "checkpoint.pt")
             state = torch.load(path, map_location="cpu", weights_only=True)["model"]
             t = r.ticket()
@@ -249,10 +274,11 @@ def _layerwise_run_pairs(runs) -> str:
 
 
 def _perturbation(runs) -> str:
-    out = ["<h2>Perturbation tests</h2>"]
+    saved, notes = _each_run(runs, lambda r: pt.load_results(r.path))
+    out = ["<h2>Perturbation tests</h2>", *notes]
     found = False
     for r in runs:
-        for test in pt.load_results(r.path):
+        for test in saved.get(r.label, []):
             found = True
             table = pt.table(test)
             out.append(f"<h3>{html.escape(r.label)}, round {test['round']}</h3>"

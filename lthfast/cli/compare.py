@@ -104,10 +104,12 @@ def run(args) -> int:
             for d in res["layers"]]
     rows.append(["total", sum(d["params"] for d in res["layers"]), _pct(res["sparsity_a"]),
                  _pct(res["sparsity_b"]), f"{res['overall']:.3f}",
-                 f"{random_iou(res['sparsity_a'], res['sparsity_b']):.3f}"])
+                 f"{res['chance']:.3f}"])
     print(f"A: {what_a}\nB: {what_b}\n")
     print(format_table(["layer", "params", "pruned A", "pruned B", "IoU", "chance"], rows))
     if res["only_a"] or res["only_b"]:
         print(f"\nnot compared: {len(res['only_a'])} layers only in A {res['only_a'][:6]}, "
               f"{len(res['only_b'])} only in B {res['only_b'][:6]}")
+    if res["mismatched"]:
+        print(f"not compared (other shapes): {res['mismatched'][:6]}")
     return 0
