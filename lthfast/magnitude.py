@@ -21,13 +21,19 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def _check_tensors(tensors, what: str = "tensors") -> list[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         tensors = [tensors]
+    if isinstance(tensors, dict):
+        raise TypeError(f"{what} is a dict (a state_dict?): pass a list of tensors, e.g. "
+                        "list(state_dict.values())")
     tensors = list(tensors)
     if not tensors:
         raise ValueError(f"{what} is empty: pass at least one tensor")
+    for i, t in enumerate(tensors):  # (all before tensors[0].device is read)
+        if not isinstance(t, torch.Tensor):
+            hint = (" (a (name, tensor) pair from named_parameters()? pass model.parameters())"
+                    if isinstance(t, tuple) else "")
+            raise TypeError(f"{what}[{i}] is a {type(t).__name__}, not a torch.Tensor{hint}")
     device = tensors[0].device
     for i, t in enumerate(tensors):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{what}[{i}] is a {type(t).__name__}, not a torch.Tensor")
         if t.layout != torch.strided:
             raise ValueError(f"{what}[{i}] has layout {t.layout}; only dense (strided) tensors are supported")
         if t.dtype not in _FLOAT_DTYPES:
@@ -91,6 +97,8 @@ def _unchecked(tensors, masks=None):
     TypeError / ValueError, or an AttributeError from a non-tensor in the list),
     the full checks run first and raise their documented error if the arguments
     are bad, in the same order as before; otherwise the body's error propagates."""
+    if isinstance(tensors, dict):  # (a state_dict: its keys would be the list)
+        _check_tensors(tensors)
     tensors = _as_list(tensors)
     mask_list = [] if masks is None else _as_list(masks)
     try:

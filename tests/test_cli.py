@@ -301,3 +301,30 @@ def test_prune_cuda(tmp_path, capsys):
     assert main(["prune", "resnet18", "--amount", "0.8", "--device", "cuda", "--save", str(path)]) == 0
     zeros, n = _prunable_sparsity(torch.load(path, weights_only=True), "resnet18")
     assert zeros == round(0.8 * n)
+
+
+@needs_torchvision
+def test_prune_again_reports_the_sparsity_it_saves(tmp_path, capsys):
+    """Pruning a checkpoint pruned before (the help's round-after-round use): its zeros
+    count as pruned in the table and summary (they were counted as kept: 20% shown, 60%
+    saved)."""
+    _needs_prune()
+    import torchvision
+    ckpt, once, twice = tmp_path / "ckpt.pth", tmp_path / "once.pth", tmp_path / "twice.pth"
+    torch.save(torchvision.models.get_model(SMALL, weights=None).state_dict(), ckpt)
+    assert main(["prune", str(ckpt), "--arch", SMALL, "--amount", "0.5", "--save", str(once),
+                 "--no-table"]) == 0
+    capsys.readouterr()
+    assert main(["prune", str(once), "--arch", SMALL, "--amount", "0.2", "--save", str(twice),
+                 "--no-table"]) == 0
+    zeros, n = _prunable_sparsity(torch.load(twice, weights_only=True), SMALL)
+    assert f"overall sparsity: {100 * zeros / n:.2f}%" in capsys.readouterr().out
+    assert zeros / n == pytest.approx(0.5, abs=0.01)  # 20% of the weights, all zeros already
+
+
+def test_prune_takes_every_convolution():
+    from torch import nn
+    from lthfast.cli._models import prunable_layers
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Conv3d(3, 4, 3), nn.ConvTranspose2d(4, 2, 3),
+                        nn.Linear(4, 2), nn.BatchNorm1d(3))
+    assert [n for n, _ in prunable_layers(net)] == ["0", "1", "2", "3"]

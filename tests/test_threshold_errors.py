@@ -97,3 +97,16 @@ def test_generators_are_read_once_and_errors_still_name_the_tensor():
     assert [tuple(m.shape) for m in got] == [(4, 3), (5,)]
     with pytest.raises(TypeError, match=r"tensors\[1\] has dtype torch.int64"):
         lthfast.global_magnitude_masks([ws[0], torch.ones(3, dtype=torch.int64)], 2.0)  # not amount's
+
+
+def test_named_parameters_or_a_state_dict_get_a_hint():
+    """tensors[0] was read (.device) before it was checked: an AttributeError."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match=r"tensors\[0\] is a tuple.*named_parameters\(\)\? pass model\.parameters\(\)"):
+        lthfast.global_magnitude_masks(net.named_parameters(), 0.2)
+    with pytest.raises(TypeError, match=r"tensors is a dict \(a state_dict\?\)"):
+        lthfast.global_magnitude_threshold(net.state_dict(), 1)
+    with pytest.raises(TypeError, match=r"tensors\[0\] is a NoneType"):
+        lthfast.global_magnitude_masks([None, torch.ones(2)], 1)
+    with pytest.raises(TypeError, match=r"importance\[0\] is a str"):
+        lthfast.global_magnitude_masks([torch.ones(2)], 1, importance=["x"])

@@ -12,8 +12,9 @@ from torch import nn
 
 from lthfast.cli._common import CLIError
 
-#: Layer types whose `weight` is pruned by `lthfast prune` and the threshold benchmarks.
-PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+#: Layer types whose `weight` is pruned by `lthfast prune` and the threshold benchmarks:
+#: every convolution (1-D, 2-D, 3-D: the video models' too; transposed too) and Linear.
+PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
@@ -170,6 +171,7 @@ def resolve_model(model: str, *, arch: str | None = None, weights: str | None = 
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every Conv2d / ConvTranspose2d / Linear, in module order."""
+    """(name, module) of every convolution (Conv1d/2d/3d, transposed too) and Linear, in
+    module order."""
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, PRUNABLE_TYPES) and isinstance(getattr(m, "weight", None), torch.Tensor)]

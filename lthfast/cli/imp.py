@@ -162,14 +162,16 @@ def add_parser(sub) -> None:
                         "for detection: 5/6 of --iters; classification uses cosine decay)")
     t.add_argument("--image-size", type=_positive_int, default=None,
                    help="image side for shapes data, the centre crop of folder:PATH images "
-                        "(default 224), and the detector's resize (default: 96 detection, 32 "
-                        "classification)")
+                        "(default 224), and the detector's resize (default: 96 detection on "
+                        "shapes, the model's own with coco:PATH; 32 classification)")
     t.add_argument("--n-train", type=_positive_int, default=None,
                    help="shapes: training images (default: 300 detection, 2000 classification); "
-                        "with folder:PATH, a seeded random subset of that many (default: all)")
+                        "with folder:PATH or coco:PATH, a seeded random subset of that many "
+                        "(default: all)")
     t.add_argument("--n-val", type=_positive_int, default=None,
                    help="shapes: validation images (default: 100 detection, 500 classification); "
-                        "with folder:PATH, a seeded random subset of that many (default: all)")
+                        "with folder:PATH or coco:PATH, a seeded random subset of that many "
+                        "(default: all)")
     t.add_argument("--device", default=None, metavar="DEV",
                    help="cpu or cuda (default: cuda when a GPU is visible, else cpu)")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
@@ -199,7 +201,9 @@ def _print_table(rows: list[dict], task: str, file=None) -> None:
         keys = ["top1"] + (["top5"] if any("top5" in r for r in rows) else [])
     else:
         prefix = {"detection": "bbox", "segmentation": "segm", "keypoints": "keypoints"}[task]
-        keys = [f"{prefix}_AP", f"{prefix}_AP50", f"{prefix}_APs", f"{prefix}_APm", f"{prefix}_APl"]
+        # (COCO's keypoint AP has no small-object AP: its column would always be empty)
+        keys = [f"{prefix}_{k}" for k in ("AP", "AP50", "APs", "APm", "APl")
+                if not (task == "keypoints" and k == "APs")]
         if task != "detection":
             keys = ["bbox_AP"] + keys
     headers = ["round", "sparsity"] + keys + ["prune s", "train s", "eval s"]

@@ -11,10 +11,11 @@ from lthfast.cli._common import (CLIError, atomic_write, check_writable_target, 
                                  resolve_device, step)
 
 _DESCRIPTION = """\
-Prunes the weights of every Conv2d, ConvTranspose2d and Linear layer of MODEL with one
-global magnitude threshold (lthfast.prune.global_unstructured with L1Unstructured, the
-drop-in for torch.nn.utils.prune), makes the pruning permanent (prune.remove), and prints
-the sparsity of every layer, the overall sparsity and the time of the pruning step.
+Prunes the weights of every convolution (1-D, 2-D, 3-D, transposed) and Linear layer of
+MODEL with one global magnitude threshold (lthfast.prune.global_unstructured with
+L1Unstructured, the drop-in for torch.nn.utils.prune), makes the pruning permanent
+(prune.remove), and prints the sparsity of every layer (of the saved weights: zeros of an
+earlier pruning count), the overall sparsity and the time of the pruning step.
 
 MODEL is a torchvision model name (classification, detection, segmentation, video, ...;
 built with random init: weights=None, weights_backbone=None) or a checkpoint written by
@@ -141,7 +142,7 @@ def run(args) -> int:
         model.to(device)
     layers = prunable_layers(model)
     if not layers:
-        raise CLIError(f"{source} has no Conv2d, ConvTranspose2d or Linear layers to prune")
+        raise CLIError(f"{source} has no convolution or Linear layers to prune")
     n_weights = sum(m.weight.numel() for _, m in layers)
     weight_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in layers)
 
@@ -162,11 +163,10 @@ def run(args) -> int:
 
     rows, kept_total = [], 0
     for name, m in layers:
-        mask = getattr(m, "weight_mask", None)
-        kept = int(mask.count_nonzero()) if mask is not None else None
         prune.remove(m, "weight")
-        if kept is None:
-            kept = int(m.weight.count_nonzero())
+        # what the saved model keeps: weights that were 0 already (a checkpoint pruned
+        # before) count as pruned, not as kept by this run's mask
+        kept = int(m.weight.count_nonzero())
         kept_total += kept
         n = m.weight.numel()
         rows.append([name, "x".join(map(str, m.weight.shape)), n, kept, f"{100 * (1 - kept / n):.2f}%"])
@@ -178,7 +178,7 @@ def run(args) -> int:
         print()
     n_all = sum(p.numel() for p in model.parameters())
     print(f"model:            {source}")
-    print(f"pruned layers:    {len(layers)} Conv2d/ConvTranspose2d/Linear, "
+    print(f"pruned layers:    {len(layers)} convolution / Linear, "
           f"{n_weights:,} weights ({human_bytes(weight_bytes)})")
     print(f"overall sparsity: {100 * sparsity:.2f}% of the pruned layers' weights "
           f"({n_weights - kept_total:,} pruned, {kept_total:,} kept); "
@@ -188,7 +188,9 @@ def run(args) -> int:
     collapsed = [r[0] for r in rows if r[0] != "total" and r[3] == 0]
     if collapsed:
         eprint(f"warning: every weight of {', '.join(collapsed)} is pruned (layer collapse: "
-               "nothing flows through it); --layerwise or a lower --amount avoids that")
+               "nothing flows through it); "
+               + ("a lower --amount avoids that" if args.layerwise
+                  else "--layerwise or a lower --amount avoids that"))
 
     if args.save:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -159,9 +159,10 @@ def _validate_coco(doc, path, task: str) -> None:
             bad.add(w, f"duplicate annotation id {a['id']!r}")
         else:
             ann_ids.add(a["id"])
-        if a.get("image_id") not in images or not _is_int(a.get("image_id")):
+        if not _is_int(a.get("image_id")) or a.get("image_id") not in images:  # (int first: a
+            # list or dict id is unhashable)
             bad.add(w, f"'image_id' {a.get('image_id')!r} is not the id of an entry of 'images'")
-        if a.get("category_id") not in cats or not _is_int(a.get("category_id")):
+        if not _is_int(a.get("category_id")) or a.get("category_id") not in cats:
             bad.add(w, f"'category_id' {a.get('category_id')!r} is not the id of an entry of "
                        f"'categories' (ids: {sorted(cats)[:10]}{' ...' if len(cats) > 10 else ''})")
         box = a.get("bbox")
@@ -204,6 +205,11 @@ def _segmentation_problem(seg) -> str | None:
         if "counts" not in seg or not isinstance(size, list) or len(size) != 2 \
                 or not all(_is_int(x) and x > 0 for x in size):
             return f"RLE 'segmentation' needs 'counts' and 'size' [height, width], got {seg!r:.80}"
+        counts = seg["counts"]
+        if not (isinstance(counts, str) or (isinstance(counts, list)
+                                            and all(_is_int(c) and c >= 0 for c in counts))):
+            return (f"RLE 'segmentation' 'counts' must be a string (compressed) or a list of "
+                    f"non-negative ints, got {counts!r:.60}")
         return None  # its size is checked against the image's when the image is read
     if not isinstance(seg, list) or not seg:
         return f"'segmentation' must be polygons (a non-empty list of [x1, y1, x2, y2, ...]) " \
@@ -212,6 +218,9 @@ def _segmentation_problem(seg) -> str | None:
         if not isinstance(p, list) or len(p) < 6 or len(p) % 2:
             return (f"'segmentation' polygon {p!r:.60} must be a flat list of an even number "
                     ">= 6 of coordinates (3 or more x, y points)")
+        # (NaN, inf or huge coordinates crash pycocotools' drawing: segfault or out of memory)
+        if not all(_is_num(c) and abs(c) <= 1e6 for c in p):
+            return f"'segmentation' polygon {p!r:.60} has a coordinate that is not a finite number (within ±1e6)"
     return None
 
 
@@ -248,7 +257,8 @@ class CocoDataset(torch.utils.data.Dataset):
     An image that fails to decode stops loading with an error naming the file.
     """
 
-    def __init__(self, ann_file, image_dir, *, task: str, transforms=None, drop_empty: bool = False):
+    def __init__(self, ann_file, image_dir, *, task: str, transforms=None, drop_empty: bool = False,
+                 label_map: dict | None = None):
         self.task = check_task(task)
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.coco = _load_coco(self.ann_file, self.task)
@@ -259,6 +269,12 @@ class CocoDataset(torch.utils.data.Dataset):
         ids = [c["id"] for c in cats]
         raw = all(isinstance(i, int) and 1 <= i <= 1000 for i in ids)
         self.cat_id_to_label = {c: (c if raw else i + 1) for i, c in enumerate(ids)}
+        if label_map is not None:  # the training split's labels (a model learnt them)
+            other = [i for i in ids if i not in label_map]
+            if other:
+                raise ValueError(f"{self.ann_file}: categories {other[:5]} are not in the training "
+                                 "split's 'categories': the splits must list the same categories")
+            self.cat_id_to_label = dict(label_map)
         self.label_to_cat_id = {v: k for k, v in self.cat_id_to_label.items()}
         self.num_classes = max(self.label_to_cat_id) + 1  # + background
         self.category_names = {c["id"]: c["name"] for c in cats}
@@ -287,6 +303,21 @@ class CocoDataset(torch.utils.data.Dataset):
                                  f"usable annotation for task {task} (a non-crowd box over 1 px "
                                  "wide and high" + (" with a labelled keypoint" if task == "keypoints"
                                                      else "") + "), so there is nothing to train on")
+        # a missing image would be found only when read: after a whole round of training
+        missing = [self.coco.imgs[i].get("file_name") for i in self.ids
+                   if not (self.image_dir / str(self.coco.imgs[i].get("file_name", ""))).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.ann_file}: {len(missing)} of its images are not in "
+                                    f"{self.image_dir}, e.g. {missing[:3]}")
+
+    def subset(self, n: int, seed: int) -> "CocoDataset":
+        """Keeps `n` of the images (the first of a seeded permutation, in id order): a quick
+        run on part of a large dataset. In place; returns self."""
+        if n < len(self.ids):
+            g = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(len(self.ids), generator=g)[:n].tolist()
+            self.ids = sorted(self.ids[i] for i in keep)
+        return self
 
     def _usable(self, anns) -> bool:
         ok = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 1 and a["bbox"][3] > 1]
@@ -311,6 +342,12 @@ class CocoDataset(torch.utils.data.Dataset):
         path = self.image_dir / info["file_name"]
         try:
             with Image.open(path) as im:
+                if im.mode.startswith("I"):  # 16-bit grey (I;16, or I as some Pillow versions
+                    # open it): convert("RGB") would clip every value above 255 to white
+                    grey = np.asarray(im, dtype=np.float32) / 65535.0
+                    return torch.from_numpy(np.clip(grey, 0, 1)).expand(3, *grey.shape).clone()
+                if im.mode == "F":
+                    raise ValueError("a floating-point image (mode F): save it as 8 or 16 bits")
                 arr = np.asarray(im.convert("RGB"))
         except (OSError, ValueError) as e:
             raise OSError(f"cannot read image {path} (image id {info['id']}): {e}") from None
@@ -370,13 +407,16 @@ def shapes_root(root_cache=None, **shapes_kw) -> Path:
 
 
 def load_dataset(spec: str, split: str, *, task: str, root_cache=None, transforms=None,
-                 drop_empty: bool | None = None, **shapes_kw) -> CocoDataset:
+                 drop_empty: bool | None = None, label_map: dict | None = None,
+                 **shapes_kw) -> CocoDataset:
     """Dataset `spec` ("shapes" or "coco:PATH") split "train" or "val" for `task`.
 
     "shapes" generates (once) into a cache folder, see `shapes_root`; `shapes_kw` are
     `make_shapes` parameters (n_train, n_val, image_size, seed; defaults from
     `lthfast.detection.defaults.DEMO`). "coco:PATH" reads PATH/annotations/instances_train2017.json
     + PATH/train2017/ (person_keypoints_* for keypoints), or the shapes layout.
+    `label_map`: the training split's `cat_id_to_label`, for the validation split (the
+    labels a model learnt must mean the same categories there).
     """
     check_task(task)
     if split not in SPLITS:
@@ -394,6 +434,9 @@ def load_dataset(spec: str, split: str, *, task: str, root_cache=None, transform
     elif spec.startswith("coco:"):
         if shapes_kw:
             raise TypeError(f"options {sorted(shapes_kw)} only apply to the shapes dataset")
+        if not spec[5:].strip():
+            raise ValueError(f"data spec {spec!r} has no path: give coco:PATH, the folder that "
+                             "holds annotations/")
         root = Path(spec[5:]).expanduser()
         if not root.is_dir():
             what = "is a file, not a folder" if root.exists() else "does not exist"
@@ -404,4 +447,5 @@ def load_dataset(spec: str, split: str, *, task: str, root_cache=None, transform
     ann, img = _find_split(root, split, task)
     if drop_empty is None:
         drop_empty = split == "train"
-    return CocoDataset(ann, img, task=task, transforms=transforms, drop_empty=drop_empty)
+    return CocoDataset(ann, img, task=task, transforms=transforms, drop_empty=drop_empty,
+                       label_map=label_map)
