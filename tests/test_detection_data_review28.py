@@ -112,3 +112,11 @@ def test_n_train_and_n_val_take_a_seeded_part_of_coco_data(tiny_root, tmp_path):
 def test_empty_coco_path_is_an_error():
     with pytest.raises(ValueError, match="has no path"):
         load_dataset("coco:", "train", task="detection")
+
+
+def test_a_too_small_image_size_names_the_flag(tmp_path, capsys):
+    from lthfast.cli import main
+    assert main(["imp", "--image-size", "16", "--iters", "1", "--quiet", "--out",
+                 str(tmp_path / "run")]) == 2
+    assert "--image-size 16: detection models and the shapes data need 32 or more" in \
+        capsys.readouterr().err

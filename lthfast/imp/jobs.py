@@ -311,6 +311,9 @@ def check_settings(s: Settings) -> IMPConfig:
     if s.task != "classification" and s.data.startswith("folder:"):
         raise JobError(f"--data {s.data}: image folders are for --task classification; "
                        "detection tasks take shapes or coco:PATH")
+    if s.task != "classification" and s.image_size is not None and s.image_size < 32:
+        raise JobError(f"--image-size {s.image_size}: detection models and the shapes data need "
+                       "32 or more")
     return IMPConfig(rounds=s.rounds, rate=s.rate, target=s.target, layerwise=s.layerwise,
                      rewind=s.rewind, seed=s.seed)
 
