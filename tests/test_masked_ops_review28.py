@@ -178,3 +178,12 @@ def test_a_preset_in_a_union_and_stray_spaces():
     with pytest.raises(ValueError, match=r"'paper' is a preset, which cannot be combined with '\+'"):
         det.prunable_names(model, "paper+rpn")
     assert det.prunable_names(model, "fpn + rpn")
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_one_element_stride_as_f_conv2d_takes_it(path):
+    x, w = torch.randn(2, 4, 9, 9), torch.randn(6, 4, 3, 3)
+    m = torch.rand_like(w) > 0.5
+    with torch.no_grad():
+        out = masked_conv2d(x, w, m, None, (2,), [1], (1,), path=path)
+    torch.testing.assert_close(out, F.conv2d(x, w * m, None, (2,), [1], (1,)))

@@ -68,9 +68,9 @@ def _pair(value, name: str) -> tuple[int, int]:
         return value  # the common case, in exact types (nn.Conv2d's attributes)
     if isinstance(value, int) and not isinstance(value, bool):
         return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+    if isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return (int(value[0]), int(value[1]))
+        return (int(value[0]), int(value[-1]))  # (one value: both sides, as F.conv2d takes it)
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
