@@ -421,7 +421,8 @@ def test_pair_fast_case_keeps_the_checks():
 
     assert _pair((2, 3), "stride") == (2, 3) and _pair(4, "stride") == (4, 4)
     assert _pair([2, 3], "stride") == (2, 3)
-    for bad in ((1, True), (True, True), True, (1,), (1, 2, 3), (1.0, 1), [1]):
+    assert _pair((2,), "stride") == (2, 2) and _pair([3], "stride") == (3, 3)  # as F.conv2d
+    for bad in ((1, True), (True, True), True, (True,), (), (1, 2, 3), (1.0, 1), [1.0]):
         with pytest.raises(TypeError, match="stride"):
             _pair(bad, "stride")
 
