@@ -120,7 +120,7 @@ def _err(fn):
 
 
 @pytest.mark.parametrize("bad", [
-    "mask_shape", "mask_broadcast", "input_3d", "path", "stride_list1", "stride_bool",
+    "mask_shape", "mask_broadcast", "input_3d", "path", "stride_list3", "stride_bool",
     "groups_bool", "groups_0", "complex", "padding_neg", "too_small", "channels", "bias_shape",
     "bias_dtype", "input_dtype", "stride_float", "mask_int",
 ])
@@ -140,8 +140,8 @@ def test_conv_training_errors_are_the_full_checks(bad):
         x = x[0]
     elif bad == "path":
         kw["path"] = "fast"
-    elif bad == "stride_list1":
-        kw["stride"] = [1]
+    elif bad == "stride_list3":  # ([1] is F.conv2d's one-element form: valid)
+        kw["stride"] = [1, 1, 1]
     elif bad == "stride_bool":
         kw["stride"] = (True, True)
     elif bad == "groups_bool":
