@@ -120,3 +120,18 @@ def test_a_too_small_image_size_names_the_flag(tmp_path, capsys):
                  str(tmp_path / "run")]) == 2
     assert "--image-size 16: detection models and the shapes data need 32 or more" in \
         capsys.readouterr().err
+
+
+def test_missing_pycocotools_is_one_line_saying_what_to_install(tmp_path, capsys, monkeypatch):
+    """The detection modules re-raised a plain ImportError: the CLI printed a traceback."""
+    import sys
+    from lthfast.cli import main
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
+    monkeypatch.setenv("LTHFAST_DATA_DIR", str(tmp_path / "data"))
+    assert main(["imp", "--iters", "1", "--n-train", "4", "--n-val", "2", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "needs pycocotools, which is not installed; install it with: pip install pycocotools" in err
+    assert "Traceback" not in err

@@ -42,7 +42,9 @@ def _load_coco(path: Path, task: str = "detection"):
     try:
         from pycocotools.coco import COCO
     except ImportError:
-        raise ImportError("COCO data needs pycocotools: `pip install pycocotools`") from None
+        # (ModuleNotFoundError with its name: the CLI turns it into one line saying what to install)
+        raise ModuleNotFoundError("COCO data needs pycocotools: `pip install pycocotools`",
+                                  name="pycocotools") from None
     try:
         doc = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:

@@ -42,8 +42,8 @@ def _pycocotools_mask():
     try:
         from pycocotools import mask
     except ImportError:
-        raise ImportError("the shapes dataset and COCO evaluation need pycocotools: "
-                          "`pip install pycocotools`") from None
+        raise ModuleNotFoundError("the shapes dataset and COCO evaluation need pycocotools: "
+                                  "`pip install pycocotools`", name="pycocotools") from None
     return mask
 
 

@@ -492,7 +492,9 @@ class IMP:
             from lthfast.imp.report import write_run_report
             write_run_report(self.run.path)
         except Exception as e:  # a report problem must not lose the run
-            self.log(f"warning: report.html not written: {type(e).__name__}: {e}")
+            hint = ("; install it with: pip install matplotlib (or 'lthfast[vision]')"
+                    if isinstance(e, ModuleNotFoundError) and e.name == "matplotlib" else "")
+            self.log(f"warning: report.html not written: {type(e).__name__}: {e}{hint}")
 
 
 def _as_metrics(x, who: str) -> dict:

@@ -360,7 +360,9 @@ class Job:
         if ddp.is_main():
             print()
             print_table(res.rows, s.task)
-            print(f"\nrun directory: {res.run_dir}  (report: {os.path.join(res.run_dir, 'report.html')})")
+            report = os.path.join(res.run_dir, "report.html")
+            print(f"\nrun directory: {res.run_dir}"
+                  + (f"  (report: {report})" if os.path.exists(report) else "  (no report.html)"))
         ddp.shutdown()
         return 0
 
