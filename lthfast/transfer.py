@@ -101,7 +101,7 @@ def network_sparsity(ticket, model: nn.Module, transferred=None) -> dict:
     total = sum(p.numel() for p in params.values())
     bb = [n for n in params if n.startswith("backbone.")]
     bb_total = sum(params[n].numel() for n in bb)
-    moved = ticket.names() if transferred is None else [n for n in transferred if n in pruned]
+    moved = [n for n in (ticket.names() if transferred is None else transferred) if n in pruned]
     moved_total = sum(ticket.numel(n) for n in moved)
     return {"transferred": sum(pruned[n] for n in moved) / moved_total if moved_total else 0.0,
             "backbone": (sum(v for n, v in pruned.items() if n.startswith("backbone."))

@@ -119,3 +119,22 @@ def test_a_layerwise_run_is_not_compared_with_itself(tmp_path):
     out = tmp_path / "page.html"
     assert main(["report", run, "--out", str(out)]) == 0
     assert "a --layerwise run: both masks would be its own ticket" in out.read_text()
+
+
+def test_network_sparsity_of_a_ticket_with_names_the_model_lacks():
+    from lthfast.transfer import network_sparsity
+    model = nn.Sequential(nn.Linear(4, 2))
+    t = Ticket({"0.weight": mask([1, 0, 1, 0, 1, 0, 1, 0], (2, 4)), "gone.weight": mask([1, 0])})
+    assert network_sparsity(t, model)["transferred"] == 0.5  # (was a KeyError)
+
+
+def test_perturb_refuses_round_0_of_a_late_resetting_run_before_building_it(tmp_path, monkeypatch):
+    from lthfast.analysis import perturb as pt
+    run = write_run(tmp_path / "r", [Ticket({"w": mask([1, 1, 0, 0])}),
+                                     Ticket({"w": mask([1, 0, 0, 0])}, round=1)],
+                    [{"round": 0, "sparsity": 0.5, "bbox_AP": 1.0},
+                     {"round": 1, "sparsity": 0.75, "bbox_AP": 1.0}],
+                    settings={"task": "detection", "rewind": "iter:5"})
+    monkeypatch.setattr(pt, "_job_of_run", lambda *a: pytest.fail("built the job first"))
+    with pytest.raises(RunError, match="round 0 trained from the initial weights"):
+        pt.perturbation(run, round=0, write=False)

@@ -100,13 +100,25 @@ def test_n_train_and_n_val_take_a_seeded_part_of_coco_data(tiny_root, tmp_path):
     s = settings_from_args(build_parser().parse_args(
         ["imp", "--data", f"coco:{root}", "--n-train", "3", "--n-val", "2", "--model",
          "fasterrcnn_resnet18_fpn", "--out", str(tmp_path / "run")]))
-    assert (s.n_train, s.n_val) == (3, 2)
+    *_, describe = task_detection.build(s, torch.device("cpu"))
+    assert "(3 train / 2 val images)" in describe  # (were: all of them, silently)
     ds = load_dataset(f"coco:{root}", "train", task="detection")
     ids = list(ds.ids)
     part = ds.subset(3, 0).ids
     assert len(part) == 3 and set(part) <= set(ids) and part == sorted(part)
     assert load_dataset(f"coco:{root}", "train", task="detection").subset(3, 0).ids == part
-    assert "subset" in task_detection.build.__code__.co_names
+    # only the images of the part must be there; the report's category counts need none
+    from lthfast.detection.data import run_split
+    info = {i["id"]: i for i in json.loads((root / "annotations" / "instances_train.json")
+                                            .read_text())["images"]}
+    for i in set(ids) - set(part):
+        (root / "train" / info[i]["file_name"]).unlink()
+    assert run_split(s, "train").ids == part
+    for i in part:
+        (root / "train" / info[i]["file_name"]).unlink()
+    with pytest.raises(FileNotFoundError, match="3 of its images"):
+        run_split(s, "train")
+    assert sum(run_split(s, "train", check_images=False).category_counts().values()) > 0
 
 
 def test_empty_coco_path_is_an_error():

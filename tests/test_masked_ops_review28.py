@@ -92,6 +92,16 @@ def test_a_float_mask_that_requires_grad_gets_its_gradient(warm):
     torch.testing.assert_close(lm.grad, (torch.ones(3, 5).t() @ xl) * wl.detach())
 
 
+def test_jit_trace_with_grad_records_the_op():
+    """Traced with grad on (jit.trace's default): the training fast paths decline too."""
+    conv, lin = MaskedConv2d(4, 8, 3), MaskedLinear(8, 3)
+    x = torch.randn(2, 4, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = str(torch.jit.trace(conv, x).graph) + str(torch.jit.trace(lin, torch.randn(2, 8)).graph)
+    assert "lthfast::masked_conv2d" in graph and "lthfast::masked_linear" in graph
+
+
 @pytest.mark.parametrize("path", ["dense", "sparse", "auto"])
 def test_jit_trace_records_the_op_not_a_cached_weight(path):
     x = torch.randn(2, 4, 6, 6)
@@ -120,6 +130,16 @@ def test_torch_func_grad_goes_through_the_ops():
     xl, ml = torch.randn(3, 8), torch.rand(5, 8) > 0.5
     got = torch.func.grad(lambda ww: masked_linear(xl, ww, ml).square().sum())(torch.randn(5, 8))
     assert got.shape == (5, 8) and (got[~ml] == 0).all()
+    # forward mode: nothing requires grad under jvp (the tangent was dropped: all zeros)
+    t = torch.randn_like(w)
+    with torch.no_grad():
+        masked_conv2d(x, w, mask, path="dense")  # a cached record must not answer either
+    _, got = torch.func.jvp(lambda ww: masked_conv2d(x, ww, mask, path="dense"), (w,), (t,))
+    _, want = torch.func.jvp(lambda ww: F.conv2d(x, ww.where(mask, 0)), (w,), (t,))
+    torch.testing.assert_close(got, want)
+    wl, tl = torch.randn(5, 8), torch.randn(5, 8)
+    _, got = torch.func.jvp(lambda ww: masked_linear(xl, ww, ml), (wl,), (tl,))
+    torch.testing.assert_close(got, F.linear(xl, tl.where(ml, 0)))
 
 
 @pytest.mark.parametrize("k, dilation", [(3, 1), (4, 1), (2, 3), ((3, 4), (2, 1))])

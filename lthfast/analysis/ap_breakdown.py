@@ -115,16 +115,13 @@ def ap_by_difficulty(run_or_rows, iou: str | None = None) -> list[dict]:
 
 def training_category_counts(run) -> dict[str, int]:
     """Annotations per category in the run's training split (re-read through the same
-    dataset loader `lthfast imp` used; shapes data comes from its cache)."""
+    dataset loader `lthfast imp` used, with its --n-train part; shapes data comes from its
+    cache; the images themselves are not needed)."""
     from lthfast.detection import data as det_data
     if isinstance(run, str):
         from lthfast.analysis.runs import load_run
         run = load_run(run)
-    s = run.settings
-    task = run.task
-    kw = ({k: s[k] for k in ("n_train", "n_val", "image_size", "seed") if s.get(k) is not None}
-          if s.get("data", "shapes") == "shapes" else {})
-    ds = det_data.load_dataset(s.get("data", "shapes"), "train", task=task, **kw)
+    ds = det_data.run_split({**run.settings, "task": run.task}, "train", check_images=False)
     return ds.category_counts()
 
 

@@ -151,7 +151,13 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
         raise RunError(f"round {r}'s ticket is dense: its complement keeps nothing; "
                        "pick a pruned round with --round")
     results_path = RunDir(run.path).file(RESULTS_FILE)
-    saved = _saved_tests(results_path)  # a damaged file: said now, not after the retraining
+    # a damaged file: said now, not after the retraining
+    saved = _saved_tests(results_path) if write else []
+    rewind = Rewind.parse(run.settings.get("rewind") or "init")
+    if r == 0 and rewind.kind == "iter":  # (round 0 of a run started from a --ticket)
+        raise RunError(f"round 0 trained from the initial weights, which the run does not keep "
+                       f"(it rewinds to iteration {rewind.iteration}): only the rounds that "
+                       "start from the rewind point can be retrained; pick one with --round")
     ckpt_path = RunDir(run.path).file("checkpoint.pt")
     try:
         payload = torch.load(ckpt_path, map_location="cpu", weights_only=True) if os.path.exists(
@@ -164,10 +170,6 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
                        "from the ticket's starting weights")
     s, job = _job_of_run(run, threads)
     rewind = Rewind.parse(s.rewind)
-    if r == 0 and rewind.kind == "iter":  # (round 0 of a run started from a --ticket)
-        raise RunError(f"round 0 trained from the initial weights, which the run does not keep "
-                       f"(it rewinds to iteration {rewind.iteration}): only the rounds that "
-                       "start from the rewind point can be retrained; pick one with --round")
     start_iter = rewind.iteration if rewind.kind == "iter" else 0
     rows = retrain_perturbed(job.model, ticket, job.train_fn, job.eval_fn, kinds=kinds,
                              rewind_state=payload["rewind"], start_iter=start_iter,

@@ -1,5 +1,5 @@
 """The `threshold` suite: one IMP pruning step (global magnitude pruning) on the
-Conv2d/ConvTranspose2d/Linear weights of torchvision models, lthfast vs torch.
+convolution and Linear weights of torchvision models, lthfast vs torch.
 
 Rounds: amount 0.2 of all weights, then amount 0.2 of the remaining ones (with the
 round-1 masks of lthfast.global_magnitude_masks as input, identical for every method).

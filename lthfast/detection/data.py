@@ -41,8 +41,11 @@ def check_task(task: str) -> str:
 def _load_coco(path: Path, task: str = "detection"):
     try:
         from pycocotools.coco import COCO
-    except ImportError:
-        # (ModuleNotFoundError with its name: the CLI turns it into one line saying what to install)
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("pycocotools"):
+            raise
+        # (with its name: the CLI turns it into one line saying what to install; a broken
+        # install, another ImportError, keeps its own message)
         raise ModuleNotFoundError("COCO data needs pycocotools: `pip install pycocotools`",
                                   name="pycocotools") from None
     try:
@@ -260,7 +263,7 @@ class CocoDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, ann_file, image_dir, *, task: str, transforms=None, drop_empty: bool = False,
-                 label_map: dict | None = None):
+                 label_map: dict | None = None, check_images: bool = True):
         self.task = check_task(task)
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.coco = _load_coco(self.ann_file, self.task)
@@ -305,7 +308,13 @@ class CocoDataset(torch.utils.data.Dataset):
                                  f"usable annotation for task {task} (a non-crowd box over 1 px "
                                  "wide and high" + (" with a labelled keypoint" if task == "keypoints"
                                                      else "") + "), so there is nothing to train on")
-        # a missing image would be found only when read: after a whole round of training
+        if check_images:
+            self.check_image_files()
+
+    def check_image_files(self) -> None:
+        """FileNotFoundError naming the images of this split (after `subset`: of the part
+        kept) that are not in the image folder: a missing image would otherwise be found
+        only when read, after a whole round of training."""
         missing = [self.coco.imgs[i].get("file_name") for i in self.ids
                    if not (self.image_dir / str(self.coco.imgs[i].get("file_name", ""))).is_file()]
         if missing:
@@ -410,7 +419,7 @@ def shapes_root(root_cache=None, **shapes_kw) -> Path:
 
 def load_dataset(spec: str, split: str, *, task: str, root_cache=None, transforms=None,
                  drop_empty: bool | None = None, label_map: dict | None = None,
-                 **shapes_kw) -> CocoDataset:
+                 check_images: bool = True, **shapes_kw) -> CocoDataset:
     """Dataset `spec` ("shapes" or "coco:PATH") split "train" or "val" for `task`.
 
     "shapes" generates (once) into a cache folder, see `shapes_root`; `shapes_kw` are
@@ -418,7 +427,8 @@ def load_dataset(spec: str, split: str, *, task: str, root_cache=None, transform
     `lthfast.detection.defaults.DEMO`). "coco:PATH" reads PATH/annotations/instances_train2017.json
     + PATH/train2017/ (person_keypoints_* for keypoints), or the shapes layout.
     `label_map`: the training split's `cat_id_to_label`, for the validation split (the
-    labels a model learnt must mean the same categories there).
+    labels a model learnt must mean the same categories there). `check_images=False`: no
+    check that every image file is there (annotations only, or checked after a `subset`).
     """
     check_task(task)
     if split not in SPLITS:
@@ -450,4 +460,23 @@ def load_dataset(spec: str, split: str, *, task: str, root_cache=None, transform
     if drop_empty is None:
         drop_empty = split == "train"
     return CocoDataset(ann, img, task=task, transforms=transforms, drop_empty=drop_empty,
-                       label_map=label_map)
+                       label_map=label_map, check_images=check_images)
+
+
+def run_split(s, split: str, *, label_map: dict | None = None, check_images: bool = True):
+    """The `split` of `lthfast imp` settings `s` (attributes or a dict: task, data, n_train,
+    n_val, image_size, seed) as the run uses it: shapes generated with those sizes, or
+    coco:PATH cut to --n-train / --n-val (a seeded part; val's seed is seed + 10000)."""
+    get = s.get if isinstance(s, dict) else (lambda k, d=None: getattr(s, k, d))
+    data, seed = get("data", "shapes"), get("seed", 0) or 0
+    if data == "shapes":
+        kw = {k: get(k) for k in ("n_train", "n_val", "image_size", "seed") if get(k) is not None}
+        return load_dataset(data, split, task=get("task"), label_map=label_map,
+                            check_images=check_images, **kw)
+    ds = load_dataset(data, split, task=get("task"), label_map=label_map, check_images=False)
+    n = get("n_train" if split == "train" else "n_val")
+    if n:
+        ds.subset(n, seed if split == "train" else seed + 10_000)
+    if check_images:
+        ds.check_image_files()
+    return ds

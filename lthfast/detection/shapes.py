@@ -41,7 +41,9 @@ _MIN_SIDE = 10
 def _pycocotools_mask():
     try:
         from pycocotools import mask
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("pycocotools"):
+            raise
         raise ModuleNotFoundError("the shapes dataset and COCO evaluation need pycocotools: "
                                   "`pip install pycocotools`", name="pycocotools") from None
     return mask

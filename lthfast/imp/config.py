@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 
@@ -83,7 +84,8 @@ class IMPConfig:
                 raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
         if self.target is not None and self.rounds == 0:
             raise ValueError("target sparsity needs rounds >= 1")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
+                or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not isinstance(self.layerwise, bool):  # (checked now, not after round 0's training)
             raise TypeError(f"layerwise must be True or False, got {self.layerwise!r}")

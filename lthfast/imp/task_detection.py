@@ -24,17 +24,9 @@ def build(s, device):
 
     s.scope = s.scope or "paper"
     det_models.check_model_name(s.model, s.task)  # before the data are generated / read
-    shapes_kw = (dict(n_train=s.n_train, n_val=s.n_val, image_size=s.image_size, seed=s.seed)
-                 if s.data == "shapes" else {})
-    train_set = ddp.on_main_first(det_data.load_dataset, s.data, "train", task=s.task,
-                                  **shapes_kw)
-    val_set = det_data.load_dataset(s.data, "val", task=s.task, label_map=train_set.cat_id_to_label,
-                                    **shapes_kw)
-    if s.data != "shapes":  # --n-train / --n-val on real data: a seeded part of each split
-        if s.n_train:
-            train_set.subset(s.n_train, s.seed)
-        if s.n_val:
-            val_set.subset(s.n_val, s.seed + 10_000)
+    # (shapes: generated once, on rank 0 first; coco:PATH: a seeded part with --n-train / --n-val)
+    train_set = ddp.on_main_first(det_data.run_split, s, "train")
+    val_set = det_data.run_split(s, "val", label_map=train_set.cat_id_to_label)
     global_batch = s.batch_size * ddp.world_size()
     if global_batch > len(train_set) and ddp.is_main():
         warnings.warn(f"--batch-size {s.batch_size} (x {ddp.world_size()} process"

@@ -217,7 +217,8 @@ def _remember_cast(input, weight, mask, bias, path: str, groups: int, cast) -> N
 
 
 def _int_pair(v) -> bool:
-    """What _pair accepts, in the exact types only (an int or a tuple of two ints)."""
+    """An int or a tuple of two ints, in the exact types only (what _grad_conv passes on to
+    F.conv2d; _pair accepts more, for the full checks)."""
     return type(v) is int or (type(v) is tuple and len(v) == 2 and type(v[0]) is int
                                and type(v[1]) is int)
 
@@ -232,9 +233,9 @@ def _grad_conv(input, weight, mask, bias, stride, padding, dilation, groups, pat
     call); the masked weight is saved for backward instead of being rebuilt there.
     None when it does not apply: the full path runs. Only what conv2d itself would accept
     but the op rejects is checked here; what conv2d rejects raises and the full checks run."""
-    if _compiling() or not (type(input) is _Tensor and type(weight) in _PLAIN
+    if _compiling() or _tracing() or not (type(input) is _Tensor and type(weight) in _PLAIN
                             and type(mask) in _PLAIN and (bias is None or type(bias) in _PLAIN)):
-        return None  # torch.compile / export trace the op (and its fake kernel)
+        return None  # torch.compile / export / jit.trace record the op (and its fake kernel)
     if not (input.requires_grad or weight.requires_grad
             or (bias is not None and bias.requires_grad)):
         return None
@@ -261,7 +262,9 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     Under autocast it computes in autocast's dtype, as F.conv2d does. padding may also be
     "same" / "valid", as in F.conv2d; input is 4-D (MaskedConv2d takes unbatched input).
     A float mask that requires grad gets its gradient (torch's autograd on weight * mask);
-    torch.func transforms and torch.jit.trace work (the trace records the op).
+    torch.func transforms (grad, jvp, vmap, ...) run it on torch's autograd; torch.jit.trace
+    records the op. Forward-mode AD outside torch.func (forward_ad.dual_level) is not
+    supported: its tangent is dropped.
     """
     if not _is_compiling():
         out = _conv_repeat(_CACHE, input, weight, mask, bias, stride, padding, dilation, groups, path)
@@ -288,9 +291,10 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     _check_common("masked_conv2d", input, weight, mask, bias, path)
     _check_conv(input, weight, groups, stride, padding, dilation)
     grad = _needs_grad(input, weight, bias, mask)
-    if grad and (mask.requires_grad or _functorch_active() or not _ops.available()):
+    if _functorch_active() or (grad and (mask.requires_grad or not _ops.available())):
         # torch's autograd on the masked weight: the op has no gradient for a (float)
         # mask, and torch.library's autograd does not compose with torch.func transforms
+        # (under torch.func.jvp nothing requires grad: the tangent would be dropped)
         return F.conv2d(input, _masked(weight, mask), bias, stride, padding, dilation, groups)
     if torch.compiler.is_compiling() or _tracing():
         if path == "sparse" and not grad:
@@ -438,7 +442,7 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         raise ValueError(f"masked_linear: input shape {tuple(input.shape)} does not end in "
                          f"in_features = {weight.shape[1]}")
     grad = _needs_grad(input, weight, bias, mask)
-    if grad and (mask.requires_grad or _functorch_active() or not _ops.available()):
+    if _functorch_active() or (grad and (mask.requires_grad or not _ops.available())):
         return F.linear(input, _masked(weight, mask), bias)  # (as masked_conv2d)
     if torch.compiler.is_compiling() or _tracing():
         if path == "sparse" and not grad:
