@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from lthfast import _ops, _reference
+from lthfast.bitmask import _written
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -305,11 +306,9 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
                     like = tensors[i] if tensors is not None else s
                     out = torch.empty_like(like, dtype=want)
                 into(s, m, threshold, ties_left, out, orig, product)
-                # the compiled op does not bump the version counters of what it wrote
-                # (masked_fill_ / mul would): caches stamped with them must see the write
-                for written in (out, product):
+                for written in (out, product):  # (as bitmask's in-place ops: see _written)
                     if written is not None:
-                        torch.autograd.graph.increment_version(written)
+                        _written(written)
                 out_slot[1] = True
                 mask = out
                 request = out = orig = product = None

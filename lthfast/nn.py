@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lthfast.ops import PATHS, _weight_cache, masked_conv2d, masked_linear
+from lthfast.ops._masked_conv import _string_padding
 
 
 def _sparsity_repr(mask: torch.Tensor) -> str:
@@ -90,10 +91,12 @@ class MaskedConv2d(_DropsCachedWeight, nn.Conv2d):
             return self.forward(input.unsqueeze(0)).squeeze(0)
         weight, mask, bias = _tensors(self)
         padding = self.padding
-        if self.padding_mode != "zeros" or isinstance(padding, str):
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=mode)
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
+        elif isinstance(padding, str):  # "same" as ints where even (no copy of the input), as
+            # the functional op resolves it; int padding also keeps the compiled repeat call
+            input, padding = _string_padding(input, weight, padding, self.stride, self.dilation)
         return masked_conv2d(input, weight, mask, bias, self.stride, padding, self.dilation,
                              self.groups, path=self.path)
 
