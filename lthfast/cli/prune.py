@@ -21,7 +21,9 @@ MODEL is a torchvision model name (classification, detection, segmentation, vide
 built with random init: weights=None, weights_backbone=None) or a checkpoint written by
 torch.save: a state_dict (pass --arch NAME) or a pickled full module (pass --trust-pickle).
 Biases and normalization layers are not pruned. --amount is a fraction of all the pruned
-layers' weights; entries that are already zero count as weights and go first."""
+layers' weights; entries that are already zero count as weights and go first (pruning
+hooks a pickled module carries are made permanent first, so their pruned entries are such
+zeros). A weight tied between layers is pruned and counted once."""
 
 _EPILOG = """\
 examples:
@@ -111,6 +113,34 @@ def _check_args(args) -> None:
                                "another file (the input is never overwritten)", code=2)
 
 
+def _remove_earlier_pruning(model, prune) -> int:
+    """Makes the pruning hooks a checkpoint carries (a pickled module pruned with
+    torch.nn.utils.prune or lthfast.prune) permanent, so --amount is a fraction of all the
+    weights (their pruned entries are zeros, which go first) and the saved state_dict has
+    plain keys; returns how many tensors had hooks."""
+    from lthfast.prune._state import is_pruning_hook
+    n = 0
+    for module in model.modules():
+        for hook in [h for h in module._forward_pre_hooks.values() if is_pruning_hook(h)]:
+            prune.remove(module, hook._tensor_name)
+            n += 1
+    return n
+
+
+def _unique_weights(layers):
+    """``layers`` with each weight tensor once (a weight tied between two layers is pruned
+    and counted once, under its first layer), and the (dropped, kept) layer-name pairs."""
+    first, unique, shared = {}, [], []
+    for name, m in layers:
+        key = id(m.weight)
+        if key in first:
+            shared.append((name, first[key]))
+        else:
+            first[key] = name
+            unique.append((name, m))
+    return unique, shared
+
+
 def _sync(device) -> None:
     import torch
     if device.type == "cuda":
@@ -140,9 +170,17 @@ def run(args) -> int:
         model, source = resolve_model(args.model, arch=args.arch, weights=args.weights,
                                       trust_pickle=args.trust_pickle)
         model.to(device)
-    layers = prunable_layers(model)
+    permanent = _remove_earlier_pruning(model, prune)
+    if permanent:
+        eprint(f"note: {source} carried pruning hooks on {permanent} tensors; made them "
+               "permanent first (prune.remove), so their pruned weights are zeros that count "
+               "in --amount")
+    layers, shared = _unique_weights(prunable_layers(model))
     if not layers:
         raise CLIError(f"{source} has no convolution or Linear layers to prune")
+    if shared:
+        eprint("note: " + "; ".join(f"{a} shares its weight with {b}" for a, b in shared)
+               + ": each shared weight is pruned and counted once")
     n_weights = sum(m.weight.numel() for _, m in layers)
     weight_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in layers)
 
