@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import warnings
 from typing import Sequence
 
 import torch
@@ -153,7 +154,19 @@ def amount_to_count(amount, n_remaining: int, *, name: str = "amount") -> int:
     # The product in the amount's own type, as torch.nn.utils.prune (and lthfast.prune):
     # a numpy float32 rounds its float32 product (0.7 * 5 -> 3.5 -> 4, not 3.4999... -> 3).
     # Clamped: a float32 product of a count above 2^24 may round past it.
-    return min(int(round(amount * n_remaining)), n_remaining)
+    return min(int(round(scaled_amount(amount, n_remaining))), n_remaining)
+
+
+def scaled_amount(amount, n: int):
+    """``amount * n`` in the amount's own type, as torch.nn.utils.prune computes it (a
+    numpy float32 rounds its float32 product); in float64 where that overflows (a numpy
+    float16 past 65504), where torch fails."""
+    if type(amount) is float:
+        return amount * n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's overflow warning
+        product = amount * n
+    return product if math.isfinite(product) else float(amount) * n
 
 
 def global_magnitude_threshold(tensors, k: int, *, masks=None) -> tuple[float, int]:

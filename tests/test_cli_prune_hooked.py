@@ -54,3 +54,29 @@ def test_tied_weight_is_pruned_and_counted_once(tmp_path, capsys):
     assert "overall sparsity: 50.00%" in captured.out
     assert "(32 pruned, 32 kept)" in captured.out
     assert "2 shares its weight with 0" in captured.err
+
+
+def test_untrusted_pickle_error_names_the_refused_global(tmp_path, capsys):
+    ckpt = tmp_path / "full.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), ckpt)
+    assert main(["prune", str(ckpt), "--amount", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b[" not in err  # torch's message carries ANSI bold
+    assert "Unsupported global" in err and "Sequential" in err and "--trust-pickle" in err
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint\n")
+    assert main(["prune", str(junk), "--amount", "0.5"]) == 1
+    assert "weights-only load failed: Unsupported operand" in capsys.readouterr().err
+
+
+def test_float16_amount_does_not_overflow():
+    np = pytest.importorskip("numpy")
+    import lthfast
+    import lthfast.prune as prune
+    w = torch.randn(100_000)
+    assert int((~lthfast.global_magnitude_masks([w], np.float16(0.5))[0]).sum()) == 50_000
+    layer = torch.nn.Linear(1000, 100)
+    prune.l1_unstructured(layer, "weight", amount=np.float16(0.25))
+    assert int((layer.weight_mask == 0).sum()) == 25_000
+    # the product stays in the amount's own type where it fits, as in torch
+    assert int((~lthfast.global_magnitude_masks([torch.randn(5)], np.float32(0.7))[0]).sum()) == 4

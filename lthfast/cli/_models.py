@@ -6,6 +6,7 @@ import difflib
 import inspect
 import os
 import pickle
+import re
 
 import torch
 from torch import nn
@@ -87,6 +88,22 @@ def _unwrap_state_dict(obj):
     return obj
 
 
+def _load_failure(e: Exception) -> str:
+    """The line of a failed weights-only load that says why (torch's message opens with
+    a paragraph of advice, ANSI bold included, and names the refused global further on)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(e).splitlines()]
+    lines = [ln for ln in lines if ln]
+    marker = "WeightsUnpickler error:"
+    at = [i for i, ln in enumerate(lines) if marker in ln]
+    if at:  # the reason follows the marker, on its line or the next
+        i = at[0]
+        text = lines[i].split(marker, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+        text = "weights-only load failed: " + (text.split(". ")[0].rstrip(".") or "unreadable")
+    else:
+        text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def load_checkpoint(path: str, *, trust_pickle: bool = False):
     """The nn.Module or state_dict in `path` (loaded on the CPU).
 
@@ -98,7 +115,7 @@ def load_checkpoint(path: str, *, trust_pickle: bool = False):
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
         if not trust_pickle:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = _load_failure(e)
             raise CLIError(
                 f"cannot load {path!r} as plain weights ({first}). If it is a pickled full "
                 "module (torch.save(model)) and you trust the file, pass --trust-pickle "

@@ -15,6 +15,8 @@ import numbers
 
 import torch
 
+from lthfast.magnitude import scaled_amount
+
 
 class PruningShapeError(ValueError, AssertionError):
     """A tensor has the wrong shape (importance scores, a custom mask).
@@ -85,7 +87,7 @@ def count_to_prune(amount, n_available: int, *, bool_ok: bool = False) -> int:
             raise TypeError(f"amount={amount!r} is a bool: pass an int (how many to prune) or a "
                             "float in [0, 1]")
         return k
-    k = int(round(amount * n_available))
+    k = int(round(scaled_amount(amount, n_available)))
     if k > n_available:  # a float16 / float32 amount's product can round above the count
         raise ValueError(f"amount={amount} gives {k} units to prune, more than the "
                          f"{n_available} that can still be pruned")
