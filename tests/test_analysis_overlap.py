@@ -114,3 +114,17 @@ def test_compare_cli_errors(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
                  "--shared"]) == 2
     assert "share no layer" in capsys.readouterr().err
+
+
+def test_early_bird_chance_is_per_layer(tmp_path):
+    # a global ticket: layer "a" keeps all, layer "b" none in the final round; random
+    # masks at these per-layer sparsities overlap by |a| / (|a| + 2), not by the
+    # random_iou of the overall sparsities
+    tickets = [Ticket({"a": mask([1] * 4), "b": mask([1] * 4)}),
+               Ticket({"a": mask([1] * 4), "b": mask([1, 1, 0, 0])}, round=1),
+               Ticket({"a": mask([1] * 4), "b": mask([0] * 4)}, round=2)]
+    rows = [{"round": r, "sparsity": s} for r, s in enumerate((0.0, 0.25, 0.5))]
+    eb = early_bird(load_run(write_run(tmp_path / "run", tickets, rows)))
+    assert eb[1]["chance_iou"] == pytest.approx(4 / 6)  # b: 2 kept by round 1, 0 by the final
+    assert eb[1]["chance_iou"] != pytest.approx(random_iou(0.25, 0.5))
+    assert eb[2]["chance_iou"] == 1.0

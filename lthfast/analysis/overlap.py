@@ -104,8 +104,16 @@ def early_bird(run) -> list[dict]:
         t = run.ticket(r)
         iou = t.iou(final)["overall"]
         out.append({"round": r, "sparsity": t.sparsity(), "iou_with_final": iou,
-                    "chance_iou": random_iou(t.sparsity(), final.sparsity())})
+                    "chance_iou": tickets_chance_iou(t, final)})
     return out
+
+
+def tickets_chance_iou(a, b) -> float:
+    """chance_iou of tickets ``a`` and ``b`` over the layers they share: each layer's
+    masks random at that layer's sparsities (a global ticket's layers differ widely, so
+    random_iou of the overall sparsities is not the chance level)."""
+    return chance_iou([{"params": a.numel(n), "kept_a": a.kept(n), "kept_b": b.kept(n)}
+                       for n in a.names() if n in set(b.names())])
 
 
 def early_bird_iterations(run) -> list[dict]:
@@ -128,7 +136,7 @@ def early_bird_iterations(run) -> list[dict]:
         it = int(t.meta.get("iteration", os.path.basename(f)[5:12]))
         out.append({"iteration": it, "sparsity": t.sparsity(),
                     "iou_with_final": t.iou(final)["overall"],
-                    "chance_iou": random_iou(t.sparsity(), final.sparsity())})
+                    "chance_iou": tickets_chance_iou(t, final)})
     return out
 
 
