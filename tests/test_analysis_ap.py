@@ -99,3 +99,14 @@ def test_runs_without_coco_metrics_are_refused():
         ap_by_size([{"round": 0, "sparsity": 0.0, "top1": 50.0}])
     with pytest.raises(ValueError, match="per-category"):
         ap_by_difficulty([{"round": 0, "sparsity": 0.0, "bbox_AP": 1.0}])
+
+
+def test_ap_by_difficulty_of_a_run_started_from_a_ticket(row):
+    # round 0 of a --ticket run trains the starting ticket, not the dense model
+    start = dict(row, sparsity=0.5)
+    pruned = dict(row, round=1, sparsity=0.6,
+                  per_category={"bbox": {"cat_a": 10.0, "cat_b": 45.0}})
+    diff = ap_by_difficulty([start, pruned])
+    assert "dense_AP" not in diff[0] and diff[0]["start_AP"] == pytest.approx(100 * 51 / 101)
+    assert diff[0]["drop"] == pytest.approx(100 * 51 / 101 - 10.0)
+    assert "dense_AP" in ap_by_difficulty([row, pruned])[0]

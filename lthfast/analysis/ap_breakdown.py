@@ -98,19 +98,30 @@ def ap_by_frequency(run_or_rows, counts: dict[str, int], iou: str | None = None)
 def ap_by_difficulty(run_or_rows, iou: str | None = None) -> list[dict]:
     """Categories ranked by the dense round's AP (rank 1 = easiest; equal APs share a
     rank, listed by name; NaN last): rank, category, dense_AP, `AP r<round>` per round,
-    and drop (dense AP - last round's AP)."""
+    and drop (dense AP - last round's AP). A run that started from a ticket has no dense
+    round: its first round ranks them, and the column is start_AP."""
     rows = _rows_of(run_or_rows)
     iou = iou or default_iou(rows)
     per = _per_category(rows, iou)
-    dense = per[min(per)]
+    first = min(per)
+    start = per[first]
+    key = "dense_AP" if _is_dense(rows, first) else "start_AP"
     def hardness(c):  # NaN (no validation objects) ranks last
-        return -(dense[c] if finite(dense[c]) else -math.inf)
-    order = sorted(dense, key=lambda c: (hardness(c), c))
-    table = _category_table(rows, iou, order, {"dense_AP": dense}, rank_key=hardness)
+        return -(start[c] if finite(start[c]) else -math.inf)
+    order = sorted(start, key=lambda c: (hardness(c), c))
+    table = _category_table(rows, iou, order, {key: start}, rank_key=hardness)
     last = per[max(per)]
     for d in table:
-        d["drop"] = d["dense_AP"] - last.get(d["category"], float("nan"))
+        d["drop"] = d[key] - last.get(d["category"], float("nan"))
     return table
+
+
+def _is_dense(rows, rnd: int) -> bool:
+    """Whether round ``rnd`` of the metrics rows trained the dense model (no sparsity
+    recorded counts as dense: rows written by hand)."""
+    row = next((r for r in rows if int(r["round"]) == rnd), {})
+    sparsity = row.get("sparsity", 0.0)
+    return not (isinstance(sparsity, (int, float)) and sparsity > 0)
 
 
 def training_category_counts(run) -> dict[str, int]:

@@ -140,10 +140,11 @@ def _categories(runs) -> str:
 
         def diff(r=r):
             table = apb.ap_by_difficulty(r)
-            return (f"<h3>{html.escape(r.label)}: by difficulty (dense AP)</h3>"
+            by = "dense AP" if table and "dense_AP" in table[0] else "starting ticket's AP"
+            return (f"<h3>{html.escape(r.label)}: by difficulty ({by})</h3>"
                     + img(apb.plot_ap_by_category(
-                        table, title=f"{r.label}: AP per category, easiest (dense AP) first",
-                        xlabel="category (ranked by the dense round's AP)"), "AP by difficulty")
+                        table, title=f"{r.label}: AP per category, easiest ({by}) first",
+                        xlabel=f"category (ranked by the {by})"), "AP by difficulty")
                     + html_table(table, ap_cols=("drop",)))
         out += [_guard(f"{r.label}: by frequency", freq), _guard(f"{r.label}: by difficulty", diff)]
     return "".join(out) if len(out) > 1 else ""
