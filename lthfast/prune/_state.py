@@ -123,10 +123,11 @@ class _Dropped:
     """A tensor a Snapshot no longer holds: a weak reference, and for a mask its kept
     bits (1 bit per entry) and layout, to rebuild it when nothing else holds it."""
 
-    __slots__ = ("ref", "packed", "dtype", "shape", "stride", "device")
+    __slots__ = ("ref", "packed", "dtype", "shape", "stride", "device", "grad")
 
     def __init__(self, t: torch.Tensor, bits: bool = True, packed: torch.Tensor | None = None):
         self.ref = weakref.ref(t)
+        self.grad = t.requires_grad  # a pruned tensor made in grad mode is rebuilt in it
         self.packed = packed  # pack_bits(t) when the caller has it already
         if bits:
             # t is a dense bool or float tensor that requires no grad (Snapshot.drop_mask
@@ -149,7 +150,10 @@ class _Dropped:
 
     def tensor(self, orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         t = self.ref()
-        return t if t is not None else orig * mask
+        if t is not None:
+            return t
+        with torch.set_grad_enabled(self.grad):  # whatever mode the failed call ran in
+            return orig * mask
 
 
 class _Rewritten:
