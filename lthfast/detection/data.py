@@ -246,6 +246,16 @@ def _find_split(root: Path, split: str, task: str) -> tuple[Path, Path]:
                             f"looked for {' and '.join(tried)}")
 
 
+def _unique_names(cats: list[dict]) -> dict[int, str]:
+    """{category id: name}; a name that several categories share gets its id appended
+    ("person (id 3)"), so per-category results keyed by name keep them apart."""
+    seen: dict[str, int] = {}
+    for c in cats:
+        seen[str(c["name"])] = seen.get(str(c["name"]), 0) + 1
+    return {c["id"]: str(c["name"]) if seen[str(c["name"])] == 1 else f"{c['name']} (id {c['id']})"
+            for c in cats}
+
+
 class CocoDataset(torch.utils.data.Dataset):
     """COCO-format detection dataset (see the module docstring for the item format).
 
@@ -282,7 +292,7 @@ class CocoDataset(torch.utils.data.Dataset):
             self.cat_id_to_label = dict(label_map)
         self.label_to_cat_id = {v: k for k, v in self.cat_id_to_label.items()}
         self.num_classes = max(self.label_to_cat_id) + 1  # + background
-        self.category_names = {c["id"]: c["name"] for c in cats}
+        self.category_names = _unique_names(cats)
         self.num_keypoints, self.kpt_oks_sigmas, self.keypoint_names = 0, None, []
         if task == "keypoints":
             kcats = [c for c in cats if c.get("keypoints")]
