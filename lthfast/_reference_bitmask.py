@@ -36,6 +36,9 @@ def unpack_bits_into(packed: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def zero_pruned_(tensor: torch.Tensor, packed: torch.Tensor) -> None:
+    if tensor.numel() and torch._debug_has_internal_overlap(tensor) == 1:  # as the kernel
+        raise RuntimeError("zero_pruned_: self has entries that share memory (e.g. an expanded "
+                           "tensor); pass a tensor of its own")
     tensor.masked_fill_(~unpack_bits(packed, tensor.shape), 0)
 
 

@@ -290,21 +290,20 @@ class Ticket:
         """The keep-mask (bool, param's shape and device) of a parameter bound by
         :meth:`apply`, or None. Unpacked on every call (not cached: the ticket holds
         its masks at 1 bit per weight); keep the result if you need it repeatedly."""
+        packed = self.packed_for(param)
+        return None if packed is None else bitmask.unpack_bits(packed, tuple(param.shape))
+
+    def packed_for(self, param: torch.Tensor) -> torch.Tensor | None:
+        """The packed mask of a bound parameter on its device (1 bit per entry, row-major),
+        or None: the ticket's own tensor when it is on that device (no copy), else a
+        copy kept with the binding (re-made if the parameter moves). ValueError when the
+        parameter's shape changed since it was bound (its bits would land elsewhere)."""
         b = self._bindings.lookup(param)
         if b is None:
             return None
         if tuple(param.shape) != self._shapes[b.name]:
             raise ValueError(f"parameter {b.name!r} now has shape {tuple(param.shape)} but the "
                              f"ticket's mask has {self._shapes[b.name]}")
-        return bitmask.unpack_bits(self.packed_for(param), self._shapes[b.name])
-
-    def packed_for(self, param: torch.Tensor) -> torch.Tensor | None:
-        """The packed mask of a bound parameter on its device (1 bit per entry, row-major),
-        or None: the ticket's own tensor when it is on that device (no copy), else a
-        copy kept with the binding (re-made if the parameter moves)."""
-        b = self._bindings.lookup(param)
-        if b is None:
-            return None
         own = self._packed[b.name]
         if own.device == param.device:
             b.packed = None

@@ -10,6 +10,7 @@
 //     is skipped. Non-contiguous tensors go through the composite below.
 //   Other devices (CUDA): unpack_bits, then masked_fill_ of the pruned entries.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -36,6 +37,10 @@ void check_zero_pruned(const at::Tensor& self, const at::Tensor& packed) {
   check_unpack(packed, self.sizes(), op);
   TORCH_CHECK_VALUE(self.device() == packed.device(), op, ": self is on ", self.device(),
                     " but packed is on ", packed.device());
+  // an expanded tensor: zeroing one pruned entry would zero the kept ones sharing its memory
+  TORCH_CHECK(self.numel() == 0 || at::has_internal_overlap(self) != at::MemOverlap::Yes, op,
+              ": self has entries that share memory (e.g. an expanded tensor); pass a tensor "
+              "of its own");
 }
 
 void zero_pruned_composite(at::Tensor& self, const at::Tensor& packed) {

@@ -41,7 +41,9 @@ LTHFAST_HD void sgd_element(bool keep, T& p, T g, T& buf, T inv_scale_div,
                             const SgdScalars<T>& s) {
   T d = (g * s.sign) / inv_scale_div;  // inv_scale_div: the grad scale (1 when none)
   d = keep ? d : T(0);
-  d = d + s.weight_decay * p;
+  // as torch, no decay term at all when weight_decay is 0 (0 * inf would make an inf
+  // weight NaN, and its momentum with it)
+  d = (s.weight_decay != T(0)) ? d + s.weight_decay * p : d;
   if (kMode != kNoMomentum) {
     const T b = (kMode == kFirstStep) ? d : buf * s.momentum + s.one_minus_dampening * d;
     d = kNesterov ? d + s.momentum * b : b;
@@ -62,7 +64,7 @@ LTHFAST_HD void adam_moments(bool keep, T p, T g, T& m, T& v, T& vmax, T grad_sc
   T d = kScaled ? (g * s.sign) / grad_scale : g * s.sign;
   d = keep ? d : T(0);
   pp = p * s.decay;
-  d = d + s.weight_decay * pp;
+  d = (s.weight_decay != T(0)) ? d + s.weight_decay * pp : d;  // (as in sgd_element)
   // torch.lerp(m, d, w): m + w * (d - m) for w < 0.5, else d - (d - m) * (1 - w)
   const T diff = d - m;
   mm = (s.beta1_weight < T(0.5)) ? m + s.beta1_weight * diff

@@ -1,0 +1,71 @@
+"""Stop 29's review: an infinite weight with weight_decay=0 (torch adds no decay term),
+a ticket's packed mask for a parameter whose shape changed, zero_pruned_ on an
+expanded tensor."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lthfast
+import lthfast.optim as lo
+from lthfast import _ops, bitmask
+
+pytestmark = pytest.mark.skipif(not _ops.available(), reason="needs the compiled kernels")
+
+
+@pytest.mark.parametrize("cls,ref,kw", [
+    (lo.MaskedSGD, torch.optim.SGD, dict(lr=0.1)),
+    (lo.MaskedSGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+    (lo.MaskedAdam, torch.optim.Adam, dict(lr=0.1)),
+    (lo.MaskedAdam, torch.optim.Adam, dict(lr=0.1, amsgrad=True)),
+    (lo.MaskedAdamW, torch.optim.AdamW, dict(lr=0.1, weight_decay=0.0)),
+])
+@pytest.mark.parametrize("masked", [False, True])
+def test_infinite_weight_without_weight_decay_stays_infinite(cls, ref, kw, masked):
+    a = torch.nn.Parameter(torch.tensor([float("inf"), 1.0, -2.0]))
+    b = torch.nn.Parameter(a.detach().clone())
+    keep = torch.tensor([True, True, False])
+    opt = cls([a], masks={a: keep} if masked else None, **kw)
+    torch_opt = ref([b], foreach=False, **kw)
+    for _ in range(3):
+        a.grad = torch.tensor([0.5, 0.5, 0.5])
+        b.grad = a.grad * keep if masked else a.grad.clone()
+        opt.step()
+        torch_opt.step()
+        if masked:
+            with torch.no_grad():
+                b.mul_(keep)
+    assert torch.equal(a.detach(), b.detach())  # inf stays inf (not NaN)
+    for k, v in opt.state[a].items():
+        if torch.is_tensor(v) and v.numel() == 3:
+            assert not torch.isnan(v).any(), k
+
+
+def test_packed_mask_of_a_reshaped_parameter_is_refused():
+    m = torch.nn.Linear(3, 4, bias=False)
+    ticket = lthfast.Ticket.from_model(m, 0.5)
+    ticket.apply(m)
+    m.weight.data = torch.randn(3, 4)  # same count, other shape
+    with pytest.raises(ValueError, match=r"now has shape \(3, 4\).*\(4, 3\)"):
+        ticket.packed_for(m.weight)
+    with pytest.raises(ValueError, match="now has shape"):
+        lo.MaskedSGD(m.parameters(), lr=0.1, ticket=ticket)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_zero_pruned_refuses_an_expanded_tensor(monkeypatch, reference):
+    if reference:
+        monkeypatch.setattr(_ops, "_C", None)
+        monkeypatch.setenv("LTHFAST_REFERENCE", "1")
+    base = torch.ones(1, 4)
+    keep = torch.ones(3, 4, dtype=torch.bool)
+    keep[1, 0] = False
+    packed = bitmask.pack_bits(keep) if not reference else _pack(keep)
+    with pytest.raises(RuntimeError, match="share memory"):
+        bitmask.zero_pruned_(base.expand(3, 4), packed)
+    assert torch.equal(base, torch.ones(1, 4))  # nothing written
+
+
+def _pack(keep):
+    from lthfast import _reference_bitmask
+    return _reference_bitmask.pack_bits(keep)
