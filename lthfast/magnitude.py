@@ -169,25 +169,53 @@ def scaled_amount(amount, n: int):
     return product if math.isfinite(product) else float(amount) * n
 
 
-def global_magnitude_threshold(tensors, k: int, *, masks=None) -> tuple[float, int]:
+def global_magnitude_threshold(tensors, k: int, *, masks=None,
+                               nan: str = "high") -> tuple[float, int]:
     """The global magnitude threshold that prunes exactly ``k`` unpruned entries.
 
     Returns ``(threshold, n_ties_to_prune)``: every unpruned entry with
     ``|x| < threshold`` is pruned, plus the first ``n_ties_to_prune`` entries with
-    ``|x| == threshold`` in (tensor order, row-major index). NaN ranks above +Inf.
+    ``|x| == threshold`` in (tensor order, row-major index). NaN ranks above +Inf
+    (``nan="raise"``: a ValueError instead, as in global_magnitude_masks).
     ``(0.0, 0)`` when ``k == 0``.
     """
+    _check_nan_policy(nan)
     if _ops.use_reference():
         tensors = _check_tensors(tensors)
         masks = _check_masks(masks, tensors)
         k = _checked_k(k, count_remaining(tensors, masks))
+        _raise_on_nan(nan, tensors, masks)
         return _reference.global_threshold(tensors, masks, k)
     _ops.require()
     with _unchecked(tensors, masks) as (tensors, mask_list):
         k = _checked_k(k, count_remaining(tensors, mask_list))
+        _raise_on_nan(nan, tensors, mask_list)
         with torch.no_grad():
             t, ties = torch.ops.lthfast.global_threshold(tensors, mask_list, k)
     return float(t), int(ties)
+
+
+def _check_nan_policy(nan) -> None:
+    if not (isinstance(nan, str) and nan in ("high", "raise")):
+        raise ValueError(f"nan={nan!r} must be 'high' (NaN ranks above +inf and is pruned last, "
+                         "as torch.topk ranks it) or 'raise' (a ValueError when a score is NaN)")
+
+
+def _raise_on_nan(nan: str, scores, masks, what: str = "tensors") -> None:
+    """nan="raise": a ValueError naming the first score tensor with a NaN among its
+    unpruned entries (where its mask, if any, is nonzero)."""
+    if nan != "raise":
+        return
+    with torch.no_grad():
+        for i, s in enumerate(scores):
+            bad = torch.isnan(s)
+            if masks:
+                bad &= masks[i] != 0
+            n = int(bad.sum())
+            if n:
+                raise ValueError(f"{what}[{i}] has {n} NaN entr{'y' if n == 1 else 'ies'} among "
+                                 "its unpruned ones (nan='raise'); the default nan='high' ranks "
+                                 "NaN above +inf, pruned last")
 
 
 def _checked_k(k, n: int) -> int:
@@ -341,7 +369,8 @@ def _yield_masks(op, scores, masks, t, ties, dtype=None, mask_dtypes=(), tensors
         yield mask
 
 
-def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> list[torch.Tensor]:
+def global_magnitude_masks(tensors, amount, *, masks=None, importance=None,
+                           nan: str = "high") -> list[torch.Tensor]:
     """Keep-masks (``True`` = kept) that prune ``amount`` of the unpruned entries
     of ``tensors`` globally, smallest ``|w|`` (or ``|importance|``) first.
 
@@ -350,18 +379,23 @@ def global_magnitude_masks(tensors, amount, *, masks=None, importance=None) -> l
     tensors; ties are pruned in (tensor order, row-major index) order, so the result
     is deterministic and identical on CPU and CUDA. Tensors may mix float dtypes,
     shapes and memory layouts; returned masks have each tensor's shape (and strides,
-    when it is dense, e.g. channels_last).
+    when it is dense, e.g. channels_last). ``nan``: ``"high"`` (default) ranks NaN
+    above +inf, as torch.topk (pruned last); ``"raise"``: a ValueError naming the
+    tensor when an unpruned score is NaN (one more read of the scores).
     """
+    _check_nan_policy(nan)
     if importance is None and not _ops.use_reference():
         _ops.require()
         with _unchecked(tensors, masks) as (tensors, mask_list):
             k = amount_to_count(amount, count_remaining(tensors, mask_list))
+            _raise_on_nan(nan, tensors, mask_list)
             with torch.no_grad():
                 return list(torch.ops.lthfast.global_magnitude_masks(tensors, mask_list, k))
     tensors = _check_tensors(tensors)
     masks = _check_masks(masks, tensors)
     scores = _scores_of(tensors, importance)
     k = amount_to_count(amount, count_remaining(tensors, masks))
+    _raise_on_nan(nan, scores, masks, "tensors" if importance is None else "importance")
     masks = _masks_for_scores(masks, scores)
     if _ops.use_reference():
         out = _reference.global_magnitude_masks(scores, masks, k)

@@ -69,3 +69,27 @@ def test_zero_pruned_refuses_an_expanded_tensor(monkeypatch, reference):
 def _pack(keep):
     from lthfast import _reference_bitmask
     return _reference_bitmask.pack_bits(keep)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_nan_policy_raise(monkeypatch, reference):
+    if reference:
+        monkeypatch.setattr(_ops, "_C", None)
+        monkeypatch.setenv("LTHFAST_REFERENCE", "1")
+    a = torch.tensor([1.0, float("nan"), 3.0])
+    b = torch.tensor([0.5, -2.0, 4.0, 0.1])
+    # the default ranks NaN above +inf: pruned last
+    assert lthfast.global_magnitude_masks([a, b], 2)[0].tolist() == [True, True, True]
+    with pytest.raises(ValueError, match=r"tensors\[1\] has 1 NaN entry.*nan='raise'"):
+        lthfast.global_magnitude_masks([b, a], 2, nan="raise")
+    with pytest.raises(ValueError, match=r"tensors\[0\] has 1 NaN"):
+        lthfast.global_magnitude_threshold([a], 1, nan="raise")
+    with pytest.raises(ValueError, match=r"importance\[0\] has 1 NaN"):
+        lthfast.global_magnitude_masks([b[:3]], 1, importance=[a], nan="raise")
+    with pytest.raises(ValueError, match="nan='maybe' must be 'high'"):
+        lthfast.global_magnitude_masks([b], 1, nan="maybe")
+    # a NaN that is pruned already is no error
+    keep = torch.tensor([True, False, True])
+    assert lthfast.global_magnitude_masks([a], 1, masks=[keep], nan="raise")[0].tolist() == \
+        [False, False, True]
+    assert lthfast.global_magnitude_threshold([a], 1, masks=[keep], nan="raise") == (1.0, 1)
