@@ -207,3 +207,18 @@ def test_one_element_stride_as_f_conv2d_takes_it(path):
     with torch.no_grad():
         out = masked_conv2d(x, w, m, None, (2,), [1], (1,), path=path)
     torch.testing.assert_close(out, F.conv2d(x, w * m, None, (2,), [1], (1,)))
+
+
+def test_jit_trace_of_a_sparse_layer_passes_its_own_check():
+    """jit.trace checks a trace by tracing again under no_grad: a path="sparse" layer
+    traced with grad on recorded the dense op, then the sparse ones (stop 29)."""
+    lin, conv = MaskedLinear(8, 4, path="sparse").eval(), MaskedConv2d(3, 4, 3, path="sparse").eval()
+    x = torch.randn(1, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.testing.assert_close(torch.jit.trace(conv, x)(x), conv(x))
+        with torch.no_grad():
+            assert "lthfast::masked_linear" in str(torch.jit.trace(lin, torch.randn(2, 8)).graph)
+        lin.requires_grad_(False)  # nothing needs a gradient: the sparse kernels are recorded
+        graph = str(torch.jit.trace(lin, torch.randn(2, 8)).graph)
+    assert "lthfast::sparse_linear" in graph and "lthfast::masked_linear" not in graph

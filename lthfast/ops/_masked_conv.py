@@ -248,6 +248,16 @@ def _grad_conv(input, weight, mask, bias, stride, padding, dilation, groups, pat
     return F.conv2d(input, weight.where(mask, 0), bias, stride, padding, dilation, groups)
 
 
+def _recorded_grad(grad: bool, *tensors) -> bool:
+    """Whether the op a graph records must be the differentiable one. torch.jit.trace
+    traces a second time under no_grad to check the first trace: there the choice
+    follows requires_grad alone, so both traces record the same ops (a sparse layer
+    whose parameters require grad records the dense op in either)."""
+    if grad or not _tracing():
+        return grad
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
 def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                   bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1,
                   path: str = "auto") -> torch.Tensor:
@@ -297,7 +307,7 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         # (under torch.func.jvp nothing requires grad: the tangent would be dropped)
         return F.conv2d(input, _masked(weight, mask), bias, stride, padding, dilation, groups)
     if torch.compiler.is_compiling() or _tracing():
-        if path == "sparse" and not grad:
+        if path == "sparse" and not _recorded_grad(grad, input, weight, bias, mask):
             packed = torch.ops.lthfast.sparse_pack(weight, mask)
             out = torch.ops.lthfast.sparse_conv2d(input, *packed, bias, weight.shape[2:], stride,
                                                   padding, dilation, groups)
@@ -445,7 +455,7 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
     if _functorch_active() or (grad and (mask.requires_grad or not _ops.available())):
         return F.linear(input, _masked(weight, mask), bias)  # (as masked_conv2d)
     if torch.compiler.is_compiling() or _tracing():
-        if path == "sparse" and not grad:
+        if path == "sparse" and not _recorded_grad(grad, input, weight, bias, mask):
             packed = torch.ops.lthfast.sparse_pack(weight, mask)
             return torch.ops.lthfast.sparse_linear(input, *packed, bias)
         return torch.ops.lthfast.masked_linear(input, weight, mask, bias)
