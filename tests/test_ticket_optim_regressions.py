@@ -256,3 +256,19 @@ def test_save_and_load_name_a_bad_path(bad, tmp_path):
         t.save(bad)
     with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike"):
         lthfast.Ticket.load(bad)
+
+
+def test_from_model_refuses_a_sparsified_model():
+    """sparsify keeps pruned weights (the mask buffer masks them): masks drawn from the
+    weights kept entries the model does not use (stop 29)."""
+    from lthfast.nn import MaskedLinear, sparsify
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8))
+    ticket = lthfast.Ticket.from_model(model, 0.8)
+    sparse = sparsify(copy.deepcopy(model), ticket)
+    for make in (lambda: lthfast.Ticket.from_model(sparse, 0.5), lambda: lthfast.Ticket.dense(sparse)):
+        with pytest.raises(ValueError, match=r"lthfast.nn masked layers.*\['1.weight'\].*densify"):
+            make()
+    assert ticket.prune(sparse, 0.5).sparsity() == pytest.approx(0.9, abs=0.01)  # the way to go on
+    # a masked layer whose mask prunes nothing (built with lthfast.nn) is fine
+    assert lthfast.Ticket.from_model(nn.Sequential(MaskedLinear(4, 4)), 0.5).sparsity() == 0.5

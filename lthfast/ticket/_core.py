@@ -14,7 +14,8 @@ from lthfast._version import __version__
 from lthfast.magnitude import amount_to_count, global_magnitude_masks
 from lthfast.ticket import _file, _interop, _report
 from lthfast.ticket._binding import Bindings
-from lthfast.ticket._select import check_parameter, named_parameters, select_parameters
+from lthfast.ticket._select import (check_parameter, named_parameters, refuse_masked_layers,
+                                    select_parameters)
 
 
 class Ticket:
@@ -69,6 +70,7 @@ class Ticket:
         or, with ``layerwise=True``, of each tensor. Round 1."""
         layerwise = _flag("layerwise", layerwise)
         named = select_parameters(model, scope, exclude)
+        refuse_masked_layers(model, named)
         masks = _magnitude_masks(named, amount, None, layerwise)
         return cls._of(named, masks, 1, meta, layerwise)
 
@@ -76,6 +78,7 @@ class Ticket:
     def dense(cls, model: nn.Module, scope=None, exclude=None, *, meta: dict | None = None) -> "Ticket":
         """Every selected weight kept (round 0): where IMP starts."""
         named = select_parameters(model, scope, exclude)
+        refuse_masked_layers(model, named)
         masks = [torch.ones(p.shape, dtype=torch.bool, device=p.device) for _, p in named]
         return cls._of(named, masks, 0, meta, False)
 

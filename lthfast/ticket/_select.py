@@ -94,3 +94,23 @@ def check_parameter(name: str, p: torch.Tensor) -> None:
     if p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"parameter {name!r} has dtype {p.dtype}; magnitude pruning needs a real "
                         "float16/bfloat16/float32/float64 parameter (exclude it or change scope=)")
+
+
+def refuse_masked_layers(model: nn.Module, named) -> None:
+    """ValueError when a selected weight belongs to an lthfast.nn masked layer whose mask
+    prunes something: its pruned weights are not zero (sparsify keeps them), so masks
+    drawn from the weights would keep entries the model does not use."""
+    from lthfast.nn import MaskedConv2d, MaskedLinear
+    masked = []
+    for n, _ in named:
+        module = _module_of(model, n)
+        mask = getattr(module, "mask", None) if isinstance(module, (MaskedConv2d, MaskedLinear)) else None
+        if n.rpartition(".")[2] == "weight" and isinstance(mask, torch.Tensor) and not bool(mask.all()):
+            masked.append(n)
+    if masked:
+        more = f" and {len(masked) - 5} more" if len(masked) > 5 else ""
+        raise ValueError(
+            f"weights of lthfast.nn masked layers (sparsify) in the model: {masked[:5]}{more}; "
+            "their pruned entries are not zero, so masks drawn from the weights would keep them. "
+            "Prune the ticket the model was sparsified with (ticket.prune(model, amount)), or "
+            "lthfast.nn.densify(model) first")
