@@ -171,7 +171,7 @@ def test_googlenet_trains_on_logits():
     data = ShapesClassification(4, size=32)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     out = train_classifier(model, data, opt, iters=1, batch_size=2, lr=0.01)
-    assert out["iters"] == 1 and out["loss"] == out["loss"]
+    assert out["iters"] == 1 and out["final_loss"] == out["final_loss"] == out["mean_loss"]
 
 
 def test_batch_size_one_with_batchnorm_names_the_flag():

@@ -80,9 +80,21 @@ def test_the_same_command_again_continues_its_run(tmp_path, capsys):
     argv = ["--task", "classification", "--iters", "2", "--out", str(tmp_path / "run")]
     _fake_run(tmp_path / "run", **dataclasses.asdict(_settings(argv)))
     s = _settings(argv)
-    assert s.resume == str(tmp_path / "run") and "continuing it" in capsys.readouterr().err
+    assert s.resume == str(tmp_path / "run") and "continuing it" in s.continuing
     with pytest.raises(JobError, match="holds an earlier run"):
         _settings([*argv, "--iters", "3"])
+    # while another process holds the folder, only the "in use" error is printed
+    import os
+    from lthfast.cli import main
+    from lthfast.imp.rundir import hold
+    capsys.readouterr()
+    lock = hold(str(tmp_path / "run"))
+    try:
+        assert main(["imp", *argv]) == 2
+    finally:
+        os.close(lock)
+    err = capsys.readouterr().err
+    assert "in use" in err and "continuing it" not in err
 
 
 # ------------------------------------------------------------------ --resume

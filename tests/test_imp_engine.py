@@ -47,7 +47,7 @@ def job(model, *, seen=None, fail_in_round=None):
 
 
 def drop_times(rows):
-    return [{k: v for k, v in r.items() if not k.endswith("_s") and k != "train_seconds"}
+    return [{k: v for k, v in r.items() if not k.endswith("_s") and k != "train_s_per_iter"}
             for r in rows]
 
 

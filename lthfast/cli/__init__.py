@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name in COMMANDS:
         importlib.import_module(f"lthfast.cli.{name}").add_parser(sub)
+    parser.commands = sub.choices  # name -> the command's parser
     return parser
 
 
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command line `argv` (default: sys.argv[1:]) and returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # as the command's own usage error, not the top level's
+            command = parser.commands.get(getattr(args, "command", None) or "")
+            (command or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # --help, --version, usage errors (argparse prints them)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if not getattr(args, "command", None):

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from lthfast.cli._common import CLIError, format_table, int_at_least
+from lthfast.cli._common import CLIError, eprint, format_table, int_at_least
 
 _DESCRIPTION = """\
 Finds lottery tickets with iterative magnitude pruning (IMP). Round 0 trains the dense
@@ -115,9 +115,13 @@ def add_parser(sub) -> None:
     g.add_argument("--weights", metavar="PATH",
                    help="local checkpoint to start from (a torchvision detection state_dict; "
                         "with --task classification, a state_dict of that architecture: only the "
-                        "classifier head may differ, another number of classes keeps a fresh head)")
+                        "classifier head may differ, another number of classes keeps a fresh head); "
+                        "or a torchvision weights name of the model (DEFAULT, COCO_V1, "
+                        "Enum.NAME), downloaded: needs network")
     g.add_argument("--backbone-weights", metavar="PATH",
-                   help="local ImageNet classifier state_dict mapped onto the detection backbone. "
+                   help="local ImageNet classifier state_dict mapped onto the detection backbone "
+                        "(or a torchvision weights name of the backbone, e.g. IMAGENET1K_V1, "
+                        "downloaded: needs network). "
                         "With --weights or --backbone-weights a detector's backbone trains as "
                         "torchvision's does from pre-trained weights: its first stages (conv1, "
                         "layer1) stay frozen, the last 3 train, BatchNorm is frozen (not in *_v2 "
@@ -125,7 +129,8 @@ def add_parser(sub) -> None:
                         "number of trainable stages is set in Python: "
                         "lthfast.detection.build_model(..., trainable_layers=K))")
     g.add_argument("--ticket", metavar="PATH",
-                   help="start from this ticket (.safetensors) instead of the dense model: a "
+                   help="start from this ticket (.safetensors, or a run directory: its last "
+                        "round's ticket) instead of the dense model: a "
                         "classifier ticket (resnet names) goes onto the detection backbone, a "
                         "detection/segmentation/keypoint ticket onto the shared layers "
                         "(lthfast.transfer); round 0 trains with it fixed, --rounds N prunes on "
@@ -236,10 +241,19 @@ def run(args) -> int:
     try:
         settings = settings_from_args(args)
         made = not os.path.exists(settings.out)
-        # DDP: rank 0 writes the files and holds the lock
-        lock = hold(settings.out) if int(os.environ.get("RANK", "0")) == 0 else None
-    except (JobError, ValueError, FileNotFoundError, RunDirBusy) as e:
+    except (JobError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e), code=2) from None
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:  # DDP: rank 0 writes the files and holds the lock
+        lock = hold(settings.out) if main_rank else None
+    except RunDirBusy as e:
+        raise CLIError(str(e), code=2) from None
+    except OSError as e:  # the folder cannot be made (or locked) there
+        flag = "--resume" if getattr(args, "resume", None) else "--out"
+        raise CLIError(f"{flag} {settings.out}: cannot create or lock the run directory "
+                       f"({e.strerror or e}: {e.filename or settings.out})", code=2) from None
+    if getattr(settings, "continuing", None) and main_rank:
+        eprint(f"lthfast imp: {settings.continuing}")
     try:
         return _run_locked(settings, made)
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lthfast.cli._common import CLIError, eprint
+from lthfast.cli._common import CLIError, check_writable_target, eprint
 
 _EPILOG = """\
 examples:
@@ -55,14 +55,13 @@ def _check_out(path: str) -> None:
     not an HTML page (a run's config.json, a ticket): those are not overwritten."""
     if not path.strip():
         raise CLIError("--out is empty; give the HTML file to write, e.g. report.html", code=2)
-    folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise CLIError(f"--out {path!r} is a directory; give the HTML file to write, e.g. "
                        f"{os.path.join(path, 'report.html')}", code=2)
-    if not os.path.isdir(folder):
-        raise CLIError(f"--out {path!r}: directory {folder!r} does not exist", code=2)
-    if not os.access(folder, os.W_OK):
-        raise CLIError(f"--out {path!r}: directory {folder!r} is not writable", code=2)
+    try:  # (a file can be made in the folder: os.access says yes to root on /sys)
+        check_writable_target(path, "--out")
+    except CLIError as e:
+        raise CLIError(str(e), code=2) from None
     if os.path.exists(path):
         try:
             with open(path, "rb") as f:

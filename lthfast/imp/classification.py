@@ -302,7 +302,7 @@ def train_classifier(model: nn.Module, dataset, optimizer, *, iters: int, batch_
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=iters - start_iter, desc="train", leave=False, unit="it", disable=None)
-    t0, loss_sum, n = time.perf_counter(), 0.0, 0
+    t0, loss_sum, n, last = time.perf_counter(), 0.0, 0, float("nan")
     for it in range(start_iter, iters):
         g = torch.Generator().manual_seed(seed * 7919 + it)
         idx = torch.randint(len(dataset), (batch_size,), generator=g).tolist()
@@ -323,7 +323,8 @@ def train_classifier(model: nn.Module, dataset, optimizer, *, iters: int, batch_
                                  "(or a larger --image-size)") from None
             raise
         backward_and_step(loss, optimizer, scaler)
-        loss_sum, n = loss_sum + float(loss.detach()), n + 1
+        last = float(loss.detach())
+        loss_sum, n = loss_sum + last, n + 1
         if on_iter is not None:
             on_iter(it + 1, model)
         if bar is not None:
@@ -331,7 +332,10 @@ def train_classifier(model: nn.Module, dataset, optimizer, *, iters: int, batch_
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     if bar is not None:
         bar.close()
-    return {"loss": loss_sum / max(1, n), "iters": n, "seconds": time.perf_counter() - t0}
+    dt = time.perf_counter() - t0
+    # the keys of detection.train_detector's result, so metrics have one set of columns
+    return {"final_loss": last, "mean_loss": loss_sum / n if n else float("nan"), "iters": n,
+            "time_s": dt, "s_per_iter": dt / n if n else float("nan")}
 
 
 @torch.no_grad()

@@ -149,6 +149,22 @@ def _check_given(given: dict) -> None:
                        "--target the rate per round follows from it and --rounds)")
 
 
+def _last_ticket_of(path: str) -> str:
+    """--ticket RUN_DIR: the ticket file of the run's last finished round (as `lthfast
+    compare` reads a run directory)."""
+    import warnings
+
+    from lthfast.analysis.runs import RunError, load_run
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a run still going: its last finished round
+            run = load_run(path)
+        return RunDir(path).ticket_path(run.rounds[-1])
+    except RunError as e:
+        raise JobError(f"--ticket {path}: a folder that is no finished IMP run ({e}); give a "
+                       "ticket file (RUN/round_R/ticket.safetensors) or a run directory") from None
+
+
 def settings_from_args(args) -> Settings:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
              if hasattr(args, f.name)}
@@ -156,6 +172,8 @@ def settings_from_args(args) -> Settings:
     if given.get("resume"):
         return _resume_settings(given)
     s = Settings(**{k: v for k, v in given.items() if v is not None})  # the rest: defaults
+    if s.ticket and os.path.isdir(s.ticket):
+        s.ticket = _last_ticket_of(s.ticket)
     if s.ticket and s.rounds is None:
         s.rounds = 0  # --ticket alone: train with the transferred mask fixed
     defaults = task_defaults(s.task)
@@ -193,11 +211,12 @@ def settings_from_args(args) -> Settings:
         s.out = ddp.decided_on_main(s.device, default_out, s.task, s.model)
     if _run_differs(s, RunDir(s.out)) == []:
         # the same command again (a second `make demo`, or after Ctrl-C): go on with that run
-        from lthfast.cli._common import eprint
-        eprint(f"lthfast imp: {s.out} holds a run with these settings: continuing it (as with "
-               f"--resume {s.out}); delete the folder to start over")
-        return _resume_settings({**{k: given.get(k) for k in RESUME_MAY_CHANGE},
-                                 "resume": s.out, "out": None})
+        # (the command prints the note once it holds the folder: a second process is refused)
+        resumed = _resume_settings({**{k: given.get(k) for k in RESUME_MAY_CHANGE},
+                                    "resume": s.out, "out": None})
+        resumed.continuing = (f"{s.out} holds a run with these settings: continuing it (as with "
+                              f"--resume {s.out}); delete the folder to start over")
+        return resumed
     differs = _run_differs(s, RunDir(s.out))
     if differs and _stopped_before_round_0(RunDir(s.out)):
         # its fix is often a flag that changes results (--batch-size, --lr): start over
