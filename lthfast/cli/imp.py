@@ -227,7 +227,8 @@ def _print_table(rows: list[dict], task: str, file=None) -> None:
 def _has_finished_rounds(out) -> bool:
     from lthfast.imp.rundir import RunDir
     try:
-        return RunDir(out).exists() and bool(RunDir(out).read_metrics())
+        run = RunDir(out)
+        return run.exists() and (os.path.exists(run.file("checkpoint.pt")) or bool(run.read_metrics()))
     except (OSError, ValueError):
         return False
 

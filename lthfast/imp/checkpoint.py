@@ -56,9 +56,11 @@ def _run_id(run: RunDir) -> str | None:
 
 
 def save(run: RunDir, *, round_index: int, model, ticket, rewind, rows, objects: dict,
-         ticket_digest: str | None = None) -> None:
+         ticket_digest: str | None = None, modes=None) -> None:
     """`ticket_digest`: of the round's ticket file, so that a resume can tell that the
-    file is the one this checkpoint was written with."""
+    file is the one this checkpoint was written with. `modes`: [(module name, training)]
+    as the run started, which every round trains from (a resume in the same process
+    would otherwise take them from a model an eval_fn left in eval mode)."""
     payload = {
         "format": FORMAT,
         "run_id": _run_id(run),
@@ -69,6 +71,8 @@ def save(run: RunDir, *, round_index: int, model, ticket, rewind, rows, objects:
         "rows": rows,
         "rng": _rng_state(),
     }
+    if modes is not None:
+        payload["modes"] = [[name, bool(mode)] for name, mode in modes]
     for key in ("optimizer", "scheduler"):
         obj = objects.get(key)
         if obj is not None and hasattr(obj, "state_dict"):
@@ -100,4 +104,5 @@ def load(run: RunDir, ticket_cls) -> dict | None:
     return {"next_round": r + 1, "rows": list(payload["rows"]), "ticket": ticket,
             "trained": payload["model"], "rewind": payload["rewind"],
             "ticket_digest": payload.get("ticket_digest"),
-            "optimizer": payload.get("optimizer"), "scheduler": payload.get("scheduler")}
+            "optimizer": payload.get("optimizer"), "scheduler": payload.get("scheduler"),
+            "modes": payload.get("modes")}

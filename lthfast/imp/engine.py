@@ -319,6 +319,8 @@ class IMP:
         if st is None:  # killed before the first round finished: start over
             return self._fresh_state(over_old_attempt=True)
         self.model.load_state_dict(st["trained"])
+        if st.get("modes") is not None:  # (checkpoints before stop 29 have none)
+            self._modes = [(str(n), bool(m)) for n, m in st["modes"]]
         st["saved_round"] = st["next_round"] - 1
         st["kept0"] = None  # read from round 0's ticket when a target schedule needs it
         if self.main:  # config.json says what the run now does (a grown run: its new rounds)
@@ -438,10 +440,13 @@ class IMP:
                 metrics = _as_metrics(self.eval_fn(self.model, ctx), "eval_fn")
                 t_eval = time.perf_counter() - t0
                 groups = group_sparsity(ticket, self.group_of)
-                clash = [k for k in metrics if str(k) in RESERVED_COLUMNS or str(k) in groups]
+                trained = {f"train_{k}" for k in train_stats}
+                clash = [k for k in metrics if str(k) in RESERVED_COLUMNS or str(k) in groups
+                         or str(k) in trained]
                 if clash:
                     raise ValueError(f"eval_fn returned {clash}: the engine writes these "
-                                     "columns itself; rename the metric")
+                                     "columns itself (train_fn's results as train_<key>); "
+                                     "rename the metric")
                 row = {"round": r, "sparsity": sparsity, **groups,
                        "collapsed_layers": len(collapsed), **metrics, "prune_time_s": t_prune,
                        "train_time_s": t_train, "eval_time_s": t_eval,
@@ -455,7 +460,7 @@ class IMP:
                     ticket.save(self.run.ticket_path(r))
                     ckpt.save(self.run, round_index=r, model=self.model, ticket=ticket,
                               rewind=state["rewind"], rows=rows + [row], objects=ctx.objects,
-                              ticket_digest=ticket_digest(ticket))
+                              ticket_digest=ticket_digest(ticket), modes=self._modes)
                 rows.append(row)
                 state["saved_round"] = r
                 if self.run is not None and self.main:

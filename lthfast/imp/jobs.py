@@ -102,7 +102,10 @@ def _resume_settings(given: dict) -> Settings:
                        "own directory; leave out --out (or copy the run first)")
     rounds = given.get("rounds")
     if rounds is not None and rounds != saved.get("rounds"):
-        done = len(run.read_metrics()) - 1
+        try:
+            done = len(run.read_metrics()) - 1
+        except ValueError:  # a damaged metrics.json: the engine checks against the checkpoint
+            done = -1
         if rounds < done:
             raise JobError(f"--rounds {rounds}: {path} has already finished round {done}; "
                            "--rounds can grow a run, not shrink it")
@@ -363,7 +366,10 @@ class Job:
         if ddp.is_main():
             eprint(self.describe)
         # a resumed run's tables start with the rounds it had already finished
-        printed = RunDir(s.out).read_metrics() if s.resume else []
+        try:
+            printed = RunDir(s.out).read_metrics() if s.resume else []
+        except ValueError:  # damaged: the resumed run rewrites it from its checkpoint
+            printed = []
 
         def on_round(row):
             printed.append(row)

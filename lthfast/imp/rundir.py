@@ -134,10 +134,20 @@ class RunDir:
         write_text(self.file("metrics.csv"), metrics_csv(rows))
 
     def read_metrics(self) -> list[dict]:
+        """The rows of metrics.json ([] when there is none); ValueError naming the file
+        when it is damaged (the checkpoint keeps the rows: a resume rewrites it)."""
+        path = self.file("metrics.json")
         try:
-            return read_json(self.file("metrics.json"))
+            rows = read_json(path)
         except FileNotFoundError:
             return []
+        except ValueError as e:  # JSONDecodeError, or undecodable bytes
+            raise ValueError(f"{path} is damaged ({e}); the run's checkpoint keeps its rows, "
+                             f"and --resume rewrites the file") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path} is damaged (not a list of rows); the run's checkpoint "
+                             "keeps its rows, and --resume rewrites the file")
+        return rows
 
     def config(self) -> dict:
         return read_json(self.file("config.json"))
