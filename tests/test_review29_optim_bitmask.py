@@ -93,3 +93,26 @@ def test_nan_policy_raise(monkeypatch, reference):
     assert lthfast.global_magnitude_masks([a], 1, masks=[keep], nan="raise")[0].tolist() == \
         [False, False, True]
     assert lthfast.global_magnitude_threshold([a], 1, masks=[keep], nan="raise") == (1.0, 1)
+
+
+def test_fast_optimizer_entry_raises_what_torch_ops_raises():
+    p, g = torch.zeros(4), torch.zeros(4).to_sparse()
+    args = ([p], [g], [], [None], 0.1, None, 0.0, 0.0, 0.0, False, False, False, None, None)
+    with pytest.raises(NotImplementedError):
+        torch.ops.lthfast.masked_sgd_(*args)
+    with pytest.raises(NotImplementedError):  # was a RuntimeError
+        _ops._C._masked_sgd_(*args)
+    with pytest.raises(RuntimeError, match="shape"):
+        _ops._C._masked_sgd_([p], [torch.zeros(3)], *args[2:])
+
+
+@pytest.mark.parametrize("stride", [7, 50_000])
+def test_sparse_conv_with_a_huge_stride_needs_no_table_of_strides(stride):
+    """The CPU sparse conv kept a table of stride_h * stride_w phases: stride 50000 asked
+    for ~20 GB; it needs the phases the kernel taps read, at most KH * KW."""
+    import torch.nn.functional as F
+    from lthfast.ops import masked_conv2d
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 2, 2)
+    m = torch.rand_like(w) > 0.3
+    y = masked_conv2d(x, w, m, stride=stride, padding=1, dilation=(1, 2), path="sparse")
+    torch.testing.assert_close(y, F.conv2d(x, w * m, stride=stride, padding=1, dilation=(1, 2)))

@@ -10,9 +10,11 @@
 // tensors (Tensor, Parameter): for any other object they return False without
 // doing anything and the caller uses torch.ops, which handles __torch_function__
 // subclasses and raises its usual errors.
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
+#include <exception>
 #include <stdexcept>
 #include <vector>
 
@@ -58,23 +60,23 @@ bool unpack_scalar(py::handle obj, OptTensor& out) {
   return true;
 }
 
-// Runs f() without the GIL; c10 errors come back as the Python exception type
-// torch.ops would raise, without the C++ backtrace.
+// Runs f() without the GIL; an error comes back as the Python exception torch.ops
+// would raise (torch's own translation, once the GIL is held again: ValueError,
+// NotImplementedError, torch.OutOfMemoryError, ..., no C++ backtrace).
 template <typename F>
 void call_released(const F& f) {
-  py::gil_scoped_release release;
-  try {
-    f();
-  } catch (const c10::ValueError& e) {
-    throw py::value_error(e.what_without_backtrace());
-  } catch (const c10::TypeError& e) {
-    throw py::type_error(e.what_without_backtrace());
-  } catch (const c10::IndexError& e) {
-    throw py::index_error(e.what_without_backtrace());
-  } catch (const c10::NotImplementedError& e) {
-    throw std::runtime_error(e.what_without_backtrace());
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(e.what_without_backtrace());
+  std::exception_ptr error;
+  {
+    py::gil_scoped_release release;
+    try {
+      f();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  if (error) {
+    torch::translate_exception_to_python(error);
+    throw py::error_already_set();
   }
 }
 

@@ -205,17 +205,21 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   const int64_t Cg = C / groups, Coutg = Cout / groups, KK = KH * KW;
   constexpr int64_t lanes = 64 / int64_t(sizeof(acc_t));
   // Only the phases some kernel tap reads are built (one of four for a 1x1
-  // stride-2 conv); slot[phase] is its place among them, -1 if unused.
-  std::vector<int64_t> slot(sh * sw, -1);
-  int64_t nphases = 0;
-  {
-    std::vector<char> used_h(sh, 0), used_w(sw, 0);
-    for (int64_t i = 0; i < KH; ++i) used_h[(i * dh) % sh] = 1;
-    for (int64_t j = 0; j < KW; ++j) used_w[(j * dw) % sw] = 1;
-    for (int64_t fh = 0; fh < sh; ++fh)
-      for (int64_t fw = 0; fw < sw; ++fw)
-        if (used_h[fh] && used_w[fw]) slot[fh * sw + fw] = nphases++;
+  // stride-2 conv): the used phase rows hs and columns ws, ascending (at most KH
+  // and KW of them, whatever the stride); phase (fh, fw) is number
+  // slot(fh, fw) = index of fh in hs * |ws| + index of fw in ws.
+  std::vector<int64_t> hs, ws;
+  for (int64_t i = 0; i < KH; ++i) hs.push_back((i * dh) % sh);
+  for (int64_t j = 0; j < KW; ++j) ws.push_back((j * dw) % sw);
+  for (std::vector<int64_t>* v : {&hs, &ws}) {
+    std::sort(v->begin(), v->end());
+    v->erase(std::unique(v->begin(), v->end()), v->end());
   }
+  const auto slot = [&](int64_t fh, int64_t fw) {
+    return int64_t(std::lower_bound(hs.begin(), hs.end(), fh) - hs.begin()) * int64_t(ws.size()) +
+           int64_t(std::lower_bound(ws.begin(), ws.end(), fw) - ws.begin());
+  };
+  const int64_t nphases = int64_t(hs.size() * ws.size());
   const int64_t Hq = OH + (dh * (KH - 1)) / sh;
   // Row pitch: the OW columns plus the halo, rounded up to whole vectors when
   // that adds no vector to the output plane (e.g. 14x14 outputs of a 3x3:
@@ -243,14 +247,14 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
   struct Phase {
     int64_t fh, fw, q0, q1;
   };
-  std::vector<Phase> phases;
-  for (int64_t f = 0; f < sh * sw; ++f) {
-    if (slot[f] < 0) continue;
-    const int64_t fh = f / sw, fw = f % sw;
-    const int64_t lo = pw - fw, hi = W + pw - fw;  // q*sw >= lo, q*sw < hi
-    const int64_t q0 = std::min(Wq, lo <= 0 ? int64_t(0) : (lo + sw - 1) / sw);
-    const int64_t q1 = std::min(Wq, std::max(q0, hi <= 0 ? int64_t(0) : (hi + sw - 1) / sw));
-    phases.push_back({fh, fw, q0, q1});
+  std::vector<Phase> phases;  // in slot order
+  for (const int64_t fh : hs) {
+    for (const int64_t fw : ws) {
+      const int64_t lo = pw - fw, hi = W + pw - fw;  // q*sw >= lo, q*sw < hi
+      const int64_t q0 = std::min(Wq, lo <= 0 ? int64_t(0) : (lo + sw - 1) / sw);
+      const int64_t q1 = std::min(Wq, std::max(q0, hi <= 0 ? int64_t(0) : (hi + sw - 1) / sw));
+      phases.push_back({fh, fw, q0, q1});
+    }
   }
   const auto copy_f32 = cpu_rows::copy_f32();
   const auto copy_row = cpu_rows::copy_row_f32();
@@ -303,7 +307,7 @@ void conv_impl(const at::Tensor& input, const at::Tensor& rowptr_t, const at::Te
     for (int64_t i = 0; i < KH; ++i)
       for (int64_t j = 0; j < KW; ++j, ++col) {
         const int64_t kh = i * dh, kw = j * dw;
-        col_off[col] = static_cast<int32_t>(cl * per_channel + slot[(kh % sh) * sw + kw % sw] * plane +
+        col_off[col] = static_cast<int32_t>(cl * per_channel + slot(kh % sh, kw % sw) * plane +
                                             (kh / sh) * Wq + kw / sw);
       }
 
