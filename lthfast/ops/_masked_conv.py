@@ -253,7 +253,7 @@ def _recorded_grad(grad: bool, *tensors) -> bool:
     traces a second time under no_grad to check the first trace: there the choice
     follows requires_grad alone, so both traces record the same ops (a sparse layer
     whose parameters require grad records the dense op in either)."""
-    if grad or not _tracing():
+    if grad or torch.compiler.is_compiling() or not _tracing():  # (dynamo cannot trace _tracing)
         return grad
     return any(t is not None and t.requires_grad for t in tensors)
 
