@@ -67,3 +67,68 @@ def test_classification_training_has_the_detection_columns():
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     out = train_classifier(model, ShapesClassification(4, size=16), opt, iters=2, batch_size=2, lr=0.01)
     assert set(out) == {"final_loss", "mean_loss", "iters", "time_s", "s_per_iter"}
+
+
+def test_the_nproc_launcher_forwards_a_signal_and_returns_its_status(tmp_path):
+    """SIGTERM to `lthfast imp --nproc N` left torchrun and its workers training on."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from lthfast.imp import ddp
+    ready, got = tmp_path / "ready", tmp_path / "got"
+    child = (f"import signal, sys, time, pathlib\n"
+             f"signal.signal(signal.SIGTERM, lambda s, f: (pathlib.Path({str(got)!r}).write_text(str(s)), sys.exit(7)))\n"
+             f"pathlib.Path({str(ready)!r}).write_text('1')\n"
+             f"time.sleep(60)\n")
+
+    def kill_when_ready():
+        for _ in range(600):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)  # to the launcher, which forwards it
+    threading.Thread(target=kill_when_ready, daemon=True).start()
+    before = signal.getsignal(signal.SIGTERM)
+    code = ddp.run_in_own_session([sys.executable, "-c", child])
+    assert code == 7 and got.read_text() == str(int(signal.SIGTERM))
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers put back
+    # a child killed by a signal: the shell's 128 + signal
+    assert ddp.run_in_own_session([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]) == 137
+    del subprocess
+
+
+def test_nproc_flag_errors_are_made_once_before_spawning(tmp_path, monkeypatch, capsys):
+    import torch
+    from lthfast.imp import ddp
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    monkeypatch.setattr(ddp, "spawn", lambda *a: pytest.fail("spawned"))
+    assert main(["imp", "--nproc", "2", "--device", "cuda", "--task", "classification",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.count("no CUDA GPU is visible") == 1
+
+
+TINY = ["--task", "classification", "--iters", "2", "--n-train", "16", "--n-val", "8",
+        "--image-size", "32", "--batch-size", "8", "--quiet"]
+
+
+def test_ticket_run_resumes_after_its_ticket_file_is_gone(tmp_path, capsys):
+    src = str(tmp_path / "src")
+    assert main(["imp", *TINY, "--rounds", "1", "--out", src]) == 0
+    ticket = tmp_path / "start.safetensors"
+    ticket.write_bytes((tmp_path / "src" / "round_1" / "ticket.safetensors").read_bytes())
+    run = str(tmp_path / "run")
+    assert main(["imp", *TINY, "--rounds", "1", "--ticket", str(ticket), "--out", run]) == 0
+    # --target below the ticket's sparsity: refused before any folder is made
+    assert main(["imp", *TINY, "--rounds", "1", "--ticket", str(ticket), "--target", "0.1",
+                 "--out", str(tmp_path / "none")]) == 2
+    assert "below the sparsity" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    ticket.unlink()
+    assert main(["imp", "--resume", run, "--rounds", "2", "--quiet"]) == 0
+    assert "is gone" in capsys.readouterr().err
+    import json
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1, 2] and rows[2]["sparsity"] > rows[1]["sparsity"]

@@ -235,6 +235,7 @@ def _has_finished_rounds(out) -> bool:
 
 def run(args) -> int:
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        _check_before_spawning(args)
         from lthfast.imp.ddp import spawn
         return spawn(args.nproc, getattr(args, "argv", sys.argv[1:]))
     from lthfast.imp.jobs import JobError, settings_from_args
@@ -260,6 +261,25 @@ def run(args) -> int:
     finally:
         if lock is not None:
             os.close(lock)  # releases the lock (main() may be called again in this process)
+
+
+def _check_before_spawning(args) -> None:
+    """--nproc N: the flag checks every process would make, made once here (each of N
+    processes printed the same error, under torchrun's report of the failed workers)."""
+    from lthfast.imp.jobs import JobError, check_settings, settings_from_args
+    from lthfast.imp.rundir import RunDirBusy, hold
+    import contextlib
+    import io
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # (its warnings: rank 0 prints them)
+            settings = settings_from_args(args)
+            check_settings(settings)
+        if os.path.isdir(settings.out):  # held by another run: say so now
+            lock = hold(settings.out)
+            if lock is not None:
+                os.close(lock)
+    except (JobError, ValueError, FileNotFoundError, RunDirBusy) as e:
+        raise CLIError(str(e), code=2) from None
 
 
 def _run_locked(settings, made: bool) -> int:

@@ -108,9 +108,45 @@ def spawn(nproc: int, argv: list[str]) -> int:
         if a.startswith("--nproc="):
             continue
         rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "lthfast"] + rest
-    return subprocess.call(cmd)
+    return run_in_own_session([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={nproc}", "-m", "lthfast"] + rest)
+
+
+def run_in_own_session(cmd: list[str]) -> int:
+    """Runs `cmd` (torchrun) to its end and returns its exit status."""
+    # torchrun in a session of its own, so that a signal reaches it once, from here:
+    # Ctrl-C / SIGTERM to this process stop it as they stop torchrun itself (it
+    # SIGTERMs the workers, which record the run as interrupted), and it goes when
+    # this process is killed outright (PR_SET_PDEATHSIG) instead of training on.
+    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+    import signal
+
+    def forward(signum, frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    import threading
+    previous = ({sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if threading.current_thread() is threading.main_thread() else {})
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:  # an error here: do not leave it running
+            proc.terminate()
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+
+
+def _die_with_parent() -> None:
+    """(In the child, before exec) SIGTERM when the parent dies (Linux prctl)."""
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the session alone
+        pass
 
 
 def on_main_first(fn, *args, **kwargs):

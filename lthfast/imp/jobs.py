@@ -178,6 +178,9 @@ def settings_from_args(args) -> Settings:
     if s.ticket and os.path.isdir(s.ticket):
         s.ticket = _last_ticket_of(s.ticket)
     if s.ticket and s.rounds is None:
+        if s.target is not None:
+            raise JobError(f"--target {s.target} with --ticket needs --rounds N (the rounds that "
+                           "prune on from the ticket; --ticket alone trains it as it is, --rounds 0)")
         s.rounds = 0  # --ticket alone: train with the transferred mask fixed
     defaults = task_defaults(s.task)
     rewind_given, iters_given = s.rewind is not None, s.iters is not None
@@ -392,6 +395,15 @@ class Job:
         return 0
 
 
+def _saved_pruned_names(path: str) -> list[str]:
+    try:
+        with open(RunDir(path).file("pruned_params.txt"), encoding="utf-8") as f:
+            return [line for line in f.read().splitlines() if line]
+    except OSError as e:
+        raise JobError(f"--resume {path}: the run started from a ticket file that is gone, and "
+                       f"its pruned_params.txt is not readable ({e})") from None
+
+
 def build_job(s: Settings) -> Job:
     config = check_settings(s)
     if s.threads:
@@ -408,7 +420,18 @@ def build_job(s: Settings) -> Job:
     _seed_everything(s.seed)
     model, names, train_fn, eval_fn, group_of, describe = build(s, device)
     from lthfast.transfer import transfer_for_job, with_network_sparsity
-    names, initial, transfer_meta, describe = transfer_for_job(s.ticket, model, names, describe)
+    if s.ticket and s.resume and not os.path.exists(s.ticket):
+        # the starting ticket is only round 0's: the run folder keeps its pruned set
+        names = _saved_pruned_names(s.resume)
+        initial, transfer_meta = None, {}
+        describe += (f"\n  --ticket {s.ticket} is gone: the run goes on with its own pruned set "
+                     f"({len(names)} tensors, pruned_params.txt)")
+    else:
+        names, initial, transfer_meta, describe = transfer_for_job(s.ticket, model, names, describe)
+        if initial is not None and s.target is not None and initial.sparsity() > s.target:
+            # (the engine refuses it too; here, before the run folder is written)
+            raise JobError(f"--target {s.target} is below the sparsity of the --ticket "
+                           f"({initial.sparsity():.4f}): pruning cannot make it denser")
     eval_fn = with_network_sparsity(eval_fn, model)
     meta = {"settings": dataclasses.asdict(s), "task": s.task, "model": s.model, "data": s.data,
             "scope": s.scope, "device": str(device), "world_size": ddp.world_size(),

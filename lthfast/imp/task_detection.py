@@ -14,6 +14,10 @@ def _s(n: int) -> str:
     return "" if n == 1 else "s"
 
 
+def _es(n: int) -> str:
+    return "" if n == 1 else "es"
+
+
 def build(s, device):
     from lthfast.detection import data as det_data
     from lthfast.detection.evaluate import evaluate as det_evaluate
@@ -30,7 +34,7 @@ def build(s, device):
     global_batch = s.batch_size * ddp.world_size()
     if global_batch > len(train_set) and ddp.is_main():
         warnings.warn(f"--batch-size {s.batch_size} (x {ddp.world_size()} process"
-                      f"{_s(ddp.world_size())}) is larger than the {len(train_set)} training "
+                      f"{_es(ddp.world_size())}) is larger than the {len(train_set)} training "
                       f"images: every batch repeats images, and an iteration costs as much as "
                       f"{global_batch} images", UserWarning, stacklevel=2)
     extra = {"num_keypoints": train_set.num_keypoints} if s.task == "keypoints" else {}
