@@ -323,6 +323,6 @@ def test_ddp_two_gloo_ranks(tmp_path):
     # until the 60 s gloo timeout; by default 30 minutes)
     r0, r1 = results("fail")
     assert r0["error"] == "ValueError: eval broke on rank 0"
-    assert r1["error"].startswith("RuntimeError: rank 0 failed in round 1"), r1
+    assert r1["error"].startswith("OtherRankFailed: rank 0 failed in round 1"), r1
     status = json.loads(open(f"{base}_fail/status.json").read())
     assert status["state"] == "failed" and status["round"] == 0

@@ -283,9 +283,12 @@ def _check_before_spawning(args) -> None:
 
 
 def _run_locked(settings, made: bool) -> int:
+    from lthfast.imp.ddp import OtherRankFailed
     from lthfast.imp.jobs import JobError, build_job
     try:
         job = build_job(settings)
+    except OtherRankFailed as e:
+        raise CLIError(str(e), code=1) from None
     except (JobError, ValueError, FileNotFoundError) as e:
         if made and os.path.isdir(settings.out) and not os.listdir(settings.out):
             os.rmdir(settings.out)  # made for the lock: leave nothing behind
@@ -293,6 +296,8 @@ def _run_locked(settings, made: bool) -> int:
     previous = _raise_on_sigterm()
     try:
         return job.run_and_print(_print_table)
+    except OtherRankFailed as e:  # the failing rank prints the cause (and keeps its traceback)
+        raise CLIError(str(e), code=1) from None
     except (OSError, ValueError, FloatingPointError) as e:
         # user-facing failures mid-run (an unreadable image, a diverged loss, a bad
         # checkpoint to resume): one line, and how to go on; other errors keep the traceback

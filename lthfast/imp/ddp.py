@@ -15,6 +15,11 @@ import torch
 import torch.distributed as dist
 
 
+class OtherRankFailed(RuntimeError):
+    """Raised on the ranks that wait for one that failed: the failing rank reports the
+    cause; the command prints this one line, not a traceback."""
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -77,7 +82,7 @@ def on_main(fn, *args, **kwargs):
         raise error
     kind, value = box[0]
     if kind == "error":
-        raise RuntimeError(f"rank 0 failed in {getattr(fn, '__name__', fn)}: {value}")
+        raise OtherRankFailed(f"rank 0 failed in {getattr(fn, '__name__', fn)}: {value}")
     return value
 
 
@@ -165,5 +170,5 @@ def on_main_first(fn, *args, **kwargs):
     box = [None]
     dist.broadcast_object_list(box, src=0)  # waits for rank 0, as a barrier did
     if box[0] is not None:
-        raise RuntimeError(f"rank 0 failed in {getattr(fn, '__name__', fn)}: {box[0]}")
+        raise OtherRankFailed(f"rank 0 failed in {getattr(fn, '__name__', fn)}: {box[0]}")
     return fn(*args, **kwargs)

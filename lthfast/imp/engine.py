@@ -144,7 +144,7 @@ FIXED_ON_RESUME = ("rate", "target", "layerwise", "rewind", "seed")
 
 
 def _raise_on_all_ranks(error: BaseException | None, where: str) -> None:
-    """Raises `error` here and a RuntimeError naming it on every other rank. With DDP a
+    """Raises `error` here and an OtherRankFailed (a RuntimeError) naming it on every other rank. With DDP a
     failure on one rank only (rank 0 evaluates and writes) left the others waiting in
     their next collective; every rank calls this at the same point instead."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -159,7 +159,8 @@ def _raise_on_all_ranks(error: BaseException | None, where: str) -> None:
     failed = [(i, m) for i, m in enumerate(msgs) if m is not None]
     if failed:
         i, m = failed[0]
-        raise RuntimeError(f"rank {i} failed {where}: {m}")
+        from lthfast.imp.ddp import OtherRankFailed
+        raise OtherRankFailed(f"rank {i} failed {where}: {m}")
 
 
 def _check_names(model: nn.Module, names) -> list[str]:
