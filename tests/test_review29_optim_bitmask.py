@@ -116,3 +116,9 @@ def test_sparse_conv_with_a_huge_stride_needs_no_table_of_strides(stride):
     m = torch.rand_like(w) > 0.3
     y = masked_conv2d(x, w, m, stride=stride, padding=1, dilation=(1, 2), path="sparse")
     torch.testing.assert_close(y, F.conv2d(x, w * m, stride=stride, padding=1, dilation=(1, 2)))
+
+
+def test_a_meta_mask_is_named():
+    p = torch.nn.Parameter(torch.randn(4))
+    with pytest.raises(ValueError, match="parameter 0 is on the meta device"):
+        lo.MaskedSGD([p], lr=0.1, masks={p: torch.ones(4, dtype=torch.bool, device="meta")})

@@ -110,6 +110,9 @@ def prepare_mask(name: str, index: int, param: torch.Tensor, mask: Any) -> torch
     if mask.shape != param.shape:
         raise ValueError(f"{name}: the mask of parameter {index} has shape {tuple(mask.shape)} "
                          f"but the parameter has shape {tuple(param.shape)}")
+    if mask.device.type == "meta" and param.device.type != "meta":
+        raise ValueError(f"{name}: the mask of parameter {index} is on the meta device (no "
+                         f"values); pass a mask with values (the parameter is on {param.device})")
     return pack_memory_order(mask, param)
 
 
