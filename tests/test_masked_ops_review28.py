@@ -223,3 +223,12 @@ def test_jit_trace_of_a_sparse_layer_passes_its_own_check():
         lin.requires_grad_(False)  # nothing needs a gradient: the sparse kernels are recorded
         graph = str(torch.jit.trace(lin, torch.randn(2, 8)).graph)
     assert "lthfast::sparse_linear" in graph and "lthfast::masked_linear" not in graph
+
+
+def test_jit_trace_gives_no_tracer_warnings_from_the_checks():
+    conv, lin = MaskedConv2d(3, 4, 3).eval(), MaskedLinear(8, 4).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.jit.trace(conv, torch.randn(1, 3, 8, 8))
+        torch.jit.trace(lin, torch.randn(2, 8))
+    assert not [w for w in caught if "lthfast" in w.filename], [str(w.message) for w in caught]

@@ -53,6 +53,27 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no __torch_function__ of their ow
 _BOOL = torch.bool
 _functorch_active = torch._C._are_functorch_transforms_active
 _tracing = torch._C._is_tracing  # torch.jit.trace: record the op, never a cached weight
+
+
+class _quiet_tracer:
+    """While jit.trace traces (not under torch.compile, which cannot trace _tracing):
+    no TracerWarning for the argument checks' shape comparisons (a trace fixes the
+    shapes anyway); elsewhere nothing. (A class, not contextlib: ~1 us less per call.)"""
+
+    __slots__ = ("_catch",)
+
+    def __enter__(self):
+        self._catch = None
+        if not torch.compiler.is_compiling() and _tracing():
+            import warnings
+            self._catch = warnings.catch_warnings()
+            self._catch.__enter__()
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+
+    def __exit__(self, *exc):
+        if self._catch is not None:
+            self._catch.__exit__(*exc)
+        return False
 # What the fast paths let the library call reject; the full checks then raise the clear error.
 _FAST_ERRORS = (RuntimeError, TypeError, ValueError, AttributeError)
 _below_autograd = torch._C._AutoDispatchBelowAutograd
@@ -298,8 +319,9 @@ def masked_conv2d(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
         input, padding = _string_padding(input, weight, padding, stride, dilation)
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
                                  _pair(dilation, "dilation"))
-    _check_common("masked_conv2d", input, weight, mask, bias, path)
-    _check_conv(input, weight, groups, stride, padding, dilation)
+    with _quiet_tracer():
+        _check_common("masked_conv2d", input, weight, mask, bias, path)
+        _check_conv(input, weight, groups, stride, padding, dilation)
     grad = _needs_grad(input, weight, bias, mask)
     if _functorch_active() or (grad and (mask.requires_grad or not _ops.available())):
         # torch's autograd on the masked weight: the op has no gradient for a (float)
@@ -445,10 +467,12 @@ def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
             return _MaskedLinearFn.apply(input, weight, mask, bias)
     except _FAST_ERRORS:
         pass
-    _check_common("masked_linear", input, weight, mask, bias, path)
+    with _quiet_tracer():
+        _check_common("masked_linear", input, weight, mask, bias, path)
+        shape_ok = bool(weight.dim() == 2 and input.dim() >= 1 and input.shape[-1] == weight.shape[1])
     if weight.dim() != 2:
         raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
-    if input.dim() < 1 or input.shape[-1] != weight.shape[1]:
+    if not shape_ok:
         raise ValueError(f"masked_linear: input shape {tuple(input.shape)} does not end in "
                          f"in_features = {weight.shape[1]}")
     grad = _needs_grad(input, weight, bias, mask)
