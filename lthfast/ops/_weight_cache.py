@@ -37,8 +37,8 @@ Writes the version counter does not see: fused optimizer kernels (torch's
 `fused=True`, lthfast.optim's Masked*) do not bump `_version`, so every
 optimizer step drops the entries of its parameters (a global step hook);
 inference tensors have no version counter, so they are never cached; writes
-through `weight.data` are invisible too: `forget(weight)` or `clear()` after
-them (MaskedConv2d / MaskedLinear also forget on `.train()` / `.eval()`).
+through `weight.data` or `mask.data` are invisible too: `forget(weight)` or
+`clear()` after them (MaskedConv2d / MaskedLinear also forget on `.train()` / `.eval()`).
 """
 from __future__ import annotations
 
