@@ -48,7 +48,7 @@ def test_train_and_evaluate_other_tasks(tiny_root, task):
     ds = _data(tiny_root, task)
     model = _model(task, ds)
     r = train(model, ds, iters=1, batch_size=2, lr=0.005, warmup_iters=0, progress=False)
-    assert math.isfinite(r["final_loss"])
+    assert math.isfinite(r["final_loss"]) and r["mean_loss"] == r["final_loss"]  # (one iteration)
     key = "loss_mask" if task == "segmentation" else "loss_keypoint"
     assert key in r["loss_components"]
     model.roi_heads.score_thresh = 0.0  # an untrained model must still produce output to convert

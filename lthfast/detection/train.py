@@ -135,7 +135,7 @@ def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, 
     processes (same batches). `on_iter(step, model)` runs after every iteration with
     `step` = iterations done (start_iter+1 .. iters). Returns a dict with `losses` (total
     loss per iteration), `loss_components` (mean of each loss over the run), `final_loss`,
-    `iters`, `time_s`, `s_per_iter`, `optimizer`, `scheduler`.
+    `mean_loss`, `iters`, `time_s`, `s_per_iter`, `optimizer`, `scheduler`.
     """
     if not isinstance(iters, int) or iters < 0 or not isinstance(start_iter, int) or not 0 <= start_iter <= iters:
         raise ValueError(f"need integers 0 <= start_iter <= iters, got start_iter={start_iter!r}, iters={iters!r}")
@@ -200,5 +200,6 @@ def train(model: nn.Module, dataset, *, iters: int, batch_size: int, lr: float, 
     dt = time.perf_counter() - t0
     n = len(losses)
     return {"losses": losses, "loss_components": {k: v / n for k, v in sums.items()} if n else {},
-            "final_loss": losses[-1] if losses else float("nan"), "iters": n, "time_s": dt,
+            "final_loss": losses[-1] if losses else float("nan"),
+            "mean_loss": sum(losses) / n if n else float("nan"), "iters": n, "time_s": dt,
             "s_per_iter": dt / n if n else float("nan"), "optimizer": optimizer, "scheduler": scheduler}

@@ -333,7 +333,7 @@ def train_classifier(model: nn.Module, dataset, optimizer, *, iters: int, batch_
     if bar is not None:
         bar.close()
     dt = time.perf_counter() - t0
-    # the keys of detection.train_detector's result, so metrics have one set of columns
+    # detection.train's keys: one set of train_* columns for every task
     return {"final_loss": last, "mean_loss": loss_sum / n if n else float("nan"), "iters": n,
             "time_s": dt, "s_per_iter": dt / n if n else float("nan")}
 
