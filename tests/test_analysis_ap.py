@@ -75,8 +75,19 @@ def test_ap_by_size(row):
     assert sizes[0]["large"] == pytest.approx(0.0)
     assert sizes[0]["AP"] == pytest.approx((100 * 51 / 101 + 50) / 2)
     assert sizes[1] == {"round": 1, "sparsity": 0.2, "AP": row["bbox_AP"], "small": 40.0,
-                        "medium": 30.0, "large": pytest.approx(float("nan"), nan_ok=True)}
+                        "medium": 30.0, "large": pytest.approx(float("nan"), nan_ok=True),
+                        "iou": "bbox"}
     assert plot_ap_by_size({"run": sizes})
+
+
+def test_ap_by_size_of_keypoints_has_no_small_range():
+    # COCO's keypoint evaluation has the areas all / medium / large only
+    rows = [{"round": 0, "sparsity": 0.0, "keypoints_AP": 40.0, "keypoints_APm": 35.0,
+             "keypoints_APl": 45.0,
+             "per_category_area": {"keypoints": {"person": {"medium": 35.0, "large": 45.0}}}}]
+    sizes = ap_by_size(rows)
+    assert math.isnan(sizes[0]["small"]) and sizes[0]["medium"] == 35.0 and sizes[0]["iou"] == "keypoints"
+    assert plot_ap_by_size({"kp": sizes})
 
 
 def test_ap_by_frequency_and_difficulty(row):

@@ -72,10 +72,13 @@ def _map_backbone(a, b):
     """(a, b, mapped): a classifier ticket renamed to `backbone.body.*` when the other
     ticket is a detector's (see lthfast.transfer); unchanged otherwise."""
     from lthfast.ticket import Ticket
-    from lthfast.transfer import classifier_name_to_backbone as to_bb
+    from lthfast.transfer import _backbone_target
     for x, y, swap in ((a, b, False), (b, a, True)):
-        if set(map(to_bb, x.names())) & set(y.names()):
-            x = Ticket({to_bb(n): x[n] for n in x.names()}, round=x.round, meta=x.meta)
+        # (the rule --ticket transfer uses: a MobileNet's features.* is the detector's body)
+        theirs = set(y.names())
+        to_bb = {n: _backbone_target(n, theirs) for n in x.names()}
+        if set(to_bb.values()) & theirs and len(set(to_bb.values())) == len(to_bb):
+            x = Ticket({to_bb[n]: x[n] for n in x.names()}, round=x.round, meta=x.meta)
             return (y, x, True) if swap else (x, y, True)
     return a, b, False
 

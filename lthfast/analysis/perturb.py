@@ -1,7 +1,7 @@
 """Perturbation test: is it the ticket's exact mask that matters? Retrain from the
 run's rewind point with (a) the ticket's complement, (b) a random mask of the same
-per-layer sparsity, (c) the ticket with 10% of its kept and pruned weights swapped
-(per layer, so sparsity is unchanged), and compare their AP with the ticket's.
+per-layer sparsity, (c) the ticket with kept and pruned weights swapped in pairs, 10% of
+the smaller of the two sets in every layer (so sparsity is unchanged), and compare their AP with the ticket's.
 
 `perturbation(RUN_DIR)` rebuilds the run's model / train / eval functions from its
 config.json settings (`lthfast.imp.jobs`), loads the rewind weights from checkpoint.pt
@@ -68,7 +68,8 @@ def perturbed(ticket, kind: str, *, seed: int = 0):
     if kind.startswith("swap") and kind[4:].isdigit() and 0 < int(kind[4:]) <= 100:
         return swap_mask(ticket, int(kind[4:]) / 100, seed=seed)
     raise ValueError(f"unknown perturbation kind {kind!r}; valid: complement, random, "
-                     "swapNN (e.g. swap10: 10% of kept and pruned weights swapped)")
+                     "swapNN (e.g. swap10: kept and pruned weights swapped in pairs, 10% of the "
+                     "smaller set per layer)")
 
 
 def parse_kinds(text) -> list[str]:
@@ -184,7 +185,8 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
         old = next((t for t in saved if t.get("round") == r), None)
         if old:  # keep earlier kinds of this round that were not rerun
             result["results"] = [x for x in old["results"] if x["kind"] not in kinds] + rows
-        write_json(results_path, {"tests": sorted(tests + [result], key=lambda t: t["round"])})
+        from lthfast.imp.engine import plain  # (NaN metrics: null, as in metrics.json)
+        write_json(results_path, plain({"tests": sorted(tests + [result], key=lambda t: t["round"])}))
     return result
 
 

@@ -239,7 +239,12 @@ def _layerwise(runs) -> str:
                     "are 0 and every layer is at the same sparsity); a global run of the same "
                     "task compares with it below")
             path = os.path.join(r.path, "checkpoint.pt")
-            state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            state = saved["model"]
+            if int(saved.get("round", r.rounds[-1])) != r.rounds[-1]:  # caught between writes
+                return f"<h3>{html.escape(r.label)}</h3>" + _note(
+                    f"checkpoint.pt holds round {saved.get('round')}'s weights but metrics.json "
+                    f"ends at round {r.rounds[-1]} (a run caught between its writes): skipped")
             t = r.ticket()
             if t.sparsity() == 0:
                 return f"<h3>{html.escape(r.label)}</h3>" + _note("the last ticket is dense")

@@ -14,8 +14,8 @@ examples:
 
 Each perturbed mask is retrained from the run's rewind point with the run's own settings
 (config.json), so it costs one IMP round per kind. Kinds: complement (keeps exactly what
-the ticket prunes), random (same kept count per layer), swapNN (NN% of kept and pruned
-weights of every layer swapped)."""
+the ticket prunes), random (same kept count per layer), swapNN (kept and pruned weights
+swapped in pairs, NN% of the smaller of the two sets in every layer)."""
 
 
 def add_parser(sub) -> None:
