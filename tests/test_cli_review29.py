@@ -2,6 +2,7 @@
 unknown flags reported by the command, one set of training columns for every task."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -127,8 +128,18 @@ def test_ticket_run_resumes_after_its_ticket_file_is_gone(tmp_path, capsys):
                  "--out", str(tmp_path / "none")]) == 2
     assert "below the sparsity" in capsys.readouterr().err and not (tmp_path / "none").exists()
     ticket.unlink()
+    # killed in round 0 (no checkpoint): round 0 needs the ticket, so it is refused
+    early = tmp_path / "early"
+    early.mkdir()
+    for name in ("config.json", "pruned_params.txt"):
+        (early / name).write_bytes((tmp_path / "run" / name).read_bytes())
+    (early / "status.json").write_text('{"state": "interrupted", "round": -1}')
+    cfg = json.loads((early / "config.json").read_text())
+    cfg["settings"]["out"] = str(early)
+    (early / "config.json").write_text(json.dumps(cfg))
+    assert main(["imp", "--resume", str(early), "--quiet"]) == 2
+    assert "round 0 did not finish" in capsys.readouterr().err
     assert main(["imp", "--resume", run, "--rounds", "2", "--quiet"]) == 0
     assert "is gone" in capsys.readouterr().err
-    import json
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2] and rows[2]["sparsity"] > rows[1]["sparsity"]

@@ -271,8 +271,9 @@ def _check_before_spawning(args) -> None:
     import contextlib
     import io
     try:
+        # (its notes stay: clearing a run that stopped before round 0 happens here)
+        settings = settings_from_args(args)
         with contextlib.redirect_stderr(io.StringIO()):  # (its warnings: rank 0 prints them)
-            settings = settings_from_args(args)
             check_settings(settings)
         if os.path.isdir(settings.out):  # held by another run: say so now
             lock = hold(settings.out)
@@ -280,6 +281,9 @@ def _check_before_spawning(args) -> None:
                 os.close(lock)
     except (JobError, ValueError, FileNotFoundError, RunDirBusy) as e:
         raise CLIError(str(e), code=2) from None
+    except OSError as e:  # the folder cannot be locked
+        raise CLIError(f"--out {settings.out}: cannot create or lock the run directory "
+                       f"({e.strerror or e}: {e.filename or settings.out})", code=2) from None
 
 
 def _run_locked(settings, made: bool) -> int:

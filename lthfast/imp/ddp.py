@@ -123,7 +123,7 @@ def run_in_own_session(cmd: list[str]) -> int:
     # Ctrl-C / SIGTERM to this process stop it as they stop torchrun itself (it
     # SIGTERMs the workers, which record the run as interrupted), and it goes when
     # this process is killed outright (PR_SET_PDEATHSIG) instead of training on.
-    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent())
     import signal
 
     def forward(signum, frame):
@@ -143,15 +143,18 @@ def run_in_own_session(cmd: list[str]) -> int:
     return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
-def _die_with_parent() -> None:
-    """(In the child, before exec) SIGTERM when the parent dies (Linux prctl)."""
+def _die_with_parent():
+    """The child's preexec_fn: SIGTERM when the parent dies (Linux prctl), or None. prctl
+    is looked up here, in the parent: the child only calls it (no dlopen between fork
+    and exec)."""
     try:
         import ctypes
         import signal
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: the session alone
-        pass
+        return None
+    term = int(signal.SIGTERM)
+    return lambda: prctl(1, term)  # PR_SET_PDEATHSIG
 
 
 def on_main_first(fn, *args, **kwargs):

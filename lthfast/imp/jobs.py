@@ -421,7 +421,11 @@ def build_job(s: Settings) -> Job:
     model, names, train_fn, eval_fn, group_of, describe = build(s, device)
     from lthfast.transfer import transfer_for_job, with_network_sparsity
     if s.ticket and s.resume and not os.path.exists(s.ticket):
-        # the starting ticket is only round 0's: the run folder keeps its pruned set
+        # the starting ticket is only round 0's: after round 0 the run folder keeps its
+        # pruned set and tickets (before it, round 0 starts over and needs the ticket)
+        if not os.path.exists(RunDir(s.resume).file("checkpoint.pt")):
+            raise JobError(f"--resume {s.resume}: round 0 did not finish, and it starts from "
+                           f"--ticket {s.ticket}, which is gone; put the ticket file back")
         names = _saved_pruned_names(s.resume)
         initial, transfer_meta = None, {}
         describe += (f"\n  --ticket {s.ticket} is gone: the run goes on with its own pruned set "

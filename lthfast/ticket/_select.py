@@ -98,8 +98,9 @@ def check_parameter(name: str, p: torch.Tensor) -> None:
 
 def refuse_masked_layers(model: nn.Module, named) -> None:
     """ValueError when a selected weight belongs to an lthfast.nn masked layer whose mask
-    prunes something: its pruned weights are not zero (sparsify keeps them), so masks
-    drawn from the weights would keep entries the model does not use."""
+    prunes something: its pruned weights are not zero (sparsify keeps them) and a ticket
+    made from the model would not know the mask (from_model would keep pruned entries,
+    dense all of them)."""
     from lthfast.nn import MaskedConv2d, MaskedLinear
     masked = []
     for n, _ in named:
@@ -111,6 +112,7 @@ def refuse_masked_layers(model: nn.Module, named) -> None:
         more = f" and {len(masked) - 5} more" if len(masked) > 5 else ""
         raise ValueError(
             f"weights of lthfast.nn masked layers (sparsify) in the model: {masked[:5]}{more}; "
-            "their pruned entries are not zero, so masks drawn from the weights would keep them. "
+            "their mask buffers prune entries that are not zero, which a ticket made from the "
+            "model would keep. "
             "Prune the ticket the model was sparsified with (ticket.prune(model, amount)), or "
             "lthfast.nn.densify(model) first")
