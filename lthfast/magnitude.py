@@ -77,6 +77,9 @@ def count_remaining(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tenso
     """Entries still unpruned: nonzero mask entries (all entries without masks)."""
     if not masks:
         return sum(t.numel() for t in tensors)
+    if masks[0].device.type == "meta":  # (all on one device: the ops check)
+        raise ValueError("masks are on the meta device: they have no values, so their unpruned "
+                         "entries cannot be counted; pass masks with values (or none)")
     if not _ops.use_reference() and _ops.available():
         # one op for the list; a float mask's nonzero entries are its ones plus the
         # entries that are neither 0 nor 1

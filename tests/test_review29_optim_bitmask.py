@@ -122,3 +122,11 @@ def test_a_meta_mask_is_named():
     p = torch.nn.Parameter(torch.randn(4))
     with pytest.raises(ValueError, match="parameter 0 is on the meta device"):
         lo.MaskedSGD([p], lr=0.1, masks={p: torch.ones(4, dtype=torch.bool, device="meta")})
+
+
+def test_meta_masks_are_a_clear_error():
+    w = torch.randn(10, device="meta")
+    m = torch.ones(10, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match="meta device: they have no values"):
+        lthfast.global_magnitude_masks([w], 0.5, masks=[m])
+    assert lthfast.global_magnitude_masks([w], 0.5)[0].device.type == "meta"  # no masks: fine
