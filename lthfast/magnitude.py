@@ -222,10 +222,7 @@ def _raise_on_nan(nan: str, scores, masks, what: str = "tensors") -> None:
 
 
 def _checked_k(k, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k={k!r} must be an int (how many unpruned entries to prune), got "
-                        f"{type(k).__name__}")
-    if not 0 <= k <= n:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k <= n:
         raise ValueError(f"k={k!r} must be an int between 0 and the number of unpruned entries ({n})")
     return int(k)
 
