@@ -73,7 +73,6 @@ def test_classification_training_has_the_detection_columns():
 def test_the_nproc_launcher_forwards_a_signal_and_returns_its_status(tmp_path):
     """SIGTERM to `lthfast imp --nproc N` left torchrun and its workers training on."""
     import signal
-    import subprocess
     import sys
     import threading
     import time
@@ -98,7 +97,6 @@ def test_the_nproc_launcher_forwards_a_signal_and_returns_its_status(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before  # handlers put back
     # a child killed by a signal: the shell's 128 + signal
     assert ddp.run_in_own_session([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]) == 137
-    del subprocess
 
 
 def test_nproc_flag_errors_are_made_once_before_spawning(tmp_path, monkeypatch, capsys):

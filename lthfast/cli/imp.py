@@ -251,9 +251,7 @@ def run(args) -> int:
     except RunDirBusy as e:
         raise CLIError(str(e), code=2) from None
     except OSError as e:  # the folder cannot be made (or locked) there
-        flag = "--resume" if getattr(args, "resume", None) else "--out"
-        raise CLIError(f"{flag} {settings.out}: cannot create or lock the run directory "
-                       f"({e.strerror or e}: {e.filename or settings.out})", code=2) from None
+        raise _lock_error(args, settings, e) from None
     if getattr(settings, "continuing", None) and main_rank:
         eprint(f"lthfast imp: {settings.continuing}")
     try:
@@ -282,8 +280,13 @@ def _check_before_spawning(args) -> None:
     except (JobError, ValueError, FileNotFoundError, RunDirBusy) as e:
         raise CLIError(str(e), code=2) from None
     except OSError as e:  # the folder cannot be locked
-        raise CLIError(f"--out {settings.out}: cannot create or lock the run directory "
-                       f"({e.strerror or e}: {e.filename or settings.out})", code=2) from None
+        raise _lock_error(args, settings, e) from None
+
+
+def _lock_error(args, settings, e: OSError) -> CLIError:
+    flag = "--resume" if getattr(args, "resume", None) else "--out"
+    return CLIError(f"{flag} {settings.out}: cannot create or lock the run directory "
+                    f"({e.strerror or e}: {e.filename or settings.out})", code=2)
 
 
 def _run_locked(settings, made: bool) -> int:
