@@ -94,6 +94,37 @@ def decided_on_main(device: str, fn, *args, **kwargs):
     return on_main(fn, *args, **kwargs)
 
 
+def _store():
+    from torch.distributed import distributed_c10d
+    return distributed_c10d._get_default_store()
+
+
+def tell_failure(error: BaseException) -> None:
+    """On a rank other than 0: leaves `error` in the process group's store, where rank 0
+    (which writes status.json) finds it once the collectives break. Best effort."""
+    if not active() or is_main() or isinstance(error, (OtherRankFailed, KeyboardInterrupt)):
+        return
+    try:
+        _store().set(f"lthfast/failed/{rank()}", f"{type(error).__name__}: {error}"[:500])
+    except Exception:  # the store may be gone already: status.json keeps rank 0's view
+        pass
+
+
+def failure_elsewhere() -> str | None:
+    """On rank 0: the error another rank left with `tell_failure`, as "rank R: Type: msg"."""
+    if not active() or not is_main():
+        return None
+    try:
+        store = _store()
+        for r in range(1, world_size()):
+            key = f"lthfast/failed/{r}"
+            if store.check([key]):
+                return f"rank {r}: {store.get(key).decode(errors='replace')}"
+    except Exception:
+        pass
+    return None
+
+
 def shutdown() -> None:
     if active():
         dist.barrier()

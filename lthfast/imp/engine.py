@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lthfast.imp import checkpoint as ckpt
+from lthfast.imp import ddp
 from lthfast.imp.config import IMPConfig
 from lthfast.imp.rundir import RunDir, write_json
 
@@ -373,11 +374,17 @@ class IMP:
         except BaseException as e:
             # status.json said "running" for ever after an error or Ctrl-C; the last
             # round whose checkpoint was written stays valid for --resume
+            ddp.tell_failure(e)  # another rank: rank 0 names the cause in status.json
             if self.run is not None and self.main:
                 state_name = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                error = f"{type(e).__name__}: {e}"[:500]
+                # rank 0 sees only a broken collective (or torchrun's SIGTERM) when
+                # another rank fails: the cause is what that rank left in the store
+                elsewhere = ddp.failure_elsewhere()
+                if elsewhere is not None:
+                    state_name, error = "failed", f"{elsewhere} (here: {error})"[:1000]
                 try:
-                    self.run.set_status(state_name, state["saved_round"],
-                                        error=f"{type(e).__name__}: {e}"[:500])
+                    self.run.set_status(state_name, state["saved_round"], error=error)
                 except OSError:  # a full disk must not hide the original error
                     pass
             raise

@@ -4,7 +4,8 @@ RUN_DIR/
   config.json          what was asked (model, data, schedule, pruned set) and the run's id;
                        written first
   status.json          {"state": "running" | "complete" | "failed" | "interrupted",
-                        "round": last done, "error": why it stopped (failed / interrupted)}
+                        "round": last done, "error": why it stopped (failed / interrupted;
+                        "rank R: ..." when another DDP rank failed)}
   metrics.json / .csv  one row per finished round
   pruned_params.txt    the exact set of pruned parameters, one name per line
   round_R/ticket.safetensors   the ticket of round R (round 0: dense)
