@@ -2,6 +2,7 @@
 brute-force oracles for numbers the other analysis tests do not pin down."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import types
@@ -14,6 +15,8 @@ from _analysis_fixtures import mask, three_round_tickets, write_run
 from lthfast.analysis import (early_bird, layer_stats, load_run, mask_overlap, perturbed,
                               random_iou, random_mask, retrain_perturbed, swap_mask)
 from lthfast.analysis import perturb as pt
+from lthfast.analysis.perturb import complement
+from lthfast.analysis.runs import RunError
 from lthfast.ticket import Ticket
 
 
@@ -203,3 +206,37 @@ def test_report_survives_a_missing_round_ticket(tmp_path):
     html = open(out).read()
     # was: the whole page failed with "round 1 has no ticket"
     assert "round 1 has no ticket" in html and "Per-layer structure" in html
+
+
+def _fake_run_job(tmp_path, monkeypatch, eval_value=40.0):
+    tickets = three_round_tickets()
+    rows = [{"round": r, "sparsity": t.sparsity(), "top1": 50.0 - r} for r, t in enumerate(tickets)]
+    run = write_run(tmp_path / "run", tickets, rows, task="classification")
+    model = nn.Module()
+    model.w = nn.Parameter(torch.randn(8))
+    torch.save({"rewind": model.state_dict()}, os.path.join(run, "checkpoint.pt"))
+    seen = []
+    job = types.SimpleNamespace(model=model, train_fn=lambda ctx: seen.append(ctx),
+                                eval_fn=lambda m, ctx: {"top1": eval_value})
+    settings = types.SimpleNamespace(seed=5, rewind="init")
+    monkeypatch.setattr(pt, "_job_of_run", lambda r, threads=None: (settings, job))
+    return run, tickets, seen
+
+
+def test_perturbation_round_counts_back_from_the_last(tmp_path, monkeypatch):
+    # as `lthfast compare --round`: -1 is the last finished round, -2 the one before
+    run, tickets, seen = _fake_run_job(tmp_path, monkeypatch)
+    assert pt.perturbation(run, round=-1, kinds="complement", write=False)["round"] == 2
+    assert pt.perturbation(run, round=-2, kinds="complement", write=False)["round"] == 1
+    assert seen[1].ticket == complement(tickets[1])
+    with pytest.raises(RunError, match=r"no finished round -4; finished rounds: \[0, 1, 2\]"):
+        pt.perturbation(run, round=-4, kinds="complement", write=False)
+
+
+def test_a_diverged_retrain_is_written_as_null(tmp_path, monkeypatch):
+    # perturbation.json is strict JSON: a NaN metric (a diverged retrain) is null, not NaN
+    run, _, _ = _fake_run_job(tmp_path, monkeypatch, eval_value=float("nan"))
+    pt.perturbation(run, kinds="random", write=True)
+    text = open(os.path.join(run, "perturbation.json")).read()
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in perturbation.json"))
+    assert saved["tests"][0]["results"][0]["top1"] is None

@@ -134,9 +134,9 @@ def _job_of_run(run, threads: int | None = None):
 
 def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: int = 0,
                  write: bool = True, log=None, threads: int | None = None) -> dict:
-    """The perturbation test on the ticket of `round` (default: the last) of the run in
-    `run_dir`; `seed` draws the random / swapped masks (retraining uses the run's own
-    seed, as its round did); `threads`: CPU threads for the retraining (default: those
+    """The perturbation test on the ticket of `round` (default: the last; -1 is the last,
+    -2 the one before, ...) of the run in `run_dir`; `seed` draws the random / swapped
+    masks (retraining uses the run's own seed, as its round did); `threads`: CPU threads for the retraining (default: those
     the run was made with, if it set any). Returns {"round", "metric", "ticket": the run's own row, "results": [rows]}
     and (write=True) merges it into RUN_DIR/perturbation.json."""
     from lthfast.analysis.runs import RunError, load_run
@@ -145,8 +145,11 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
     run = load_run(run_dir, allow_running=False)
     kinds = parse_kinds(kinds)
     r = run.rounds[-1] if round is None else int(round)
+    if r < 0 and -r <= len(run.rounds):  # as `lthfast compare --round`: -1 is the last
+        r = run.rounds[r]
     if r not in run.rounds:
-        raise RunError(f"run {run.path} has no finished round {r}; finished rounds: {run.rounds}")
+        raise RunError(f"run {run.path} has no finished round {round}; finished rounds: "
+                       f"{run.rounds} (a negative round counts back from the last: -1 is the last)")
     ticket = run.ticket(r)
     if ticket.sparsity() == 0:
         raise RunError(f"round {r}'s ticket is dense: its complement keeps nothing; "

@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                        description=__doc__, epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished lthfast imp run")
-    p.add_argument("--round", type=int, default=None, help="the round whose ticket (default: last)")
+    p.add_argument("--round", type=int, default=None, help="the round whose ticket (default: the last finished round; -1 is the last, -2 the "
+                        "one before, ...)")
     p.add_argument("--kinds", default="complement,random,swap10",
                    help="comma-separated perturbations (default: complement,random,swap10)")
     p.add_argument("--seed", type=int, default=0,
