@@ -123,8 +123,13 @@ def zero_pruned_(tensor: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """Zeroes, in place, the entries of the float tensor ``tensor`` (any strides) whose
     bit in ``packed`` is 0, leaving the kept ones untouched; returns tensor. Same result
     as ``tensor.masked_fill_(~unpack_bits(packed, tensor.shape), 0)`` with no bool mask
-    and one pass over the tensor."""
+    and one pass over the tensor. Under autograd (grad mode on and ``tensor`` requires
+    grad) it is that ``masked_fill_``: the op has no backward of its own."""
     _check_written(packed, tensor, "tensor", torch.Tensor.is_floating_point, "a float tensor")
+    if torch.is_grad_enabled() and tensor.requires_grad:
+        # recorded as masked_fill_ (pruned entries get no gradient), and a leaf that
+        # requires grad is refused as torch refuses it
+        return tensor.masked_fill_(~unpack_bits(packed, tensor.shape).to(tensor.device), 0)
     _op("zero_pruned_")(tensor, packed)
     _written(tensor)
     return tensor

@@ -130,3 +130,24 @@ def test_meta_masks_are_a_clear_error():
     with pytest.raises(ValueError, match="meta device: they have no values"):
         lthfast.global_magnitude_masks([w], 0.5, masks=[m])
     assert lthfast.global_magnitude_masks([w], 0.5)[0].device.type == "meta"  # no masks: fine
+
+
+def test_zero_pruned_under_autograd_is_masked_fill():
+    # stop 30: the compiled op has no backward: pruned entries got the clone's gradient
+    from lthfast import bitmask as B
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(3, 4))
+    keep = torch.rand(3, 4) > 0.5
+    packed = B.pack_bits(keep)
+    x = torch.randn(2, 4)
+    w = weight.clone()
+    B.zero_pruned_(w, packed)
+    torch.nn.functional.linear(x, w).sum().backward()
+    assert weight.grad[~keep].abs().sum() == 0
+    assert torch.equal(w, weight.detach() * keep)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        B.zero_pruned_(torch.nn.Parameter(torch.randn(3, 4)), packed)
+    with torch.no_grad():  # the one-pass kernel, as Ticket.apply uses it
+        p = torch.nn.Parameter(torch.randn(3, 4))
+        B.zero_pruned_(p, packed)
+    assert (p[~keep] == 0).all()
