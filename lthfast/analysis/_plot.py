@@ -2,6 +2,8 @@
 base64 PNG ready for `lthfast.imp.report.img`."""
 from __future__ import annotations
 
+from lthfast.imp.report import literal_text  # noqa: F401  (every plot function wears it)
+
 
 def plt():
     import matplotlib

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from lthfast.analysis._plot import finite, plt, png
+from lthfast.analysis._plot import finite, literal_text, plt, png
 
 SIZES = ("small", "medium", "large")
 _SIZE_KEY = {"small": "APs", "medium": "APm", "large": "APl"}
@@ -141,6 +141,7 @@ def training_category_counts(run) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ plots
+@literal_text
 def plot_ap_by_size(runs: dict[str, list[dict]]) -> str | None:
     """AP (%) vs sparsity (%) for small / medium / large objects, one line per run.
     `runs`: {label: ap_by_size(...) rows}."""
@@ -173,6 +174,7 @@ def plot_ap_by_size(runs: dict[str, list[dict]]) -> str | None:
     return png(fig)
 
 
+@literal_text
 def plot_ap_by_category(table: list[dict], *, title: str, xlabel: str,
                         count_key: str | None = None) -> str | None:
     """AP (%) per category in the table's order, one line per round."""

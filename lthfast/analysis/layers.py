@@ -2,7 +2,7 @@
 (Ticket.report's zero slices) and fully pruned output channels / linear rows."""
 from __future__ import annotations
 
-from lthfast.analysis._plot import plt, png
+from lthfast.analysis._plot import literal_text, plt, png
 
 
 # ConvTranspose2d weights of torchvision's detectors: (in, out / groups, kH, kW), so their
@@ -68,6 +68,7 @@ def summary(stats: list[dict]) -> dict:
             "fully_pruned_layers": sum(1 for d in stats if d["params"] and not d["kept"])}
 
 
+@literal_text
 def plot_layer_stats(runs: dict[str, list[dict]], title: str) -> str | None:
     """Per-layer sparsity (%) bars (one colour per ticket) over fully pruned channels (%)."""
     runs = {k: v for k, v in runs.items() if v}

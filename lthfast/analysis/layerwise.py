@@ -2,7 +2,7 @@
 two spread the pruning over the layers, and how much their kept weights overlap."""
 from __future__ import annotations
 
-from lthfast.analysis._plot import plt, png
+from lthfast.analysis._plot import literal_text, plt, png
 
 
 def _weights(source, names):
@@ -57,6 +57,7 @@ def compare_tickets(global_ticket, layerwise_ticket) -> dict:
             "layerwise_sparsity": layerwise_ticket.sparsity()}
 
 
+@literal_text
 def plot_layerwise_vs_global(res: dict, title: str | None = None) -> str | None:
     layers = res["layers"]
     if not layers:

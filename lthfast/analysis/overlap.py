@@ -3,7 +3,7 @@
 final ticket, and of masks drawn during dense training with round 1's."""
 from __future__ import annotations
 
-from lthfast.analysis._plot import plt, png
+from lthfast.analysis._plot import literal_text, plt, png
 
 
 def _load(t):
@@ -160,6 +160,7 @@ def plot_early_bird(runs: dict[str, list[dict]]) -> str | None:
                             integer_ticks=True)
 
 
+@literal_text
 def _plot_iou_curves(runs: dict[str, list[dict]], x: str, *, xlabel: str, ylabel: str,
                      title: str, integer_ticks: bool = False) -> str | None:
     """`iou_with_final` against `x`, one line per run; dashed: the chance level."""
@@ -186,6 +187,7 @@ def _plot_iou_curves(runs: dict[str, list[dict]], x: str, *, xlabel: str, ylabel
     return png(fig)
 
 
+@literal_text
 def plot_overlap_layers(layers: list[dict], title: str) -> str | None:
     """Per-layer IoU bars in model order."""
     if not layers:

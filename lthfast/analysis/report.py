@@ -14,7 +14,7 @@ from lthfast.analysis import layers as lay
 from lthfast.analysis import layerwise as lw
 from lthfast.analysis import overlap as ov
 from lthfast.analysis import perturb as pt
-from lthfast.analysis._plot import plt, png
+from lthfast.analysis._plot import literal_text, plt, png
 from lthfast.analysis.runs import RunError, RunningWarning, load_run, unique_labels
 from lthfast.imp.report import html_table, img, page, plot_curve
 
@@ -295,6 +295,7 @@ def _perturbation(runs) -> str:
     return "".join(out)
 
 
+@literal_text
 def plot_perturbation(table: list[dict], metric: str, label: str) -> str | None:
     vals = [(f"{d['mask']}\n({100 * d['sparsity']:.0f}% pruned)", d[metric]) for d in table
             if isinstance(d.get(metric), (int, float))]

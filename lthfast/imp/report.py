@@ -3,6 +3,7 @@ per-layer sparsity of the last ticket. Self-contained: plots are embedded PNGs."
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
@@ -19,6 +20,17 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
+def literal_text(fn):
+    """Runs the plotting function `fn` with matplotlib's mathtext off: a '$' in a run label
+    or folder name ("lr$1e-3$") is drawn as written (it was garbled, or failed the plot)."""
+    @functools.wraps(fn)
+    def plot(*args, **kwargs):
+        import matplotlib
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+    return plot
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -31,6 +43,7 @@ def curve_keys(rows: list[dict]) -> list[str]:
     return [k for k in CURVE_KEYS if any(isinstance(r.get(k), (int, float)) for r in rows)]
 
 
+@literal_text
 def plot_curve(runs: dict[str, list[dict]]) -> str | None:
     """Sparsity (x, % pruned) vs each AP metric, one line per run. Base64 PNG."""
     import matplotlib
@@ -81,6 +94,7 @@ def _coarse_scope(name: str) -> str:
     return scope_of(name)
 
 
+@literal_text
 def plot_layers(rows: list[dict], title: str) -> str | None:
     import matplotlib
     matplotlib.use("Agg")
