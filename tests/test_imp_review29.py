@@ -40,7 +40,7 @@ def test_resume_after_a_failed_eval_trains_in_the_runs_modes(tmp_path):
     assert not m.training  # what the resume is handed
     res = go(m, cfg, tmp_path / "run", resume=True, train_fn=make_train(modes=modes),
              eval_fn=eval_in_eval_mode)
-    assert modes == [(2, True), (3, True)]
+    assert modes == [(3, True)]  # round 2 was trained before its eval failed: not again
     assert no_times(res.rows) == no_times(ref.rows)
 
 

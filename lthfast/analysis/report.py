@@ -241,10 +241,12 @@ def _layerwise(runs) -> str:
             path = os.path.join(r.path, "checkpoint.pt")
             saved = torch.load(path, map_location="cpu", weights_only=True)
             state = saved["model"]
-            if int(saved.get("round", r.rounds[-1])) != r.rounds[-1]:  # caught between writes
+            if int(saved.get("round", r.rounds[-1])) != r.rounds[-1]:
+                why = ("trained, not yet evaluated" if saved.get("pending") is not None
+                       else "a run caught between its writes")
                 return f"<h3>{html.escape(r.label)}</h3>" + _note(
                     f"checkpoint.pt holds round {saved.get('round')}'s weights but metrics.json "
-                    f"ends at round {r.rounds[-1]} (a run caught between its writes): skipped")
+                    f"ends at round {r.rounds[-1]} ({why}): skipped")
             t = r.ticket()
             if t.sparsity() == 0:
                 return f"<h3>{html.escape(r.label)}</h3>" + _note("the last ticket is dense")

@@ -1,6 +1,8 @@
 """The per-round checkpoint of an IMP run: everything needed to go on after a kill.
 
-One file, `RUN_DIR/checkpoint.pt`, replaced atomically after every round. It holds
+One file, `RUN_DIR/checkpoint.pt`, replaced atomically after every round's training
+(`pending`: the round is trained but not evaluated, so a failed or interrupted
+evaluation does not cost the training) and again after its evaluation. It holds
 only tensors, numbers, strings, lists and dicts, so it loads with
 `torch.load(weights_only=True)` (nothing is unpickled). The ticket itself is the
 round's `ticket.safetensors`.
@@ -56,21 +58,27 @@ def _run_id(run: RunDir) -> str | None:
 
 
 def save(run: RunDir, *, round_index: int, model, ticket, rewind, rows, objects: dict,
-         ticket_digest: str | None = None, modes=None) -> None:
+         ticket_digest: str | None = None, modes=None, pending: dict | None = None) -> None:
     """`ticket_digest`: of the round's ticket file, so that a resume can tell that the
     file is the one this checkpoint was written with. `modes`: [(module name, training)]
     as the run started, which every round trains from (a resume in the same process
-    would otherwise take them from a model an eval_fn left in eval mode)."""
+    would otherwise take them from a model an eval_fn left in eval mode). `pending`:
+    round `round_index` is trained, not evaluated (`rows` end before it); what its
+    evaluation needs (start_iter, train_stats, prune_time_s, train_time_s)."""
     payload = {
         "format": FORMAT,
         "run_id": _run_id(run),
         "round": round_index,
         "ticket_digest": ticket_digest,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # (a module's extra state is kept as it is: plain values load with weights_only)
+        "model": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+                  for k, v in model.state_dict().items()},
         "rewind": rewind,
         "rows": rows,
         "rng": _rng_state(),
     }
+    if pending is not None:
+        payload["pending"] = pending
     if modes is not None:
         payload["modes"] = [[name, bool(mode)] for name, mode in modes]
     for key in ("optimizer", "scheduler"):
@@ -81,7 +89,8 @@ def save(run: RunDir, *, round_index: int, model, ticket, rewind, rows, objects:
 
 
 def load(run: RunDir, ticket_cls) -> dict | None:
-    """The state after the last finished round, or None when no round finished."""
+    """The state after the last finished round (or after the training of the round after
+    it: `pending`), or None when no round was trained."""
     path = run.file(CHECKPOINT)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -101,7 +110,12 @@ def load(run: RunDir, ticket_cls) -> dict | None:
     r = int(payload["round"])
     ticket = ticket_cls.load(run.ticket_path(r))
     _restore_rng(payload["rng"])
-    return {"next_round": r + 1, "rows": list(payload["rows"]), "ticket": ticket,
+    pending = payload.get("pending")
+    if pending is not None:  # round r trained: evaluate it next, with what it trained with
+        pending = {**pending, "objects": {k: payload[k] for k in ("optimizer", "scheduler")
+                                          if payload.get(k) is not None}}
+    return {"next_round": r if pending is not None else r + 1, "round": r, "pending": pending,
+            "rows": list(payload["rows"]), "ticket": ticket,
             "trained": payload["model"], "rewind": payload["rewind"],
             "ticket_digest": payload.get("ticket_digest"),
             "optimizer": payload.get("optimizer"), "scheduler": payload.get("scheduler"),

@@ -87,6 +87,7 @@ class IMPConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
                 or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        self.seed = int(self.seed)  # (a numpy int: random.seed refuses it)
         if not isinstance(self.layerwise, bool):  # (checked now, not after round 0's training)
             raise TypeError(f"layerwise must be True or False, got {self.layerwise!r}")
         Rewind.parse(self.rewind)

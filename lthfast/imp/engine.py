@@ -11,6 +11,7 @@ CPU; cuDNN may be nondeterministic unless the caller asks for determinism).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -35,7 +36,8 @@ class RoundContext:
     """What `train_fn` gets for one round.
 
     `train_fn` must train `model` for the iterations [start_iter, total), calling
-    `on_iter(i, model)` after its i-th iteration (i counts from 1), and should use
+    `on_iter(i, model)` after its i-th iteration (i counts from 1; the engine snapshots
+    its own `ctx.model`, so a DDP / compiled wrapper of it may be passed), and should use
     an optimizer that keeps the ticket's pruned weights at zero, e.g.
     `lthfast.optim.MaskedSGD(model.parameters(), ..., ticket=ctx.ticket)`. It may
     put its optimizer and scheduler in `ctx.objects` ("optimizer", "scheduler") to
@@ -132,10 +134,14 @@ def plain(x):
 
 
 def snapshot(model: nn.Module) -> dict:
-    """A deep CPU copy of the model's state_dict (the rewind point)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A deep CPU copy of the model's state_dict (the rewind point); a module's extra
+    state (`get_extra_state`) is deep-copied as it is."""
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in model.state_dict().items()}
 
 
+# What the engine writes into config.json itself: `meta` may not replace them.
+_ENGINE_CONFIG_KEYS = ("run_id", "schedule", "pruned_params", "initial_ticket")
 # Columns the engine writes before eval_fn's metrics (and sparsity_<group> with group_of).
 # A metric with one of these names used to overwrite them silently ("round": resume then
 # read the wrong round). The *_time_s columns come after the metrics: the engine's win.
@@ -213,6 +219,10 @@ class IMP:
         self.model, self.names, self.config = model, _check_names(model, names), config
         self.train_fn, self.eval_fn, self.group_of = train_fn, eval_fn, group_of
         self.meta = dict(meta or {})
+        clash = sorted(set(self.meta) & set(_ENGINE_CONFIG_KEYS))
+        if clash:  # they would replace the engine's own (a resume then checked nothing)
+            raise ValueError(f"meta keys {clash} are written by the engine itself into "
+                             "config.json; rename them")
         self.log = log or (lambda s: None)
         self.on_round = on_round or (lambda row: None)
         self.run = RunDir(out) if out is not None else None
@@ -256,7 +266,8 @@ class IMP:
         if self.run is not None and self.main:
             # the id ties checkpoint.pt to this run: a resume refuses one copied from another
             self.run.start({"run_id": uuid.uuid4().hex, "schedule": cfg.to_dict(), **self.meta,
-                            "pruned_params": len(self.names)}, self.names)
+                            "pruned_params": len(self.names),
+                            "initial_ticket": self._initial_ticket_record()}, self.names)
         return state
 
     def _check_resumable(self) -> None:
@@ -284,6 +295,30 @@ class IMP:
             raise ValueError(f"cannot resume {run.path}: it prunes other parameters (only in the "
                              f"run: {sorted(a - b)[:5]}, only in `names`: {sorted(b - a)[:5]})")
 
+    def _initial_ticket_record(self) -> dict | None:
+        t = self.initial_ticket
+        return None if t is None else {"digest": ticket_digest(t), "sparsity": t.sparsity()}
+
+    def _check_same_start(self) -> None:
+        """A run killed in round 0 starts over: from the ticket it started from (or dense),
+        not silently from another one."""
+        try:
+            config = self.run.config()
+        except (ValueError, AttributeError, OSError):
+            return
+        if not isinstance(config, dict) or "initial_ticket" not in config:  # (older runs)
+            return
+        saved, now = config["initial_ticket"], self._initial_ticket_record()
+        if (saved or {}).get("digest") != (now or {}).get("digest"):
+            def say(x):
+                return ("dense" if x is None else
+                        f"an initial_ticket of sparsity {float(x.get('sparsity', 0)):.2%}")
+            error = ValueError(f"cannot resume {self.run.path}: it started from {say(saved)}, "
+                               f"this resume from {say(now)} (pass the run's own initial_ticket)")
+        else:
+            error = None
+        _raise_on_all_ranks(error, f"resuming {self.run.path}")
+
     def _check_model_matches(self, trained: dict) -> None:
         own = self.model.state_dict()
         missing = [k for k in trained if k not in own]
@@ -307,7 +342,7 @@ class IMP:
                 self._check_model_matches(st["trained"])
                 if st.get("ticket_digest") not in (None, ticket_digest(st["ticket"])):
                     raise ValueError(f"cannot resume {self.run.path}: "
-                                     f"{self.run.ticket_path(st['next_round'] - 1)} is not the "
+                                     f"{self.run.ticket_path(st['round'])} is not the "
                                      "ticket its checkpoint was written with")
                 done = st["next_round"] - 1
                 if self.config.rounds < done:
@@ -318,7 +353,8 @@ class IMP:
         except (ValueError, OSError) as e:
             error = e
         _raise_on_all_ranks(error, f"resuming {self.run.path}")
-        if st is None:  # killed before the first round finished: start over
+        if st is None:  # killed before round 0 was trained: start over, from the same start
+            self._check_same_start()
             return self._fresh_state(over_old_attempt=True)
         self.model.load_state_dict(st["trained"])
         if st.get("modes") is not None:  # (checkpoints before stop 29 have none)
@@ -391,102 +427,151 @@ class IMP:
 
     def _rounds(self, state: dict) -> IMPResult:
         cfg = self.config
-        rewind = cfg.rewind_point
-        rows, ticket = state["rows"], state["ticket"]
-        first = state["next_round"]
+        rows, first = state["rows"], state["next_round"]
         for r in range(first, cfg.rounds + 1):
-            t_prune = time.perf_counter()
-            collapsed_before = ticket.collapsed()
-            if r > 0:
-                ticket = ticket.prune(self.model, self._amount(r, ticket, state),
-                                      layerwise=cfg.layerwise)
-                _check_same_ticket_on_all_ranks(ticket)
-                if rewind.kind != "none":
-                    if state["rewind"] is None:
-                        raise RuntimeError(f"rewind point {rewind} was never reached: round 0 "
-                                           f"ran fewer than {rewind.iteration} iterations")
-                    self.model.load_state_dict(state["rewind"])
-            ticket.apply(self.model)
-            t_prune = time.perf_counter() - t_prune  # prune + rewind + mask: IMP's own overhead
-            collapsed = ticket.collapsed()
-            new = [n for n in collapsed if n not in collapsed_before]
-            if new:
-                self.log(f"warning: round {r} prunes every weight of {', '.join(new)} (layer "
-                         "collapse: nothing flows through it any more); layer-wise pruning, a "
-                         "scope without it or a lower rate avoid that")
-            seed = cfg.seed * 1000 + r
-            _seed_everything(seed)
-
-            def on_iter(i, model, _r=r, _ticket=ticket):
-                if _r == 0 and rewind.kind == "iter" and i == rewind.iteration:
-                    state["rewind"] = snapshot(model)
-                if _r == 0 and self.early_bird_every and i % self.early_bird_every == 0:
-                    self._save_early_bird(i, model, _ticket, state)
-
-            start = rewind.iteration if (r > 0 and rewind.kind == "iter") else 0
-            if r == 0 and rewind.kind == "iter" and rewind.iteration == 0:
-                state["rewind"] = snapshot(self.model)
-            ctx = RoundContext(round=r, model=self.model, ticket=ticket, start_iter=start,
-                               seed=seed, on_iter=on_iter)
-            sparsity = ticket.sparsity()
-            self.log(f"round {r}/{cfg.rounds}: sparsity {100 * sparsity:.1f}%, training "
-                     f"from iteration {start}")
-            self._restore_modes()
-            t0 = time.perf_counter()
-            train_stats = _as_metrics(self.train_fn(ctx), "train_fn")
-            t_train = time.perf_counter() - t0
-            if r == 0 and rewind.kind == "iter" and state["rewind"] is None and cfg.rounds > 0:
-                # said now, not after evaluating and pruning (and a resume that fails again)
-                raise RuntimeError(
-                    f"rewind {rewind}: train_fn never called ctx.on_iter({rewind.iteration}, "
-                    f"model) in round 0, so there is no late-resetting point (it must call "
-                    "ctx.on_iter(i, model) after its i-th iteration, and run at least "
-                    f"{rewind.iteration} iterations)")
-            error = None
-            try:  # rank 0 evaluates and writes: a failure there must reach every rank
-                t0 = time.perf_counter()
-                metrics = _as_metrics(self.eval_fn(self.model, ctx), "eval_fn")
-                t_eval = time.perf_counter() - t0
-                groups = group_sparsity(ticket, self.group_of)
-                trained = {f"train_{k}" for k in train_stats}
-                clash = [k for k in metrics if str(k) in RESERVED_COLUMNS or str(k) in groups
-                         or str(k) in trained]
-                if clash:
-                    raise ValueError(f"eval_fn returned {clash}: the engine writes these "
-                                     "columns itself (train_fn's results as train_<key>); "
-                                     "rename the metric")
-                row = {"round": r, "sparsity": sparsity, **groups,
-                       "collapsed_layers": len(collapsed), **metrics, "prune_time_s": t_prune,
-                       "train_time_s": t_train, "eval_time_s": t_eval,
-                       # plain first: a tensor loss was dropped; NaN stays a (null) column
-                       **{f"train_{k}": v for k, v in plain(train_stats).items()
-                          if v is None or isinstance(v, (int, float))}}
-                row = plain(row)
-                if self.run is not None and self.main:
-                    ticket.meta.update({"round": r})
-                    os.makedirs(os.path.dirname(self.run.ticket_path(r)), exist_ok=True)
-                    ticket.save(self.run.ticket_path(r))
-                    ckpt.save(self.run, round_index=r, model=self.model, ticket=ticket,
-                              rewind=state["rewind"], rows=rows + [row], objects=ctx.objects,
-                              ticket_digest=ticket_digest(ticket), modes=self._modes)
-                rows.append(row)
-                state["saved_round"] = r
-                if self.run is not None and self.main:
-                    self.run.write_metrics(rows)
-                    self.run.set_status("running" if r < cfg.rounds else "complete", r)
-                    self._write_report()
-                self.on_round(row)
-            except Exception as e:
-                error = e
-            _raise_on_all_ranks(error, f"in round {r}")
+            pending = state.pop("pending", None)  # resumed: round r trained, not evaluated
+            if pending is not None:
+                ctx, train_stats, t_prune, t_train = self._pending_round(r, state, pending)
+            else:
+                ctx, train_stats, t_prune, t_train = self._train_round(r, state)
+            self._evaluate_round(r, state, ctx, train_stats, t_prune, t_train)
         if first > cfg.rounds and self.run is not None and self.main:
             # nothing left to train: the last run may have stopped after writing the
             # checkpoint but before metrics.json / status.json; bring them up to date
             self.run.write_metrics(rows)
             self.run.set_status("complete", state["saved_round"])
             self._write_report()
-        return IMPResult(rows=rows, ticket=ticket,
+        return IMPResult(rows=rows, ticket=state["ticket"],
                          run_dir=None if self.run is None else self.run.path)
+
+    def _pending_round(self, r: int, state: dict, pending: dict):
+        """A round whose training finished before the run stopped (its evaluation failed or
+        was interrupted): its trained weights are loaded; evaluate it without training again."""
+        self.log(f"round {r}/{self.config.rounds}: trained before the run stopped; evaluating")
+        state["ticket"].apply(self.model)  # (zeros already: binds the masks, as training does)
+        objects = {k: _SavedState(v) for k, v in pending["objects"].items()}
+        ctx = RoundContext(round=r, model=self.model, ticket=state["ticket"],
+                           start_iter=int(pending["start_iter"]), seed=self.config.seed * 1000 + r,
+                           on_iter=lambda _i, _m=None: None, objects=objects)
+        self._restore_modes()
+        return ctx, dict(pending["train_stats"]), float(pending["prune_time_s"]), \
+            float(pending["train_time_s"])
+
+    def _train_round(self, r: int, state: dict):
+        """Prunes (r > 0), rewinds and trains round r; saves the trained state (so that a
+        failed evaluation does not cost the training). Returns (ctx, train_stats, prune
+        time, train time)."""
+        cfg = self.config
+        rewind, ticket = cfg.rewind_point, state["ticket"]
+        t_prune = time.perf_counter()
+        collapsed_before = ticket.collapsed()
+        if r > 0:
+            ticket = ticket.prune(self.model, self._amount(r, ticket, state),
+                                  layerwise=cfg.layerwise)
+            _check_same_ticket_on_all_ranks(ticket)
+            if rewind.kind != "none":
+                if state["rewind"] is None:
+                    raise RuntimeError(f"rewind point {rewind} was never reached: round 0 "
+                                       f"ran fewer than {rewind.iteration} iterations")
+                self.model.load_state_dict(state["rewind"])
+        ticket.apply(self.model)
+        t_prune = time.perf_counter() - t_prune  # prune + rewind + mask: IMP's own overhead
+        collapsed = ticket.collapsed()
+        new = [n for n in collapsed if n not in collapsed_before]
+        if new:
+            self.log(f"warning: round {r} prunes every weight of {', '.join(new)} (layer "
+                     "collapse: nothing flows through it any more); layer-wise pruning, a "
+                     "scope without it or a lower rate avoid that")
+        seed = cfg.seed * 1000 + r
+        _seed_everything(seed)
+
+        def on_iter(i, model=None, _r=r, _ticket=ticket):
+            # the engine's own model, whatever train_fn passes: a DDP / DataParallel /
+            # compiled wrapper of it has other state_dict keys (round 1 could not rewind)
+            if _r == 0 and rewind.kind == "iter" and i == rewind.iteration:
+                state["rewind"] = snapshot(self.model)
+            if _r == 0 and self.early_bird_every and i % self.early_bird_every == 0:
+                self._save_early_bird(i, self.model, _ticket, state)
+
+        start = rewind.iteration if (r > 0 and rewind.kind == "iter") else 0
+        if r == 0 and rewind.kind == "iter" and rewind.iteration == 0:
+            state["rewind"] = snapshot(self.model)
+        ctx = RoundContext(round=r, model=self.model, ticket=ticket, start_iter=start,
+                           seed=seed, on_iter=on_iter)
+        sparsity = ticket.sparsity()
+        self.log(f"round {r}/{cfg.rounds}: sparsity {100 * sparsity:.1f}%, training "
+                 f"from iteration {start}")
+        self._restore_modes()
+        t0 = time.perf_counter()
+        train_stats = _as_metrics(self.train_fn(ctx), "train_fn")
+        t_train = time.perf_counter() - t0
+        if r == 0 and rewind.kind == "iter" and state["rewind"] is None and cfg.rounds > 0:
+            # said now, not after evaluating and pruning (and a resume that fails again)
+            raise RuntimeError(
+                f"rewind {rewind}: train_fn never called ctx.on_iter({rewind.iteration}, "
+                f"model) in round 0, so there is no late-resetting point (it must call "
+                "ctx.on_iter(i, model) after its i-th iteration, and run at least "
+                f"{rewind.iteration} iterations)")
+        state["ticket"] = ticket
+        error = None
+        try:
+            if self.run is not None and self.main:
+                self._save(r, ticket, state, state["rows"], ctx.objects, pending={
+                    "start_iter": start, "train_stats": plain(train_stats),
+                    "prune_time_s": t_prune, "train_time_s": t_train})
+        except Exception as e:
+            error = e
+        _raise_on_all_ranks(error, f"saving round {r}'s trained state")
+        return ctx, train_stats, t_prune, t_train
+
+    def _save(self, r: int, ticket, state: dict, rows: list, objects: dict,
+              pending: dict | None = None) -> None:
+        """Round r's ticket file and the checkpoint: after evaluation (`rows` holds round r's
+        row), or after training (`pending`: what evaluating it on resume needs)."""
+        ticket.meta.update({"round": r})
+        os.makedirs(os.path.dirname(self.run.ticket_path(r)), exist_ok=True)
+        ticket.save(self.run.ticket_path(r))
+        ckpt.save(self.run, round_index=r, model=self.model, ticket=ticket,
+                  rewind=state["rewind"], rows=rows, objects=objects,
+                  ticket_digest=ticket_digest(ticket), modes=self._modes, pending=pending)
+
+    def _evaluate_round(self, r: int, state: dict, ctx, train_stats: dict, t_prune: float,
+                        t_train: float) -> None:
+        """Evaluates round r, then writes its row, ticket, checkpoint and report."""
+        cfg, rows, ticket = self.config, state["rows"], state["ticket"]
+        sparsity, collapsed = ticket.sparsity(), ticket.collapsed()
+        error = None
+        try:  # rank 0 evaluates and writes: a failure there must reach every rank
+            t0 = time.perf_counter()
+            metrics = _as_metrics(self.eval_fn(self.model, ctx), "eval_fn")
+            t_eval = time.perf_counter() - t0
+            groups = group_sparsity(ticket, self.group_of)
+            trained = {f"train_{k}" for k in train_stats}
+            clash = [k for k in metrics if str(k) in RESERVED_COLUMNS or str(k) in groups
+                     or str(k) in trained]
+            if clash:
+                raise ValueError(f"eval_fn returned {clash}: the engine writes these "
+                                 "columns itself (train_fn's results as train_<key>); "
+                                 "rename the metric")
+            row = {"round": r, "sparsity": sparsity, **groups,
+                   "collapsed_layers": len(collapsed), **metrics, "prune_time_s": t_prune,
+                   "train_time_s": t_train, "eval_time_s": t_eval,
+                   # plain first: a tensor loss was dropped; NaN stays a (null) column
+                   **{f"train_{k}": v for k, v in plain(train_stats).items()
+                      if v is None or isinstance(v, (int, float))}}
+            row = plain(row)
+            if self.run is not None and self.main:
+                self._save(r, ticket, state, rows + [row], ctx.objects)
+            rows.append(row)
+            state["saved_round"] = r
+            if self.run is not None and self.main:
+                self.run.write_metrics(rows)
+                self.run.set_status("running" if r < cfg.rounds else "complete", r)
+                self._write_report()
+            self.on_round(row)
+        except Exception as e:
+            error = e
+        _raise_on_all_ranks(error, f"in round {r}")
 
     def _save_early_bird(self, i: int, model: nn.Module, ticket, state: dict) -> None:
         """The mask round 1 would get if round 0 stopped after iteration i (early-bird
@@ -508,6 +593,17 @@ class IMP:
             hint = ("; install it with: pip install matplotlib (or 'lthfast[vision]')"
                     if isinstance(e, ModuleNotFoundError) and e.name == "matplotlib" else "")
             self.log(f"warning: report.html not written: {type(e).__name__}: {e}{hint}")
+
+
+class _SavedState:
+    """An optimizer's / scheduler's saved state_dict, standing in for the object in a
+    round evaluated after a resume (its checkpoint keeps the record)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
 
 
 def _as_metrics(x, who: str) -> dict:
