@@ -64,6 +64,33 @@ def _check_path(path: str) -> str:
     return path
 
 
+def _conv_forward(input, weight, mask, bias, stride, padding, dilation, groups, padding_mode,
+                  reversed_padding, path):
+    """MaskedConv2d's forward on its tensors and settings."""
+    if input.dim() == 3:  # unbatched (C, H, W), which nn.Conv2d takes too
+        return _conv_forward(input.unsqueeze(0), weight, mask, bias, stride, padding, dilation,
+                             groups, padding_mode, reversed_padding, path).squeeze(0)
+    if padding_mode != "zeros":
+        input = F.pad(input, reversed_padding, mode=padding_mode)
+        padding = 0
+    elif isinstance(padding, str):  # "same" as ints where even (no copy of the input), as
+        # the functional op resolves it; int padding also keeps the compiled repeat call
+        input, padding = _string_padding(input, weight, padding, stride, dilation)
+    return masked_conv2d(input, weight, mask, bias, stride, padding, dilation, groups, path=path)
+
+
+def _linear_forward(input, weight, mask, bias, path):
+    """MaskedLinear's forward on its tensors and settings."""
+    return masked_linear(input, weight, mask, bias, path=path)
+
+
+# torch.fx (symbolic_trace, torchvision's create_feature_extractor, FX quantization)
+# records each forward as one call, as it records nn.Conv2d / nn.Linear as leaves: it
+# cannot trace into them (the argument checks and the path choice look at real tensors)
+torch.fx.wrap("_conv_forward")
+torch.fx.wrap("_linear_forward")
+
+
 class _DropsCachedWeight:
     """Mixin of the masked layers: .to() / .double() / load_state_dict first drop the
     weight's cache entry (see _forget_weight)."""
@@ -87,18 +114,10 @@ class MaskedConv2d(_DropsCachedWeight, nn.Conv2d):
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() == 3:  # unbatched (C, H, W), which nn.Conv2d takes too
-            return self.forward(input.unsqueeze(0)).squeeze(0)
         weight, mask, bias = _tensors(self)
-        padding = self.padding
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
-        elif isinstance(padding, str):  # "same" as ints where even (no copy of the input), as
-            # the functional op resolves it; int padding also keeps the compiled repeat call
-            input, padding = _string_padding(input, weight, padding, self.stride, self.dilation)
-        return masked_conv2d(input, weight, mask, bias, self.stride, padding, self.dilation,
-                             self.groups, path=self.path)
+        return _conv_forward(input, weight, mask, bias, self.stride, self.padding, self.dilation,
+                             self.groups, self.padding_mode,
+                             self._reversed_padding_repeated_twice, self.path)
 
     def train(self, mode: bool = True):
         return _train(self, mode)
@@ -117,7 +136,7 @@ class MaskedLinear(_DropsCachedWeight, nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, mask, bias = _tensors(self)
-        return masked_linear(input, weight, mask, bias, path=self.path)
+        return _linear_forward(input, weight, mask, bias, self.path)
 
     def train(self, mode: bool = True):
         return _train(self, mode)
@@ -304,10 +323,13 @@ def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module
 
 def densify(model: nn.Module) -> nn.Module:
     """Swaps every MaskedConv2d / MaskedLinear back to nn.Conv2d / nn.Linear with the
-    mask applied to the weight in place (pruned weights become 0); returns the model."""
-    new_of = {}
-    for module in model.modules():  # each module once, wherever it is used
+    mask applied to the weight in place (pruned weights become 0); returns the model.
+    Subclasses (a parametrized masked layer) are left as they are, with a warning."""
+    new_of, left = {}, []
+    for name, module in model.named_modules():  # each module once, wherever it is used
         if type(module) not in _DENSE_OF:
+            if isinstance(module, tuple(_DENSE_OF)):
+                left.append(name)
             continue
         new = _retype(module, _DENSE_OF[type(module)])
         mask = new._buffers.pop("mask")
@@ -315,4 +337,8 @@ def densify(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             new.weight.masked_fill_(~mask.to(torch.bool), 0)
         new_of[id(module)] = new
+    if left:  # e.g. a parametrization (weight_norm) registered after sparsify: its own class
+        warnings.warn(f"densify: {len(left)} masked layers are of subclasses of MaskedConv2d / "
+                      f"MaskedLinear and were left masked: {left[:5]} (remove their "
+                      "parametrizations first)", stacklevel=2)
     return _replace(model, new_of)

@@ -51,3 +51,81 @@ def test_plot_functions_draw_dollar_text_literally():
     assert not fig.axes[0].title.get_parse_math()
     assert matplotlib.rcParams["text.parse_math"]  # the caller's setting is left as it was
     plt.close(fig)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _set_running(run, pid, host=None):
+    import json
+    import os
+    import socket
+    with open(os.path.join(run, "status.json"), "w") as f:
+        json.dump({"state": "running", "round": 2, "pid": pid,
+                   "host": host or socket.gethostname()}, f)
+
+
+def test_a_killed_run_is_not_waited_for(tmp_path):
+    # kill -9 left status.json at "running" for ever: perturb refused, report said "wait"
+    import os
+
+    from lthfast.analysis.runs import RunError, RunningWarning, load_run
+    run = _run(tmp_path, "r")
+    _set_running(run, _dead_pid())
+    with pytest.warns(RunningWarning, match=r"is gone: killed.*--resume"):
+        assert load_run(run, allow_running=False).rounds == [0, 1, 2]
+    _set_running(run, os.getpid())  # alive: still being written
+    with pytest.raises(RunError, match="still being written"):
+        load_run(run, allow_running=False)
+    _set_running(run, _dead_pid(), host="another-machine")  # cannot tell: as before
+    with pytest.raises(RunError, match="still being written"):
+        load_run(run, allow_running=False)
+
+
+def test_status_json_names_its_writer(tmp_path):
+    import os
+    import socket
+
+    from lthfast.imp.rundir import RunDir, writer_gone
+    run = RunDir(str(tmp_path / "r"))
+    run.start({"x": 1}, ["w"])
+    status = run.status()
+    assert status["pid"] == os.getpid() and status["host"] == socket.gethostname()
+    assert not writer_gone(status)
+    assert writer_gone({**status, "pid": _dead_pid()})
+    assert not writer_gone({"state": "running", "round": 0})  # runs made before: unknown
+
+
+def test_a_run_killed_before_round_0_is_started_over(tmp_path):
+    from lthfast.imp import jobs
+    from lthfast.imp.rundir import RunDir
+    run = RunDir(str(tmp_path / "r"))
+    run.start({"x": 1}, ["w"])
+    assert not jobs._stopped_before_round_0(run)  # this process: alive
+    _set_running(run.path, _dead_pid())  # kill -9 before round 0 finished
+    assert jobs._stopped_before_round_0(run)
+
+
+def test_ticket_from_names_the_run_and_round():
+    from lthfast.analysis.report import _ticket_from
+    assert _ticket_from("/x/runs/cls/round_3/ticket.safetensors") == "cls/round_3"
+    assert _ticket_from("/x/my_ticket.safetensors") == "my_ticket.safetensors"
+    assert _ticket_from(None) == "-" and _ticket_from("") == "-"
+
+
+def test_layerwise_pairs_use_the_rounds_of_closest_sparsity(tmp_path):
+    import types
+
+    from lthfast.analysis.report import _closest_rounds
+    g = types.SimpleNamespace(rows=[{"round": 0, "sparsity": 0.0}, {"round": 1, "sparsity": 0.2}],
+                              rounds=[0, 1])
+    lw_run = types.SimpleNamespace(rows=[{"round": r, "sparsity": s} for r, s in
+                                         enumerate((0.0, 0.2, 0.36))], rounds=[0, 1, 2])
+    assert _closest_rounds(g, lw_run) == (1, 1)  # not the layer-wise run's final 36%
+    dense = types.SimpleNamespace(rows=[{"round": 0, "sparsity": 0.0}], rounds=[0])
+    assert _closest_rounds(dense, lw_run) == (0, 2)

@@ -148,7 +148,8 @@ def plot_ap_by_size(runs: dict[str, list[dict]]) -> str | None:
     if not runs:
         return None
     p = plt()
-    fig, axes = p.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    # one sparsity axis: a panel with nothing to draw showed 0-1 under a label in percent
+    fig, axes = p.subplots(1, 3, figsize=(13, 3.8), sharey=True, sharex=True)
     for ax, size in zip(axes, SIZES):
         drawn = False
         for label, rows in runs.items():

@@ -177,6 +177,9 @@ def _plot_iou_curves(runs: dict[str, list[dict]], x: str, *, xlabel: str, ylabel
                 alpha=0.6, label=f"{label}: random masks (chance)")
     if integer_ticks:
         ax.set_xticks(sorted({r[x] for rows in runs.values() for r in rows}))
+    else:  # iterations: whole numbers (a short run had ticks at 3.5, 4.5, ...)
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)

@@ -69,9 +69,20 @@ def _overview(runs) -> str:
                      "rewind": r.config.get("schedule", {}).get("rewind", ""),
                      "final metric": key,
                      "value": round(val, 4) if isinstance(val, float) else val,
-                     "ticket from": os.path.basename(r.config.get("ticket_source", "") or "") or "-",
+                     "ticket from": _ticket_from(r.config.get("ticket_source")),
                      "path": r.path})
     return "<h2>Runs</h2>" + html_table(rows) + _transfers(runs)
+
+
+def _ticket_from(source) -> str:
+    """A starting ticket's file, short: RUN/round_R for a run's ticket (every one is
+    named ticket.safetensors), else the file name."""
+    if not source:
+        return "-"
+    parts = os.path.normpath(str(source)).split(os.sep)
+    if len(parts) >= 3 and parts[-1] == "ticket.safetensors" and parts[-2].startswith("round_"):
+        return f"{parts[-3]}/{parts[-2]}"
+    return parts[-1]
 
 
 def _transfers(runs) -> str:
@@ -261,24 +272,41 @@ def _layerwise(runs) -> str:
 
 
 def _layerwise_run_pairs(runs) -> str:
-    """Runs of one task and pruned set, one --layerwise and one not: their final tickets."""
+    """Runs of one task and pruned set, one --layerwise and one not: their tickets of the
+    rounds whose sparsities are closest."""
     out = []
     flag = {r.label: bool(r.config.get("schedule", {}).get("layerwise")) for r in runs}
     for g in runs:
         for l in runs:
             if flag[g.label] or not flag[l.label] or g.task != l.task:
                 continue
-            tg, tl = g.ticket(), l.ticket()
+            rg, rl = _closest_rounds(g, l)
+            tg, tl = g.ticket(rg), l.ticket(rl)
             if tg.names() != tl.names():
                 continue
             res = lw.compare_tickets(tg, tl)
-            out.append(f"<h3>runs: {html.escape(g.label)} (global) vs {html.escape(l.label)} "
-                       "(layer-wise)</h3>" + img(lw.plot_layerwise_vs_global(
+            out.append(f"<h3>runs: {html.escape(g.label)} (global, round {rg}) vs "
+                       f"{html.escape(l.label)} (layer-wise, round {rl})</h3>"
+                       + img(lw.plot_layerwise_vs_global(
                            res, f"{g.label} (global, {100 * res['global_sparsity']:.1f}%) vs "
                                 f"{l.label} (layer-wise, {100 * res['layerwise_sparsity']:.1f}%): "
                                 f"IoU {res['iou']:.3f}"), "layer-wise vs global runs")
                        + html_table([{"index": j, **d} for j, d in enumerate(res["layers"])]))
     return "".join(out)
+
+
+def _closest_rounds(a, b) -> tuple[int, int]:
+    """The pruned rounds of runs a and b whose sparsities are closest (the later pair on a
+    tie; their last rounds when none is pruned)."""
+    def pruned(run):
+        return {int(x["round"]): float(x["sparsity"]) for x in run.rows
+                if isinstance(x.get("sparsity"), (int, float)) and x["sparsity"] > 0}
+    sa, sb = pruned(a), pruned(b)
+    pairs = [(abs(x - y), -ra, -rb) for ra, x in sa.items() for rb, y in sb.items()]
+    if not pairs:
+        return a.rounds[-1], b.rounds[-1]
+    _, ra, rb = min(pairs)
+    return -ra, -rb
 
 
 def _perturbation(runs) -> str:

@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
-from lthfast.imp.rundir import RunDir
+from lthfast.imp.rundir import RunDir, writer_gone
 
 
 class RunError(ValueError):
@@ -168,7 +168,12 @@ def load_run(path: str, *, label: str | None = None, allow_running: bool = True)
     if status is None:
         status = {"state": "unknown", "round": -1}
     rows = _nan_for_null(rows or [])
-    if status.get("state") == "running":
+    if status.get("state") == "running" and writer_gone(status):
+        warnings.warn(f"run {path} stopped before its last round (status.json says running, but "
+                      f"process {status['pid']}, which wrote it, is gone: killed, e.g. kill -9 or "
+                      "out of memory); only its finished rounds are used "
+                      f"(`lthfast imp --resume {path}` continues it)", RunningWarning, stacklevel=2)
+    elif status.get("state") == "running":
         msg = (f"run {path} is still being written (status.json: running, last finished round "
                f"{status.get('round')}); only its finished rounds are used")
         if not allow_running:

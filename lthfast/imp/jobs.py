@@ -14,7 +14,7 @@ import torch
 from lthfast.imp import ddp
 from lthfast.imp.config import IMPConfig, Rewind
 from lthfast.imp.engine import IMP
-from lthfast.imp.rundir import RunDir
+from lthfast.imp.rundir import RunDir, writer_gone
 
 
 class JobError(ValueError):
@@ -243,10 +243,12 @@ _ATTEMPT_FILES = ("config.json", "status.json", "pruned_params.txt", "metrics.js
 
 
 def _stopped_before_round_0(run: RunDir) -> bool:
-    """An `lthfast imp` run that failed or was interrupted before any round finished: no
+    """An `lthfast imp` run that failed, was interrupted or killed before any round finished: no
     checkpoint, no metric rows, no file but those it wrote when it started."""
     try:
-        return (run.status().get("state") in ("failed", "interrupted")
+        status = run.status()
+        return ((status.get("state") in ("failed", "interrupted")
+                 or (status.get("state") == "running" and writer_gone(status)))
                 and not os.path.exists(run.file("checkpoint.pt")) and not run.read_metrics()
                 and set(os.listdir(run.path)) <= set(_ATTEMPT_FILES))
     except (OSError, ValueError, AttributeError):

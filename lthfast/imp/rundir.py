@@ -5,7 +5,8 @@ RUN_DIR/
                        written first
   status.json          {"state": "running" | "complete" | "failed" | "interrupted",
                         "round": last done, "error": why it stopped (failed / interrupted;
-                        "rank R: ..." when another DDP rank failed)}
+                        "rank R: ..." when another DDP rank failed),
+                        "pid", "host": the process that wrote it}
   metrics.json / .csv  one row per finished round
   pruned_params.txt    the exact set of pruned parameters, one name per line
   round_R/ticket.safetensors   the ticket of round R (round 0: dense)
@@ -18,6 +19,7 @@ import csv
 import io
 import json
 import os
+import socket
 from typing import Callable
 
 from lthfast._atomic import atomic_write as _atomic_write
@@ -102,6 +104,21 @@ def metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def writer_gone(status: dict) -> bool:
+    """True when `status` (status.json) was written on this machine by a process that no
+    longer exists: a "running" run killed before it could record why."""
+    pid, host = status.get("pid"), status.get("host")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, another user's
+        return False
+    return False
+
+
 class RunDir:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
@@ -122,7 +139,10 @@ class RunDir:
         self.set_status("running", -1)
 
     def set_status(self, state: str, round_index: int, **extra) -> None:
-        write_json(self.file("status.json"), {"state": state, "round": round_index, **extra})
+        # who writes it: a "running" run whose process is gone was killed (kill -9, the
+        # OOM killer), and the analyses need not wait for it (writer_gone)
+        write_json(self.file("status.json"), {"state": state, "round": round_index, **extra,
+                                              "pid": os.getpid(), "host": socket.gethostname()})
 
     def status(self) -> dict:
         try:

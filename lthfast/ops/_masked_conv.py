@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from lthfast import _ops
 from lthfast.ops import _conv_dispatch, _tune, _weight_cache
+from lthfast.ops._masked_conv_kernels import linear_backward_differentiable
 
 _CACHE = _weight_cache._CACHE
 # One C call for a repeated eager inference conv / linear, dense or on the sparse kernel:
@@ -435,7 +436,10 @@ class _MaskedLinearFn(torch.autograd.Function):
         input, weight, mask = ctx.saved_tensors
         needs = ctx.needs_input_grad
         need = [needs[0], needs[1], ctx.has_bias and needs[3]]
-        gi, gw, gb = _LINEAR_BACKWARD_OP(grad, input, weight, mask, need)
+        if torch.is_grad_enabled():  # create_graph: the backward is differentiated too
+            gi, gw, gb = linear_backward_differentiable(grad, input, weight, mask, need)
+        else:
+            gi, gw, gb = _LINEAR_BACKWARD_OP(grad, input, weight, mask, need)
         return (gi if need[0] else None, gw if need[1] else None, None, gb if need[2] else None)
 
 

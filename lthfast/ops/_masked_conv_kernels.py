@@ -13,6 +13,33 @@ import torch.nn.functional as F
 from lthfast import _ops
 
 
+def linear_backward_differentiable(grad, input, weight, mask, need):
+    """(grad_input, grad_weight, grad_bias) of linear(input, weight * mask, bias) in
+    differentiable torch ops (grad_weight 0 at pruned positions); None where not needed."""
+    keep = mask.to(torch.bool)
+    masked = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+    g2 = grad.reshape(-1, grad.shape[-1])
+    gi = torch.matmul(grad, masked) if need[0] else None
+    gw = (torch.where(keep, g2.t().matmul(input.reshape(-1, input.shape[-1])).to(weight.dtype), 0)
+          if need[1] else None)
+    gb = g2.sum(0) if need[2] else None
+    return gi, gw, gb
+
+
+def conv2d_backward_differentiable(grad, input, weight, mask, stride, padding, dilation, groups,
+                                   need):
+    """As linear_backward_differentiable, for conv2d(input, weight * mask, bias, ...)."""
+    keep = mask.to(torch.bool)
+    masked = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+    gi = (torch.nn.grad.conv2d_input(input.shape, masked, grad, stride, padding, dilation, groups)
+          if need[0] else None)
+    gw = (torch.where(keep, torch.nn.grad.conv2d_weight(input, weight.shape, grad, stride, padding,
+                                                        dilation, groups), 0)
+          if need[1] else None)
+    gb = grad.sum((0, 2, 3)) if need[2] else None
+    return gi, gw, gb
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -69,6 +96,9 @@ if _ops.available():
         return input.new_empty((*input.shape[:-1], rowptr.shape[0] - 1))
 
     # ------------------------------------------------------------------ autograd
+    # A backward that is itself differentiated (create_graph=True: double backward,
+    # MAML, gradient penalties) runs on torch's differentiable ops: the backward ops
+    # have no autograd of their own (torch warns, and will refuse, when they are recorded).
 
     def _conv_setup(ctx, inputs, output):
         input, weight, mask, bias, stride, padding, dilation, groups = inputs
@@ -80,8 +110,11 @@ if _ops.available():
         input, weight, mask = ctx.saved_tensors
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[3]]
-        gi, gw, gb = torch.ops.lthfast._masked_conv2d_backward(grad, input, weight, mask, *ctx.conf,
-                                                                need)
+        if torch.is_grad_enabled():
+            gi, gw, gb = conv2d_backward_differentiable(grad, input, weight, mask, *ctx.conf, need)
+        else:
+                gi, gw, gb = torch.ops.lthfast._masked_conv2d_backward(grad, input, weight, mask,
+                                                                    *ctx.conf, need)
         return (gi if need[0] else None, gw if need[1] else None, None,
                 gb if need[2] else None, None, None, None, None)
 
@@ -97,7 +130,10 @@ if _ops.available():
         input, weight, mask = ctx.saved_tensors
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[3]]
-        gi, gw, gb = torch.ops.lthfast._masked_linear_backward(grad, input, weight, mask, need)
+        if torch.is_grad_enabled():
+            gi, gw, gb = linear_backward_differentiable(grad, input, weight, mask, need)
+        else:
+            gi, gw, gb = torch.ops.lthfast._masked_linear_backward(grad, input, weight, mask, need)
         return (gi if need[0] else None, gw if need[1] else None, None, gb if need[2] else None)
 
     torch.library.register_autograd("lthfast::masked_linear", _linear_backward,

@@ -43,6 +43,24 @@ def amp_scalars(optimizer, device: torch.device):
     return gs, fi
 
 
+def unscale_grads_(grads: list, grad_scale, found_inf) -> None:
+    """After a step that torch.amp.GradScaler handed its scale to: every grad divided by
+    it, as torch's fused optimizers leave them (its unscale_ does that for the others);
+    a skipped step (found_inf) leaves them scaled, as theirs do. No host sync."""
+    if grad_scale is None or not grads:
+        return
+    denom = grad_scale if found_inf is None else torch.where(found_inf > 0, 1.0, grad_scale)
+    for dtype_grads in _by_dtype(grads):
+        torch._foreach_div_(dtype_grads, denom)
+
+
+def _by_dtype(grads: list) -> list:
+    groups: dict = {}
+    for g in grads:
+        groups.setdefault(g.dtype, []).append(g)
+    return list(groups.values())
+
+
 def split_lr(lr, device: torch.device):
     """(float lr, lr tensor or None) for the kernels."""
     if isinstance(lr, torch.Tensor):

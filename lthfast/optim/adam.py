@@ -6,7 +6,8 @@ import torch
 
 from lthfast.optim import _kernels
 from lthfast.optim._masks import MaskedOptimizerMixin, align_entry_state, new_step_tensor
-from lthfast.optim._step import amp_scalars, check_lr, gather, reject_unsupported, split_lr
+from lthfast.optim._step import (amp_scalars, check_lr, gather, reject_unsupported, split_lr,
+                                 unscale_grads_)
 
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -131,6 +132,7 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
             float(beta2), float(group["weight_decay"]), float(group["eps"]),
             bool(group["amsgrad"]), bool(group["maximize"]),
             bool(group["decoupled_weight_decay"]), grad_scale, found_inf)
+        unscale_grads_(grads, grad_scale, found_inf)
 
     def _checked_step(self) -> None:
         """The step with every list rebuilt and every grad checked first (first steps, a
@@ -142,16 +144,17 @@ class MaskedAdam(MaskedOptimizerMixin, torch.optim.Optimizer):
             for device, pairs in by_device.items():
                 grad_scale, found_inf = amp_scalars(self, device)
                 lr, lr_t = split_lr(group["lr"], device)
-                params = [p for p, _ in pairs]
+                params, grads = [p for p, _ in pairs], [g for _, g in pairs]
                 states = [self._state_of(p, amsgrad) for p in params]
                 _kernels.masked_adam_(
-                    params, [g for _, g in pairs], [s["exp_avg"] for s in states],
+                    params, grads, [s["exp_avg"] for s in states],
                     [s["exp_avg_sq"] for s in states],
                     [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
                     [s["step"] for s in states], [self._mask_on_device(p) for p in params],
                     lr, lr_t, float(beta1), float(beta2), float(group["weight_decay"]),
                     float(group["eps"]), amsgrad, bool(group["maximize"]),
                     bool(group["decoupled_weight_decay"]), grad_scale, found_inf)
+                unscale_grads_(grads, grad_scale, found_inf)
 
 
 class MaskedAdamW(MaskedAdam):

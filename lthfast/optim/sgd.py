@@ -5,7 +5,8 @@ import torch
 
 from lthfast.optim import _kernels
 from lthfast.optim._masks import MaskedOptimizerMixin, align_entry_state
-from lthfast.optim._step import amp_scalars, check_lr, gather, reject_unsupported, split_lr
+from lthfast.optim._step import (amp_scalars, check_lr, gather, reject_unsupported, split_lr,
+                                 unscale_grads_)
 
 
 class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
@@ -88,6 +89,7 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
                              float(group["dampening"]), float(group["weight_decay"]),
                              bool(group["nesterov"]), bool(group["maximize"]), False,
                              grad_scale, found_inf)
+        unscale_grads_(grads, grad_scale, found_inf)
 
     def _checked_step(self) -> None:
         """The step with every list rebuilt and every grad checked first (first steps, a
@@ -135,3 +137,4 @@ class MaskedSGD(MaskedOptimizerMixin, torch.optim.Optimizer):
         _kernels.masked_sgd_(params, grads, bufs, masks, lr, lr_t, float(momentum),
                              float(dampening), wd, bool(nesterov), bool(maximize), first,
                              grad_scale, found_inf)
+        unscale_grads_(grads, grad_scale, found_inf)
