@@ -297,3 +297,24 @@ def test_imp_table_shows_top5_when_the_run_has_it():
     buf = io.StringIO()
     _print_table([{k: v for k, v in r.items() if k != "top5"} for r in rows], "classification", file=buf)
     assert "top5" not in buf.getvalue()
+
+
+def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    # stop 30: convert("RGB") clipped every value above 255: a ramp came out nearly white
+    import numpy as np
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (16, 1))
+    for split in ("train", "val"):
+        os.makedirs(tmp_path / split / "a")
+        Image.fromarray(ramp).save(tmp_path / split / "a" / "0.png")  # mode I;16
+    train, _, _ = _load(f"folder:{tmp_path}", image_size=16)
+    x, _ = train[0]
+    grey = x[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # back to [0, 1]
+    # (the centre crop keeps the middle half of the ramp: 0.26 .. 0.74)
+    assert 0.45 < float(grey.mean()) < 0.55 and float(grey.min()) < 0.3 and float(grey.max()) < 0.8
+
+
+def test_folder_data_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _tree(tmp_path / "data", {"train": {"a": 1, "b": 1}, "val": {"a": 1}})
+    _, _, classes = _load("folder:~/data")
+    assert classes == ["a", "b"]

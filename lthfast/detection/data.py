@@ -49,9 +49,12 @@ def _load_coco(path: Path, task: str = "detection"):
         raise ModuleNotFoundError("COCO data needs pycocotools: `pip install pycocotools`",
                                   name="pycocotools") from None
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_bytes())
     except json.JSONDecodeError as e:
         raise ValueError(f"annotation file {path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:  # e.g. a gzipped file under the .json name
+        raise ValueError(f"annotation file {path} is not JSON text (UTF-8): {e}; a compressed "
+                         "file must be unpacked first") from None
     _validate_coco(doc, path, task)
     coco = COCO()
     coco.dataset = doc
@@ -184,7 +187,8 @@ def _validate_coco(doc, path, task: str) -> None:
         elif a["iscrowd"] not in (0, 1):
             bad.add(w, f"'iscrowd' must be 0 or 1, got {a['iscrowd']!r}")
         if task == "segmentation":
-            why = _segmentation_problem(a.get("segmentation", None))
+            why = _segmentation_problem(a.get("segmentation", None), images.get(a.get("image_id"))
+                                        if _is_int(a.get("image_id")) else None)
             if why:
                 bad.add(w, why)
         if task == "keypoints":
@@ -201,8 +205,9 @@ def _validate_coco(doc, path, task: str) -> None:
     bad.raise_if_any()
 
 
-def _segmentation_problem(seg) -> str | None:
-    """Why pycocotools' annToMask cannot draw `seg` (None when it can)."""
+def _segmentation_problem(seg, image: dict | None = None) -> str | None:
+    """Why pycocotools' annToMask cannot draw `seg` (None when it can) on `image` (its
+    entry in 'images', whose width and height the segmentation task requires)."""
     if seg is None:
         return "no 'segmentation' (the segmentation task trains on masks)"
     if isinstance(seg, dict):
@@ -215,7 +220,16 @@ def _segmentation_problem(seg) -> str | None:
                                             and all(_is_int(c) and c >= 0 for c in counts))):
             return (f"RLE 'segmentation' 'counts' must be a string (compressed) or a list of "
                     f"non-negative ints, got {counts!r:.60}")
-        return None  # its size is checked against the image's when the image is read
+        # against the JSON's image size now, not at evaluation after a round of training
+        # (the image's own pixels are checked against the JSON when it is read)
+        hw = [image.get("height"), image.get("width")] if isinstance(image, dict) else None
+        if hw and all(_is_int(x) for x in hw) and list(size) != hw:
+            return (f"RLE 'segmentation' has size {size} but its image "
+                    f"{image.get('file_name')!r} is [height, width] {hw}")
+        if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
+            return (f"RLE 'segmentation' counts add up to {sum(counts)} pixels, not the "
+                    f"{size[0]} x {size[1]} = {size[0] * size[1]} of its size")
+        return None
     if not isinstance(seg, list) or not seg:
         return f"'segmentation' must be polygons (a non-empty list of [x1, y1, x2, y2, ...]) " \
                f"or an RLE dict, got {seg!r:.60}"
@@ -407,8 +421,10 @@ class CocoDataset(torch.utils.data.Dataset):
         if self.task == "keypoints":
             k = self.num_keypoints
             kp = [a.get("keypoints") or [0.0] * (3 * k) for a in anns]
+            # a person with no labelled keypoint keeps its box (torchvision's reference
+            # does): the keypoint loss skips invisible keypoints, and dropping the box
+            # trained the detector to call ~40% of COCO's persons background
             target["keypoints"] = torch.tensor(kp, dtype=torch.float32).reshape(-1, k, 3)
-            keep &= torch.tensor([a.get("num_keypoints", 0) > 0 for a in anns], dtype=torch.bool)
         for key in ("boxes", "labels", "masks", "keypoints"):
             if key in target:
                 target[key] = target[key][keep]

@@ -113,7 +113,13 @@ def _image_folder(spec: str, root: str, split: str, transform, class_to_idx: dic
     def loader(file):
         try:
             with open(file, "rb") as f:
-                return Image.open(f).convert("RGB")
+                im = Image.open(f)
+                if im.mode.startswith("I"):  # 16-bit grey: convert("RGB") clips above 255
+                    # (to white), so scale it to 8 bits as the detection loader reads it
+                    import numpy as np
+                    grey = np.asarray(im, dtype=np.float32) / 257.0
+                    im = Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8), "L")
+                return im.convert("RGB")
         except Exception as e:  # noqa: BLE001 - a corrupt file: name it, keep OSError for the CLI
             raise OSError(f"--data {spec}: cannot read image {file} ({type(e).__name__}: "
                           f"{str(e).split(' <_io')[0]})") from None
@@ -163,7 +169,7 @@ def load_classification_data(spec: str, *, n_train: int | None, n_val: int | Non
                 list(SHAPE_CLASSES))
     if spec.startswith("folder:"):
         from torchvision import transforms as T
-        root = spec[len("folder:"):]
+        root = os.path.expanduser(spec[len("folder:"):])  # (the shell leaves ~ after "folder:")
         for split in ("train", "val"):  # both before reading either (a missing val: say so first)
             if not os.path.isdir(os.path.join(root, split)):
                 raise ValueError(f"--data {spec}: {os.path.join(root, split)} is not a directory; "
