@@ -114,7 +114,8 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
     Random init, then `weights`: a local torchvision detection checkpoint (a state_dict, or a
     dict with a "model"/"state_dict" entry) -- layers whose shape differs (heads for another
     number of classes) keep their fresh init; or `backbone_weights`: a local ImageNet
-    classifier state_dict (e.g. torchvision resnet50) mapped onto `backbone.body.*`. What was
+    classifier state_dict (e.g. torchvision resnet50) mapped onto `backbone.body.*`
+    (torchvision's name `weights_backbone` is taken too). What was
     loaded, re-initialised and left unmapped is printed (`verbose`) and kept in
     `model.lthfast_weights_report`. A torchvision weights name ("DEFAULT", "COCO_V1") is
     downloaded when the machine has network, else one error says to pass a local file.
@@ -131,6 +132,12 @@ def build_model(name: str, *, task: str, num_classes: int, weights=None, backbon
         raise ValueError(f"num_classes must be an int >= 2 (background + classes), got {num_classes!r}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 32):
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
+    if "weights_backbone" in kw:  # torchvision's name for it (dropped silently before)
+        alias = kw.pop("weights_backbone")
+        if backbone_weights is not None and alias is not None and alias is not backbone_weights:
+            raise ValueError("backbone_weights and weights_backbone (torchvision's name for the "
+                             "same argument) are both given; pass one")
+        backbone_weights = alias if backbone_weights is None else backbone_weights
     pretrained = weights is not None or backbone_weights is not None
     # read (or download) the weights before building: a bad file fails fast
     files = {}

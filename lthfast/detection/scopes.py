@@ -99,7 +99,8 @@ def _select(names: list[str], scope: str) -> list[str]:
 def prunable_names(model: nn.Module, scope: str = "paper") -> list[str]:
     """Weight names (e.g. `backbone.body.layer1.0.conv1.weight`) of the Conv2d /
     ConvTranspose2d / Linear layers in `scope` (a scope, a `+`-union of scopes, or a preset),
-    in model order. A scope that selects nothing in this model is an error."""
+    in model order. A scope (or a part of a union) that selects nothing in this model is an
+    error."""
     if not isinstance(scope, str):
         raise TypeError(f"scope must be a string, got {type(scope).__name__}")
     scope = scope.strip()
@@ -110,6 +111,13 @@ def prunable_names(model: nn.Module, scope: str = "paper") -> list[str]:
         chosen = [n for n in chosen if not preset.exclude(n, chosen)]
     else:
         chosen = _select(names, scope)
+        # each part of a union too: `fpn+rpn` on a RetinaNet pruned the FPN alone, silently
+        empty = [p.strip() for p in scope.split("+") if chosen and not _select(names, p.strip())]
+        if empty:
+            present = [s for s in SCOPES if _select(names, s)]
+            raise ValueError(f"prune scope {scope!r}: {', '.join(map(repr, empty))} selects no "
+                             f"conv/linear layer of this {type(model).__name__}; scopes it has: "
+                             f"{', '.join(present)}")
     if not chosen:
         present = [s for s in SCOPES if _select(names, s)]
         raise ValueError(f"prune scope {scope!r} selects no conv/linear layer of this "

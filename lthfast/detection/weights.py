@@ -2,6 +2,7 @@
 a detection checkpoint onto the whole model, or an ImageNet classifier onto `backbone.body`."""
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from dataclasses import dataclass, field
@@ -68,8 +69,8 @@ def _download(spec: str, name: str, backbone: bool) -> dict:
 
 
 def read_state_dict(spec, *, name: str, backbone: bool) -> tuple[dict, str]:
-    if isinstance(spec, dict):
-        return spec, "<state_dict>"
+    if isinstance(spec, dict):  # what torch.load gave: unwrapped as a file is
+        return _unwrap(spec, "<state_dict>"), "<state_dict>"
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"weights must be a file path, a state_dict or a torchvision weights name, "
                         f"got {type(spec).__name__}")
@@ -81,20 +82,29 @@ def read_state_dict(spec, *, name: str, backbone: bool) -> tuple[dict, str]:
             raise WeightsError(f"weights file {path} ({flag}) does not exist")
         return _download(path, name, backbone), path
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # torchvision's reference scripts save their argparse.Namespace ("args") next to
+        # "model": a plain record, safe to let the weights-only unpickler build
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         # torch's own message is a page long and suggests weights_only=False: keep its gist
         detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
         detail = detail[0] if detail else ""
         raise WeightsError(f"cannot read weights file {path}: not a state_dict saved with "
                            f"torch.save ({type(e).__name__}: {detail[:200]})") from None
+    return _unwrap(obj, path), path
+
+
+def _unwrap(obj, where: str) -> dict:
+    """The state_dict in a checkpoint ({'model' | 'state_dict' | 'model_state_dict': sd}),
+    with DDP's 'module.' prefix removed."""
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path} is not a state_dict (a dict of tensors, or one under 'model')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}, path
+        raise WeightsError(f"{where} is not a state_dict (a dict of tensors, or one under 'model')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def _apply(model: nn.Module, mapped: dict, report: LoadReport, prefix: str = "") -> LoadReport:
