@@ -262,8 +262,9 @@ class Ticket:
         if tied:
             problems.append(f"names of one tied parameter (keep one of them): {tied}")
         if hooked:
-            problems.append(f"pruned with torch.nn.utils.prune hooks in the model (remove the "
-                            f"reparametrization first, or use to_pruned): {hooked}")
+            problems.append(f"pruned with torch.nn.utils.prune hooks in the model (make them "
+                            "permanent with torch.nn.utils.prune.remove first; "
+                            f"Ticket.from_pruned reads their masks): {hooked}")
         if mismatched:
             problems.append(f"shape mismatch: {mismatched}")
         if unsupported:
