@@ -11,7 +11,7 @@ import re
 import torch
 from torch import nn
 
-from lthfast.cli._common import CLIError
+from lthfast.cli._common import CLIError, eprint
 
 #: Layer types whose `weight` is pruned by `lthfast prune` and the threshold benchmarks:
 #: every convolution (1-D, 2-D, 3-D: the video models' too; transposed too) and Linear.
@@ -48,7 +48,9 @@ def unknown_model_error(name: str, flag: str | None = None) -> CLIError:
     what = (f"{flag} {name!r} is not a torchvision model name" if flag else
             f"unknown model {name!r}: it is neither a torchvision model name nor an existing "
             "checkpoint file")
-    return CLIError(f"{what}.{hint} Run `lthfast prune --list-models` to see the valid names.")
+    # a flag's value that can only be a name: a usage error (2), as argparse's choices
+    return CLIError(f"{what}.{hint} Run `lthfast prune --list-models` to see the valid names.",
+                    code=2 if flag else 1)
 
 
 def build_model(name: str) -> nn.Module:
@@ -85,7 +87,25 @@ def _unwrap_state_dict(obj):
             "state_dict (a dict of tensors)")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+    return _fold_pruned(obj)
+
+
+def _fold_pruned(state: dict) -> dict:
+    """The state_dict of a model pruned with torch.nn.utils.prune / lthfast.prune (NAME_orig
+    and NAME_mask per pruned tensor) as plain NAME = NAME_orig * NAME_mask: the pruned
+    weights are zeros, which count in --amount (as a pickled module's hooks made permanent)."""
+    folded = [k[:-len("_orig")] for k in state
+              if k.endswith("_orig") and k[:-len("_orig")] + "_mask" in state]
+    if not folded:
+        return state
+    out = dict(state)
+    for f in folded:
+        orig, mask = out.pop(f + "_orig"), out.pop(f + "_mask")
+        out[f] = orig * mask
+    eprint(f"note: the checkpoint holds {len(folded)} tensors pruned with torch.nn.utils.prune "
+           "(NAME_orig, NAME_mask); read as NAME = NAME_orig * NAME_mask, so their pruned weights "
+           "are zeros that count in --amount")
+    return out
 
 
 def _load_failure(e: Exception) -> str:
@@ -125,6 +145,9 @@ def load_checkpoint(path: str, *, trust_pickle: bool = False):
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e2:  # noqa: BLE001 - reported to the user
             raise CLIError(f"cannot load checkpoint {path!r}: {type(e2).__name__}: {e2}") from None
+    except (EOFError, KeyError, ValueError, OSError) as e:  # e.g. a text or empty file
+        raise CLIError(f"cannot load checkpoint {path!r}: it is not a file torch.save wrote "
+                       f"({type(e).__name__}: {str(e) or 'empty file'})") from None
     except Exception as e:  # noqa: BLE001
         raise CLIError(f"cannot load checkpoint {path!r}: {type(e).__name__}: {e}") from None
     return _unwrap_state_dict(obj)
@@ -158,25 +181,27 @@ def resolve_model(model: str, *, arch: str | None = None, weights: str | None = 
         if looks_like_path(model) or os.path.exists(model):
             raise CLIError(f"checkpoint {model!r} does not exist or is not a file")
         raise unknown_model_error(model)
-    if not is_name:
+    if not is_name:  # the flag checks first: before loading a large checkpoint
         if weights is not None:
-            raise CLIError("--weights goes with a model name; MODEL is already a checkpoint path")
+            raise CLIError("--weights goes with a model name; MODEL is already a checkpoint path",
+                           code=2)
+        if arch is not None and arch not in set(model_names()):
+            raise unknown_model_error(arch, "--arch")
         obj = load_checkpoint(model, trust_pickle=trust_pickle)
         if isinstance(obj, nn.Module):
             if arch is not None:
-                raise CLIError(f"{model!r} holds a full module; drop --arch {arch}")
+                raise CLIError(f"{model!r} holds a full module; drop --arch {arch}", code=2)
             return obj, f"module from {model}"
         if arch is None:
             raise CLIError(
                 f"{model!r} holds a state_dict: pass --arch NAME to say which torchvision "
                 "architecture it belongs to (e.g. --arch resnet50)")
-        if arch not in set(model_names()):
-            raise unknown_model_error(arch, "--arch")
         net = build_model(arch)
         load_state_dict_into(net, obj, model)
         return net, f"{arch} with weights from {model}"
     if arch is not None:
-        raise CLIError("--arch goes with a checkpoint path as MODEL; here MODEL is a model name")
+        raise CLIError("--arch goes with a checkpoint path as MODEL; here MODEL is a model name",
+                       code=2)
     net = build_model(model)
     if weights is None:
         return net, f"{model} (random init)"

@@ -168,6 +168,8 @@ def run(args) -> int:
     result = bench.run(names, config, quiet=args.quiet)
     result["command"] = ["lthfast", *getattr(args, "argv", ())]  # not the caller's sys.argv
 
+    if args.json is not None:  # before the tables: stdout closed early (`| head`) must
+        _write_json_or_keep(write_json, args.json, result)  # not lose the results
     print(header(result))
     for name, res in result["suites"].items():
         print()
@@ -177,8 +179,6 @@ def run(args) -> int:
             print(f"{name}: ERROR {res['error']}")
         else:
             print(bench.get(name).format(res))
-    if args.json is not None:
-        _write_json_or_keep(write_json, args.json, result)
     failed = failures(result)
     if failed:
         eprint(f"lthfast bench: {len(failed)} failed:\n  " + "\n  ".join(failed))
@@ -197,6 +197,10 @@ def _check_models_for(suite: str, models: tuple, quick: bool) -> None:
     if suite == "train_step" and len(models) != 1:
         raise CLIError(f"train_step takes one model (a classifier), got {len(models)}: "
                        f"{', '.join(models)}", code=2)
+    if suite in ("train_step", "all") and models and models[0] not in _classifiers():
+        raise CLIError(f"train_step trains a classifier on random images; {models[0]!r} is "
+                       "not a torchvision classification model (e.g. resnet50, "
+                       "mobilenet_v3_large)", code=2)
     if suite == "conv":
         other = [m for m in models if m not in _CONV_MODELS]
         if other:
@@ -211,6 +215,11 @@ def _check_models_for(suite: str, models: tuple, quick: bool) -> None:
         eprint("note: --models replaces the models of threshold, ticket and optim; train_step "
                "uses the first name; conv adds maskrcnn_resnet50_fpn's shapes when named; "
                "imp_round ignores it")
+
+
+def _classifiers() -> set:
+    import torchvision
+    return set(torchvision.models.list_models(module=torchvision.models))
 
 
 def _check_json_target(path: str) -> None:

@@ -104,6 +104,18 @@ def _check_args(args) -> None:
                        "see `lthfast prune --help`", code=2)
     if args.amount is None:
         raise CLIError("--amount is required, e.g. --amount 0.8 to prune 80% of the weights", code=2)
+    # flags that do not go together: said before loading a (large) checkpoint
+    from lthfast.cli._models import model_names, unknown_model_error
+    names = set(model_names())
+    is_name = args.model in names
+    if args.arch is not None and is_name:
+        raise CLIError("--arch goes with a checkpoint path as MODEL; here MODEL is a model name",
+                       code=2)
+    if args.arch is not None and args.arch not in names:
+        raise unknown_model_error(args.arch, "--arch")
+    if getattr(args, "weights", None) is not None and not is_name and os.path.isfile(args.model):
+        raise CLIError("--weights goes with a model name; MODEL is already a checkpoint path",
+                       code=2)
     if args.save is not None:
         check_writable_target(args.save, "--save")
         for src in (args.model, getattr(args, "weights", None)):
@@ -151,6 +163,12 @@ def run(args) -> int:
     if args.list_models:
         return _list_models()
     _check_args(args)
+    from lthfast import _ops
+    if not _ops.available() and not _ops.use_reference():  # said now, not after loading
+        raise CLIError(_ops.BUILD_HINT.format(err=_ops._IMPORT_ERROR))
+    if _ops.use_reference():
+        eprint("note: the compiled extension is not built; lthfast runs the pure-PyTorch "
+               "reference (LTHFAST_REFERENCE=1), so the pruning time is not the kernels'")
     import torch
     if args.threads is not None:  # main() restores the caller's count afterwards
         torch.set_num_threads(args.threads)
@@ -210,6 +228,10 @@ def run(args) -> int:
         rows.append([name, "x".join(map(str, m.weight.shape)), n, kept, f"{100 * (1 - kept / n):.2f}%"])
 
     sparsity = 1 - kept_total / n_weights
+    if args.save:  # before the tables: stdout closed early (`| head`) must not lose the file
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        with step(f"saving pruned state_dict to {args.save}"):
+            atomic_write(args.save, lambda tmp: torch.save(state, tmp))
     if not args.no_table:
         rows.append(["total", "", n_weights, kept_total, f"{100 * sparsity:.2f}%"])
         print(format_table(["layer", "shape", "params", "kept", "sparsity"], rows, align="llrrr"))
@@ -229,9 +251,4 @@ def run(args) -> int:
                "nothing flows through it); "
                + ("a lower --amount avoids that" if args.layerwise
                   else "--layerwise or a lower --amount avoids that"))
-
-    if args.save:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        with step(f"saving pruned state_dict to {args.save}"):
-            atomic_write(args.save, lambda tmp: torch.save(state, tmp))
     return 0

@@ -1,0 +1,85 @@
+"""Stop 30's review of `lthfast prune` / `lthfast bench`: files written before the tables
+(stdout closed early lost them), a state_dict of a model pruned with torch.nn.utils.prune,
+files that are no checkpoint, usage errors exit 2 before loading, train_step's classifier,
+no compiled extension said first."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from _cli_env import kernels_or_reference, needs_torchvision  # noqa: F401
+from lthfast.cli import main
+
+pytestmark = needs_torchvision
+
+
+def test_prune_save_survives_a_closed_stdout(tmp_path):
+    # `lthfast prune ... --save F | head -1`: BrokenPipeError in the table skipped the save
+    save = tmp_path / "p.pth"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lthfast", "prune", "resnet18", "--amount",
+                             "0.5", "--save", str(save)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # as `| head` does once it has its lines (here: none)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert save.is_file()
+    sd = torch.load(save, weights_only=True)
+    assert float((sd["conv1.weight"] == 0).float().mean()) > 0.2
+
+
+def test_prune_reads_a_state_dict_pruned_with_torch(tmp_path, capsys):
+    import torch.nn.utils.prune as P
+    import torchvision
+    m = torchvision.models.resnet18()
+    P.global_unstructured([(x, "weight") for x in m.modules()
+                           if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear))],
+                          pruning_method=P.L1Unstructured, amount=0.5)
+    src, out = tmp_path / "hooked.pth", tmp_path / "out.pth"
+    torch.save(m.state_dict(), src)
+    assert main(["prune", str(src), "--arch", "resnet18", "--amount", "0.6", "--no-table",
+                 "--save", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "pruned with torch.nn.utils.prune" in err and "count in --amount" in err
+    sd = torch.load(out, weights_only=True)
+    assert "conv1.weight" in sd and "conv1.weight_orig" not in sd
+    pruned = sum(int((v == 0).sum()) for k, v in sd.items() if k.endswith("weight") and v.dim() > 1)
+    total = sum(v.numel() for k, v in sd.items() if k.endswith("weight") and v.dim() > 1)
+    assert pruned / total == pytest.approx(0.6, abs=0.01)  # the earlier 50% counted in it
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b""])
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path, capsys, content):
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    assert main(["prune", str(path), "--arch", "resnet18", "--amount", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "is not a file torch.save wrote" in err and "Traceback" not in err
+
+
+def test_a_bad_arch_is_a_usage_error_before_loading(tmp_path, capsys):
+    path = tmp_path / "x.pth"
+    torch.save({"w": torch.zeros(1)}, path)
+    assert main(["prune", str(path), "--arch", "resnt18", "--amount", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--arch 'resnt18' is not a torchvision model name" in err and "loading" not in err
+    assert main(["prune", "resnet18", "--arch", "resnet18", "--amount", "0.5"]) == 2
+
+
+def test_bench_train_step_refuses_a_detector(capsys):
+    assert main(["bench", "train_step", "--quick", "--models",
+                 "ssdlite320_mobilenet_v3_large"]) == 2
+    assert "not a torchvision classification model" in capsys.readouterr().err
+
+
+def test_prune_without_the_extension_says_so_first(monkeypatch, capsys):
+    from lthfast import _ops
+    monkeypatch.setattr(_ops, "available", lambda: False)
+    monkeypatch.setattr(_ops, "use_reference", lambda: False)
+    assert main(["prune", "resnet18", "--amount", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "compiled kernels (lthfast._C) are not available" in err and "loading" not in err
