@@ -128,9 +128,29 @@ class _WithExtra(nn.Module):
         self.calls = state["calls"]
 
 
-def test_modules_with_extra_state_can_be_pruned(tmp_path):
+def test_modules_with_extra_state_can_be_pruned_and_resumed(tmp_path):
     res = go(_WithExtra(), IMPConfig(rounds=1, rate=0.5, seed=3), tmp_path / "run")
     assert [r["round"] for r in res.rows] == [0, 1]
+    res = go(_WithExtra(), IMPConfig(rounds=2, rate=0.5, seed=3), tmp_path / "run", resume=True)
+    assert [r["round"] for r in res.rows] == [0, 1, 2]
+
+
+def test_a_pending_round_cannot_be_dropped_by_fewer_rounds(tmp_path):
+    # its trained weights replaced round 1's: a resume with rounds=1 ended with round 2's
+    # ticket and weights under round 1's rows
+    cfg = IMPConfig(rounds=2, rate=0.5, seed=3)
+
+    def fail_in_2(model, ctx):
+        if ctx.round == 2:
+            raise RuntimeError("eval broke")
+        return eval_fn(model, ctx)
+
+    with pytest.raises(RuntimeError):
+        go(mlp(), cfg, tmp_path / "run", eval_fn=fail_in_2)
+    with pytest.raises(ValueError, match="already trained round 2"):
+        go(mlp(), IMPConfig(rounds=1, rate=0.5, seed=3), tmp_path / "run", resume=True)
+    res = go(mlp(), cfg, tmp_path / "run", resume=True)
+    assert [r["round"] for r in res.rows] == [0, 1, 2]
 
 
 def test_a_numpy_seed_is_taken_as_an_int():

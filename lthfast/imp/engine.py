@@ -324,7 +324,9 @@ class IMP:
         missing = [k for k in trained if k not in own]
         extra = [k for k in own if k not in trained]
         shapes = [f"{k}: run {tuple(v.shape)}, model {tuple(own[k].shape)}"
-                  for k, v in trained.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+                  for k, v in trained.items()
+                  if k in own and isinstance(v, torch.Tensor) and isinstance(own[k], torch.Tensor)
+                  and tuple(v.shape) != tuple(own[k].shape)]  # (extra state: no shape)
         if missing or extra or shapes:
             raise ValueError(f"cannot resume {self.run.path}: the model differs from the run's "
                              f"(only in the run: {missing[:5]}, only in the model: {extra[:5]}, "
@@ -344,10 +346,13 @@ class IMP:
                     raise ValueError(f"cannot resume {self.run.path}: "
                                      f"{self.run.ticket_path(st['round'])} is not the "
                                      "ticket its checkpoint was written with")
-                done = st["next_round"] - 1
+                # a pending round (trained, not evaluated) counts: its weights replaced
+                # the round before's, which a run of fewer rounds would end with
+                done = st["round"] if st.get("pending") is not None else st["next_round"] - 1
                 if self.config.rounds < done:
+                    how = "trained" if st.get("pending") is not None else "finished"
                     raise ValueError(f"cannot resume {self.run.path} with rounds="
-                                     f"{self.config.rounds}: it has already finished round "
+                                     f"{self.config.rounds}: it has already {how} round "
                                      f"{done} (rounds can grow a run, not shrink it)")
                 st["ticket"].check(self.model)
         except (ValueError, OSError) as e:

@@ -10,7 +10,9 @@ RUN_DIR/
   metrics.json / .csv  one row per finished round
   pruned_params.txt    the exact set of pruned parameters, one name per line
   round_R/ticket.safetensors   the ticket of round R (round 0: dense)
-  checkpoint.pt        the state to resume from after the last finished round
+  checkpoint.pt        the state to resume from: after the last finished round, or after the
+                       training of the next one ("pending": its evaluation had not finished;
+                       its round_R/ticket.safetensors is written with it)
   report.html          sparsity-vs-AP curve and per-layer sparsity (lthfast.imp.report)
 """
 from __future__ import annotations
