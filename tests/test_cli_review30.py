@@ -83,3 +83,19 @@ def test_prune_without_the_extension_says_so_first(monkeypatch, capsys):
     assert main(["prune", "resnet18", "--amount", "0.5"]) == 1
     err = capsys.readouterr().err
     assert "compiled kernels (lthfast._C) are not available" in err and "loading" not in err
+
+
+def test_imp_interrupted_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    from lthfast.cli import imp as cli_imp
+    from lthfast.imp import jobs
+
+    class Job:
+        def run_and_print(self, _print):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "build_job", lambda s: Job())
+    monkeypatch.setattr(cli_imp, "_has_finished_rounds", lambda out: True)
+    out = str(tmp_path / "run")
+    assert main(["imp", "--task", "classification", "--iters", "2", "--out", out]) == 130
+    err = capsys.readouterr().err
+    assert f"`lthfast imp --resume {out}` continues it" in err and "interrupted" in err

@@ -157,3 +157,17 @@ def test_a_numpy_seed_is_taken_as_an_int():
     cfg = IMPConfig(rounds=0, seed=np.int64(3))
     assert type(cfg.seed) is int and cfg.seed == 3
     go(mlp(), cfg)
+
+
+def test_resume_log_says_a_trained_round_is_evaluated_first(tmp_path):
+    cfg = IMPConfig(rounds=1, rate=0.5, seed=3)
+
+    def fail(model, ctx):
+        raise RuntimeError("eval broke")
+
+    with pytest.raises(RuntimeError):
+        go(mlp(), cfg, tmp_path / "run", eval_fn=fail)
+    lines = []
+    go(mlp(), cfg, tmp_path / "run", resume=True, log=lines.append)
+    assert lines[0].endswith("round 0 is trained, its evaluation goes first"), lines
+    assert "trained before the run stopped; evaluating" in lines[1]

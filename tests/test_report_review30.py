@@ -129,3 +129,31 @@ def test_layerwise_pairs_use_the_rounds_of_closest_sparsity(tmp_path):
     assert _closest_rounds(g, lw_run) == (1, 1)  # not the layer-wise run's final 36%
     dense = types.SimpleNamespace(rows=[{"round": 0, "sparsity": 0.0}], rounds=[0])
     assert _closest_rounds(dense, lw_run) == (0, 2)
+
+
+@pytest.mark.filterwarnings("ignore:run .*:UserWarning")
+def test_an_empty_stopped_run_says_how_it_stopped_and_how_to_resume(tmp_path):
+    import json
+    import os
+
+    from lthfast.analysis.runs import RunError, load_run
+    run = write_run(tmp_path / "r", [], [], state="running")
+    _set_running(run, _dead_pid())
+    with pytest.raises(RunError, match=r"no round finished yet \(it was killed.*is gone\); "
+                                       r"`lthfast imp --resume .*` continues it"):
+        load_run(run)
+    with open(os.path.join(run, "status.json"), "w") as f:
+        json.dump({"state": "interrupted", "round": -1, "error": "KeyboardInterrupt: "}, f)
+    with pytest.raises(RunError, match=r"it was interrupted: KeyboardInterrupt.*--resume"):
+        load_run(run)
+    _set_running(run, os.getpid())  # running: no hint
+    with pytest.raises(RunError, match=r"status 'running'\)$"):
+        load_run(run, allow_running=True)
+
+
+def test_perturb_on_a_run_with_only_the_dense_round(tmp_path):
+    from lthfast.analysis import perturb as pt
+    from lthfast.analysis.runs import RunError
+    run = write_run(tmp_path / "r", three_round_tickets()[:1], [{"round": 0, "sparsity": 0.0}])
+    with pytest.raises(RunError, match=r"dense \(nothing pruned\).*this run has none yet"):
+        pt.perturbation(run, kinds="random", write=False)

@@ -152,8 +152,11 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
                        f"{run.rounds} (a negative round counts back from the last: -1 is the last)")
     ticket = run.ticket(r)
     if ticket.sparsity() == 0:
-        raise RunError(f"round {r}'s ticket is dense: its complement keeps nothing; "
-                       "pick a pruned round with --round")
+        pruned = [x["round"] for x in run.rows if isinstance(x.get("sparsity"), (int, float))
+                  and x["sparsity"] > 0]
+        raise RunError(f"round {r}'s ticket is dense (nothing pruned): the perturbations need a "
+                       "pruned round; " + (f"pick one with --round ({pruned})" if pruned else
+                                           "this run has none yet"))
     results_path = RunDir(run.path).file(RESULTS_FILE)
     # a damaged file: said now, not after the retraining
     saved = _saved_tests(results_path) if write else []

@@ -185,8 +185,16 @@ def load_run(path: str, *, label: str | None = None, allow_running: bool = True)
                       f"{status.get('error', '?')}); only its finished rounds are used "
                       f"(`lthfast imp --resume {path}` continues it)", RunningWarning, stacklevel=2)
     if not rows:
-        raise RunError(f"run {path} is empty: no round finished yet (metrics.json has no rows; "
-                       f"status {status.get('state')!r})")
+        state = status.get("state")
+        if state == "running" and writer_gone(status):
+            how = (f"it was killed: status.json says running, but process {status['pid']}, "
+                   "which wrote it, is gone")
+        elif state in ("failed", "interrupted"):
+            how = f"it {'failed' if state == 'failed' else 'was interrupted'}: {status.get('error', '?')}"
+        else:
+            how = f"metrics.json has no rows; status {state!r}"
+        hint = (f"; `lthfast imp --resume {path}` continues it" if how.startswith("it ") else "")
+        raise RunError(f"run {path} is empty: no round finished yet ({how}){hint}")
     return Run(path=run.path, label=label or os.path.basename(run.path.rstrip(os.sep)),
                config=config, rows=rows, status=status, label_given=label is not None)
 

@@ -313,6 +313,11 @@ def _run_locked(settings, made: bool) -> int:
             hint = (f"; finished rounds are kept in {settings.out}: fix the cause, then "
                     f"`lthfast imp --resume {settings.out}`")
         raise CLIError(f"{e}{hint}", code=1) from None
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: main() says "interrupted"; how to go on
+        if int(os.environ.get("RANK", "0")) == 0 and _has_finished_rounds(settings.out):
+            eprint(f"lthfast imp: what was done is kept in {settings.out}; "
+                   f"`lthfast imp --resume {settings.out}` continues it")
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -370,7 +370,9 @@ class IMP:
             write_json(self.run.file("config.json"), {**self.run.config(), **self.meta,
                                                       "schedule": self.config.to_dict()})
             self.run.set_status("running", st["saved_round"])
-        self.log(f"resuming {self.run.path} after round {st['saved_round']}")
+        self.log(f"resuming {self.run.path}: round {st['round']} is trained, its evaluation "
+                 "goes first" if st.get("pending") is not None else
+                 f"resuming {self.run.path} after round {st['saved_round']}")
         return st
 
     def _amount(self, r: int, ticket, state: dict):
