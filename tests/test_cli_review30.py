@@ -99,3 +99,37 @@ def test_imp_interrupted_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert main(["imp", "--task", "classification", "--iters", "2", "--out", out]) == 130
     err = capsys.readouterr().err
     assert f"`lthfast imp --resume {out}` continues it" in err and "interrupted" in err
+
+
+TINY = ["--task", "classification", "--model", "resnet18", "--image-size", "16", "--n-train",
+        "16", "--n-val", "8", "--iters", "4", "--batch-size", "4", "--warmup", "1", "--quiet",
+        "--threads", "1"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (TINY + ["--rewind", "iter:4"], r"--rewind iter:4: the pruned rounds train iterations 4..--iters 4"),
+    (TINY + ["--target", "0.5", "--rounds", "0"], r"--target 0.5 needs --rounds 1 or more"),
+])
+def test_imp_flags_that_would_do_nothing_are_refused(tmp_path, capsys, argv, message):
+    import re
+    assert main(["imp", *argv, "--out", str(tmp_path / "run")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_imp_detection_scope_name_is_checked_before_the_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LTHFAST_DATA_DIR", str(tmp_path / "data"))
+    assert main(["imp", "--n-train", "8", "--n-val", "4", "--image-size", "64", "--iters", "2",
+                 "--scope", "foo", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--scope foo: unknown prune scope 'foo'" in err
+    assert not (tmp_path / "data").exists()  # no data generated for a typo
+
+
+def test_imp_early_bird_that_saves_nothing_is_said(capsys):
+    from lthfast.imp.jobs import check_settings, settings_from_args
+    from lthfast.cli import build_parser
+    s = settings_from_args(build_parser().parse_args(["imp", *TINY, "--rounds", "0",
+                                                      "--early-bird-every", "1"]))
+    check_settings(s)
+    assert "--early-bird-every 1 saves nothing: --rounds 0" in capsys.readouterr().err

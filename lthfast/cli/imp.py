@@ -188,7 +188,9 @@ def add_parser(sub) -> None:
                    help="run directory (default: runs/imp-TASK-MODEL-TIMESTAMP; with DDP, rank "
                         "0's timestamp, the same folder for every process)")
     o.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue the run in RUN_DIR with its saved settings (--rounds may grow it)")
+                   help="continue the run in RUN_DIR with its saved settings: --rounds may grow "
+                        "it, and --device, --threads and --quiet may change; other flags that "
+                        "differ from the run's are refused")
     o.add_argument("--early-bird-every", type=_positive_int, default=None, metavar="N",
                    help="every N iterations of round 0, save the mask round 1 would get if "
                         "training stopped there (round_0/early_bird/); `lthfast report` then "

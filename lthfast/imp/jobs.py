@@ -329,6 +329,18 @@ def check_settings(s: Settings) -> IMPConfig:
                        "or --backbone-weights PATH")
     if rewind.kind == "iter" and rewind.iteration > s.iters:
         raise JobError(f"--rewind {rewind}: K={rewind.iteration} is beyond --iters {s.iters}")
+    if rewind.kind == "iter" and rewind.iteration == s.iters and s.rounds > 0:
+        # the pruned rounds train iterations K..--iters: none (one-shot pruning, unsaid)
+        raise JobError(f"--rewind {rewind}: the pruned rounds train iterations "
+                       f"{rewind.iteration}..--iters {s.iters}, none at all; give K below --iters")
+    if s.target is not None and s.rounds == 0:
+        raise JobError(f"--target {s.target} needs --rounds 1 or more (got --rounds 0)")
+    if s.early_bird_every is not None and (s.rounds == 0 or s.early_bird_every > s.iters):
+        from lthfast.cli._common import eprint
+        why = ("--rounds 0 has no round 1 to compare with" if s.rounds == 0
+               else f"it is beyond --iters {s.iters}")
+        eprint(f"lthfast imp: warning: --early-bird-every {s.early_bird_every} saves nothing: "
+               f"{why}")
     late = [k for k in (s.lr_steps or ()) if k >= s.iters]
     if late or (s.warmup or 0) > s.iters:
         from lthfast.cli._common import eprint

@@ -28,6 +28,10 @@ def build(s, device):
 
     s.scope = s.scope or "paper"
     det_models.check_model_name(s.model, s.task)  # before the data are generated / read
+    try:  # the name too (whether it selects layers of this model is known once it is built)
+        det_scopes.describe(s.scope)
+    except ValueError as e:
+        raise ValueError(f"--scope {s.scope}: {e}") from None
     # (shapes: generated once, on rank 0 first; coco:PATH: a seeded part with --n-train / --n-val)
     train_set = ddp.on_main_first(det_data.run_split, s, "train")
     val_set = det_data.run_split(s, "val", label_map=train_set.cat_id_to_label)
