@@ -53,14 +53,18 @@ def test_a_failed_eval_does_not_cost_the_rounds_training(tmp_path, rewind, fail_
     assert saved["optimizer"]["param_groups"] == want["optimizer"]["param_groups"]
 
 
+def _fail_eval(model, ctx):
+    raise RuntimeError("eval broke")
+
+
+def _trained_not_evaluated(out, cfg):
+    """A run whose round 0 trained and whose evaluation then failed."""
+    with pytest.raises(RuntimeError, match="eval broke"):
+        go(mlp(), cfg, out, eval_fn=_fail_eval)
+
+
 def test_checkpoint_after_training_marks_the_round_pending(tmp_path):
-    cfg = IMPConfig(rounds=1, rate=0.5, seed=3)
-
-    def fail(model, ctx):
-        raise RuntimeError("eval broke")
-
-    with pytest.raises(RuntimeError):
-        go(mlp(), cfg, tmp_path / "run", eval_fn=fail)
+    _trained_not_evaluated(tmp_path / "run", IMPConfig(rounds=1, rate=0.5, seed=3))
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert saved["round"] == 0 and saved["rows"] == []
     assert saved["pending"]["start_iter"] == 0 and "loss" in saved["pending"]["train_stats"]
@@ -161,12 +165,7 @@ def test_a_numpy_seed_is_taken_as_an_int():
 
 def test_resume_log_says_a_trained_round_is_evaluated_first(tmp_path):
     cfg = IMPConfig(rounds=1, rate=0.5, seed=3)
-
-    def fail(model, ctx):
-        raise RuntimeError("eval broke")
-
-    with pytest.raises(RuntimeError):
-        go(mlp(), cfg, tmp_path / "run", eval_fn=fail)
+    _trained_not_evaluated(tmp_path / "run", cfg)
     lines = []
     go(mlp(), cfg, tmp_path / "run", resume=True, log=lines.append)
     assert lines[0].endswith("round 0 is trained, its evaluation goes first"), lines
