@@ -133,3 +133,15 @@ def test_imp_early_bird_that_saves_nothing_is_said(capsys):
                                                       "--early-bird-every", "1"]))
     check_settings(s)
     assert "--early-bird-every 1 saves nothing: --rounds 0" in capsys.readouterr().err
+
+
+def test_imp_with_target_records_no_default_rate(tmp_path):
+    import json
+    out = tmp_path / "run"
+    assert main(["imp", *TINY, "--rounds", "2", "--target", "0.5", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["settings"]["rate"] is None and cfg["schedule"]["rate"] is None
+    assert cfg["schedule"]["target"] == 0.5
+    rows = json.loads((out / "metrics.json").read_text())
+    assert rows[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert main(["imp", "--resume", str(out)]) == 0  # the same run: nothing to do, no refusal

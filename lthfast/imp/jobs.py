@@ -189,6 +189,8 @@ def settings_from_args(args) -> Settings:
         for k in ("n_train", "n_val", "image_size"):
             defaults.pop(k, None)
     for k, v in defaults.items():
+        if k == "rate" and s.target is not None:  # the target decides the rate per round:
+            continue  # config.json said rate 0.2 beside it, a rate never used
         if getattr(s, k, None) is None:
             setattr(s, k, v)
     if not rewind_given and iters_given:
