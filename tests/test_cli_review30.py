@@ -145,3 +145,23 @@ def test_imp_with_target_records_no_default_rate(tmp_path):
     rows = json.loads((out / "metrics.json").read_text())
     assert rows[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert main(["imp", "--resume", str(out)]) == 0  # the same run: nothing to do, no refusal
+
+
+def test_imp_resume_with_another_process_count_is_refused(tmp_path, capsys):
+    import json
+    out = tmp_path / "run"
+    assert main(["imp", *TINY, "--rounds", "0", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 1
+    cfg["world_size"] = 2  # as a run made with --nproc 2
+    (out / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(["imp", "--resume", str(out), "--rounds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with 2 process(es), this resume would use 1" in err and "--nproc 2" in err
+    cfg["world_size"] = 1
+    (out / "config.json").write_text(json.dumps(cfg))
+    # the launcher says it before starting torchrun
+    assert main(["imp", "--resume", str(out), "--rounds", "1", "--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with 1 process(es), this resume would use 2" in err and "no --nproc" in err

@@ -103,7 +103,8 @@ def add_parser(sub) -> None:
                         "train_step always run at least 1)")
     p.add_argument("--models", metavar="A,B",
                    help="comma-separated torchvision model names instead of the defaults of "
-                        "threshold, ticket and optim; train_step takes one classifier; conv "
+                        "threshold, ticket and optim; train_step takes one classifier (with all: the "
+                        "first name); conv "
                         "maskrcnn_resnet50_fpn (adds its heads' shapes) or fasterrcnn_resnet50_fpn (every "
                         "conv at 800 px); imp_round none")
     p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",

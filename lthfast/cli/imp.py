@@ -190,7 +190,7 @@ def add_parser(sub) -> None:
     o.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the run in RUN_DIR with its saved settings: --rounds may grow "
                         "it, and --device, --threads and --quiet may change; other flags that "
-                        "differ from the run's are refused")
+                        "differ from the run's are refused, and --nproc must be the run's")
     o.add_argument("--early-bird-every", type=_positive_int, default=None, metavar="N",
                    help="every N iterations of round 0, save the mask round 1 would get if "
                         "training stopped there (round_0/early_bird/); `lthfast report` then "
@@ -266,7 +266,7 @@ def run(args) -> int:
 def _check_before_spawning(args) -> None:
     """--nproc N: the flag checks every process would make, made once here (each of N
     processes printed the same error, under torchrun's report of the failed workers)."""
-    from lthfast.imp.jobs import JobError, check_settings, settings_from_args
+    from lthfast.imp.jobs import JobError, check_same_world_size, check_settings, settings_from_args
     from lthfast.imp.rundir import RunDirBusy, hold
     import contextlib
     import io
@@ -275,6 +275,8 @@ def _check_before_spawning(args) -> None:
         settings = settings_from_args(args)
         with contextlib.redirect_stderr(io.StringIO()):  # (its warnings: rank 0 prints them)
             check_settings(settings)
+        if settings.resume:
+            check_same_world_size(settings.resume, args.nproc)
         if os.path.isdir(settings.out):  # held by another run: say so now
             lock = hold(settings.out)
             if lock is not None:

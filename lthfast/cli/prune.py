@@ -22,8 +22,9 @@ built with random init: weights=None, weights_backbone=None) or a checkpoint wri
 torch.save: a state_dict (pass --arch NAME) or a pickled full module (pass --trust-pickle).
 Biases and normalization layers are not pruned. --amount is a fraction of all the pruned
 layers' weights; entries that are already zero count as weights and go first (pruning
-hooks a pickled module carries are made permanent first, so their pruned entries are such
-zeros). A weight tied between layers is pruned and counted once."""
+hooks a pickled module carries are made permanent first, and a state_dict of a model pruned
+with torch.nn.utils.prune (NAME_orig, NAME_mask) is read as NAME = NAME_orig * NAME_mask,
+so their pruned entries are such zeros). A weight tied between layers is pruned and counted once."""
 
 _EPILOG = """\
 examples:

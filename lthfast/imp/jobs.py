@@ -420,11 +420,26 @@ def _saved_pruned_names(path: str) -> list[str]:
                        f"its pruned_params.txt is not readable ({e})") from None
 
 
+def check_same_world_size(run_dir: str, world_size: int) -> None:
+    """A resume runs with as many processes as the run did: each trains on its share of
+    every batch (BatchNorm statistics per process), so the results depend on the count."""
+    try:
+        saved = RunDir(run_dir).config().get("world_size")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(saved, int) and not isinstance(saved, bool) and saved != world_size:
+        raise JobError(f"--resume {run_dir}: the run trained with {saved} process(es), this "
+                       f"resume would use {world_size} (the results depend on it); resume with "
+                       + (f"--nproc {saved}" if saved > 1 else "one process (no --nproc)"))
+
+
 def build_job(s: Settings) -> Job:
     config = check_settings(s)
     if s.threads:
         torch.set_num_threads(s.threads)
     ddp.init(s.device)
+    if s.resume:
+        check_same_world_size(s.resume, ddp.world_size())
     device = ddp.local_device(s.device)
     if s.task == "classification":
         from lthfast.imp.task_classification import build
