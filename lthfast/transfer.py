@@ -86,25 +86,29 @@ def _backbone_target(name: str, params) -> str:
 
 def detect_kind(ticket, model: nn.Module) -> str:
     names = [_strip(n) for n in ticket.names()]
-    has_body = any(n.startswith(BACKBONE_PREFIX) for n, _ in model.named_parameters())
-    if has_body and not any(n.startswith("backbone.") for n in names):
+    params = dict(model.named_parameters())
+    has_body = any(n.startswith(BACKBONE_PREFIX) for n in params)
+    # a ticket naming the model's own layers shares them (a detector ticket of the RPN or
+    # ROI heads alone has no backbone.* name, and was taken for a classifier's)
+    if has_body and not any(n.startswith("backbone.") or n in params for n in names):
         return "classifier->backbone"
     return "shared layers"
 
 
 def network_sparsity(ticket, model: nn.Module, transferred=None) -> dict:
     """Pruned fraction of: the transferred layers (`transferred`, names in `model`; default:
-    all the ticket's layers), the backbone's parameters and all the model's parameters
-    (weights, biases, norms: every nn.Parameter)."""
+    all the ticket's layers), the backbone body's parameters (`backbone.body.*`, as the
+    `backbone` scope and the sparsity_backbone column: not the FPN) and all the model's
+    parameters (weights, biases, norms: every nn.Parameter)."""
     params = dict(model.named_parameters())
     pruned = {n: ticket.numel(n) - ticket.kept(n) for n in ticket.names() if n in params}
     total = sum(p.numel() for p in params.values())
-    bb = [n for n in params if n.startswith("backbone.")]
+    bb = [n for n in params if n.startswith(BACKBONE_PREFIX)]
     bb_total = sum(params[n].numel() for n in bb)
     moved = [n for n in (ticket.names() if transferred is None else transferred) if n in pruned]
     moved_total = sum(ticket.numel(n) for n in moved)
     return {"transferred": sum(pruned[n] for n in moved) / moved_total if moved_total else 0.0,
-            "backbone": (sum(v for n, v in pruned.items() if n.startswith("backbone."))
+            "backbone": (sum(v for n, v in pruned.items() if n.startswith(BACKBONE_PREFIX))
                          / bb_total) if bb_total else float("nan"),
             "network": sum(pruned.values()) / total if total else 0.0}
 

@@ -56,3 +56,39 @@ def test_every_part_of_a_scope_union_must_select_something():
         det.prunable_names(m, "fpn+head")
     assert len(det.prunable_names(m, "fpn+rpn")) == (len(det.prunable_names(m, "fpn"))
                                                      + len(det.prunable_names(m, "rpn")))
+
+
+def test_a_detector_ticket_without_backbone_layers_transfers_as_shared_layers():
+    # a --scope roi_heads ticket was taken for a classifier's (no backbone.* name)
+    from lthfast.ticket import Ticket
+    from lthfast.transfer import detect_kind, transfer_ticket
+    src = det.build_model("fasterrcnn_resnet18_fpn", task="detection", num_classes=3, verbose=False)
+    t = Ticket.from_model(src, 0.5, scope=det.prunable_names(src, "roi_heads"))
+    dst = det.build_model("maskrcnn_resnet18_fpn", task="segmentation", num_classes=3,
+                          verbose=False)
+    assert detect_kind(t, dst) == "shared layers"
+    out = transfer_ticket(t, dst)
+    name = "roi_heads.box_head.fc6.weight"
+    assert torch.equal(out.ticket[name], t[name])
+
+
+def test_transfer_backbone_sparsity_is_the_body_not_the_fpn():
+    from lthfast.ticket import Ticket
+    from lthfast.transfer import network_sparsity
+    m = det.build_model("fasterrcnn_resnet18_fpn", task="detection", num_classes=3, verbose=False)
+    fpn_only = Ticket.from_model(m, 0.5, scope=det.prunable_names(m, "fpn"))
+    assert network_sparsity(fpn_only, m)["backbone"] == 0.0
+    body = Ticket.from_model(m, 0.5, scope=det.prunable_names(m, "backbone"))
+    assert 0.4 < network_sparsity(body, m)["backbone"] < 0.5  # (norms and biases are dense)
+
+
+def test_compare_keeps_a_classifier_head_name():
+    import torchvision
+
+    from lthfast.analysis.overlap import _map_backbone
+    from lthfast.ticket import Ticket
+    cls = Ticket.from_model(torchvision.models.resnet18(num_classes=4), 0.5)
+    m = det.build_model("fasterrcnn_resnet18_fpn", task="detection", num_classes=3, verbose=False)
+    dtk = Ticket.from_model(m, 0.5, scope=det.prunable_names(m, "backbone"))
+    a, _, mapped = _map_backbone(cls, dtk)
+    assert mapped and "fc.weight" in a.names() and "backbone.body.layer1.0.conv1.weight" in a.names()

@@ -78,7 +78,12 @@ def _map_backbone(a, b):
         theirs = set(y.names())
         to_bb = {n: _backbone_target(n, theirs) for n in x.names()}
         if set(to_bb.values()) & theirs and len(set(to_bb.values())) == len(to_bb):
-            x = Ticket({to_bb[n]: x[n] for n in x.names()}, round=x.round, meta=x.meta)
+            # only the layers the other ticket has are renamed: a classifier's fc stays
+            # "fc.weight" (as "backbone.body.fc.weight" it named a layer of neither model)
+            names = {n: (to_bb[n] if to_bb[n] in theirs else n) for n in x.names()}
+            if len(set(names.values())) != len(names):
+                names = to_bb
+            x = Ticket({names[n]: x[n] for n in x.names()}, round=x.round, meta=x.meta)
             return (y, x, True) if swap else (x, y, True)
     return a, b, False
 

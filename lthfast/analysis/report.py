@@ -104,7 +104,7 @@ def _transfers(runs) -> str:
     if not rows:
         return ""
     return ("<h2>Ticket transfer</h2>" + _note("sparsity at the start of round 0; backbone and "
-            "network sparsity count every parameter of the backbone / model") + html_table(rows))
+            "network sparsity count every parameter of the backbone body (not the FPN) / model") + html_table(rows))
 
 
 def _by_task(runs) -> dict:
