@@ -157,3 +157,16 @@ def test_perturb_on_a_run_with_only_the_dense_round(tmp_path):
     run = write_run(tmp_path / "r", three_round_tickets()[:1], [{"round": 0, "sparsity": 0.0}])
     with pytest.raises(RunError, match=r"dense \(nothing pruned\).*this run has none yet"):
         pt.perturbation(run, kinds="random", write=False)
+
+
+def test_plots_leave_the_callers_matplotlib_backend(tmp_path):
+    # every plot called matplotlib.use("Agg"): a notebook's inline backend was replaced
+    import matplotlib
+    before = matplotlib.get_backend()
+    a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
+    matplotlib.use("svg")
+    try:
+        assert main(["report", a, b, "--out", str(tmp_path / "p.html")]) == 0
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)

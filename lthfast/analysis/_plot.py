@@ -2,14 +2,15 @@
 base64 PNG ready for `lthfast.imp.report.img`."""
 from __future__ import annotations
 
-from lthfast.imp.report import literal_text  # noqa: F401  (every plot function wears it)
+import types
+
+from lthfast.imp.report import literal_text, subplots  # noqa: F401  (literal_text: every plot wears it)
 
 
 def plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-    return pyplot
+    """What the plots call `subplots` on: figures of their own, not pyplot's (the caller's
+    backend is left as it is; see lthfast.imp.report.subplots)."""
+    return types.SimpleNamespace(subplots=subplots)
 
 
 def png(fig) -> str:

@@ -31,11 +31,18 @@ def literal_text(fn):
     return plot
 
 
+def subplots(*args, figsize=None, **kwargs):
+    """(figure, axes) as `pyplot.subplots` gives them, on a Figure of its own: no pyplot,
+    no `matplotlib.use` (a notebook's inline backend is left as it is) and nothing to
+    close (the figure goes with its last reference)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -46,15 +53,12 @@ def curve_keys(rows: list[dict]) -> list[str]:
 @literal_text
 def plot_curve(runs: dict[str, list[dict]]) -> str | None:
     """Sparsity (x, % pruned) vs each AP metric, one line per run. Base64 PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     keys = []
     for rows in runs.values():
         keys += [k for k in curve_keys(rows) if k not in keys]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for i, (label, rows) in enumerate(runs.items()):
             pts = [(100 * r["sparsity"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
@@ -96,12 +100,9 @@ def _coarse_scope(name: str) -> str:
 
 @literal_text
 def plot_layers(rows: list[dict], title: str) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(rows) + 2), 3.4))
+    fig, ax = subplots(figsize=(max(6.0, 0.12 * len(rows) + 2), 3.4))
     groups = [_coarse_scope(r["name"]) for r in rows]
     heights = [100 * r["sparsity"] for r in rows]
     if len(set(groups)) > 1:  # a detector: one colour per part (backbone, fpn, rpn, ...)
