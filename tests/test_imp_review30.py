@@ -170,3 +170,24 @@ def test_resume_log_says_a_trained_round_is_evaluated_first(tmp_path):
     go(mlp(), cfg, tmp_path / "run", resume=True, log=lines.append)
     assert lines[0].endswith("round 0 is trained, its evaluation goes first"), lines
     assert "trained before the run stopped; evaluating" in lines[1]
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(eval_fn=None), r"eval_fn must be callable, got NoneType"),
+    (dict(train_fn="train"), r"train_fn must be callable"),
+    (dict(config={"rounds": 1}), r"config must be an lthfast.imp.IMPConfig, got dict"),
+    (dict(initial_ticket={}), r"initial_ticket must be an lthfast.Ticket or None, got dict"),
+    (dict(log=print, on_round=3), r"on_round must be callable or None"),
+])
+def test_run_imp_checks_its_arguments_before_training(tmp_path, kw, match):
+    from lthfast.imp import run_imp
+    m, trained = mlp(), []
+    args = dict(train_fn=lambda ctx: trained.append(ctx.round), eval_fn=eval_fn,
+                config=IMPConfig(rounds=1), out=str(tmp_path / "run"))
+    args.update(kw)
+    with pytest.raises(TypeError, match=match):
+        run_imp(m, weights(m), **args)
+    assert trained == [] and not (tmp_path / "run").exists()
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got generator"):
+        run_imp(m.parameters(), weights(m), train_fn=lambda c: None, eval_fn=eval_fn,
+                config=IMPConfig(rounds=1))

@@ -216,6 +216,22 @@ class IMP:
                  on_round: Callable[[dict], None] | None = None, initial_ticket=None,
                  early_bird_every: int | None = None):
         from lthfast.ticket import Ticket
+        # said now, not after round 0 trained (eval_fn=None failed once training was done,
+        # and the run folder then refused the corrected call)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(config, IMPConfig):
+            raise TypeError(f"config must be an lthfast.imp.IMPConfig, got {type(config).__name__}"
+                            " (e.g. IMPConfig(rounds=3, rate=0.2))")
+        for arg, fn in (("train_fn", train_fn), ("eval_fn", eval_fn)):
+            if not callable(fn):
+                raise TypeError(f"{arg} must be callable, got {type(fn).__name__} {fn!r:.60}")
+        for arg, fn in (("group_of", group_of), ("log", log), ("on_round", on_round)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{arg} must be callable or None, got {type(fn).__name__}")
+        if initial_ticket is not None and not isinstance(initial_ticket, Ticket):
+            raise TypeError(f"initial_ticket must be an lthfast.Ticket or None, got "
+                            f"{type(initial_ticket).__name__}")
         self.model, self.names, self.config = model, _check_names(model, names), config
         self.train_fn, self.eval_fn, self.group_of = train_fn, eval_fn, group_of
         self.meta = dict(meta or {})
