@@ -170,3 +170,13 @@ def test_plots_leave_the_callers_matplotlib_backend(tmp_path):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+def test_analyses_take_pathlib_paths(tmp_path):
+    from lthfast.analysis import ap_by_size, early_bird, mask_overlap
+    run = tmp_path / "a"
+    _run(tmp_path, "a")
+    assert len(early_bird(run)) == 3
+    assert len(ap_by_size(run)) == 3
+    t = run / "round_2" / "ticket.safetensors"
+    assert mask_overlap(t, t)["overall"] == 1.0

@@ -7,6 +7,7 @@ the data and left out of plots."""
 from __future__ import annotations
 
 import math
+import os
 
 from lthfast.analysis._plot import finite, literal_text, plt, png
 
@@ -26,7 +27,7 @@ def default_iou(rows: list[dict]) -> str:
 
 def _rows_of(run_or_rows):
     """Rows of a Run, a run directory path or a list of metrics rows."""
-    if isinstance(run_or_rows, str):
+    if isinstance(run_or_rows, (str, os.PathLike)):
         from lthfast.analysis.runs import load_run
         run_or_rows = load_run(run_or_rows)
     return run_or_rows.rows if hasattr(run_or_rows, "rows") else list(run_or_rows)
@@ -133,7 +134,7 @@ def training_category_counts(run) -> dict[str, int]:
     dataset loader `lthfast imp` used, with its --n-train part; shapes data comes from its
     cache; the images themselves are not needed)."""
     from lthfast.detection import data as det_data
-    if isinstance(run, str):
+    if isinstance(run, (str, os.PathLike)):
         from lthfast.analysis.runs import load_run
         run = load_run(run)
     ds = det_data.run_split({**run.settings, "task": run.task}, "train", check_images=False)

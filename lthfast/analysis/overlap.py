@@ -3,12 +3,14 @@
 final ticket, and of masks drawn during dense training with round 1's."""
 from __future__ import annotations
 
+import os
+
 from lthfast.analysis._plot import literal_text, plt, png
 
 
 def _load(t):
     from lthfast.ticket import Ticket
-    return Ticket.load(t) if isinstance(t, str) else t
+    return Ticket.load(t) if isinstance(t, (str, os.PathLike)) else t
 
 
 def mask_overlap(a, b, *, shared_only: bool = False) -> dict:
@@ -102,7 +104,7 @@ def early_bird(run) -> list[dict]:
     (round, sparsity, iou_with_final, chance_iou). Round 0 is dense (IoU = final density).
     IMP masks are nested, so iou_with_final = (1 - final sparsity) / (1 - sparsity): the
     mask-stability question is early_bird_iterations'."""
-    if isinstance(run, str):
+    if isinstance(run, (str, os.PathLike)):
         from lthfast.analysis.runs import load_run
         run = load_run(run)
     rounds = run.rounds
@@ -131,7 +133,7 @@ def early_bird_iterations(run) -> list[dict]:
     (iteration, sparsity, iou_with_final, chance_iou). Empty when none were saved."""
     import glob
     import os
-    if isinstance(run, str):
+    if isinstance(run, (str, os.PathLike)):
         from lthfast.analysis.runs import load_run
         run = load_run(run)
     files = sorted(glob.glob(os.path.join(run.path, "round_0", "early_bird", "iter_*.safetensors")))
