@@ -40,3 +40,12 @@ def test_rollback_under_no_grad_keeps_the_pruned_tensors_autograd_state():
     assert torch.equal(w.detach(), before)
     w.sum().backward()  # reaches weight_orig through the mask
     assert torch.equal(model[0].weight_orig.grad, model[0].weight_mask)
+
+
+def test_a_tensor_in_place_of_a_pair_is_named_by_its_shape():
+    # stop 30: the message held the whole tensor's repr (12,000 characters on resnet18)
+    import lthfast.prune as P
+    m = torch.nn.Linear(300, 200)
+    with pytest.raises(ValueError, match=r"parameters\[0\]=<Parameter of shape \(200, 300\)> "
+                                         r"is not a \(module, name\) pair \(pass \[\(module"):
+        P.global_unstructured(list(m.parameters()), pruning_method=P.L1Unstructured, amount=0.2)

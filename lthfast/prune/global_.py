@@ -23,6 +23,18 @@ from lthfast.magnitude import iter_global_magnitude_masks, mask_counts_packed
 from lthfast.prune.methods import CustomFromMask, L1Unstructured, _kernel_can_take
 
 
+
+_HINT = ' (pass [(module, "weight"), ...], e.g. for every Conv2d / Linear of a model)'
+
+
+def _short(entry) -> str:
+    """An entry for a message: a tensor by its type and shape (its repr was the whole
+    tensor: 12,000 characters for model.parameters()), anything else by its repr."""
+    if isinstance(entry, torch.Tensor):
+        return f"<{type(entry).__name__} of shape {tuple(entry.shape)}>"
+    text = repr(entry)
+    return text if len(text) <= 80 else text[:77] + "..."
+
 def _targets(parameters, importance_scores):
     """Check every (module, name) pair; return [(module, name, scores, old_mask, hook_key,
     hook)] (the tensor's pruning hook and its key, (None, None) when not pruned yet)."""
@@ -46,12 +58,13 @@ def _targets(parameters, importance_scores):
             module, name = entry
         except ValueError:
             raise validate.PairLengthError(
-                f"parameters[{i}]={entry!r} is not a (module, name) pair") from None
+                f"parameters[{i}]={_short(entry)} is not a (module, name) pair{_HINT}") from None
         except TypeError:
-            raise TypeError(f"parameters[{i}]={entry!r} is not a (module, name) pair") from None
+            raise TypeError(f"parameters[{i}]={_short(entry)} is not a (module, name) pair"
+                            f"{_HINT}") from None
         if not isinstance(module, torch.nn.Module):
             raise validate.ArgumentKindError(
-                f"parameters[{i}][0] is a {type(module).__name__}, not a torch.nn.Module")
+                f"parameters[{i}][0] is a {type(module).__name__}, not a torch.nn.Module{_HINT}")
         if (id(module), name) in seen:
             raise ValueError(
                 f"parameters[{i}] repeats ({type(module).__name__}, {name!r}): list each "
