@@ -272,3 +272,13 @@ def test_from_model_refuses_a_sparsified_model():
     assert ticket.prune(sparse, 0.5).sparsity() == pytest.approx(0.9, abs=0.01)  # the way to go on
     # a masked layer whose mask prunes nothing (built with lthfast.nn) is fine
     assert lthfast.Ticket.from_model(nn.Sequential(MaskedLinear(4, 4)), 0.5).sparsity() == 0.5
+
+
+def test_an_exclude_pattern_that_matches_nothing_is_refused():
+    # stop 30: exclude="0" (meant: module 0) matched no parameter and excluded nothing
+    from lthfast import Ticket
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"exclude patterns match no parameter.*\['0'\].*\['0\.\*'\]"):
+        Ticket.from_model(m, 0.5, exclude="0")
+    t = Ticket.from_model(m, 0.5, exclude="0.*")
+    assert t.names() == ["1.weight"]

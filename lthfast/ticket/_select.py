@@ -74,6 +74,12 @@ def select_parameters(model: nn.Module, scope=None, exclude=None) -> list[tuple[
         wanted_set = set(wanted)
         chosen = [n for n in params if n in wanted_set]
     excluded = {id(p) for n, p in params.items() if any(fnmatch.fnmatchcase(n, q) for q in patterns)}
+    unmatched = [q for q in patterns if not any(fnmatch.fnmatchcase(n, q) for n in params)]
+    if unmatched:  # as scope= names that do not exist are refused: a typo said, not ignored
+        hint = [f"{q}.*" for q in unmatched if any(n.startswith(q + ".") for n in params)]
+        raise ValueError(f"exclude patterns match no parameter of the model: {unmatched}"
+                         + (f" (a module's parameters: {hint})" if hint else "")
+                         + "; patterns are fnmatch globs over parameter names, e.g. 'fc.*'")
     out, seen = [], set()
     for n in chosen:
         p = params[n]
