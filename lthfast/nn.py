@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lthfast.ops import PATHS, _weight_cache, masked_conv2d, masked_linear
+
+__all__ = ["MaskedConv2d", "MaskedLinear", "sparsify", "densify"]
 from lthfast.ops._masked_conv import _string_padding
 
 
@@ -56,6 +58,11 @@ def _tensors(module: nn.Module) -> tuple:
         except KeyError:
             pass
     return module.weight, module.mask, module.bias
+
+
+def _check_module(model, who: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who}: model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def _check_path(path: str) -> str:
@@ -250,6 +257,7 @@ def sparsify(model: nn.Module, ticket_or_masks, path: str = "auto") -> nn.Module
     Everything is checked before the first module is swapped: on error the model is
     unchanged.
     """
+    _check_module(model, "sparsify")
     _check_path(path)
     masks = _masks_of(ticket_or_masks)
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -325,6 +333,7 @@ def densify(model: nn.Module) -> nn.Module:
     """Swaps every MaskedConv2d / MaskedLinear back to nn.Conv2d / nn.Linear with the
     mask applied to the weight in place (pruned weights become 0); returns the model.
     Subclasses (a parametrized masked layer) are left as they are, with a warning."""
+    _check_module(model, "densify")
     new_of, left = {}, []
     for name, module in model.named_modules():  # each module once, wherever it is used
         if type(module) not in _DENSE_OF:

@@ -191,3 +191,30 @@ def test_run_imp_checks_its_arguments_before_training(tmp_path, kw, match):
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got generator"):
         run_imp(m.parameters(), weights(m), train_fn=lambda c: None, eval_fn=eval_fn,
                 config=IMPConfig(rounds=1))
+
+
+def test_imp_config_takes_numpy_numbers_and_refuses_other_types():
+    cfg = IMPConfig(rounds=np.int64(3), rate=np.float32(0.25))
+    assert type(cfg.rounds) is int and type(cfg.rate) is float and cfg.rate == 0.25
+    with pytest.raises(TypeError, match="rounds must be an integer >= 0, got str"):
+        IMPConfig(rounds="3")
+    with pytest.raises(TypeError, match="rate must be a fraction in \\[0, 1\\), got str"):
+        IMPConfig(rate="0.2")
+    with pytest.raises(ValueError, match="rate must be a fraction"):
+        IMPConfig(rate=1.5)
+
+
+def test_nn_and_ticket_name_the_wrong_argument_types():
+    from lthfast.nn import densify, sparsify
+    from lthfast.ticket import Ticket
+    m = mlp()
+    with pytest.raises(TypeError, match="sparsify: model must be a torch.nn.Module, got list"):
+        sparsify([m], {})
+    with pytest.raises(TypeError, match="densify: model must be a torch.nn.Module, got Ticket"):
+        densify(Ticket.dense(m))
+    t = Ticket.dense(m)
+    t.apply(m)
+    with pytest.raises(TypeError, match=r"a mask by name is ticket\[name\]"):
+        t.mask_for("0.weight")
+    import lthfast.nn
+    assert set(lthfast.nn.__all__) == {"MaskedConv2d", "MaskedLinear", "sparsify", "densify"}

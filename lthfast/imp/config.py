@@ -73,15 +73,23 @@ class IMPConfig:
     extra: dict = field(default_factory=dict)  # free-form, saved with the run
 
     def __post_init__(self):
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
+        # numbers.Integral / Real: numpy scalars too (kept as int / float); other types are a
+        # TypeError, out-of-range values a ValueError (as torch.optim's arguments)
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, numbers.Integral):
+            raise TypeError(f"rounds must be an integer >= 0, got {type(self.rounds).__name__} "
+                            f"{self.rounds!r}")
+        if self.rounds < 0:
             raise ValueError(f"rounds must be an integer >= 0, got {self.rounds!r}")
+        self.rounds = int(self.rounds)
         for name in ("rate", "target"):
             v = getattr(self, name)
             if v is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or not 0.0 <= v < 1.0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{name} must be a fraction in [0, 1), got {type(v).__name__} {v!r}")
+            if not math.isfinite(v) or not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
+            setattr(self, name, float(v))
         if self.target is not None and self.rounds == 0:
             raise ValueError("target sparsity needs rounds >= 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \

@@ -294,6 +294,9 @@ class Ticket:
         """The keep-mask (bool, param's shape and device) of a parameter bound by
         :meth:`apply`, or None. Unpacked on every call (not cached: the ticket holds
         its masks at 1 bit per weight); keep the result if you need it repeatedly."""
+        if not isinstance(param, torch.Tensor):  # a name: that is ticket[name]
+            raise TypeError(f"mask_for takes a parameter (a tensor bound by apply), got "
+                            f"{type(param).__name__} {param!r:.60}; a mask by name is ticket[name]")
         packed = self.packed_for(param)
         return None if packed is None else bitmask.unpack_bits(packed, tuple(param.shape))
 
