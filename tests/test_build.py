@@ -145,3 +145,12 @@ def test_kernels_run_on_more_than_one_thread():
     shares = [float(v) for v in r.stdout.split()]
     # one thread alone: ~0; two threads splitting the work: ~1
     assert all(s > 0.3 for s in shares), shares
+
+
+def test_the_larger_parts_load_on_first_use():
+    # stop 30: `import lthfast; lthfast.imp` was an AttributeError until imported explicitly
+    import lthfast
+    assert lthfast.prune.global_unstructured and lthfast.imp.run_imp and lthfast.analysis
+    assert {"prune", "imp", "detection", "analysis"} <= set(dir(lthfast))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        lthfast.nope
