@@ -16,6 +16,7 @@ sparsity.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -120,7 +121,7 @@ def transfer_ticket(ticket, model: nn.Module, *, names=None, kind: str = "auto")
     returned ticket covers `names` plus every transferred layer, in model order.
     `kind`: "auto", "classifier->backbone" or "shared layers"."""
     from lthfast.ticket import Ticket
-    if isinstance(ticket, str):
+    if isinstance(ticket, (str, os.PathLike)):
         ticket = Ticket.load(ticket)
     if kind == "auto":
         kind = detect_kind(ticket, model)

@@ -165,3 +165,21 @@ def test_imp_resume_with_another_process_count_is_refused(tmp_path, capsys):
     assert main(["imp", "--resume", str(out), "--rounds", "1", "--nproc", "2"]) == 2
     err = capsys.readouterr().err
     assert "trained with 1 process(es), this resume would use 2" in err and "no --nproc" in err
+
+
+def test_imp_same_command_continues_a_target_run_made_before_stop_30(tmp_path):
+    import json
+    out = tmp_path / "run"
+    argv = ["imp", *TINY, "--rounds", "1", "--target", "0.5", "--out", str(out)]
+    assert main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["settings"]["rate"] = cfg["schedule"]["rate"] = 0.2  # as runs before stop 30 saved it
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert main(argv[:-2] + ["--rounds", "1", "--out", str(out)]) == 0
+
+
+def test_imp_resume_of_a_run_rewinding_to_its_last_iteration(tmp_path):
+    # refused for new runs; a run made before that check must still resume
+    out = tmp_path / "run"
+    assert main(["imp", *TINY, "--rounds", "0", "--rewind", "iter:4", "--out", str(out)]) == 0
+    assert main(["imp", "--resume", str(out), "--rounds", "1"]) == 0

@@ -218,3 +218,22 @@ def test_nn_and_ticket_name_the_wrong_argument_types():
         t.mask_for("0.weight")
     import lthfast.nn
     assert set(lthfast.nn.__all__) == {"MaskedConv2d", "MaskedLinear", "sparsify", "densify"}
+
+
+def test_imp_config_rate_none_needs_a_target():
+    with pytest.raises(ValueError, match="rate=None needs a target"):
+        IMPConfig(rounds=1, rate=None)
+    assert IMPConfig(rounds=1, rate=None, target=0.5).per_round_rate() == pytest.approx(0.5)
+    IMPConfig(rounds=0, rate=None)  # nothing to prune
+
+
+def test_transfer_ticket_takes_a_pathlib_path(tmp_path):
+    from pathlib import Path
+
+    from lthfast.ticket import Ticket
+    from lthfast.transfer import transfer_ticket
+    m = mlp()
+    t = Ticket.from_model(m, 0.5, scope=weights(m))
+    t.save(str(tmp_path / "t.safetensors"))
+    out = transfer_ticket(Path(tmp_path / "t.safetensors"), mlp())
+    assert out.ticket == t

@@ -92,6 +92,9 @@ class IMPConfig:
             setattr(self, name, float(v))
         if self.target is not None and self.rounds == 0:
             raise ValueError("target sparsity needs rounds >= 1")
+        if self.rate is None and self.target is None and self.rounds > 0:
+            raise ValueError("rate=None needs a target (the rate per round follows from it); "
+                             "give rate= or target=")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
                 or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")

@@ -286,7 +286,10 @@ def _run_differs(s: Settings, run: RunDir) -> list | None:
     if not isinstance(saved, dict):
         return None
     return ["--" + k.replace("_", "-") for k, v in dataclasses.asdict(s).items()
-            if k not in RESUME_MAY_CHANGE and saved.get(k) != v]
+            if k not in RESUME_MAY_CHANGE and saved.get(k) != v
+            # runs made before stop 30 saved the unused default rate beside a target
+            and not (k == "rate" and v is None and s.target is not None
+                     and saved.get("target") == s.target)]
 
 
 def check_new_run_dir(out: str, differs: list | None = None) -> None:
@@ -331,7 +334,8 @@ def check_settings(s: Settings) -> IMPConfig:
                        "or --backbone-weights PATH")
     if rewind.kind == "iter" and rewind.iteration > s.iters:
         raise JobError(f"--rewind {rewind}: K={rewind.iteration} is beyond --iters {s.iters}")
-    if rewind.kind == "iter" and rewind.iteration == s.iters and s.rounds > 0:
+    if rewind.kind == "iter" and rewind.iteration == s.iters and s.rounds > 0 and not s.resume:
+        # (not on --resume: a run made before this check cannot change --rewind)
         # the pruned rounds train iterations K..--iters: none (one-shot pruning, unsaid)
         raise JobError(f"--rewind {rewind}: the pruned rounds train iterations "
                        f"{rewind.iteration}..--iters {s.iters}, none at all; give K below --iters")
