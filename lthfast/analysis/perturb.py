@@ -94,7 +94,8 @@ def retrain_perturbed(model, ticket, train_fn, eval_fn, *, kinds=KINDS, rewind_s
     `seed`), whatever the order of `kinds`. Returns one row per kind: kind, mask_seed,
     sparsity, IoU with the ticket, the eval metrics and train time. `model` ends with the
     last kind's weights."""
-    from lthfast.imp.engine import RoundContext, _seed_everything, plain, snapshot
+    from lthfast.imp.engine import RoundContext
+    from lthfast.imp.round_state import _seed_everything, plain, snapshot
     kinds = parse_kinds(kinds)
     start = snapshot(model) if rewind_state is None else rewind_state
     ticket.check(model)
@@ -191,7 +192,7 @@ def perturbation(run_dir: str, *, round: int | None = None, kinds=KINDS, seed: i
         old = next((t for t in saved if t.get("round") == r), None)
         if old:  # keep earlier kinds of this round that were not rerun
             result["results"] = [x for x in old["results"] if x["kind"] not in kinds] + rows
-        from lthfast.imp.engine import plain  # (NaN metrics: null, as in metrics.json)
+        from lthfast.imp.round_state import plain  # (NaN metrics: null, as in metrics.json)
         write_json(results_path, plain({"tests": sorted(tests + [result], key=lambda t: t["round"])}))
     return result
 

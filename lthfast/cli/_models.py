@@ -173,20 +173,34 @@ def _key_diff(model, state_dict):
     return sorted(want - have), sorted(have - want)
 
 
+def _is_model_name(model: str) -> bool:
+    return "/" not in model and os.sep not in model and model in set(model_names())
+
+
+def check_model_flags(model: str, *, arch: str | None = None, weights: str | None = None) -> None:
+    """The combinations of MODEL, --arch and --weights that cannot work: usage errors
+    (exit 2), said before anything is loaded (a checkpoint may be large)."""
+    is_name = _is_model_name(model)
+    if arch is not None and is_name:
+        raise CLIError("--arch goes with a checkpoint path as MODEL; here MODEL is a model name",
+                       code=2)
+    if arch is not None and arch not in set(model_names()):
+        raise unknown_model_error(arch, "--arch")
+    if weights is not None and not is_name and os.path.isfile(model):
+        raise CLIError("--weights goes with a model name; MODEL is already a checkpoint path",
+                       code=2)
+
+
 def resolve_model(model: str, *, arch: str | None = None, weights: str | None = None,
                   trust_pickle: bool = False) -> tuple[nn.Module, str]:
-    """The model the user named, and a short description of where it came from."""
-    is_name = "/" not in model and os.sep not in model and model in set(model_names())
+    """The model the user named, and a short description of where it came from
+    (check_model_flags has checked the flags)."""
+    is_name = _is_model_name(model)
     if not is_name and not os.path.isfile(model):
         if looks_like_path(model) or os.path.exists(model):
             raise CLIError(f"checkpoint {model!r} does not exist or is not a file")
         raise unknown_model_error(model)
-    if not is_name:  # the flag checks first: before loading a large checkpoint
-        if weights is not None:
-            raise CLIError("--weights goes with a model name; MODEL is already a checkpoint path",
-                           code=2)
-        if arch is not None and arch not in set(model_names()):
-            raise unknown_model_error(arch, "--arch")
+    if not is_name:
         obj = load_checkpoint(model, trust_pickle=trust_pickle)
         if isinstance(obj, nn.Module):
             if arch is not None:
@@ -199,9 +213,6 @@ def resolve_model(model: str, *, arch: str | None = None, weights: str | None = 
         net = build_model(arch)
         load_state_dict_into(net, obj, model)
         return net, f"{arch} with weights from {model}"
-    if arch is not None:
-        raise CLIError("--arch goes with a checkpoint path as MODEL; here MODEL is a model name",
-                       code=2)
     net = build_model(model)
     if weights is None:
         return net, f"{model} (random init)"

@@ -105,18 +105,8 @@ def _check_args(args) -> None:
                        "see `lthfast prune --help`", code=2)
     if args.amount is None:
         raise CLIError("--amount is required, e.g. --amount 0.8 to prune 80% of the weights", code=2)
-    # flags that do not go together: said before loading a (large) checkpoint
-    from lthfast.cli._models import model_names, unknown_model_error
-    names = set(model_names())
-    is_name = args.model in names
-    if args.arch is not None and is_name:
-        raise CLIError("--arch goes with a checkpoint path as MODEL; here MODEL is a model name",
-                       code=2)
-    if args.arch is not None and args.arch not in names:
-        raise unknown_model_error(args.arch, "--arch")
-    if getattr(args, "weights", None) is not None and not is_name and os.path.isfile(args.model):
-        raise CLIError("--weights goes with a model name; MODEL is already a checkpoint path",
-                       code=2)
+    from lthfast.cli._models import check_model_flags
+    check_model_flags(args.model, arch=args.arch, weights=getattr(args, "weights", None))
     if args.save is not None:
         check_writable_target(args.save, "--save")
         for src in (args.model, getattr(args, "weights", None)):

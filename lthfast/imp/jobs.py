@@ -451,7 +451,7 @@ def build_job(s: Settings) -> Job:
         from lthfast.imp.task_detection import build
     # --seed fixes the initial weights too: torch's default generator starts from a
     # random seed in every process, so an unseeded build gave every run another init.
-    from lthfast.imp.engine import _seed_everything
+    from lthfast.imp.round_state import _seed_everything
     _seed_everything(s.seed)
     model, names, train_fn, eval_fn, group_of, describe = build(s, device)
     from lthfast.transfer import transfer_for_job, with_network_sparsity
